@@ -1,0 +1,271 @@
+//! Time windows: KEDA's cron rule, in an IANA time zone, with several windows per trigger.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+
+/// One window: active from each `start` until the following `end`.
+#[derive(Clone, Debug)]
+pub struct Window {
+    start: Cron,
+    end: Cron,
+    start_text: String,
+    end_text: String,
+    pub replicas: u32,
+}
+
+/// Every window of one trigger, with the zone they are read in.
+#[derive(Clone, Debug)]
+pub struct CronPlan {
+    pub timezone: Tz,
+    pub windows: Vec<Window>,
+}
+
+/// What the windows say at one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CronState {
+    /// The largest `replicas` of the active windows, 0 when none is active.
+    pub replicas: u32,
+    pub active: bool,
+}
+
+/// Parses a 5-field cron expression (minute hour day-of-month month day-of-week), the form
+/// KEDA's cron scaler takes. Seconds and years are refused so a 6-field typo is not read as
+/// something else.
+pub fn parse_expression(text: &str) -> Result<Cron, String> {
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(text)
+        .map_err(|e| format!("`{text}` is not a 5-field cron expression: {e}"))
+}
+
+impl Window {
+    pub fn new(start: &str, end: &str, replicas: u32) -> Result<Self, String> {
+        let start_cron = parse_expression(start)?;
+        let end_cron = parse_expression(end)?;
+        if start_cron == end_cron {
+            return Err(format!(
+                "start and end are the same (`{}`): the window would never be open",
+                start.trim()
+            ));
+        }
+        Ok(Self {
+            start: start_cron,
+            end: end_cron,
+            start_text: normalize(start),
+            end_text: normalize(end),
+            replicas,
+        })
+    }
+
+    /// KEDA's rule: the window is active when its next end comes no later than its next start.
+    /// An expression with no next occurrence (such as 30 February) never opens the window.
+    pub fn is_active(&self, now: DateTime<Utc>, tz: Tz) -> bool {
+        let local = now.with_timezone(&tz);
+        let next_start = self.start.find_next_occurrence(&local, false).ok();
+        let next_end = self.end.find_next_occurrence(&local, false).ok();
+        match (next_start, next_end) {
+            (_, None) => false,
+            (None, Some(_)) => false,
+            (Some(start), Some(end)) => start >= end,
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> {} = {}",
+            self.start_text, self.end_text, self.replicas
+        )
+    }
+}
+
+impl CronPlan {
+    pub fn state(&self, now: DateTime<Utc>) -> CronState {
+        let replicas = self
+            .windows
+            .iter()
+            .filter(|w| w.is_active(now, self.timezone))
+            .map(|w| w.replicas)
+            .max();
+        CronState {
+            replicas: replicas.unwrap_or(0),
+            active: replicas.is_some(),
+        }
+    }
+}
+
+/// Parses the `windows` key: entries separated by `;` or new lines, each
+/// `START -> END = REPLICAS`, for example
+/// `0 8 * * 1-5 -> 0 20 * * 1-5 = 5; 0 20 * * 1-5 -> 0 23 * * 1-5 = 2`.
+pub fn parse_windows(text: &str) -> Result<Vec<Window>, String> {
+    let entries: Vec<&str> = text
+        .split([';', '\n'])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entries.is_empty() {
+        return Err("no window given; expected `START -> END = REPLICAS`".into());
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| parse_window_entry(entry).map_err(|e| format!("window {}: {e}", i + 1)))
+        .collect()
+}
+
+fn parse_window_entry(entry: &str) -> Result<Window, String> {
+    let (range, replicas) = entry
+        .rsplit_once('=')
+        .ok_or_else(|| format!("`{entry}` has no `= REPLICAS`"))?;
+    let (start, end) = range
+        .split_once("->")
+        .ok_or_else(|| format!("`{entry}` has no `START -> END`"))?;
+    let replicas = replicas.trim();
+    let replicas: u32 = replicas
+        .parse()
+        .map_err(|_| format!("replicas `{replicas}` is not a whole number"))?;
+    Window::new(start, end, replicas)
+}
+
+fn normalize(expr: &str) -> String {
+    expr.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        tz.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .earliest()
+            .expect("valid local time")
+            .with_timezone(&Utc)
+    }
+
+    fn business_hours(tz: Tz) -> CronPlan {
+        CronPlan {
+            timezone: tz,
+            windows: vec![Window::new("0 8 * * 1-5", "0 20 * * 1-5", 5).unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_weekday_window_is_active_inside_and_inactive_outside() {
+        let plan = business_hours(chrono_tz::America::New_York);
+        let ny = chrono_tz::America::New_York;
+        // Wednesday 2026-11-25.
+        assert!(plan.state(at(ny, 2026, 11, 25, 9, 0)).active);
+        assert_eq!(plan.state(at(ny, 2026, 11, 25, 9, 0)).replicas, 5);
+        assert!(!plan.state(at(ny, 2026, 11, 25, 7, 59)).active);
+        assert!(!plan.state(at(ny, 2026, 11, 25, 20, 0)).active);
+        // Saturday: the weekday range keeps it closed.
+        assert!(!plan.state(at(ny, 2026, 11, 28, 12, 0)).active);
+        assert_eq!(plan.state(at(ny, 2026, 11, 28, 12, 0)).replicas, 0);
+    }
+
+    #[test]
+    fn the_window_opens_exactly_at_its_start_minute() {
+        let ny = chrono_tz::America::New_York;
+        let plan = business_hours(ny);
+        assert!(plan.state(at(ny, 2026, 11, 25, 8, 0)).active);
+    }
+
+    #[test]
+    fn the_same_local_hours_hold_across_new_york_dst_changes() {
+        let ny = chrono_tz::America::New_York;
+        let plan = business_hours(ny);
+        // Spring forward: Sunday 2026-03-08; Monday 9:00 local is 13:00 UTC (EDT).
+        assert!(plan.state(at(ny, 2026, 3, 9, 9, 0)).active);
+        assert_eq!(at(ny, 2026, 3, 9, 9, 0).format("%H").to_string(), "13");
+        assert!(
+            !plan
+                .state(Utc.with_ymd_and_hms(2026, 3, 9, 11, 30, 0).unwrap())
+                .active
+        );
+        // Fall back: Sunday 2026-11-01; Monday 8:00 local is 13:00 UTC (EST).
+        assert!(
+            !plan
+                .state(Utc.with_ymd_and_hms(2026, 11, 2, 12, 30, 0).unwrap())
+                .active
+        );
+        assert!(
+            plan.state(Utc.with_ymd_and_hms(2026, 11, 2, 13, 0, 0).unwrap())
+                .active
+        );
+    }
+
+    #[test]
+    fn a_window_that_starts_in_the_skipped_hour_still_opens_in_berlin() {
+        let berlin = chrono_tz::Europe::Berlin;
+        // 2026-03-29 02:00-03:00 does not exist in Berlin; a window opening 02:30 must not be
+        // lost for the day.
+        let plan = CronPlan {
+            timezone: berlin,
+            windows: vec![Window::new("30 2 * * *", "0 6 * * *", 3).unwrap()],
+        };
+        assert!(plan.state(at(berlin, 2026, 3, 29, 4, 0)).active);
+        assert!(!plan.state(at(berlin, 2026, 3, 29, 7, 0)).active);
+        // Fall back on 2026-10-25: 02:30 happens twice; the window is open after it either way.
+        assert!(plan.state(at(berlin, 2026, 10, 25, 4, 0)).active);
+        assert!(!plan.state(at(berlin, 2026, 10, 25, 1, 0)).active);
+    }
+
+    #[test]
+    fn a_window_that_crosses_midnight_is_active_on_both_sides() {
+        let plan = CronPlan {
+            timezone: chrono_tz::UTC,
+            windows: vec![Window::new("0 22 * * *", "0 6 * * *", 2).unwrap()],
+        };
+        let utc = chrono_tz::UTC;
+        assert!(plan.state(at(utc, 2026, 6, 1, 23, 0)).active);
+        assert!(plan.state(at(utc, 2026, 6, 2, 3, 0)).active);
+        assert!(!plan.state(at(utc, 2026, 6, 2, 12, 0)).active);
+    }
+
+    #[test]
+    fn the_largest_active_window_wins() {
+        let plan = CronPlan {
+            timezone: chrono_tz::UTC,
+            windows: parse_windows("0 8 * * * -> 0 20 * * * = 3\n0 11 * * * -> 0 14 * * * = 9")
+                .unwrap(),
+        };
+        let utc = chrono_tz::UTC;
+        assert_eq!(plan.state(at(utc, 2026, 6, 1, 9, 0)).replicas, 3);
+        assert_eq!(plan.state(at(utc, 2026, 6, 1, 12, 0)).replicas, 9);
+        assert_eq!(plan.state(at(utc, 2026, 6, 1, 21, 0)).replicas, 0);
+    }
+
+    #[test]
+    fn a_window_whose_start_equals_its_end_is_refused() {
+        let err = Window::new("0 8 * * *", "0  8 * * *", 1).unwrap_err();
+        assert!(err.contains("same"), "{err}");
+    }
+
+    #[test]
+    fn bad_windows_name_the_entry_and_the_problem() {
+        let err = parse_windows("0 8 * * * -> 0 9 * * * = 2; 0 8 * * * = 2").unwrap_err();
+        assert!(err.starts_with("window 2:"), "{err}");
+        let err = parse_windows("0 8 * * * -> 0 9 * * * = lots").unwrap_err();
+        assert!(err.contains("lots"), "{err}");
+        assert!(parse_windows(" ; ").is_err());
+        assert!(
+            parse_expression("0 0 8 * * *").is_err(),
+            "6 fields are refused"
+        );
+    }
+
+    #[test]
+    fn windows_display_in_their_own_syntax() {
+        let w = parse_windows("0 8  * * 1-5 -> 0 20 * * 1-5 = 5").unwrap();
+        assert_eq!(w[0].to_string(), "0 8 * * 1-5 -> 0 20 * * 1-5 = 5");
+    }
+}

@@ -1,0 +1,96 @@
+//! What the upstream sources produce: readings, their errors, and the kinds of signal.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The three signals a trigger can blend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SignalKind {
+    ServiceBus,
+    Prometheus,
+    Cron,
+}
+
+impl SignalKind {
+    /// The label used in metrics, logs and `explain`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalKind::ServiceBus => "servicebus",
+            SignalKind::Prometheus => "prometheus",
+            SignalKind::Cron => "cron",
+        }
+    }
+}
+
+impl fmt::Display for SignalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an upstream read gave no value. Messages carry no secrets: upstream clients put only
+/// status codes, entity names and the upstream's own error detail in them.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SignalError {
+    #[error("{0} was not found")]
+    NotFound(String),
+    #[error("authorization failed (HTTP {status}): {detail}")]
+    Unauthorized { status: u16, detail: String },
+    #[error("throttled (HTTP {status}){}", retry_after.map(|d| format!(", retry after {}s", d.as_secs_f64())).unwrap_or_default())]
+    Throttled {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("HTTP {status}: {detail}")]
+    Http { status: u16, detail: String },
+    #[error("timed out after {}ms", .0.as_millis())]
+    Timeout(Duration),
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    /// The upstream refused the query itself (bad PromQL): a metadata problem, not an outage.
+    #[error("the query was refused: {0}")]
+    InvalidQuery(String),
+    #[error("the result is empty or NaN and `ignoreNullValues` is false")]
+    NullResult,
+    #[error("the query returned {0} series; set `seriesAggregation` (sum, max or avg)")]
+    MultipleSeries(usize),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl SignalError {
+    /// How long the upstream asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SignalError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// What the cache knows about one watched value at the moment of a decision.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observation {
+    /// The last good value, if any.
+    pub value: Option<f64>,
+    /// How old that value is.
+    pub age: Option<Duration>,
+    /// Set when the latest refresh failed; the value above is then kept from before.
+    pub error: Option<Arc<SignalError>>,
+    /// Change per second between the last two good values (for `drainTime`).
+    pub rate: Option<f64>,
+}
+
+impl Observation {
+    pub fn fresh(value: f64) -> Self {
+        Self {
+            value: Some(value),
+            age: Some(Duration::ZERO),
+            error: None,
+            rate: None,
+        }
+    }
+}
