@@ -1,0 +1,126 @@
+{{/* Chart name, truncated to the 63 characters a label allows. */}}
+{{- define "blend-scaler.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name when it already contains the chart name. */}}
+{{- define "blend-scaler.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "blend-scaler.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "blend-scaler.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "blend-scaler.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "blend-scaler.labels" -}}
+helm.sh/chart: {{ include "blend-scaler.chart" . }}
+{{ include "blend-scaler.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: external-scaler
+app.kubernetes.io/part-of: keda
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "blend-scaler.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "blend-scaler.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "blend-scaler.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* In-cluster DNS name KEDA dials (scalerAddress without the port). */}}
+{{- define "blend-scaler.host" -}}
+{{- printf "%s.%s.svc.cluster.local" (include "blend-scaler.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{- define "blend-scaler.scalerAddress" -}}
+{{- printf "%s:%d" (include "blend-scaler.host" .) (int .Values.scaler.grpcPort) }}
+{{- end }}
+
+{{/* Probe mode after resolving auto. */}}
+{{- define "blend-scaler.probeMode" -}}
+{{- if eq .Values.probes.mode "auto" }}
+{{- if .Values.tls.enabled }}http{{ else }}grpc{{ end }}
+{{- else }}
+{{- .Values.probes.mode }}
+{{- end }}
+{{- end }}
+
+{{- define "blend-scaler.credentialsSecretName" -}}
+{{- if eq .Values.credentials.source "keyVault" }}
+{{- default (printf "%s-credentials" (include "blend-scaler.fullname" .)) .Values.credentials.keyVault.syncedSecretName }}
+{{- else }}
+{{- .Values.credentials.secret.name }}
+{{- end }}
+{{- end }}
+
+{{/* Fail rendering early on combinations the schema cannot express. */}}
+{{- define "blend-scaler.validate" -}}
+{{- if and .Values.tls.enabled (eq .Values.tls.source "secret") (not .Values.tls.secret.name) }}
+{{- fail "tls.source=secret needs tls.secret.name" }}
+{{- end }}
+{{- if and .Values.tls.enabled (eq .Values.tls.source "certManagerCsi") (not .Values.tls.certManagerCsi.issuerName) }}
+{{- fail "tls.source=certManagerCsi needs tls.certManagerCsi.issuerName" }}
+{{- end }}
+{{- if and .Values.tls.clientAuth.enabled (not .Values.tls.enabled) }}
+{{- fail "tls.clientAuth.enabled (mTLS) needs tls.enabled" }}
+{{- end }}
+{{- if and (eq .Values.probes.mode "grpc") .Values.tls.enabled }}
+{{- fail "probes.mode=grpc cannot probe a TLS gRPC port (the kubelet's gRPC probe is plaintext); use auto or http" }}
+{{- end }}
+{{- if and (ne .Values.credentials.source "none") (not .Values.credentials.items) }}
+{{- fail "credentials.source is set but credentials.items is empty" }}
+{{- end }}
+{{- if and (eq .Values.credentials.source "secret") (not .Values.credentials.secret.name) }}
+{{- fail "credentials.source=secret needs credentials.secret.name" }}
+{{- end }}
+{{- if eq .Values.credentials.source "keyVault" }}
+{{- if not .Values.credentials.keyVault.name }}
+{{- fail "credentials.source=keyVault needs credentials.keyVault.name" }}
+{{- end }}
+{{- if not .Values.credentials.keyVault.tenantId }}
+{{- fail "credentials.source=keyVault needs credentials.keyVault.tenantId" }}
+{{- end }}
+{{- if not (or .Values.credentials.keyVault.clientId .Values.workloadIdentity.clientId) }}
+{{- fail "credentials.source=keyVault needs credentials.keyVault.clientId or workloadIdentity.clientId" }}
+{{- end }}
+{{- range .Values.credentials.items }}
+{{- if not .keyVaultSecret }}
+{{- fail (printf "credentials.items[%s].keyVaultSecret is required with credentials.source=keyVault" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and .Values.workloadIdentity.enabled (not .Values.workloadIdentity.clientId) }}
+{{- fail "workloadIdentity.enabled needs workloadIdentity.clientId (or set workloadIdentity.enabled=false)" }}
+{{- end }}
+{{- end }}
+
+{{- define "blend-scaler.probeTiming" -}}
+initialDelaySeconds: {{ .initialDelaySeconds }}
+periodSeconds: {{ .periodSeconds }}
+timeoutSeconds: {{ .timeoutSeconds }}
+failureThreshold: {{ .failureThreshold }}
+{{- end }}
