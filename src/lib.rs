@@ -2,8 +2,10 @@
 //! and cron windows into one replica count, answering KEDA from a background-refreshed cache.
 
 pub mod blend;
+pub mod cache;
 pub mod cron;
 pub mod metadata;
+pub mod metrics;
 pub mod secret;
 pub mod signal;
 

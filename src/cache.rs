@@ -1,0 +1,564 @@
+//! The read cache: every KEDA call is answered from here, never from an upstream.
+//!
+//! Values are grouped by *upstream identity* (a Service Bus namespace with its credentials, a
+//! Prometheus server with its auth), not by ScaledObject. Each group has one background task
+//! that reads all of the group's watched items in one [`Upstream::read`] per refresh, however
+//! many ScaledObjects watch them. A never-seen item wakes its group at once, and concurrent
+//! callers all wait for that same read. Items nobody asked about for `idle_ttl` are dropped;
+//! a group with none left is dropped too, which ends its task.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::RngExt;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::signal::{Observation, SignalError};
+
+/// An upstream that can read several items of one group in one go.
+pub trait Upstream: Send + Sync + 'static {
+    /// What one refresh reads together: one namespace, one server.
+    type Group: Clone + Eq + Hash + Send + Sync + Debug + 'static;
+    /// What a ScaledObject watches inside a group: an entity, a query.
+    type Item: Clone + Eq + Hash + Send + Sync + Debug + 'static;
+
+    /// Reads every item. Called once per group per refresh; implementations choose how
+    /// (one list request or one request per item) and report per item.
+    fn read(
+        &self,
+        group: &Self::Group,
+        items: &[Self::Item],
+    ) -> impl Future<Output = GroupRead<Self::Item>> + Send;
+}
+
+/// The outcome of one refresh of a group.
+#[derive(Debug)]
+pub struct GroupRead<I> {
+    /// One result per item; an item left out counts as an error.
+    pub values: HashMap<I, Result<f64, SignalError>>,
+    /// The upstream asked not to be called again before this long (429/503 `Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl<I: Eq + Hash> GroupRead<I> {
+    /// Every item failed the same way (a refused connection, a 401 for the whole namespace).
+    pub fn all_failed(items: &[I], error: SignalError) -> Self
+    where
+        I: Clone,
+    {
+        let retry_after = error.retry_after();
+        Self {
+            values: items
+                .iter()
+                .map(|i| (i.clone(), Err(error.clone())))
+                .collect(),
+            retry_after,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RefreshConfig {
+    /// How often each group is re-read.
+    pub interval: Duration,
+    /// How often a group is re-read while someone streams one of its items (SPEC 4).
+    pub fast_interval: Duration,
+    /// How long a never-seen item's first read may make a caller wait.
+    pub first_read_timeout: Duration,
+    /// Items nobody asked about for this long are dropped.
+    pub idle_ttl: Duration,
+    /// The longest exponential backoff after repeated failures.
+    pub max_backoff: Duration,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            fast_interval: Duration::from_secs(1),
+            first_read_timeout: Duration::from_secs(2),
+            idle_ttl: Duration::from_secs(600),
+            max_backoff: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    last_asked: Option<Instant>,
+    attempted: bool,
+    good: Option<(f64, Instant)>,
+    previous_good: Option<(f64, Instant)>,
+    error: Option<Arc<SignalError>>,
+}
+
+impl Slot {
+    fn observation(&self, now: Instant) -> Observation {
+        let rate = match (self.good, self.previous_good) {
+            (Some((v1, t1)), Some((v0, t0))) if t1 > t0 => {
+                Some((v1 - v0) / t1.duration_since(t0).as_secs_f64())
+            }
+            _ => None,
+        };
+        Observation {
+            value: self.good.map(|(v, _)| v),
+            age: self.good.map(|(_, t)| now.saturating_duration_since(t)),
+            error: self.error.clone(),
+            rate,
+        }
+    }
+}
+
+struct Group<U: Upstream> {
+    key: U::Group,
+    items: Mutex<HashMap<U::Item, Slot>>,
+    /// Bumped after every refresh, so waiters and streams can look again.
+    generation: watch::Sender<u64>,
+    wake: Notify,
+    fast_watchers: AtomicUsize,
+}
+
+/// Keeps one group re-read at the fast interval while it lives.
+pub struct FastWatch<U: Upstream> {
+    group: Arc<Group<U>>,
+}
+
+impl<U: Upstream> Drop for FastWatch<U> {
+    fn drop(&mut self) {
+        self.group.fast_watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The cache of one kind of upstream.
+pub struct Refresher<U: Upstream> {
+    upstream: Arc<U>,
+    config: RefreshConfig,
+    groups: moka::sync::Cache<U::Group, Arc<Group<U>>>,
+}
+
+impl<U: Upstream> Refresher<U> {
+    pub fn new(upstream: U, config: RefreshConfig) -> Self {
+        Self::from_arc(Arc::new(upstream), config)
+    }
+
+    pub fn from_arc(upstream: Arc<U>, config: RefreshConfig) -> Self {
+        // A group lives while its task holds it; the map only finds it. Its own idle timer
+        // is a backstop for a task that ended.
+        let groups = moka::sync::Cache::builder()
+            .time_to_idle(config.idle_ttl + config.interval * 2)
+            .build();
+        Self {
+            upstream,
+            config,
+            groups,
+        }
+    }
+
+    pub fn upstream(&self) -> &U {
+        &self.upstream
+    }
+
+    pub fn config(&self) -> &RefreshConfig {
+        &self.config
+    }
+
+    /// Groups currently tracked (for tests and metrics).
+    pub fn group_count(&self) -> u64 {
+        self.groups.run_pending_tasks();
+        self.groups.entry_count()
+    }
+
+    fn group(&self, key: &U::Group) -> Arc<Group<U>> {
+        self.groups.get_with_by_ref(key, || {
+            let group = Arc::new(Group {
+                key: key.clone(),
+                items: Mutex::new(HashMap::new()),
+                generation: watch::channel(0).0,
+                wake: Notify::new(),
+                fast_watchers: AtomicUsize::new(0),
+            });
+            tokio::spawn(refresh_loop(
+                Arc::downgrade(&group),
+                self.upstream.clone(),
+                self.config.clone(),
+                self.groups.clone(),
+            ));
+            group
+        })
+    }
+
+    /// The current observation of `item`. A never-seen item is read at once; this waits for
+    /// that first read, shared with every concurrent caller, at most `first_read_timeout`.
+    pub async fn observe(&self, key: &U::Group, item: &U::Item) -> Observation {
+        let group = self.group(key);
+        let mut changes = group.generation.subscribe();
+        {
+            let mut items = group.items.lock();
+            let slot = items.entry(item.clone()).or_default();
+            let now = Instant::now();
+            slot.last_asked = Some(now);
+            if slot.attempted {
+                return slot.observation(now);
+            }
+        }
+        group.wake.notify_one();
+        let deadline = Instant::now() + self.config.first_read_timeout;
+        loop {
+            let done = tokio::time::timeout_at(deadline, changes.changed()).await;
+            let items = group.items.lock();
+            let slot = items.get(item).cloned().unwrap_or_default();
+            if slot.attempted || !matches!(done, Ok(Ok(()))) {
+                return slot.observation(Instant::now());
+            }
+        }
+    }
+
+    /// A receiver that changes after every refresh of `key`'s group, and a guard that keeps
+    /// the group at the fast interval until dropped.
+    pub fn watch(&self, key: &U::Group) -> (watch::Receiver<u64>, FastWatch<U>) {
+        let group = self.group(key);
+        group.fast_watchers.fetch_add(1, Ordering::SeqCst);
+        group.wake.notify_one();
+        (group.generation.subscribe(), FastWatch { group })
+    }
+}
+
+/// One signal's cache as the engine sees it: by plan, whatever the upstream's keys are.
+pub trait SignalSource<P>: Send + Sync + 'static {
+    /// The current observation for `plan` (see [`Refresher::observe`]).
+    fn observe<'a>(&'a self, plan: &'a P)
+    -> Pin<Box<dyn Future<Output = Observation> + Send + 'a>>;
+    /// Change notifications for `plan`'s group, and a guard that keeps it at the fast interval.
+    fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>);
+}
+
+/// Adapts a [`Refresher`] to a plan type through a function from plan to (group, item).
+pub struct Keyed<U: Upstream, P> {
+    refresher: Refresher<U>,
+    key: fn(&P) -> (U::Group, U::Item),
+}
+
+impl<U: Upstream, P> Keyed<U, P> {
+    pub fn new(refresher: Refresher<U>, key: fn(&P) -> (U::Group, U::Item)) -> Self {
+        Self { refresher, key }
+    }
+
+    pub fn refresher(&self) -> &Refresher<U> {
+        &self.refresher
+    }
+}
+
+impl<U: Upstream, P: Send + Sync + 'static> SignalSource<P> for Keyed<U, P> {
+    fn observe<'a>(
+        &'a self,
+        plan: &'a P,
+    ) -> Pin<Box<dyn Future<Output = Observation> + Send + 'a>> {
+        Box::pin(async move {
+            let (group, item) = (self.key)(plan);
+            self.refresher.observe(&group, &item).await
+        })
+    }
+
+    fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {
+        let (group, _) = (self.key)(plan);
+        let (rx, guard) = self.refresher.watch(&group);
+        (rx, Box::new(guard))
+    }
+}
+
+async fn refresh_loop<U: Upstream>(
+    group: Weak<Group<U>>,
+    upstream: Arc<U>,
+    config: RefreshConfig,
+    groups: moka::sync::Cache<U::Group, Arc<Group<U>>>,
+) {
+    let mut failures: u32 = 0;
+    let mut not_before = Instant::now();
+    // The first read comes from the wake of whoever created the group.
+    let mut next_due = Instant::now() + config.interval;
+    loop {
+        let Some(g) = group.upgrade() else { return };
+        // Wait until due, or until a new item or stream wakes the group; never before the
+        // upstream's own Retry-After or our backoff.
+        let wait_until = next_due.max(not_before);
+        tokio::select! {
+            _ = tokio::time::sleep_until(wait_until) => {}
+            _ = g.wake.notified() => {
+                tokio::time::sleep_until(not_before).await;
+            }
+        }
+
+        let now = Instant::now();
+        let items: Vec<U::Item> = {
+            let mut items = g.items.lock();
+            items.retain(|_, slot| {
+                slot.last_asked
+                    .is_some_and(|t| now.saturating_duration_since(t) < config.idle_ttl)
+            });
+            items.keys().cloned().collect()
+        };
+        if items.is_empty() && g.fast_watchers.load(Ordering::SeqCst) == 0 {
+            // Nobody asks any more: drop the group and end the task.
+            groups.invalidate(&g.key);
+            return;
+        }
+        if items.is_empty() {
+            next_due = now + config.fast_interval;
+            continue;
+        }
+
+        let read = upstream.read(&g.key, &items).await;
+        let finished = Instant::now();
+        let mut any_ok = false;
+        {
+            let mut slots = g.items.lock();
+            let mut values = read.values;
+            for item in &items {
+                let Some(slot) = slots.get_mut(item) else {
+                    continue;
+                };
+                slot.attempted = true;
+                match values.remove(item).unwrap_or_else(|| {
+                    Err(SignalError::Other(
+                        "the upstream did not report this item".into(),
+                    ))
+                }) {
+                    Ok(v) => {
+                        any_ok = true;
+                        slot.previous_good = slot.good;
+                        slot.good = Some((v, finished));
+                        slot.error = None;
+                    }
+                    Err(e) => slot.error = Some(Arc::new(e)),
+                }
+            }
+        }
+        g.generation.send_modify(|n| *n += 1);
+
+        let interval = if g.fast_watchers.load(Ordering::SeqCst) > 0 {
+            config.interval.min(config.fast_interval)
+        } else {
+            config.interval
+        };
+        next_due = finished + interval;
+        if let Some(pause) = read.retry_after {
+            not_before = finished + pause;
+            failures = failures.saturating_add(1);
+        } else if any_ok {
+            failures = 0;
+            not_before = finished;
+        } else {
+            failures = failures.saturating_add(1);
+            not_before = finished + backoff(&config, failures);
+        }
+    }
+}
+
+/// Exponential backoff with full jitter above the normal interval: 1, 2, 4… intervals, capped.
+fn backoff(config: &RefreshConfig, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+    let ceiling = (config.interval * factor).min(config.max_backoff);
+    let extra = ceiling.saturating_sub(config.interval);
+    config.interval + extra.mul_f64(rand::rng().random_range(0.0..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// Counts reads and serves values from a table; fails items it has no value for.
+    #[derive(Default)]
+    struct Table {
+        values: Mutex<HashMap<&'static str, f64>>,
+        reads: AtomicU32,
+        retry_after: Mutex<Option<Duration>>,
+        delay: Mutex<Duration>,
+    }
+
+    impl Upstream for Table {
+        type Group = &'static str;
+        type Item = &'static str;
+
+        async fn read(
+            &self,
+            _group: &&'static str,
+            items: &[&'static str],
+        ) -> GroupRead<&'static str> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let delay = *self.delay.lock();
+            tokio::time::sleep(delay).await;
+            if let Some(pause) = *self.retry_after.lock() {
+                return GroupRead::all_failed(
+                    items,
+                    SignalError::Throttled {
+                        status: 429,
+                        retry_after: Some(pause),
+                    },
+                );
+            }
+            let values = self.values.lock();
+            GroupRead {
+                values: items
+                    .iter()
+                    .map(|i| {
+                        let v = values
+                            .get(i)
+                            .copied()
+                            .ok_or_else(|| SignalError::NotFound(i.to_string()));
+                        (*i, v)
+                    })
+                    .collect(),
+                retry_after: None,
+            }
+        }
+    }
+
+    fn config() -> RefreshConfig {
+        RefreshConfig {
+            interval: Duration::from_secs(5),
+            idle_ttl: Duration::from_secs(60),
+            ..RefreshConfig::default()
+        }
+    }
+
+    fn table(pairs: &[(&'static str, f64)]) -> Arc<Table> {
+        let t = Table::default();
+        t.values.lock().extend(pairs.iter().copied());
+        Arc::new(t)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_first_callers_share_one_read() {
+        let t = table(&[("orders", 12.0), ("billing", 3.0)]);
+        let r = Arc::new(Refresher::from_arc(t.clone(), config()));
+        let mut joins = Vec::new();
+        for i in 0..50 {
+            let r = r.clone();
+            let item = if i % 2 == 0 { "orders" } else { "billing" };
+            joins.push(tokio::spawn(async move { r.observe(&"ns", &item).await }));
+        }
+        for (i, j) in joins.into_iter().enumerate() {
+            let obs = j.await.unwrap();
+            assert_eq!(obs.value, Some(if i % 2 == 0 { 12.0 } else { 3.0 }));
+        }
+        assert!(
+            t.reads.load(Ordering::SeqCst) <= 2,
+            "reads: {}",
+            t.reads.load(Ordering::SeqCst)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_group_is_refreshed_in_the_background_once_per_interval() {
+        let t = table(&[("orders", 1.0)]);
+        let r = Refresher::from_arc(t.clone(), config());
+        assert_eq!(r.observe(&"ns", &"orders").await.value, Some(1.0));
+        let after_first = t.reads.load(Ordering::SeqCst);
+        t.values.lock().insert("orders", 9.0);
+        for _ in 0..100 {
+            // KEDA calls far more often than the refresh interval: all from the cache.
+            r.observe(&"ns", &"orders").await;
+        }
+        assert_eq!(t.reads.load(Ordering::SeqCst), after_first);
+        tokio::time::sleep(Duration::from_millis(5_100)).await;
+        let obs = r.observe(&"ns", &"orders").await;
+        assert_eq!(obs.value, Some(9.0));
+        assert_eq!(obs.rate, Some(8.0 / 5.0));
+        assert_eq!(t.reads.load(Ordering::SeqCst), after_first + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_first_read_is_cut_off_at_the_bound() {
+        let t = table(&[("orders", 1.0)]);
+        *t.delay.lock() = Duration::from_secs(10);
+        let r = Refresher::from_arc(t.clone(), config());
+        let started = Instant::now();
+        let obs = r.observe(&"ns", &"orders").await;
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(obs.value, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_keeps_the_last_good_value_and_reports_the_error() {
+        let t = table(&[("orders", 4.0)]);
+        let r = Refresher::from_arc(t.clone(), config());
+        r.observe(&"ns", &"orders").await;
+        t.values.lock().clear();
+        tokio::time::sleep(Duration::from_millis(5_100)).await;
+        let obs = r.observe(&"ns", &"orders").await;
+        assert_eq!(obs.value, Some(4.0));
+        assert!(obs.age.unwrap() >= Duration::from_secs(5));
+        assert!(matches!(
+            obs.error.as_deref(),
+            Some(SignalError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured_even_when_new_items_arrive() {
+        let t = table(&[("orders", 4.0), ("billing", 1.0)]);
+        *t.retry_after.lock() = Some(Duration::from_secs(30));
+        let r = Refresher::from_arc(t.clone(), config());
+        r.observe(&"ns", &"orders").await;
+        assert_eq!(t.reads.load(Ordering::SeqCst), 1);
+        // A new item wakes the group, but the namespace asked for 30 s of quiet.
+        // (this first read of billing waits its 2 s bound)
+        r.observe(&"ns", &"billing").await;
+        tokio::time::sleep(Duration::from_secs(27)).await;
+        assert_eq!(t.reads.load(Ordering::SeqCst), 1);
+        *t.retry_after.lock() = None;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(t.reads.load(Ordering::SeqCst), 2);
+        assert_eq!(r.observe(&"ns", &"billing").await.value, Some(1.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_speeds_its_group_up_until_it_ends() {
+        let t = table(&[("orders", 0.0)]);
+        let r = Refresher::from_arc(t.clone(), config());
+        r.observe(&"ns", &"orders").await;
+        let (mut changes, guard) = r.watch(&"ns");
+        let before = t.reads.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5_500)).await;
+        let fast = t.reads.load(Ordering::SeqCst) - before;
+        assert!(fast >= 4, "reads while streaming: {fast}");
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        drop(guard);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = t.reads.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(9_900)).await;
+        assert!(t.reads.load(Ordering::SeqCst) - before <= 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn items_nobody_asks_about_are_dropped_with_their_group() {
+        let t = table(&[("orders", 1.0)]);
+        let r = Refresher::from_arc(t.clone(), config());
+        r.observe(&"ns", &"orders").await;
+        assert_eq!(r.group_count(), 1);
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        assert_eq!(r.group_count(), 0);
+        let reads = t.reads.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(t.reads.load(Ordering::SeqCst), reads, "the task ended");
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        let c = config();
+        for failures in 1..40 {
+            let b = backoff(&c, failures);
+            assert!(b >= c.interval && b <= c.max_backoff, "{failures}: {b:?}");
+        }
+    }
+}
