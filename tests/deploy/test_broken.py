@@ -123,7 +123,7 @@ def test_missing_shared_dir_is_a_clear_error(tmp_path):
             "import deploylib as d\ntry:\n    d.crd_dir()\nexcept d.SetupError as e:\n    print(e)\n    raise SystemExit(3)",
         ],
         cwd=Path(__file__).parent,
-        env={"BLEND_SCALER_SHARED": str(tmp_path / "nowhere"), "PATH": "/usr/bin:/bin"},
+        env={"BLEND_SCALER_SHARED": str(tmp_path / "nowhere"), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
         capture_output=True,
         text=True,
         executable=__import__("sys").executable,
