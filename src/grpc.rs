@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 use crate::engine::{Engine, ObjectRef, unavailable};
 use crate::error::code_label;
@@ -63,7 +64,7 @@ async fn observed<T>(
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
     let started = Instant::now();
-    let result = call.await;
+    let result = call.instrument(tracing::info_span!("grpc", method)).await;
     let code = result.as_ref().err().map_or(Code::Ok, Status::code);
     metrics.grpc_request(method, code_label(code), started.elapsed());
     result

@@ -359,3 +359,24 @@ async fn mtls_admits_a_client_with_a_certificate_and_refuses_one_without() {
     assert!(refused, "a client without a certificate must be refused");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_upstream_outside_the_allowlist_is_permission_denied() {
+    let mut config = ServerConfig::loopback();
+    config.engine.allow_upstream = Some(vec!["*.servicebus.windows.net".into(), "prometheus.monitoring".into()]);
+    let server = server::start(config, Default::default(), Metrics::new()).await.unwrap();
+    let mut client = ExternalScalerClient::connect(format!("http://{}", server.grpc_addr)).await.unwrap();
+    let md: HashMap<String, String> = [
+        ("serverAddress", "http://169.254.169.254:9090"),
+        ("query", "up"),
+        ("threshold", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let status = client.get_metric_spec(object(md)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("`serverAddress`"), "{}", status.message());
+    assert!(status.message().contains("169.254.169.254"), "{}", status.message());
+    server.shutdown().await.unwrap();
+}
