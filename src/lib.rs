@@ -6,6 +6,7 @@ pub mod cache;
 pub mod cron;
 pub mod metadata;
 pub mod metrics;
+pub mod prometheus;
 pub mod secret;
 pub mod signal;
 
