@@ -403,7 +403,9 @@ async fn non_2xx_answers_are_errors_and_throttling_pauses_the_server() {
 
     proxy.fail_with(Some((429, Some(2))));
     let (server_key, query) = key(prom(&p));
-    let group = upstream.read(&server_key, &[query.clone()]).await;
+    let group = upstream
+        .read(&server_key, std::slice::from_ref(&query))
+        .await;
     assert_eq!(group.retry_after, Some(Duration::from_secs(2)));
     assert!(matches!(
         group.values.get(&query),
