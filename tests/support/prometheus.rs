@@ -444,7 +444,7 @@ struct ProxyState {
 
 /// A loopback HTTP proxy in front of a Prometheus: records every request, can require an
 /// exact `Authorization` header (the way an auth gateway enforces bearer tokens, which
-/// Prometheus itself cannot), and can be told to fail.
+/// Prometheus itself cannot; a refusal echoes the header it got), and can be told to fail.
 pub struct Proxy {
     addr: SocketAddr,
     state: Arc<ProxyState>,
@@ -545,10 +545,11 @@ async fn forward(
     if let Some(want) = required
         && authorization.as_deref() != Some(want)
     {
+        // Echoes what it got, as careless gateways do: the scaler must scrub its errors.
         return reply(
             StatusCode::UNAUTHORIZED,
             &[("content-type", "text/plain".into())],
-            "unauthorized\n".into(),
+            format!("unauthorized: got {authorization:?}\n"),
         );
     }
     let failure = *state.failure.lock().expect("proxy state");
