@@ -356,6 +356,7 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
 
     let mut builder = reqwest::Client::builder()
         .default_headers(headers)
+        .redirect(same_origin_redirects())
         .timeout(server.timeout)
         .connect_timeout(server.timeout)
         .user_agent(concat!("blend-scaler/", env!("CARGO_PKG_VERSION")));
@@ -382,6 +383,24 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
     Ok(Connection {
         http,
         query_url: url,
+    })
+}
+
+/// Follows redirects within the server's own origin only. Custom headers and custom auth
+/// values go with every request, and reqwest strips only the standard credential headers on a
+/// cross-host redirect, so following one could hand a secret to another host. A redirect
+/// elsewhere (an SSO login page, say) is answered as the 3xx it is: an error.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if attempt.previous().len() > 10 || !same_origin {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
     })
 }
 

@@ -617,3 +617,74 @@ async fn identical_queries_from_twenty_scaledobjects_cost_one_request_per_refres
     tokio::time::sleep(interval * 2).await;
     assert_eq!(server.query_requests().await as usize, proxy.query_count());
 }
+
+#[tokio::test]
+async fn redirects_are_followed_within_the_server_only_so_headers_never_reach_another_host() {
+    use axum::extract::RawQuery;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    // One listener, two origins: `127.0.0.1:port` and `localhost:port`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/query",
+            get({
+                let hits = hits.clone();
+                move |headers: HeaderMap| async move {
+                    hits.lock().unwrap().push(headers);
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"3"]}]}}"#,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/moved/api/v1/query",
+            get(|RawQuery(q): RawQuery| async move {
+                let to = format!("/api/v1/query?{}", q.unwrap_or_default());
+                (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response()
+            }),
+        )
+        .route(
+            "/elsewhere/api/v1/query",
+            get(move |RawQuery(q): RawQuery| async move {
+                let to = format!("http://localhost:{port}/api/v1/query?{}", q.unwrap_or_default());
+                (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response()
+            }),
+        );
+    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    let upstream = PrometheusUpstream::new(Metrics::new());
+    let headers = ("customHeaders", "X-Api-Key=redirect-secret");
+
+    let moved = plan(
+        &format!("http://127.0.0.1:{port}/moved"),
+        &[("query", "up"), headers],
+    );
+    assert_eq!(read(&upstream, &moved).await, Ok(3.0));
+    assert_eq!(
+        hits.lock().unwrap().len(),
+        1,
+        "a same-origin redirect is followed"
+    );
+
+    let elsewhere = plan(
+        &format!("http://127.0.0.1:{port}/elsewhere"),
+        &[("query", "up"), headers],
+    );
+    let refused = read(&upstream, &elsewhere).await;
+    assert!(
+        matches!(refused, Err(SignalError::Http { status: 307, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        hits.lock().unwrap().len(),
+        1,
+        "the other origin never saw the request"
+    );
+    task.abort();
+}
