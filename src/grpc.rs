@@ -26,12 +26,19 @@ const STREAM_TICK: Duration = Duration::from_secs(1);
 
 pub struct ScalerService {
     engine: Arc<Engine>,
+    /// Turns true when the server stops, so open streams end instead of holding it up.
+    stopping: watch::Receiver<bool>,
 }
 
 impl ScalerService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<Engine>, stopping: watch::Receiver<bool>) -> Self {
+        Self { engine, stopping }
     }
+}
+
+/// Resolves once the server is stopping.
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
 }
 
 fn object(r: &ScaledObjectRef) -> Result<ObjectRef<'_>, Status> {
@@ -100,8 +107,10 @@ impl ExternalScaler for ScalerService {
         })
         .await?;
         let engine = self.engine.clone();
+        let stopping = self.stopping.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
+            let mut stop = std::pin::pin!(stopped(stopping));
             // The guards keep the upstream groups at the fast interval while the stream lives.
             let (mut changes, _guards): (Vec<_>, Vec<_>) =
                 engine.watch(&tracked).into_iter().unzip();
@@ -126,6 +135,7 @@ impl ExternalScaler for ScalerService {
                 }
                 tokio::select! {
                     _ = tx.closed() => break,
+                    _ = &mut stop => break,
                     _ = tick.tick() => {}
                     _ = any_changed(&mut changes) => {}
                 }
@@ -183,9 +193,13 @@ impl ExternalScaler for ScalerService {
         // ScaledObject changes. Send it once and hold the stream open until KEDA leaves.
         let (tx, rx) = mpsc::channel(1);
         let first = spec(&tracked.plan.metric_name);
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
             if tx.send(Ok(first)).await.is_ok() {
-                tx.closed().await;
+                tokio::select! {
+                    _ = tx.closed() => {}
+                    _ = stopped(stopping) => {}
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

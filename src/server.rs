@@ -137,17 +137,21 @@ pub async fn start(
     let http_addr = http.as_ref().map(|(a, _)| *a);
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let router = builder
         .add_service(health_service)
         .add_service(ExternalScalerServer::new(ScalerService::new(
             engine.clone(),
+            stopping_rx,
         )));
     let incoming = TcpListenerStream::new(grpc_listener);
     ready.store(true, Ordering::SeqCst);
     let task = tokio::spawn(async move {
         let result = router
-            .serve_with_incoming_shutdown(incoming, async {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.await;
+                // End open streams first: graceful shutdown waits for every call in flight.
+                let _ = stopping_tx.send(true);
             })
             .await;
         if let Some((_, http_task)) = http {
