@@ -11,6 +11,7 @@ pub mod error;
 pub mod grpc;
 pub mod metadata;
 pub mod metrics;
+pub mod prometheus;
 pub mod secret;
 pub mod server;
 pub mod signal;

@@ -52,8 +52,11 @@ impl ServerConfig {
 }
 
 /// The signal sources this build has, sharing one metrics registry.
-pub fn default_sources(_refresh: &RefreshConfig, _metrics: &Metrics) -> Sources {
-    Sources::default()
+pub fn default_sources(refresh: &RefreshConfig, metrics: &Metrics) -> Sources {
+    Sources {
+        prometheus: Some(crate::prometheus::source(refresh.clone(), metrics.clone())),
+        ..Sources::default()
+    }
 }
 
 /// A running scaler. Dropping it does not stop it; call [`Running::shutdown`].
