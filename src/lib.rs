@@ -7,6 +7,7 @@ pub mod cron;
 pub mod metadata;
 pub mod metrics;
 pub mod secret;
+pub mod servicebus;
 pub mod signal;
 
 /// KEDA's `externalscaler` protocol, generated from `proto/externalscaler.proto`.

@@ -523,6 +523,7 @@ impl Parser<'_> {
     }
 
     /// A `*FromEnv` value: the secret itself from KEDA, a variable name in a file.
+    #[allow(clippy::wrong_self_convention)] // named after the `*FromEnv` keys, not a conversion
     fn from_env(&mut self, key: &str) -> Option<Secret> {
         let v = self.get(key)?;
         Some(Secret::new(v))
