@@ -3,12 +3,20 @@
 
 pub mod blend;
 pub mod cache;
+pub mod cli;
 pub mod cron;
+pub mod demo;
+pub mod engine;
+pub mod error;
+pub mod grpc;
 pub mod metadata;
 pub mod metrics;
+pub mod prometheus;
 pub mod secret;
+pub mod server;
 pub mod servicebus;
 pub mod signal;
+pub mod telemetry;
 
 /// KEDA's `externalscaler` protocol, generated from `proto/externalscaler.proto`.
 pub mod proto {

@@ -523,8 +523,7 @@ impl Parser<'_> {
     }
 
     /// A `*FromEnv` value: the secret itself from KEDA, a variable name in a file.
-    #[allow(clippy::wrong_self_convention)] // named after the `*FromEnv` keys, not a conversion
-    fn from_env(&mut self, key: &str) -> Option<Secret> {
+    fn secret(&self, key: &str) -> Option<Secret> {
         let v = self.get(key)?;
         Some(Secret::new(v))
     }
@@ -753,7 +752,7 @@ impl Parser<'_> {
     }
 
     fn servicebus_auth(&mut self) -> (Option<ServiceBusAuth>, Option<String>) {
-        if let Some(secret) = self.from_env("connectionFromEnv") {
+        if let Some(secret) = self.secret("connectionFromEnv") {
             if self.m.contains_key("credential") {
                 self.err(
                     "credential",
@@ -986,7 +985,7 @@ impl Parser<'_> {
         let wants = |m: &str| modes.contains(m);
         let credential_covers = self.has("prometheusCredential");
         if wants("bearer") {
-            match (self.from_env("bearerTokenFromEnv"), &from_credential) {
+            match (self.secret("bearerTokenFromEnv"), &from_credential) {
                 (Some(t), _) => auth.bearer = Some(t),
                 (
                     None,
@@ -999,8 +998,8 @@ impl Parser<'_> {
             }
         }
         if wants("basic") {
-            let user = self.from_env("usernameFromEnv");
-            let pass = self.from_env("passwordFromEnv");
+            let user = self.secret("usernameFromEnv");
+            let pass = self.secret("passwordFromEnv");
             match (user, pass, &from_credential) {
                 (Some(u), Some(p), _) => auth.basic = Some((u.expose().to_string(), p)),
                 (None, None, Some(PrometheusAuth { basic: Some(b), .. })) => {
@@ -1019,7 +1018,7 @@ impl Parser<'_> {
         }
         if wants("custom") {
             let header = self.required("customAuthHeader", "with `authModes: custom`");
-            let value = self.from_env("customAuthValueFromEnv");
+            let value = self.secret("customAuthValueFromEnv");
             if value.is_none() {
                 self.err(
                     "customAuthValueFromEnv",
@@ -1037,15 +1036,15 @@ impl Parser<'_> {
             auth.custom = header.zip(value);
         }
         if wants("tls") {
-            let cert = self.from_env("certFromEnv");
-            let key = self.from_env("keyFromEnv");
+            let cert = self.secret("certFromEnv");
+            let key = self.secret("keyFromEnv");
             if cert.is_none() {
                 self.err("certFromEnv", "is required with `authModes: tls`");
             }
             if key.is_none() {
                 self.err("keyFromEnv", "is required with `authModes: tls`");
             }
-            let ca = self.from_env("caFromEnv");
+            let ca = self.secret("caFromEnv");
             if let (Some(cert), Some(key)) = (cert, key) {
                 auth.tls = Some(PrometheusTls { ca, cert, key });
             }

@@ -1,0 +1,399 @@
+//! The command line (SPEC section 2). `main.rs` only calls [`run`].
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::cache::RefreshConfig;
+use crate::engine::{Engine, EngineConfig, ObjectRef, unavailable};
+use crate::metadata::{self, Credentials, Source};
+use crate::metrics::Metrics;
+use crate::server::{self, ServerConfig, TlsFiles};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "blend-scaler",
+    version,
+    about = "KEDA external scaler that blends Service Bus backlog, a Prometheus query and cron windows into one replica count"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the scaler.
+    Serve(ServeArgs),
+    /// Validate trigger metadata without calling any upstream.
+    Check(InputArgs),
+    /// Validate, read the live upstreams once, and show how the answer is made.
+    Explain(InputArgs),
+    /// Run the real server against simulated upstreams and print a scripted day.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[arg(long, env = "BLEND_SCALER_GRPC_ADDR", default_value = "0.0.0.0:9090")]
+    pub grpc_addr: SocketAddr,
+    #[arg(long, env = "BLEND_SCALER_HTTP_ADDR", default_value = "0.0.0.0:9464")]
+    pub http_addr: SocketAddr,
+    /// PEM certificate for TLS on gRPC.
+    #[arg(long, env = "BLEND_SCALER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on gRPC.
+    #[arg(long, env = "BLEND_SCALER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS).
+    #[arg(long, env = "BLEND_SCALER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often each upstream is re-read in the background.
+    #[arg(long, env = "BLEND_SCALER_REFRESH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub refresh_interval: Duration,
+    /// Host globs metadata may point at (Service Bus endpoints, Prometheus servers).
+    #[arg(long, env = "BLEND_SCALER_ALLOW_UPSTREAM", value_delimiter = ',')]
+    pub allow_upstream: Vec<String>,
+    /// `json` (default when stderr is not a terminal) or `text`.
+    #[arg(long, env = "BLEND_SCALER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Args, Debug)]
+pub struct InputArgs {
+    /// A ScaledObject YAML file (`-` for stdin); every `external` trigger in it is used.
+    pub file: Option<PathBuf>,
+    /// Trigger metadata given directly, repeated: `--metadata queueName=orders`.
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check(args) => check(&args),
+        Command::Serve(args) => runtime()?.block_on(serve(args)),
+        Command::Explain(args) => runtime()?.block_on(explain(&args)),
+        Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// One trigger found in the input.
+pub struct Trigger {
+    /// `namespace/name trigger N`, or `--metadata`.
+    pub label: String,
+    pub namespace: String,
+    pub name: String,
+    pub metadata: HashMap<String, String>,
+    /// Problems found before parsing (non-string values).
+    pub problems: Vec<String>,
+}
+
+/// Reads the triggers to check from a file, stdin or `--metadata`.
+pub fn load_triggers(args: &InputArgs) -> anyhow::Result<(Vec<Trigger>, Source)> {
+    if !args.metadata.is_empty() {
+        if args.file.is_some() {
+            bail!("give either a FILE or --metadata, not both");
+        }
+        let mut metadata = HashMap::new();
+        for pair in &args.metadata {
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("--metadata `{pair}` is not KEY=VALUE"))?;
+            metadata.insert(k.to_string(), v.to_string());
+        }
+        let t = Trigger {
+            label: "--metadata".into(),
+            namespace: "cli".into(),
+            name: "metadata".into(),
+            metadata,
+            problems: Vec::new(),
+        };
+        return Ok((vec![t], Source::Keda));
+    }
+    let Some(path) = &args.file else {
+        bail!("give a ScaledObject FILE (or - for stdin), or --metadata KEY=VALUE");
+    };
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let triggers = triggers_in_yaml(&text)?;
+    if triggers.is_empty() {
+        bail!(
+            "no `external` or `external-push` trigger found in {}",
+            path.display()
+        );
+    }
+    Ok((triggers, Source::File))
+}
+
+/// Every `external`/`external-push` trigger of every ScaledObject or ScaledJob in `text`.
+pub fn triggers_in_yaml(text: &str) -> anyhow::Result<Vec<Trigger>> {
+    use serde_yaml::Value;
+    let mut out = Vec::new();
+    for (doc_index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let doc =
+            Value::deserialize(doc).with_context(|| format!("YAML document {}", doc_index + 1))?;
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        if !matches!(kind, "ScaledObject" | "ScaledJob") {
+            continue;
+        }
+        let meta = doc.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("(unnamed)")
+            .to_string();
+        let namespace = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let triggers = doc
+            .get("spec")
+            .and_then(|s| s.get("triggers"))
+            .and_then(Value::as_sequence)
+            .cloned()
+            .unwrap_or_default();
+        for (i, trigger) in triggers.iter().enumerate() {
+            let ty = trigger
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !matches!(ty, "external" | "external-push") {
+                continue;
+            }
+            let mut metadata = HashMap::new();
+            let mut problems = Vec::new();
+            if let Some(map) = trigger.get("metadata").and_then(Value::as_mapping) {
+                for (k, v) in map {
+                    let Some(k) = k.as_str() else {
+                        problems.push("a metadata key is not a string".to_string());
+                        continue;
+                    };
+                    match v {
+                        Value::String(s) => {
+                            metadata.insert(k.to_string(), s.clone());
+                        }
+                        _ => problems.push(format!(
+                            "metadata key `{k}`: KEDA takes only strings; quote the value"
+                        )),
+                    }
+                }
+            }
+            out.push(Trigger {
+                label: format!("{kind} {namespace}/{name} trigger {} ({ty})", i + 1),
+                namespace: namespace.clone(),
+                name: name.clone(),
+                metadata,
+                problems,
+            });
+        }
+    }
+    Ok(out)
+}
+
+use serde::Deserialize as _;
+
+fn check(args: &InputArgs) -> anyhow::Result<ExitCode> {
+    let (triggers, source) = load_triggers(args)?;
+    let credentials = Credentials::from_env();
+    let mut failed = false;
+    for t in &triggers {
+        let parsed = metadata::parse(&t.metadata, source, &credentials);
+        match (parsed, t.problems.is_empty()) {
+            (Ok(plan), true) => {
+                println!("{}: ok", t.label);
+                print!("{plan}");
+            }
+            (result, _) => {
+                failed = true;
+                println!("{}: invalid", t.label);
+                for p in &t.problems {
+                    println!("  error: {p}");
+                }
+                if let Err(errs) = result {
+                    for e in errs.0 {
+                        println!("  error: {e}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let _telemetry = telemetry::init(args.log_format.unwrap_or_else(LogFormat::detect))?;
+    let refresh = RefreshConfig {
+        interval: args.refresh_interval,
+        ..RefreshConfig::default()
+    };
+    let metrics = Metrics::new();
+    let sources = server::default_sources(&refresh, &metrics);
+    let config = ServerConfig {
+        grpc_addr: args.grpc_addr,
+        http_addr: Some(args.http_addr),
+        tls: args.tls_cert.map(|cert| TlsFiles {
+            cert,
+            key: args
+                .tls_key
+                .expect("clap requires --tls-key with --tls-cert"),
+            client_ca: args.tls_client_ca,
+        }),
+        engine: EngineConfig {
+            refresh,
+            allow_upstream: (!args.allow_upstream.is_empty()).then_some(args.allow_upstream),
+            credentials: Credentials::from_env(),
+            ..EngineConfig::default()
+        },
+    };
+    let running = server::start(config, sources, metrics).await?;
+    running.run_until(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// In a file, `*FromEnv` values name variables; `explain` resolves them from its own
+/// environment, as KEDA would from the target's.
+fn resolve_from_env(metadata: &mut HashMap<String, String>) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (key, value) in metadata.iter_mut() {
+        if key.ends_with("FromEnv") {
+            match std::env::var(value.as_str()) {
+                Ok(v) => *value = v,
+                Err(_) => missing.push(format!(
+                    "metadata key `{key}`: set `{value}` in this environment to explain"
+                )),
+            }
+        }
+    }
+    missing
+}
+
+async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
+    let (mut triggers, source) = load_triggers(args)?;
+    let metrics = Metrics::new();
+    let refresh = RefreshConfig::default();
+    let engine = Engine::new(
+        EngineConfig {
+            refresh: refresh.clone(),
+            credentials: Credentials::from_env(),
+            ..EngineConfig::default()
+        },
+        server::default_sources(&refresh, &metrics),
+        metrics,
+    )?;
+    let engine = Arc::new(engine);
+    let mut failed = false;
+    for t in &mut triggers {
+        let mut problems = std::mem::take(&mut t.problems);
+        if source == Source::File {
+            problems.extend(resolve_from_env(&mut t.metadata));
+        }
+        println!("{}", t.label);
+        if !problems.is_empty() {
+            failed = true;
+            for p in problems {
+                println!("  error: {p}");
+            }
+            continue;
+        }
+        let obj = ObjectRef {
+            namespace: &t.namespace,
+            name: &t.name,
+            metadata: &t.metadata,
+        };
+        match engine.decide(obj).await {
+            Err(e) => {
+                failed = true;
+                println!("  error: {e}");
+            }
+            Ok((tracked, d)) => {
+                print!("{}", tracked.plan);
+                println!(
+                    "  {:<11} {:>12} {:>9} {:>7} {:>8}",
+                    "signal", "value", "replicas", "active", "age"
+                );
+                for s in &d.signals {
+                    let age = s
+                        .age
+                        .map_or("-".into(), |a| format!("{:.1}s", a.as_secs_f64()));
+                    let note = if s.stale {
+                        " (stale: upstream failing)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "  {:<11} {:>12} {:>9} {:>7} {:>8}{note}",
+                        s.kind.as_str(),
+                        s.value,
+                        s.replicas,
+                        if s.active { "yes" } else { "no" },
+                        age
+                    );
+                }
+                for m in &d.missing {
+                    failed = true;
+                    println!("  {:<11} error: {}", m.kind.as_str(), unavailable(m));
+                }
+                if d.missing.is_empty() {
+                    let by = d
+                        .decided_by
+                        .map_or("no signal (all zero)".into(), |k| k.to_string());
+                    println!(
+                        "  result: {} replicas, decided by {by}{}; active: {}",
+                        d.replicas,
+                        if d.held {
+                            " (held by a stale value)"
+                        } else {
+                            ""
+                        },
+                        if d.any_active { "yes" } else { "no" }
+                    );
+                }
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

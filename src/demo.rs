@@ -1,0 +1,144 @@
+//! `demo`: the real server, simulated upstreams on loopback, and a KEDA-style client walking
+//! through a scripted day on a fast virtual clock.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use clap::Args;
+
+use crate::cache::RefreshConfig;
+use crate::engine::EngineConfig;
+use crate::metrics::Metrics;
+use crate::proto::external_scaler_client::ExternalScalerClient;
+use crate::proto::{GetMetricsRequest, ScaledObjectRef};
+use crate::server::{self, ServerConfig};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Real milliseconds per virtual half hour.
+    #[arg(long, default_value_t = 250)]
+    pub step_ms: u64,
+}
+
+/// The scripted day: what each signal sees at a virtual time of day (hours, UTC).
+pub struct Script;
+
+impl Script {
+    pub const METADATA: &'static [(&'static str, &'static str)] = &[
+        ("timezone", "UTC"),
+        // Business hours hold a floor; the lunch peak holds a higher one.
+        (
+            "windows",
+            "0 8 * * 1-5 -> 0 20 * * 1-5 = 3; 0 11 * * 1-5 -> 0 14 * * 1-5 = 6",
+        ),
+        ("minReplicas", "1"),
+        ("maxReplicas", "30"),
+    ];
+
+    /// The demo day: Wednesday 2026-06-03.
+    pub fn day_start() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 3, 0, 0, 0).unwrap()
+    }
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let virtual_now = Arc::new(AtomicI64::new(Script::day_start().timestamp()));
+    let clock_now = virtual_now.clone();
+    let refresh = RefreshConfig {
+        interval: Duration::from_millis((args.step_ms / 3).max(20)),
+        ..RefreshConfig::default()
+    };
+    let metrics = Metrics::new();
+    let config = ServerConfig {
+        engine: EngineConfig {
+            refresh: refresh.clone(),
+            clock: Arc::new(move || {
+                Utc.timestamp_opt(clock_now.load(Ordering::SeqCst), 0)
+                    .single()
+                    .unwrap_or_default()
+            }),
+            ..EngineConfig::default()
+        },
+        ..ServerConfig::loopback()
+    };
+    let sources = server::default_sources(&refresh, &metrics);
+    let running = server::start(config, sources, metrics).await?;
+    let mut client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr)).await?;
+
+    let object = ScaledObjectRef {
+        name: "order-processor".into(),
+        namespace: "production".into(),
+        scaler_metadata: crate::grpc::metadata_from_pairs(Script::METADATA.iter().copied()),
+    };
+    println!(
+        "blend-scaler demo: the real gRPC server on {}, called the way KEDA calls it.",
+        running.grpc_addr
+    );
+    println!("ScaledObject production/order-processor blends:");
+    for (k, v) in Script::METADATA {
+        println!("  {k}: {v}");
+    }
+    let spec = client.get_metric_spec(object.clone()).await?.into_inner();
+    let spec = &spec.metric_specs[0];
+    println!(
+        "GetMetricSpec: metric `{}`, target {} (AverageValue)\n",
+        spec.metric_name, spec.target_size
+    );
+    println!(
+        "{:>5}  {:>8}  {:>6}  {:<30}",
+        "time", "replicas", "active", "why"
+    );
+
+    let step = Duration::from_millis(args.step_ms);
+    let mut last = None;
+    for half_hour in 0..48 {
+        let t = Script::day_start() + chrono::Duration::minutes(30 * half_hour);
+        virtual_now.store(t.timestamp(), Ordering::SeqCst);
+        tokio::time::sleep(step).await;
+        let active = client.is_active(object.clone()).await?.into_inner().result;
+        let value = client
+            .get_metrics(GetMetricsRequest {
+                scaled_object_ref: Some(object.clone()),
+                metric_name: spec.metric_name.clone(),
+            })
+            .await?
+            .into_inner()
+            .metric_values[0]
+            .metric_value;
+        let (_, decision) = running
+            .engine
+            .decide(crate::engine::ObjectRef {
+                namespace: &object.namespace,
+                name: &object.name,
+                metadata: &object.scaler_metadata,
+            })
+            .await?;
+        let why: Vec<String> = decision
+            .signals
+            .iter()
+            .map(|s| format!("{} {}->{}", s.kind, s.value, s.replicas))
+            .collect();
+        let marker = if last != Some(value) { "*" } else { " " };
+        last = Some(value);
+        println!(
+            "{}  {:>7}{marker}  {:>6}  {}",
+            t.format("%H:%M"),
+            value,
+            if active { "yes" } else { "no" },
+            why.join(", ")
+        );
+    }
+    println!("\n* the replica count changed. Metrics of this run:");
+    let text = running.engine.metrics().encode();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("blend_scaler_grpc_requests_total"))
+    {
+        println!("  {line}");
+    }
+    running.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,231 @@
+//! KEDA's `ExternalScaler` service over the engine.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+
+use crate::engine::{Engine, ObjectRef, unavailable};
+use crate::error::code_label;
+use crate::metrics::Metrics;
+use crate::proto::external_scaler_server::ExternalScaler;
+use crate::proto::{
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
+    MetricValue, ScaledObjectRef,
+};
+
+/// Longest namespace or name Kubernetes allows.
+const MAX_NAME: usize = 253;
+/// How often an open `StreamIsActive` re-checks cron windows between cache changes.
+const STREAM_TICK: Duration = Duration::from_secs(1);
+
+pub struct ScalerService {
+    engine: Arc<Engine>,
+    /// Turns true when the server stops, so open streams end instead of holding it up.
+    stopping: watch::Receiver<bool>,
+}
+
+impl ScalerService {
+    pub fn new(engine: Arc<Engine>, stopping: watch::Receiver<bool>) -> Self {
+        Self { engine, stopping }
+    }
+}
+
+/// Resolves once the server is stopping.
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
+}
+
+fn object(r: &ScaledObjectRef) -> Result<ObjectRef<'_>, Status> {
+    for (field, value) in [("namespace", &r.namespace), ("name", &r.name)] {
+        if value.is_empty() || value.len() > MAX_NAME {
+            return Err(Status::invalid_argument(format!(
+                "ScaledObjectRef.{field} must be 1 to {MAX_NAME} characters"
+            )));
+        }
+    }
+    Ok(ObjectRef {
+        namespace: &r.namespace,
+        name: &r.name,
+        metadata: &r.scaler_metadata,
+    })
+}
+
+/// Counts and times one call for `/metrics`.
+async fn observed<T>(
+    metrics: &Metrics,
+    method: &'static str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = Instant::now();
+    let result = call.instrument(tracing::info_span!("grpc", method)).await;
+    let code = result.as_ref().err().map_or(Code::Ok, Status::code);
+    metrics.grpc_request(method, code_label(code), started.elapsed());
+    result
+}
+
+fn spec(metric_name: &str) -> GetMetricSpecResponse {
+    GetMetricSpecResponse {
+        metric_specs: vec![MetricSpec {
+            metric_name: metric_name.to_string(),
+            target_size: 1,
+            target_size_float: 1.0,
+        }],
+    }
+}
+
+type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalScaler for ScalerService {
+    async fn is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<IsActiveResponse>, Status> {
+        observed(self.engine.metrics(), "IsActive", async {
+            let r = request.get_ref();
+            let result = self.engine.is_active(object(r)?).await?;
+            Ok(Response::new(IsActiveResponse { result }))
+        })
+        .await
+    }
+
+    type StreamIsActiveStream = Stream<IsActiveResponse>;
+
+    async fn stream_is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let r = request.into_inner();
+        let tracked = observed(self.engine.metrics(), "StreamIsActive", async {
+            Ok(self.engine.track(object(&r)?)?)
+        })
+        .await?;
+        let engine = self.engine.clone();
+        let stopping = self.stopping.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut stop = std::pin::pin!(stopped(stopping));
+            // The guards keep the upstream groups at the fast interval while the stream lives.
+            let (mut changes, _guards): (Vec<_>, Vec<_>) =
+                engine.watch(&tracked).into_iter().unzip();
+            let mut tick = tokio::time::interval(STREAM_TICK);
+            let mut last = None;
+            loop {
+                let decision = engine.evaluate(&tracked).await;
+                // Unknown (a signal missing and none active) is not sent: KEDA would act on it.
+                if let Ok(active) = decision.active()
+                    && last != Some(active)
+                {
+                    if tx
+                        .send(Ok(IsActiveResponse { result: active }))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    last = Some(active);
+                } else if let Err(m) = decision.active() {
+                    tracing::debug!(error = %unavailable(m), "stream state unknown");
+                }
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = &mut stop => break,
+                    _ = tick.tick() => {}
+                    _ = any_changed(&mut changes) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        observed(self.engine.metrics(), "GetMetricSpec", async {
+            let tracked = self.engine.track(object(request.get_ref())?)?;
+            Ok(Response::new(spec(&tracked.plan.metric_name)))
+        })
+        .await
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        observed(self.engine.metrics(), "GetMetrics", async {
+            let r = request
+                .get_ref()
+                .scaled_object_ref
+                .as_ref()
+                .ok_or_else(|| {
+                    Status::invalid_argument("GetMetricsRequest.scaledObjectRef is required")
+                })?;
+            let (tracked, replicas) = self.engine.replicas(object(r)?).await?;
+            Ok(Response::new(GetMetricsResponse {
+                metric_values: vec![MetricValue {
+                    metric_name: tracked.plan.metric_name.clone(),
+                    metric_value: i64::from(replicas),
+                    metric_value_float: f64::from(replicas),
+                }],
+            }))
+        })
+        .await
+    }
+
+    type StreamMetricSpecStream = Stream<GetMetricSpecResponse>;
+
+    async fn stream_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
+        let tracked = observed(self.engine.metrics(), "StreamMetricSpec", async {
+            Ok(self.engine.track(object(request.get_ref())?)?)
+        })
+        .await?;
+        // The spec is fixed for a given metadata (target 1); KEDA reopens the stream when the
+        // ScaledObject changes. Send it once and hold the stream open until KEDA leaves.
+        let (tx, rx) = mpsc::channel(1);
+        let first = spec(&tracked.plan.metric_name);
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            if tx.send(Ok(first)).await.is_ok() {
+                tokio::select! {
+                    _ = tx.closed() => {}
+                    _ = stopped(stopping) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Resolves when any receiver sees a new refresh; never, when there are none.
+async fn any_changed(receivers: &mut [watch::Receiver<u64>]) {
+    if receivers.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = receivers.iter_mut().map(|r| Box::pin(r.changed()));
+    let (result, _, _) = futures::future::select_all(waits).await;
+    if result.is_err() {
+        // The group is gone; the tick keeps the stream going.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Metadata from `k=v` strings, for tests and the CLI.
+pub fn metadata_from_pairs<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> HashMap<String, String> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

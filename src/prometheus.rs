@@ -1,0 +1,950 @@
+//! The `prometheus` signal: one PromQL instant query against one server (SPEC 3 and 5).
+//!
+//! Reads are shared through the [`cache`](crate::cache): the group is the *server as reached*
+//! (address, auth, headers, namespace, timeout), the item is the *question asked* (query,
+//! parameters, and how the answer is read). Twenty ScaledObjects with the same query against
+//! the same server cost one request per refresh, whatever their thresholds.
+//!
+//! This returns the query's value; `threshold` and `activationThreshold` are applied by the
+//! blend. A failed request is an error, never 0: only an answered query that is empty or NaN
+//! becomes 0, and only with `ignoreNullValues` (KEDA's default).
+//!
+//! The HTTP exchange is done with the `reqwest` client directly, and the answer is decoded into
+//! `prometheus-http-query`'s wire types. The crate's own `InstantQueryBuilder` cannot carry
+//! `queryParameters`: it only takes parameter names as `&'static str`, and these names arrive
+//! at run time in trigger metadata (leaking one string per name a ScaledObject invents would
+//! grow without bound). Its response handling also drops the `Retry-After` header and reads
+//! bodies without a size limit, both of which matter for a poller that must not hammer or be
+//! flooded by an overloaded server.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use prometheus_http_query::error::{PrometheusError, PrometheusErrorType};
+use prometheus_http_query::response::{Data, PromqlResult};
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use serde::Deserialize;
+use tokio::time::Instant;
+use url::Url;
+
+use crate::cache::{self, GroupRead, Keyed, Refresher, SignalSource, Upstream};
+use crate::metadata::{Aggregation, PrometheusAuth, PrometheusPlan};
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::signal::SignalError;
+
+/// Per-request timeout when the trigger sets no `timeout` (KEDA's HTTP default as well).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The label of this upstream in `blend_scaler_upstream_requests_total`.
+const UPSTREAM: &str = "prometheus";
+
+/// A larger answer is refused rather than buffered: a query that returns that much is not a
+/// scaling signal, and the scaler must not be pushed out of memory by one.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Distinct queries against one server in flight at once during a refresh.
+const MAX_CONCURRENT_QUERIES: usize = 16;
+
+/// The longest `Retry-After` honoured; a server asking for more is retried after this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// How much of an error body is quoted in an error message.
+const MAX_DETAIL_CHARS: usize = 300;
+
+/// A Prometheus server as the scaler reaches it: everything that shapes the HTTP client or
+/// applies to every query sent to it. Two plans with equal `Server`s share one refresh.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Server {
+    address: String,
+    auth: PrometheusAuth,
+    /// Sorted by name (stable, so repeated names keep their order): header order carries no
+    /// meaning, and must not split one server into two groups.
+    headers: Vec<(String, Secret)>,
+    namespace: Option<String>,
+    timeout: Duration,
+}
+
+impl Server {
+    /// `host:port` of the server: what errors name, since the full address may carry
+    /// credentials in its user-info part.
+    pub fn label(&self) -> String {
+        match Url::parse(&self.address) {
+            Ok(u) => match (u.host_str(), u.port_or_known_default()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_string(),
+                _ => "an unparsable address".into(),
+            },
+            Err(_) => "an unparsable address".into(),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Every secret value this server is reached with, for scrubbing text that came back
+    /// from the server (an error page could echo a header).
+    fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Some(t) = &self.auth.bearer {
+            out.push(t.expose().to_string());
+        }
+        if let Some((user, pass)) = &self.auth.basic {
+            out.push(user.clone());
+            out.push(pass.expose().to_string());
+            out.push(basic_token(user, pass.expose()));
+        }
+        if let Some((_, v)) = &self.auth.custom {
+            out.push(v.expose().to_string());
+        }
+        for (_, v) in &self.headers {
+            out.push(v.expose().to_string());
+        }
+        if let Ok(u) = Url::parse(&self.address) {
+            if !u.username().is_empty() {
+                out.push(u.username().to_string());
+            }
+            if let Some(p) = u.password() {
+                out.push(p.to_string());
+            }
+        }
+        out.retain(|s| !s.is_empty());
+        // Longest first, so a secret containing another is replaced whole.
+        out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        out
+    }
+
+    /// `text` with every secret of this server replaced, cut to a readable length.
+    fn scrub(&self, text: &str) -> String {
+        let mut out = text.trim().to_string();
+        for secret in self.secrets() {
+            out = out.replace(&secret, "<redacted>");
+        }
+        if out.chars().count() > MAX_DETAIL_CHARS {
+            out = out.chars().take(MAX_DETAIL_CHARS).collect::<String>() + "…";
+        }
+        out
+    }
+}
+
+/// Never prints a secret: auth shows only which modes are on, headers only their names, and
+/// the address loses any user-info.
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let address = match Url::parse(&self.address) {
+            Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+                let _ = u.set_username("redacted");
+                let _ = u.set_password(None);
+                u.to_string()
+            }
+            _ => self.address.clone(),
+        };
+        f.debug_struct("Server")
+            .field("address", &address)
+            .field("auth", &auth_modes(&self.auth))
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("namespace", &self.namespace)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+fn auth_modes(auth: &PrometheusAuth) -> Vec<&'static str> {
+    let mut modes = Vec::new();
+    if auth.bearer.is_some() {
+        modes.push("bearer");
+    }
+    if auth.basic.is_some() {
+        modes.push("basic");
+    }
+    if auth.custom.is_some() {
+        modes.push("custom");
+    }
+    if auth.tls.is_some() {
+        modes.push("tls");
+    }
+    modes
+}
+
+/// One question to a server, and how its answer becomes one number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Query {
+    query: String,
+    /// Sorted by name (stable), for the same reason as [`Server::headers`].
+    parameters: Vec<(String, String)>,
+    ignore_null_values: bool,
+    series_aggregation: Option<Aggregation>,
+}
+
+impl Query {
+    pub fn promql(&self) -> &str {
+        &self.query
+    }
+}
+
+/// The cache keys of a plan: which server, and which question.
+pub fn key(plan: &PrometheusPlan) -> (Server, Query) {
+    let mut headers = plan.custom_headers.clone();
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut parameters = plan.query_parameters.clone();
+    parameters.sort_by(|a, b| a.0.cmp(&b.0));
+    (
+        Server {
+            address: plan.server_address.clone(),
+            auth: plan.auth.clone(),
+            headers,
+            namespace: plan.namespace.clone(),
+            timeout: plan.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        },
+        Query {
+            query: plan.query.clone(),
+            parameters,
+            ignore_null_values: plan.ignore_null_values,
+            series_aggregation: plan.series_aggregation,
+        },
+    )
+}
+
+/// The Prometheus signal's cache, as the engine uses it.
+pub fn source(
+    config: cache::RefreshConfig,
+    metrics: Metrics,
+) -> Arc<dyn SignalSource<PrometheusPlan>> {
+    Arc::new(Keyed::new(
+        Refresher::new(PrometheusUpstream::new(metrics), config),
+        key,
+    ))
+}
+
+/// An HTTP client set up for one [`Server`], and where its instant queries go.
+#[derive(Clone)]
+struct Connection {
+    http: reqwest::Client,
+    query_url: Url,
+}
+
+/// Reads instant queries from Prometheus servers.
+pub struct PrometheusUpstream {
+    metrics: Metrics,
+    /// Clients are built once per server: building one loads TLS material and opens a new
+    /// connection pool. A server nobody reads for a while is forgotten (and so is its pool).
+    connections: moka::sync::Cache<Server, Result<Connection, SignalError>>,
+}
+
+impl PrometheusUpstream {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            connections: moka::sync::Cache::builder()
+                .time_to_idle(Duration::from_secs(15 * 60))
+                .build(),
+        }
+    }
+
+    fn connection(&self, server: &Server) -> Result<Connection, SignalError> {
+        self.connections.get_with_by_ref(server, || connect(server))
+    }
+
+    /// Sends one query and turns the answer into one number; records the request.
+    pub async fn query(&self, server: &Server, query: &Query) -> Result<f64, SignalError> {
+        let connection = self.connection(server)?;
+        let started = Instant::now();
+        let (result, outcome) = match send(&connection, server, query).await {
+            Ok(data) => (interpret(data, query), "ok"),
+            Err((e, outcome)) => (Err(e), outcome),
+        };
+        self.metrics
+            .upstream_request(UPSTREAM, outcome, started.elapsed());
+        if let Err(e) = &result {
+            tracing::debug!(
+                upstream = UPSTREAM,
+                server = %server.label(),
+                outcome,
+                error = %e,
+                "prometheus query gave no value"
+            );
+        }
+        result
+    }
+}
+
+impl Upstream for PrometheusUpstream {
+    type Group = Server;
+    type Item = Query;
+
+    async fn read(&self, server: &Server, items: &[Query]) -> GroupRead<Query> {
+        if let Err(e) = self.connection(server) {
+            return GroupRead::all_failed(items, e);
+        }
+        // One request per distinct query: the instant-query API answers one expression at a
+        // time. Identical queries were already merged into one item by the cache.
+        let values: HashMap<Query, Result<f64, SignalError>> =
+            futures::stream::iter(items.iter().cloned())
+                .map(|q| async move {
+                    let v = self.query(server, &q).await;
+                    (q, v)
+                })
+                .buffer_unordered(MAX_CONCURRENT_QUERIES)
+                .collect()
+                .await;
+        // A throttled answer speaks for the whole server.
+        let retry_after = values
+            .values()
+            .filter_map(|v| v.as_ref().err().and_then(SignalError::retry_after))
+            .max();
+        GroupRead {
+            values,
+            retry_after,
+        }
+    }
+}
+
+/// Builds the HTTP client for one server: auth and custom headers on every request, the
+/// client certificate and CA for `tls`, and the timeout for each whole request.
+fn connect(server: &Server) -> Result<Connection, SignalError> {
+    let config_error = |what: &str| {
+        SignalError::Other(format!(
+            "the Prometheus client for {} could not be set up: {what}",
+            server.label()
+        ))
+    };
+    let mut url = Url::parse(&server.address).map_err(|_| config_error("bad serverAddress"))?;
+    let path = url.path().trim_end_matches('/').to_string();
+    url.set_path(&format!("{path}/api/v1/query"));
+    url.set_fragment(None);
+
+    let mut headers = HeaderMap::new();
+    for (name, value) in &server.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| config_error(&format!("`{name}` is not a header name")))?;
+        headers.append(
+            name.clone(),
+            sensitive(value.expose())
+                .ok_or_else(|| config_error(&format!("the value of header `{name}` is invalid")))?,
+        );
+    }
+    // Like KEDA, a bearer token wins over basic auth for `Authorization`; a custom auth header
+    // is added under its own name (and replaces a custom header of the same name).
+    let authorization = match (&server.auth.bearer, &server.auth.basic) {
+        (Some(token), _) => Some(format!("Bearer {}", token.expose())),
+        (None, Some((user, pass))) => Some(format!("Basic {}", basic_token(user, pass.expose()))),
+        (None, None) => None,
+    };
+    if let Some(value) = authorization {
+        headers.insert(
+            AUTHORIZATION,
+            sensitive(&value).ok_or_else(|| config_error("the credentials are not header-safe"))?,
+        );
+    }
+    if let Some((name, value)) = &server.auth.custom {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| config_error("`customAuthHeader` is not a header name"))?;
+        headers.insert(
+            name,
+            sensitive(value.expose())
+                .ok_or_else(|| config_error("`customAuthValueFromEnv` is not header-safe"))?,
+        );
+    }
+
+    let mut builder = reqwest::Client::builder()
+        .default_headers(headers)
+        .redirect(same_origin_redirects())
+        .timeout(server.timeout)
+        .connect_timeout(server.timeout)
+        .user_agent(concat!("blend-scaler/", env!("CARGO_PKG_VERSION")));
+    if let Some(tls) = &server.auth.tls {
+        // reqwest wants the certificate chain and its key in one PEM buffer.
+        let pem = format!("{}\n{}\n", tls.cert.expose(), tls.key.expose());
+        let identity = reqwest::Identity::from_pem(pem.as_bytes()).map_err(|_| {
+            config_error("`certFromEnv`/`keyFromEnv` are not a PEM certificate and key")
+        })?;
+        builder = builder.identity(identity);
+        if let Some(ca) = &tls.ca {
+            // As KEDA (Go's RootCAs): a given CA replaces the system roots.
+            let roots = reqwest::Certificate::from_pem_bundle(ca.expose().as_bytes())
+                .map_err(|_| config_error("`caFromEnv` is not a PEM certificate"))?;
+            if roots.is_empty() {
+                return Err(config_error("`caFromEnv` holds no certificate"));
+            }
+            builder = builder.tls_certs_only(roots);
+        }
+    }
+    let http = builder
+        .build()
+        .map_err(|e| config_error(&error_chain(&e.without_url())))?;
+    Ok(Connection {
+        http,
+        query_url: url,
+    })
+}
+
+/// Follows redirects within the server's own origin only. Custom headers and custom auth
+/// values go with every request, and reqwest strips only the standard credential headers on a
+/// cross-host redirect, so following one could hand a secret to another host. A redirect
+/// elsewhere (an SSO login page, say) is answered as the 3xx it is: an error.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if attempt.previous().len() > 10 || !same_origin {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// A header value that is never printed by reqwest's or hyper's debug output.
+fn sensitive(value: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(value).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+fn basic_token(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+}
+
+/// The envelope of every Prometheus API answer; the crate's own is private.
+#[derive(Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+enum Envelope {
+    Success { data: PromqlResult },
+    Error(PrometheusError),
+}
+
+type Failure = (SignalError, &'static str);
+
+/// One GET of `/api/v1/query`; the decoded data, or the error and the metric outcome.
+async fn send(connection: &Connection, server: &Server, query: &Query) -> Result<Data, Failure> {
+    let mut params: Vec<(&str, &str)> = vec![("query", &query.query)];
+    if let Some(ns) = &server.namespace {
+        params.push(("namespace", ns));
+    }
+    params.extend(
+        query
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+
+    let response = connection
+        .http
+        .get(connection.query_url.clone())
+        .query(&params)
+        .send()
+        .await
+        .map_err(|e| transport_error(e, server))?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let is_json = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    let body = read_body(response, server).await?;
+
+    let decoded = if is_json {
+        Some(serde_json::from_slice::<Envelope>(&body))
+    } else {
+        None
+    };
+    match decoded {
+        Some(Ok(Envelope::Success { data })) if status.is_success() => Ok(data.into_inner().0),
+        Some(Ok(Envelope::Error(e))) => Err(api_error(status, &e, retry_after, server)),
+        Some(Err(e)) if status.is_success() => Err((
+            SignalError::Malformed(format!(
+                "Prometheus at {} sent an answer that is not a query result: {}",
+                server.label(),
+                server.scrub(&e.to_string())
+            )),
+            "error",
+        )),
+        _ if status.is_success() => Err((
+            SignalError::Malformed(format!(
+                "Prometheus at {} answered HTTP {} without JSON",
+                server.label(),
+                status.as_u16()
+            )),
+            "error",
+        )),
+        _ => Err(http_error(
+            status,
+            &String::from_utf8_lossy(&body),
+            retry_after,
+            server,
+        )),
+    }
+}
+
+/// Reads the body, refusing one larger than [`MAX_BODY_BYTES`].
+async fn read_body(mut response: reqwest::Response, server: &Server) -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(e, server))?
+    {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err((
+                SignalError::Malformed(format!(
+                    "Prometheus at {} sent more than {} MiB; narrow the query",
+                    server.label(),
+                    MAX_BODY_BYTES / (1024 * 1024)
+                )),
+                "error",
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A Prometheus `{"status":"error"}` answer. `bad_data` is the query (or a query parameter)
+/// being refused: a metadata problem the operator must fix, not an outage.
+fn api_error(
+    status: StatusCode,
+    e: &PrometheusError,
+    retry_after: Option<Duration>,
+    server: &Server,
+) -> Failure {
+    let detail = server.scrub(&format!("{}: {}", e.error_type(), e.message()));
+    if e.error_type() == PrometheusErrorType::BadData {
+        return (SignalError::InvalidQuery(detail), "bad_query");
+    }
+    let (error, outcome) = http_error(status, &detail, retry_after, server);
+    let outcome = if e.error_type() == PrometheusErrorType::Timeout {
+        "timeout"
+    } else {
+        outcome
+    };
+    (error, outcome)
+}
+
+/// A non-2xx answer that is not a Prometheus error (a proxy's page, an auth gateway).
+fn http_error(
+    status: StatusCode,
+    body: &str,
+    retry_after: Option<Duration>,
+    server: &Server,
+) -> Failure {
+    let code = status.as_u16();
+    let detail = format!("Prometheus at {}: {}", server.label(), server.scrub(body));
+    match code {
+        // Prometheus itself only answers 400 for a query it cannot parse or evaluate as asked.
+        400 => (SignalError::InvalidQuery(detail), "bad_query"),
+        401 | 403 => (
+            SignalError::Unauthorized {
+                status: code,
+                detail,
+            },
+            "error",
+        ),
+        429 | 503 if retry_after.is_some() || code == 429 => (
+            SignalError::Throttled {
+                status: code,
+                retry_after,
+            },
+            "error",
+        ),
+        _ => (
+            SignalError::Http {
+                status: code,
+                detail,
+            },
+            "error",
+        ),
+    }
+}
+
+/// A request that got no answer: refused, timed out, reset.
+fn transport_error(e: reqwest::Error, server: &Server) -> Failure {
+    if e.is_timeout() {
+        return (SignalError::Timeout(server.timeout), "timeout");
+    }
+    let detail = format!(
+        "Prometheus at {}: {}",
+        server.label(),
+        server.scrub(&error_chain(&e.without_url()))
+    );
+    (SignalError::Connect(detail), "error")
+}
+
+/// "error sending request: client error (Connect): tcp connect error: Connection refused":
+/// reqwest's own message says little without its sources.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// `Retry-After` as seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = if let Ok(secs) = text.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = chrono::DateTime::parse_from_rfc2822(text).ok()?;
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// One number from an answered query (KEDA's rules, plus `seriesAggregation`):
+/// - no series: 0 with `ignoreNullValues`, else [`SignalError::NullResult`];
+/// - several series: [`SignalError::MultipleSeries`] unless `seriesAggregation` is set;
+/// - a NaN or infinite value: 0 with `ignoreNullValues` (for each series before
+///   aggregating), else [`SignalError::NullResult`];
+/// - a scalar answer counts as one series; a range vector is a query problem.
+fn interpret(data: Data, query: &Query) -> Result<f64, SignalError> {
+    let values: Vec<f64> = match data {
+        Data::Vector(series) => series.iter().map(|s| s.sample().value()).collect(),
+        Data::Scalar(sample) => vec![sample.value()],
+        Data::Matrix(_) => {
+            return Err(SignalError::InvalidQuery(
+                "the query returns a range vector; an instant vector or a scalar is needed \
+                 (drop the `[…]` range or wrap it in a function such as rate())"
+                    .into(),
+            ));
+        }
+    };
+    if values.is_empty() {
+        return if query.ignore_null_values {
+            Ok(0.0)
+        } else {
+            Err(SignalError::NullResult)
+        };
+    }
+    if values.len() > 1 && query.series_aggregation.is_none() {
+        return Err(SignalError::MultipleSeries(values.len()));
+    }
+    let mut finite = Vec::with_capacity(values.len());
+    for v in values {
+        if v.is_finite() {
+            finite.push(v);
+        } else if query.ignore_null_values {
+            finite.push(0.0);
+        } else {
+            return Err(SignalError::NullResult);
+        }
+    }
+    match query.series_aggregation {
+        Some(aggregation) => aggregation.apply(&finite).ok_or(SignalError::NullResult),
+        None => Ok(finite[0]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{Credentials, Source, parse};
+
+    fn plan(extra: &[(&str, &str)]) -> PrometheusPlan {
+        let mut md: HashMap<String, String> = [
+            ("serverAddress", "http://prometheus.monitoring:9090"),
+            ("query", "sum(rate(http_requests_total[2m]))"),
+            ("threshold", "10"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            md.insert(k.to_string(), v.to_string());
+        }
+        parse(&md, Source::Keda, &Credentials::default())
+            .expect("valid metadata")
+            .prometheus
+            .expect("a prometheus plan")
+    }
+
+    fn data(json: &str) -> Data {
+        serde_json::from_str::<PromqlResult>(json)
+            .expect("a query result")
+            .into_inner()
+            .0
+    }
+
+    fn vector(values: &[&str]) -> Data {
+        let series: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!(r#"{{"metric":{{"pod":"p{i}"}},"value":[1700000000.1,"{v}"]}}"#))
+            .collect();
+        data(&format!(
+            r#"{{"resultType":"vector","result":[{}]}}"#,
+            series.join(",")
+        ))
+    }
+
+    fn query(ignore_null_values: bool, series_aggregation: Option<Aggregation>) -> Query {
+        Query {
+            query: "q".into(),
+            parameters: vec![],
+            ignore_null_values,
+            series_aggregation,
+        }
+    }
+
+    #[test]
+    fn plans_that_differ_only_in_threshold_share_one_read() {
+        let a = key(&plan(&[("threshold", "10"), ("activationThreshold", "2")]));
+        let b = key(&plan(&[("threshold", "250")]));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn header_and_parameter_order_do_not_split_a_group() {
+        let a = key(&plan(&[
+            ("customHeaders", "X-Scope-OrgID=t1,X-Other=2"),
+            ("queryParameters", "dedup=true,partial_response=false"),
+        ]));
+        let b = key(&plan(&[
+            ("customHeaders", "X-Other=2,X-Scope-OrgID=t1"),
+            ("queryParameters", "partial_response=false,dedup=true"),
+        ]));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn server_identity_includes_auth_headers_namespace_and_timeout() {
+        let base = key(&plan(&[])).0;
+        for extra in [
+            &[("authModes", "bearer"), ("bearerTokenFromEnv", "t")][..],
+            &[("customHeaders", "X-Scope-OrgID=a")],
+            &[("prometheusNamespace", "team-a")],
+            &[("timeout", "500")],
+        ] {
+            assert_ne!(key(&plan(extra)).0, base, "{extra:?}");
+        }
+        assert_eq!(base.timeout(), DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn query_identity_includes_null_handling_and_aggregation() {
+        let base = key(&plan(&[])).1;
+        for extra in [
+            &[("ignoreNullValues", "false")][..],
+            &[("seriesAggregation", "sum")],
+            &[("queryParameters", "dedup=true")],
+        ] {
+            assert_ne!(key(&plan(extra)).1, base, "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn debug_output_of_a_server_shows_no_secret() {
+        let p = plan(&[
+            ("serverAddress", "http://admin:url-pass@prom:9090"),
+            ("authModes", "basic,custom"),
+            ("usernameFromEnv", "user-secret"),
+            ("passwordFromEnv", "pass-secret"),
+            ("customAuthHeader", "X-Api-Key"),
+            ("customAuthValueFromEnv", "key-secret"),
+            ("customHeaders", "X-Scope-OrgID=header-secret"),
+        ]);
+        let (server, query) = key(&p);
+        let text = format!("{server:?} {query:?} {}", server.label());
+        for secret in [
+            "url-pass",
+            "admin",
+            "user-secret",
+            "pass-secret",
+            "key-secret",
+            "header-secret",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("X-Scope-OrgID") && text.contains("prom:9090"));
+    }
+
+    #[test]
+    fn scrubbing_removes_every_credential_from_server_text() {
+        let p = plan(&[
+            ("authModes", "bearer"),
+            ("bearerTokenFromEnv", "tok-abc"),
+            ("customHeaders", "X-Scope-OrgID=tenant-secret"),
+        ]);
+        let (server, _) = key(&p);
+        let scrubbed = server.scrub("denied: Bearer tok-abc for tenant-secret");
+        assert_eq!(scrubbed, "denied: Bearer <redacted> for <redacted>");
+        let long = "x".repeat(1000);
+        assert!(server.scrub(&long).chars().count() <= MAX_DETAIL_CHARS + 1);
+    }
+
+    #[test]
+    fn one_series_gives_its_value() {
+        assert_eq!(interpret(vector(&["123.4"]), &query(true, None)), Ok(123.4));
+        assert_eq!(interpret(vector(&["-2"]), &query(true, None)), Ok(-2.0));
+    }
+
+    #[test]
+    fn a_scalar_counts_as_one_series() {
+        let d = data(r#"{"resultType":"scalar","result":[1700000000,"42"]}"#);
+        assert_eq!(interpret(d, &query(false, None)), Ok(42.0));
+    }
+
+    #[test]
+    fn an_empty_result_is_zero_or_an_error_by_ignore_null_values() {
+        assert_eq!(interpret(vector(&[]), &query(true, None)), Ok(0.0));
+        assert_eq!(
+            interpret(vector(&[]), &query(false, Some(Aggregation::Sum))),
+            Err(SignalError::NullResult)
+        );
+    }
+
+    #[test]
+    fn nan_and_infinity_are_zero_or_an_error_by_ignore_null_values() {
+        for v in ["NaN", "+Inf", "-Inf"] {
+            assert_eq!(interpret(vector(&[v]), &query(true, None)), Ok(0.0), "{v}");
+            assert_eq!(
+                interpret(vector(&[v]), &query(false, None)),
+                Err(SignalError::NullResult),
+                "{v}"
+            );
+        }
+        // With aggregation a NaN series counts as 0, as a lone NaN does.
+        assert_eq!(
+            interpret(vector(&["10", "NaN"]), &query(true, Some(Aggregation::Avg))),
+            Ok(5.0)
+        );
+    }
+
+    #[test]
+    fn several_series_need_an_aggregation() {
+        let d = || vector(&["10", "20", "60"]);
+        assert_eq!(
+            interpret(d(), &query(true, None)),
+            Err(SignalError::MultipleSeries(3))
+        );
+        assert_eq!(
+            interpret(d(), &query(true, Some(Aggregation::Sum))),
+            Ok(90.0)
+        );
+        assert_eq!(
+            interpret(d(), &query(true, Some(Aggregation::Max))),
+            Ok(60.0)
+        );
+        assert_eq!(
+            interpret(d(), &query(true, Some(Aggregation::Avg))),
+            Ok(30.0)
+        );
+    }
+
+    #[test]
+    fn a_range_vector_is_a_query_problem() {
+        let d =
+            data(r#"{"resultType":"matrix","result":[{"metric":{},"values":[[1700000000,"1"]]}]}"#);
+        assert!(matches!(
+            interpret(d, &query(true, None)),
+            Err(SignalError::InvalidQuery(_))
+        ));
+    }
+
+    #[test]
+    fn the_api_envelope_decodes_success_and_bad_data() {
+        let ok: Envelope = serde_json::from_str(
+            r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+        )
+        .unwrap();
+        assert!(matches!(ok, Envelope::Success { .. }));
+        let bad: Envelope = serde_json::from_str(
+            r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#,
+        )
+        .unwrap();
+        let Envelope::Error(e) = bad else {
+            panic!("expected an error envelope")
+        };
+        let server = key(&plan(&[])).0;
+        let (err, outcome) = api_error(StatusCode::BAD_REQUEST, &e, None, &server);
+        assert_eq!(outcome, "bad_query");
+        assert_eq!(
+            err,
+            SignalError::InvalidQuery("bad_data: parse error".into())
+        );
+    }
+
+    #[test]
+    fn http_failures_map_to_distinct_errors() {
+        let server = key(&plan(&[])).0;
+        let e = |code: u16, retry: Option<Duration>| {
+            http_error(StatusCode::from_u16(code).unwrap(), "nope", retry, &server).0
+        };
+        assert!(matches!(
+            e(401, None),
+            SignalError::Unauthorized { status: 401, .. }
+        ));
+        assert!(matches!(
+            e(403, None),
+            SignalError::Unauthorized { status: 403, .. }
+        ));
+        assert_eq!(
+            e(429, Some(Duration::from_secs(7))).retry_after(),
+            Some(Duration::from_secs(7))
+        );
+        assert!(matches!(
+            e(503, None),
+            SignalError::Http { status: 503, .. }
+        ));
+        assert!(matches!(
+            e(503, Some(Duration::from_secs(1))),
+            SignalError::Throttled { status: 503, .. }
+        ));
+        assert!(matches!(
+            e(502, None),
+            SignalError::Http { status: 502, .. }
+        ));
+        assert!(
+            e(502, None)
+                .to_string()
+                .contains("prometheus.monitoring:9090")
+        );
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates_and_is_capped() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            retry_after(&m)
+        };
+        assert_eq!(h("12"), Some(Duration::from_secs(12)));
+        assert_eq!(h("999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(h("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(h("soon"), None);
+    }
+
+    #[test]
+    fn bad_tls_material_is_a_setup_error_that_names_no_secret() {
+        let p = plan(&[
+            ("authModes", "tls"),
+            ("certFromEnv", "not-a-pem-cert-secret"),
+            ("keyFromEnv", "not-a-pem-key-secret"),
+        ]);
+        let Err(e) = connect(&key(&p).0) else {
+            panic!("garbage PEM must not build a client")
+        };
+        let text = e.to_string();
+        assert!(text.contains("certFromEnv"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+}
