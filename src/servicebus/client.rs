@@ -174,6 +174,9 @@ impl Client {
     pub fn new(metrics: Metrics, options: ClientOptions) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(options.timeout)
+            // The management API does not redirect; following one could carry a request to
+            // a host the allowlist never saw.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             // Only fails when the compiled-in TLS backend cannot initialise: a broken build.
             .expect("the HTTP client builds with the compiled-in TLS backend");
@@ -308,6 +311,14 @@ impl Client {
     ) -> Result<String, SignalError> {
         let resource = format!("{}/{path}", conn.endpoint);
         let authorization = conn.credential.authorization(&resource).await?;
+        // Marked sensitive, so HTTP debug output never prints it.
+        let mut authorization = reqwest::header::HeaderValue::from_str(authorization.expose())
+            .map_err(|_| {
+                SignalError::Other(
+                    "the credential contains characters not allowed in a header".into(),
+                )
+            })?;
+        authorization.set_sensitive(true);
         let mut url = format!("{resource}?api-version={API_VERSION}");
         for (k, v) in query {
             url.push('&');
@@ -320,7 +331,7 @@ impl Client {
             let response = self
                 .http
                 .get(&url)
-                .header(reqwest::header::AUTHORIZATION, authorization.expose())
+                .header(reqwest::header::AUTHORIZATION, authorization)
                 .header(
                     reqwest::header::ACCEPT,
                     "application/atom+xml, application/xml",

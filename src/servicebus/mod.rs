@@ -389,18 +389,11 @@ fn value(
     fetched: &Fetched,
     host: &str,
 ) -> Result<f64, SignalError> {
-    match compiled {
-        Compiled::Queue(name) => {
-            let list = entries(fetched, &Bucket::Queues)?;
-            let found: Vec<&Description> = list.iter().filter(|d| name.matches(&d.name)).collect();
-            combine(item, &found, || match &item.entity {
-                Entity::Queue(q) if !item.use_regex => {
-                    format!("queue `{q}` in namespace `{host}`")
-                }
-                Entity::Queue(q) => format!("a queue matching `{q}` in namespace `{host}`"),
-                Entity::Subscription { .. } => unreachable_entity(),
-            })
-        }
+    let found: Vec<&Description> = match compiled {
+        Compiled::Queue(name) => entries(fetched, &Bucket::Queues)?
+            .iter()
+            .filter(|d| name.matches(&d.name))
+            .collect(),
         Compiled::Subscription {
             topic,
             subscription,
@@ -418,29 +411,35 @@ fn value(
                 let list = entries(fetched, &Bucket::Topic(t.clone()))?;
                 found.extend(list.iter().filter(|d| subscription.matches(&d.name)));
             }
-            combine(item, &found, || match &item.entity {
-                Entity::Subscription {
-                    topic,
-                    subscription,
-                } if !item.use_regex => format!(
-                    "subscription `{subscription}` of topic `{topic}` in namespace `{host}`"
-                ),
-                Entity::Subscription {
-                    topic,
-                    subscription,
-                } => format!(
-                    "a subscription matching `{subscription}` of a topic matching `{topic}` in \
-                     namespace `{host}`"
-                ),
-                Entity::Queue(_) => unreachable_entity(),
-            })
+            found
         }
-    }
+    };
+    combine(item, &found, || describe(item, host))
 }
 
-fn unreachable_entity() -> String {
-    // `Compiled` is built from the entity, so the kinds always agree.
-    "the entity".into()
+/// How a not-found message names what was watched.
+fn describe(item: &Watched, host: &str) -> String {
+    match (&item.entity, item.use_regex) {
+        (Entity::Queue(q), false) => format!("queue `{q}` in namespace `{host}`"),
+        (Entity::Queue(q), true) => format!("a queue matching `{q}` in namespace `{host}`"),
+        (
+            Entity::Subscription {
+                topic,
+                subscription,
+            },
+            false,
+        ) => format!("subscription `{subscription}` of topic `{topic}` in namespace `{host}`"),
+        (
+            Entity::Subscription {
+                topic,
+                subscription,
+            },
+            true,
+        ) => format!(
+            "a subscription matching `{subscription}` of a topic matching `{topic}` in \
+             namespace `{host}`"
+        ),
+    }
 }
 
 /// The item's value from the entities that matched it: the one exact entity's active
