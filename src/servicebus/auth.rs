@@ -349,6 +349,15 @@ impl Credential {
                 ConnectionAuth::Key { name, key } => {
                     Credential::SharedKey(SharedKeySigner::new(name.clone(), key.clone()))
                 }
+                // Some tools hand out the token without its scheme.
+                ConnectionAuth::Signature(sig)
+                    if !sig.expose().starts_with("SharedAccessSignature ") =>
+                {
+                    Credential::Signature(Secret::new(format!(
+                        "SharedAccessSignature {}",
+                        sig.expose()
+                    )))
+                }
                 ConnectionAuth::Signature(sig) => Credential::Signature(sig.clone()),
             }),
             ServiceBusAuth::WorkloadIdentity => Ok(Credential::WorkloadIdentity(identity.clone())),
