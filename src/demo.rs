@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -28,6 +28,12 @@ pub struct Script;
 
 impl Script {
     pub const METADATA: &'static [(&'static str, &'static str)] = &[
+        (
+            "query",
+            "sum(rate(http_requests_total{app=\"order-processor\"}[2m]))",
+        ),
+        ("threshold", "200"),
+        ("activationThreshold", "50"),
         ("timezone", "UTC"),
         // Business hours hold a floor; the lunch peak holds a higher one.
         (
@@ -37,6 +43,20 @@ impl Script {
         ("minReplicas", "1"),
         ("maxReplicas", "30"),
     ];
+
+    /// HTTP requests per second at `hour` (0.0..24.0): a quiet night, a morning ramp, a
+    /// lunch peak and an evening decline.
+    pub fn request_rate(hour: f64) -> f64 {
+        let peak = 1_000.0;
+        let shape = match hour {
+            h if h < 6.0 => 0.02,
+            h if h < 12.0 => 0.02 + 0.98 * (h - 6.0) / 6.0,
+            h if h < 13.0 => 1.0,
+            h if h < 21.0 => 1.0 - 0.9 * (h - 13.0) / 8.0,
+            _ => 0.1 - 0.08 * (hour - 21.0) / 3.0,
+        };
+        (peak * shape).round()
+    }
 
     /// The demo day: Wednesday 2026-06-03.
     pub fn day_start() -> DateTime<Utc> {
@@ -64,21 +84,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         },
         ..ServerConfig::loopback()
     };
+    let prometheus = FakePrometheus::start().await?;
     let sources = server::default_sources(&refresh, &metrics);
     let running = server::start(config, sources, metrics).await?;
     let mut client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr)).await?;
 
+    let mut scaler_metadata = crate::grpc::metadata_from_pairs(Script::METADATA.iter().copied());
+    scaler_metadata.insert("serverAddress".into(), prometheus.url());
     let object = ScaledObjectRef {
         name: "order-processor".into(),
         namespace: "production".into(),
-        scaler_metadata: crate::grpc::metadata_from_pairs(Script::METADATA.iter().copied()),
+        scaler_metadata,
     };
     println!(
         "blend-scaler demo: the real gRPC server on {}, called the way KEDA calls it.",
         running.grpc_addr
     );
     println!("ScaledObject production/order-processor blends:");
-    for (k, v) in Script::METADATA {
+    let mut keys: Vec<_> = object.scaler_metadata.iter().collect();
+    keys.sort();
+    for (k, v) in keys {
         println!("  {k}: {v}");
     }
     let spec = client.get_metric_spec(object.clone()).await?.into_inner();
@@ -97,6 +122,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for half_hour in 0..48 {
         let t = Script::day_start() + chrono::Duration::minutes(30 * half_hour);
         virtual_now.store(t.timestamp(), Ordering::SeqCst);
+        prometheus.set(Script::request_rate(f64::from(half_hour as u32) / 2.0));
         tokio::time::sleep(step).await;
         let active = client.is_active(object.clone()).await?.into_inner().result;
         let value = client
@@ -141,4 +167,44 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     running.shutdown().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A Prometheus HTTP API that answers every instant query with one settable value.
+struct FakePrometheus {
+    addr: std::net::SocketAddr,
+    value: Arc<AtomicU64>,
+}
+
+impl FakePrometheus {
+    async fn start() -> anyhow::Result<Self> {
+        let value = Arc::new(AtomicU64::new(0f64.to_bits()));
+        let shared = value.clone();
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(move || {
+                let v = f64::from_bits(shared.load(Ordering::SeqCst));
+                async move {
+                    let now = Utc::now().timestamp();
+                    axum::Json(serde_json::json!({
+                        "status": "success",
+                        "data": {"resultType": "vector", "result": [
+                            {"metric": {}, "value": [now, v.to_string()]}
+                        ]}
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { addr, value })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set(&self, v: f64) {
+        self.value.store(v.to_bits(), Ordering::SeqCst);
+    }
 }

@@ -295,7 +295,8 @@ impl ServiceBusPlan {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PrometheusAuth {
     pub bearer: Option<Secret>,
-    pub basic: Option<(String, Secret)>,
+    /// User and password; the user comes from `usernameFromEnv`, so it is kept secret too.
+    pub basic: Option<(Secret, Secret)>,
     pub custom: Option<(String, Secret)>,
     /// PEM client certificate and key, and an optional CA.
     pub tls: Option<PrometheusTls>,
@@ -321,8 +322,6 @@ pub struct PrometheusPlan {
     pub ignore_null_values: bool,
     pub series_aggregation: Option<Aggregation>,
     pub auth: PrometheusAuth,
-    /// Set offline when auth values are env var names KEDA or the scaler resolves later.
-    pub auth_resolved_later: bool,
 }
 
 /// Credentials configured on the scaler itself, by name.
@@ -929,7 +928,7 @@ impl Parser<'_> {
         let timeout = self.duration("timeout", None, Duration::from_millis(1));
         let ignore_null_values = self.boolean("ignoreNullValues", true);
         let series_aggregation = self.aggregation("seriesAggregation");
-        let (auth, auth_resolved_later) = self.prometheus_auth();
+        let auth = self.prometheus_auth();
         Some(PrometheusPlan {
             server_address: server_address?,
             query: query?,
@@ -942,11 +941,10 @@ impl Parser<'_> {
             ignore_null_values,
             series_aggregation,
             auth,
-            auth_resolved_later,
         })
     }
 
-    fn prometheus_auth(&mut self) -> (PrometheusAuth, bool) {
+    fn prometheus_auth(&mut self) -> PrometheusAuth {
         let mut auth = PrometheusAuth::default();
         let modes: BTreeSet<String> = self
             .get("authModes")
@@ -1001,7 +999,7 @@ impl Parser<'_> {
             let user = self.secret("usernameFromEnv");
             let pass = self.secret("passwordFromEnv");
             match (user, pass, &from_credential) {
-                (Some(u), Some(p), _) => auth.basic = Some((u.expose().to_string(), p)),
+                (Some(u), Some(p), _) => auth.basic = Some((u, p)),
                 (None, None, Some(PrometheusAuth { basic: Some(b), .. })) => {
                     auth.basic = Some(b.clone())
                 }
@@ -1069,7 +1067,7 @@ impl Parser<'_> {
                 self.err(key, format!("is only used with `authModes: {mode}`"));
             }
         }
-        (auth, later)
+        auth
     }
 
     fn cron(&mut self) -> Option<CronPlan> {
@@ -1141,7 +1139,7 @@ fn parse_prometheus_credential(text: &str) -> Result<PrometheusAuth, String> {
         let (user, pass) = rest
             .split_once(':')
             .ok_or("must be `basic:<user>:<password>`")?;
-        auth.basic = Some((user.to_string(), Secret::new(pass)));
+        auth.basic = Some((Secret::new(user), Secret::new(pass)));
     } else {
         return Err("must start with `bearer:` or `basic:`".into());
     }
@@ -1269,13 +1267,8 @@ impl fmt::Display for Plan {
             if p.auth.bearer.is_some() {
                 auth.push("bearer <redacted>".to_string());
             }
-            if let Some((user, _)) = &p.auth.basic {
-                let user = if p.auth_resolved_later {
-                    "from env"
-                } else {
-                    user.as_str()
-                };
-                auth.push(format!("basic ({user}, password <redacted>)"));
+            if p.auth.basic.is_some() {
+                auth.push("basic <redacted>".to_string());
             }
             if let Some((h, _)) = &p.auth.custom {
                 auth.push(format!("header {h} <redacted>"));
@@ -1668,7 +1661,7 @@ mod tests {
         )
         .unwrap();
         let (user, pass) = plan.prometheus.unwrap().auth.basic.unwrap();
-        assert_eq!((user.as_str(), pass.expose()), ("scaler", "pa55"));
+        assert_eq!((user.expose(), pass.expose()), ("scaler", "pa55"));
     }
 
     #[test]

@@ -95,9 +95,9 @@ impl Server {
             out.push(t.expose().to_string());
         }
         if let Some((user, pass)) = &self.auth.basic {
-            out.push(user.clone());
+            out.push(user.expose().to_string());
             out.push(pass.expose().to_string());
-            out.push(basic_token(user, pass.expose()));
+            out.push(basic_token(user.expose(), pass.expose()));
         }
         if let Some((_, v)) = &self.auth.custom {
             out.push(v.expose().to_string());
@@ -335,7 +335,10 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
     // is added under its own name (and replaces a custom header of the same name).
     let authorization = match (&server.auth.bearer, &server.auth.basic) {
         (Some(token), _) => Some(format!("Bearer {}", token.expose())),
-        (None, Some((user, pass))) => Some(format!("Basic {}", basic_token(user, pass.expose()))),
+        (None, Some((user, pass))) => Some(format!(
+            "Basic {}",
+            basic_token(user.expose(), pass.expose())
+        )),
         (None, None) => None,
     };
     if let Some(value) = authorization {

@@ -363,9 +363,16 @@ async fn mtls_admits_a_client_with_a_certificate_and_refuses_one_without() {
 #[tokio::test]
 async fn an_upstream_outside_the_allowlist_is_permission_denied() {
     let mut config = ServerConfig::loopback();
-    config.engine.allow_upstream = Some(vec!["*.servicebus.windows.net".into(), "prometheus.monitoring".into()]);
-    let server = server::start(config, Default::default(), Metrics::new()).await.unwrap();
-    let mut client = ExternalScalerClient::connect(format!("http://{}", server.grpc_addr)).await.unwrap();
+    config.engine.allow_upstream = Some(vec![
+        "*.servicebus.windows.net".into(),
+        "prometheus.monitoring".into(),
+    ]);
+    let server = server::start(config, Default::default(), Metrics::new())
+        .await
+        .unwrap();
+    let mut client = ExternalScalerClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap();
     let md: HashMap<String, String> = [
         ("serverAddress", "http://169.254.169.254:9090"),
         ("query", "up"),
@@ -376,7 +383,15 @@ async fn an_upstream_outside_the_allowlist_is_permission_denied() {
     .collect();
     let status = client.get_metric_spec(object(md)).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("`serverAddress`"), "{}", status.message());
-    assert!(status.message().contains("169.254.169.254"), "{}", status.message());
+    assert!(
+        status.message().contains("`serverAddress`"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("169.254.169.254"),
+        "{}",
+        status.message()
+    );
     server.shutdown().await.unwrap();
 }
