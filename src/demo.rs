@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -15,6 +15,8 @@ use crate::metrics::Metrics;
 use crate::proto::external_scaler_client::ExternalScalerClient;
 use crate::proto::{GetMetricsRequest, ScaledObjectRef};
 use crate::server::{self, ServerConfig};
+use crate::servicebus::double::ServiceBusDouble;
+use crate::signal::SignalKind;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -28,6 +30,15 @@ pub struct Script;
 
 impl Script {
     pub const METADATA: &'static [(&'static str, &'static str)] = &[
+        ("queueName", "order-processing"),
+        ("messageCount", "10"),
+        ("activationMessageCount", "1"),
+        (
+            "query",
+            "sum(rate(http_requests_total{app=\"order-processor\"}[2m]))",
+        ),
+        ("threshold", "200"),
+        ("activationThreshold", "50"),
         ("timezone", "UTC"),
         // Business hours hold a floor; the lunch peak holds a higher one.
         (
@@ -37,6 +48,30 @@ impl Script {
         ("minReplicas", "1"),
         ("maxReplicas", "30"),
     ];
+
+    /// HTTP requests per second at `hour` (0.0..24.0): a quiet night, a morning ramp, a
+    /// lunch peak and an evening decline.
+    pub fn request_rate(hour: f64) -> f64 {
+        let peak = 1_000.0;
+        let shape = match hour {
+            h if h < 6.0 => 0.02,
+            h if h < 12.0 => 0.02 + 0.98 * (h - 6.0) / 6.0,
+            h if h < 13.0 => 1.0,
+            h if h < 21.0 => 1.0 - 0.9 * (h - 13.0) / 8.0,
+            _ => 0.1 - 0.08 * (hour - 21.0) / 3.0,
+        };
+        (peak * shape).round()
+    }
+
+    /// Active messages at `hour`: an afternoon batch import lands 240 messages at 15:00, and
+    /// the consumers drain it over the next two hours.
+    pub fn backlog(hour: f64) -> u64 {
+        match hour {
+            h if (15.0..17.0).contains(&h) => (240.0 * (1.0 - (h - 15.0) / 2.0)).round() as u64,
+            h if (9.0..18.0).contains(&h) => 4,
+            _ => 0,
+        }
+    }
 
     /// The demo day: Wednesday 2026-06-03.
     pub fn day_start() -> DateTime<Utc> {
@@ -64,22 +99,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         },
         ..ServerConfig::loopback()
     };
+    let prometheus = FakePrometheus::start().await?;
+    let bus = ServiceBusDouble::start().await?;
+    bus.set_queue("order-processing", 0);
     let sources = server::default_sources(&refresh, &metrics);
     let running = server::start(config, sources, metrics).await?;
     let mut client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr)).await?;
 
+    let mut scaler_metadata = crate::grpc::metadata_from_pairs(Script::METADATA.iter().copied());
+    scaler_metadata.insert("serverAddress".into(), prometheus.url());
+    scaler_metadata.insert("endpoint".into(), bus.endpoint());
+    // In a cluster KEDA resolves this from the workload's environment; the double checks the
+    // SAS signature made from it.
+    scaler_metadata.insert("connectionFromEnv".into(), bus.connection_string());
     let object = ScaledObjectRef {
         name: "order-processor".into(),
         namespace: "production".into(),
-        scaler_metadata: crate::grpc::metadata_from_pairs(Script::METADATA.iter().copied()),
+        scaler_metadata,
     };
     println!(
         "blend-scaler demo: the real gRPC server on {}, called the way KEDA calls it.",
         running.grpc_addr
     );
     println!("ScaledObject production/order-processor blends:");
-    for (k, v) in Script::METADATA {
-        println!("  {k}: {v}");
+    let mut keys: Vec<_> = object.scaler_metadata.iter().collect();
+    keys.sort();
+    for (k, v) in keys {
+        let shown = if k == "connectionFromEnv" {
+            "<connection string, redacted>"
+        } else {
+            v
+        };
+        println!("  {k}: {shown}");
     }
     let spec = client.get_metric_spec(object.clone()).await?.into_inner();
     let spec = &spec.metric_specs[0];
@@ -88,8 +139,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         spec.metric_name, spec.target_size
     );
     println!(
-        "{:>5}  {:>8}  {:>6}  {:<30}",
-        "time", "replicas", "active", "why"
+        "{:>5}  {:>8}  {:>6}  {:<11}  {:>17}  {:>17}  {:>8}",
+        "time", "replicas", "active", "decided by", "servicebus", "prometheus", "cron"
     );
 
     let step = Duration::from_millis(args.step_ms);
@@ -97,6 +148,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for half_hour in 0..48 {
         let t = Script::day_start() + chrono::Duration::minutes(30 * half_hour);
         virtual_now.store(t.timestamp(), Ordering::SeqCst);
+        let hour = f64::from(half_hour as u32) / 2.0;
+        prometheus.set(Script::request_rate(hour));
+        bus.set_queue("order-processing", Script::backlog(hour));
         tokio::time::sleep(step).await;
         let active = client.is_active(object.clone()).await?.into_inner().result;
         let value = client
@@ -116,29 +170,84 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 metadata: &object.scaler_metadata,
             })
             .await?;
-        let why: Vec<String> = decision
-            .signals
-            .iter()
-            .map(|s| format!("{} {}->{}", s.kind, s.value, s.replicas))
-            .collect();
+        let cell = |kind: SignalKind, unit: &str| {
+            decision
+                .signals
+                .iter()
+                .find(|s| s.kind == kind)
+                .map_or("-".to_string(), |s| {
+                    format!("{}{unit} -> {}", s.value, s.replicas)
+                })
+        };
         let marker = if last != Some(value) { "*" } else { " " };
         last = Some(value);
         println!(
-            "{}  {:>7}{marker}  {:>6}  {}",
+            "{}  {:>7}{marker}  {:>6}  {:<11}  {:>17}  {:>17}  {:>8}",
             t.format("%H:%M"),
             value,
             if active { "yes" } else { "no" },
-            why.join(", ")
+            decision.decided_by.map_or("-", SignalKind::as_str),
+            cell(SignalKind::ServiceBus, " msg"),
+            cell(SignalKind::Prometheus, " rps"),
+            cell(SignalKind::Cron, ""),
         );
     }
-    println!("\n* the replica count changed. Metrics of this run:");
+    println!("\n* the replica count changed. Each signal shows value -> replicas on its own;");
+    println!("  the answer is the largest (policy max), clamped to minReplicas..maxReplicas.");
+    println!(
+        "\n{} KEDA calls were answered from the cache and never reached an upstream; the \
+         background refresh (every {} ms here, about 10 virtual minutes) made {} Service Bus reads.",
+        2 * 48 + 1,
+        refresh.interval.as_millis(),
+        bus.requests()
+    );
     let text = running.engine.metrics().encode();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("blend_scaler_grpc_requests_total"))
-    {
+    for line in text.lines().filter(|l| {
+        l.starts_with("blend_scaler_grpc_requests_total")
+            || l.starts_with("blend_scaler_upstream_requests_total")
+    }) {
         println!("  {line}");
     }
     running.shutdown().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A Prometheus HTTP API that answers every instant query with one settable value.
+struct FakePrometheus {
+    addr: std::net::SocketAddr,
+    value: Arc<AtomicU64>,
+}
+
+impl FakePrometheus {
+    async fn start() -> anyhow::Result<Self> {
+        let value = Arc::new(AtomicU64::new(0f64.to_bits()));
+        let shared = value.clone();
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(move || {
+                let v = f64::from_bits(shared.load(Ordering::SeqCst));
+                async move {
+                    let now = Utc::now().timestamp();
+                    axum::Json(serde_json::json!({
+                        "status": "success",
+                        "data": {"resultType": "vector", "result": [
+                            {"metric": {}, "value": [now, v.to_string()]}
+                        ]}
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { addr, value })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set(&self, v: f64) {
+        self.value.store(v.to_bits(), Ordering::SeqCst);
+    }
 }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod prometheus;
 pub mod secret;
 pub mod server;
+pub mod servicebus;
 pub mod signal;
 pub mod telemetry;
 

@@ -54,8 +54,8 @@ impl ServerConfig {
 /// The signal sources this build has, sharing one metrics registry.
 pub fn default_sources(refresh: &RefreshConfig, metrics: &Metrics) -> Sources {
     Sources {
+        servicebus: Some(crate::servicebus::source(refresh.clone(), metrics.clone())),
         prometheus: Some(crate::prometheus::source(refresh.clone(), metrics.clone())),
-        ..Sources::default()
     }
 }
 

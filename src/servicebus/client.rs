@@ -1,0 +1,501 @@
+//! A hand-written client for the Service Bus management (ATOM) API: the one interface that
+//! reports message counts without receiving messages. No maintained Rust crate reads them
+//! (`azure_messaging_servicebus` speaks AMQP), so the few GETs needed are written here.
+
+use std::error::Error as _;
+use std::time::{Duration, SystemTime};
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::header::HeaderMap;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::signal::SignalError;
+
+use super::atom::{self, Description};
+use super::auth::Credential;
+
+/// The management API version requested.
+pub const API_VERSION: &str = "2021-05";
+/// Entries per list page (`$top`); the service's maximum.
+pub const PAGE_SIZE: usize = 100;
+/// The `upstream` label of request metrics.
+pub const UPSTREAM: &str = "servicebus";
+/// A `Retry-After` longer than this is read as this: a namespace is never parked for hours by
+/// one odd header.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// Entity names are sent as path segments; only unreserved characters stay as they are.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Bound on one request, body included.
+    pub timeout: Duration,
+    /// Bodies larger than this are refused (a page of 100 entities is about 250 KiB).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// One namespace: where it is and how to authenticate.
+#[derive(Debug)]
+pub struct Connection {
+    /// `scheme://host[:port][/base]`, no trailing slash.
+    endpoint: String,
+    /// For messages: `host[:port]`.
+    host: String,
+    credential: Credential,
+}
+
+impl Connection {
+    pub fn new(endpoint: &str, credential: Credential) -> Result<Self, SignalError> {
+        let endpoint = endpoint.trim().trim_end_matches('/');
+        let url = url::Url::parse(endpoint).map_err(|_| {
+            SignalError::Other(format!(
+                "the Service Bus endpoint `{endpoint}` is not a URL"
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(SignalError::Other(format!(
+                "the Service Bus endpoint `{endpoint}` is not an http(s) URL"
+            )));
+        }
+        let host = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        };
+        Ok(Self {
+            endpoint: endpoint.to_string(),
+            host,
+            credential,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn credential(&self) -> &Credential {
+        &self.credential
+    }
+}
+
+/// The outcome label of a request's metric: a small fixed set.
+pub fn outcome(error: &SignalError) -> &'static str {
+    match error {
+        SignalError::NotFound(_) => "not_found",
+        SignalError::Unauthorized { .. } => "unauthorized",
+        SignalError::Throttled { .. } => "throttled",
+        SignalError::Timeout(_) => "timeout",
+        _ => "error",
+    }
+}
+
+/// `Retry-After` (seconds or an HTTP date), or Azure's `retry-after-ms`/`x-ms-retry-after-ms`.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    retry_after_at(headers, SystemTime::now())
+}
+
+pub(crate) fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let millis = ["retry-after-ms", "x-ms-retry-after-ms"]
+        .into_iter()
+        .find_map(|n| text(n).and_then(|v| v.parse::<u64>().ok()))
+        .map(Duration::from_millis);
+    let wait = millis.or_else(|| {
+        let v = text("retry-after")?;
+        if let Ok(secs) = v.parse::<f64>() {
+            return (secs.is_finite() && secs >= 0.0)
+                .then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())));
+        }
+        let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+        let at = SystemTime::from(at);
+        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    })?;
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// A transport failure as a [`SignalError`]: the root cause, never the URL's query.
+pub(crate) fn transport_error(e: &reqwest::Error, whom: &str, timeout: Duration) -> SignalError {
+    if e.is_timeout() {
+        return SignalError::Timeout(timeout);
+    }
+    let mut cause = String::new();
+    let mut source: Option<&dyn std::error::Error> = e.source();
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if cause.is_empty() {
+        // The URL carries no secret, but its query is noise in a message.
+        cause = match e.url() {
+            Some(url) => e.to_string().replace(url.as_str(), "the endpoint"),
+            None => e.to_string(),
+        };
+    }
+    if e.is_connect() {
+        SignalError::Connect(format!("{whom}: {cause}"))
+    } else {
+        SignalError::Other(format!("request to {whom} failed: {cause}"))
+    }
+}
+
+/// Reads queues, subscriptions and their lists.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    metrics: Metrics,
+    options: ClientOptions,
+}
+
+impl Client {
+    pub fn new(metrics: Metrics, options: ClientOptions) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.timeout)
+            // The management API does not redirect; following one could carry a request to
+            // a host the allowlist never saw.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            // Only fails when the compiled-in TLS backend cannot initialise: a broken build.
+            .expect("the HTTP client builds with the compiled-in TLS backend");
+        Self {
+            http,
+            metrics,
+            options,
+        }
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// GET `/{queue}`.
+    pub async fn queue(&self, conn: &Connection, name: &str) -> Result<Description, SignalError> {
+        let what = format!("queue `{name}` in namespace `{}`", conn.host);
+        let path = entity_path(&[name])?;
+        self.read(conn, &path, &[], &what, |body| {
+            let d = atom::entity_from(body, &what)?;
+            expect_kind(d, atom::EntityKind::Queue, name)
+        })
+        .await
+    }
+
+    /// GET `/{topic}/Subscriptions/{subscription}`.
+    pub async fn subscription(
+        &self,
+        conn: &Connection,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<Description, SignalError> {
+        let what = format!(
+            "subscription `{subscription}` of topic `{topic}` in namespace `{}`",
+            conn.host
+        );
+        let path = format!(
+            "{}/Subscriptions/{}",
+            entity_path(&[topic])?,
+            entity_path(&[subscription])?
+        );
+        self.read(conn, &path, &[], &what, |body| {
+            let d = atom::entity_from(body, &what)?;
+            expect_kind(d, atom::EntityKind::Subscription, subscription)
+        })
+        .await
+    }
+
+    /// GET `/$Resources/Queues?$skip={skip}&$top=100`.
+    pub async fn queues_page(
+        &self,
+        conn: &Connection,
+        skip: usize,
+    ) -> Result<Vec<Description>, SignalError> {
+        let what = format!("the queue list of namespace `{}`", conn.host);
+        self.page(conn, "$Resources/Queues", skip, &what).await
+    }
+
+    /// GET `/$Resources/Topics?$skip={skip}&$top=100`.
+    pub async fn topics_page(
+        &self,
+        conn: &Connection,
+        skip: usize,
+    ) -> Result<Vec<Description>, SignalError> {
+        let what = format!("the topic list of namespace `{}`", conn.host);
+        self.page(conn, "$Resources/Topics", skip, &what).await
+    }
+
+    /// GET `/{topic}/Subscriptions?$skip={skip}&$top=100`.
+    pub async fn subscriptions_page(
+        &self,
+        conn: &Connection,
+        topic: &str,
+        skip: usize,
+    ) -> Result<Vec<Description>, SignalError> {
+        let what = format!("topic `{topic}` in namespace `{}`", conn.host);
+        let path = format!("{}/Subscriptions", entity_path(&[topic])?);
+        self.page(conn, &path, skip, &what).await
+    }
+
+    async fn page(
+        &self,
+        conn: &Connection,
+        path: &str,
+        skip: usize,
+        what: &str,
+    ) -> Result<Vec<Description>, SignalError> {
+        let query = [("$skip", skip.to_string()), ("$top", PAGE_SIZE.to_string())];
+        self.read(conn, path, &query, what, |body| atom::page_from(body, what))
+            .await
+    }
+
+    /// One GET, parsed by `parse`, recorded in the metrics with its final outcome (a 200
+    /// not-found feed counts as `not_found`).
+    async fn read<T>(
+        &self,
+        conn: &Connection,
+        path: &str,
+        query: &[(&str, String)],
+        what: &str,
+        parse: impl FnOnce(&str) -> Result<T, SignalError>,
+    ) -> Result<T, SignalError> {
+        let started = Instant::now();
+        let result = match self.fetch(conn, path, query, what).await {
+            Ok(body) => parse(&body),
+            Err(e) => Err(e),
+        };
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => outcome(e),
+        };
+        self.metrics
+            .upstream_request(UPSTREAM, label, started.elapsed());
+        result.map_err(|e| scrub(e, conn.credential.key()))
+    }
+
+    /// The body of a 200 response, or the error the status and body mean.
+    async fn fetch(
+        &self,
+        conn: &Connection,
+        path: &str,
+        query: &[(&str, String)],
+        what: &str,
+    ) -> Result<String, SignalError> {
+        let resource = format!("{}/{path}", conn.endpoint);
+        let authorization = conn.credential.authorization(&resource).await?;
+        // Marked sensitive, so HTTP debug output never prints it.
+        let mut authorization = reqwest::header::HeaderValue::from_str(authorization.expose())
+            .map_err(|_| {
+                SignalError::Other(
+                    "the credential contains characters not allowed in a header".into(),
+                )
+            })?;
+        authorization.set_sensitive(true);
+        let mut url = format!("{resource}?api-version={API_VERSION}");
+        for (k, v) in query {
+            url.push('&');
+            url.push_str(k);
+            url.push('=');
+            url.push_str(&utf8_percent_encode(v, SEGMENT).to_string());
+        }
+        let timeout = self.options.timeout;
+        let exchange = async {
+            let response = self
+                .http
+                .get(&url)
+                .header(reqwest::header::AUTHORIZATION, authorization)
+                .header(
+                    reqwest::header::ACCEPT,
+                    "application/atom+xml, application/xml",
+                )
+                .send()
+                .await
+                .map_err(|e| transport_error(&e, &format!("namespace `{}`", conn.host), timeout))?;
+            let status = response.status().as_u16();
+            let wait = retry_after(response.headers());
+            let body = self.body(response, &conn.host, timeout).await?;
+            Ok::<_, SignalError>((status, wait, body))
+        };
+        let (status, wait, body) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| SignalError::Timeout(timeout))??;
+        if status == 200 {
+            let text = String::from_utf8(body)
+                .map_err(|_| SignalError::Malformed(format!("{what}: the body is not UTF-8")))?;
+            return Ok(text);
+        }
+        let text = String::from_utf8_lossy(&body);
+        Err(match atom::error_from(status, &text, what) {
+            SignalError::Throttled { status, .. } => SignalError::Throttled {
+                status,
+                retry_after: wait,
+            },
+            other => other,
+        })
+    }
+
+    async fn body(
+        &self,
+        mut response: reqwest::Response,
+        host: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, SignalError> {
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.options.max_body_bytes {
+                        return Err(SignalError::Malformed(format!(
+                            "the response is larger than {} bytes",
+                            self.options.max_body_bytes
+                        )));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                // A connection cut mid-body: what came is not a document.
+                Err(e) if !e.is_timeout() => {
+                    return Err(SignalError::Malformed(format!(
+                        "the response from `{host}` was cut off after {} bytes",
+                        body.len()
+                    )));
+                }
+                Err(e) => return Err(transport_error(&e, host, timeout)),
+            }
+        }
+    }
+}
+
+/// An entity name as URL path segments. Names may contain `/` (nested paths); empty, `.` and
+/// `..` segments are refused, so a name cannot step out of the namespace's entity paths.
+fn entity_path(names: &[&str]) -> Result<String, SignalError> {
+    let mut out = Vec::new();
+    for name in names {
+        for segment in name.split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err(SignalError::Other(format!(
+                    "`{name}` is not a valid Service Bus entity name"
+                )));
+            }
+            out.push(utf8_percent_encode(segment, SEGMENT).to_string());
+        }
+    }
+    Ok(out.join("/"))
+}
+
+/// A GET of a queue path can return a topic of that name (and so on): say so rather than
+/// scale on the wrong kind of entity.
+fn expect_kind(
+    d: Description,
+    kind: atom::EntityKind,
+    name: &str,
+) -> Result<Description, SignalError> {
+    if d.kind == kind {
+        Ok(d)
+    } else {
+        Err(SignalError::Other(format!(
+            "`{name}` is a {}, not a {}",
+            d.kind.as_str(),
+            kind.as_str()
+        )))
+    }
+}
+
+/// Removes a key or token from an upstream's error text, should it ever echo one.
+fn scrub(error: SignalError, key: Option<&Secret>) -> SignalError {
+    let Some(key) = key.map(Secret::expose).filter(|k| k.len() >= 4) else {
+        return error;
+    };
+    let clean = |s: String| s.replace(key, "<redacted>");
+    match error {
+        SignalError::Unauthorized { status, detail } => SignalError::Unauthorized {
+            status,
+            detail: clean(detail),
+        },
+        SignalError::Http { status, detail } => SignalError::Http {
+            status,
+            detail: clean(detail),
+        },
+        SignalError::Malformed(m) => SignalError::Malformed(clean(m)),
+        SignalError::Other(m) => SignalError::Other(clean(m)),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_milliseconds() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 21 Oct 2015 07:28:00
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after_at(&h, now), None);
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(7)));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:30 GMT"),
+        );
+        assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(30)));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:00:00 GMT"),
+        );
+        assert_eq!(retry_after_at(&h, now), Some(Duration::ZERO));
+        h.insert("retry-after", HeaderValue::from_static("999999"));
+        assert_eq!(retry_after_at(&h, now), Some(MAX_RETRY_AFTER));
+        h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after_at(&h, now), None);
+        h.insert("x-ms-retry-after-ms", HeaderValue::from_static("1500"));
+        assert_eq!(retry_after_at(&h, now), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn entity_names_become_safe_path_segments() {
+        assert_eq!(entity_path(&["orders"]).unwrap(), "orders");
+        assert_eq!(entity_path(&["a b/c?d"]).unwrap(), "a%20b/c%3Fd");
+        for bad in ["", "..", "a/../b", "a//b", "/a"] {
+            assert!(entity_path(&[bad]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_echoed_in_an_error_is_scrubbed() {
+        let e = SignalError::Unauthorized {
+            status: 401,
+            detail: "bad token s3cr3tkey".into(),
+        };
+        let clean = scrub(e, Some(&Secret::new("s3cr3tkey")));
+        assert!(!clean.to_string().contains("s3cr3tkey"), "{clean}");
+    }
+}

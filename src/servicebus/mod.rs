@@ -1,0 +1,650 @@
+//! The `servicebus` signal: `ActiveMessageCount` of a queue or topic subscription, read from
+//! the management (ATOM) API, one read per namespace per refresh shared by every ScaledObject
+//! that watches it (SPEC 5).
+//!
+//! The cache groups by [`NamespaceKey`] (endpoint + credentials) and keeps one [`Watched`]
+//! item per distinct entity (or pattern). Each refresh of a namespace plans its requests:
+//! - queues: one GET when a single queue is watched; otherwise the paged queue list
+//!   (`$Resources/Queues`, 100 a page), stopping early once every named queue is seen
+//!   unless a pattern needs the whole list;
+//! - per topic: one GET when a single subscription is watched; otherwise the paged list of
+//!   the topic's subscriptions;
+//! - topic names that are patterns (`useRegex`) add the paged topic list.
+//!
+//! So reads per namespace per refresh stay within `ceil(entities / 100)` plus one per
+//! watched topic. A 429/503 stops the refresh's remaining requests and hands `Retry-After`
+//! to the cache, which holds the whole namespace back that long.
+
+pub mod atom;
+pub mod auth;
+pub mod client;
+pub mod double;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use regex::Regex;
+
+use crate::cache::{GroupRead, Keyed, RefreshConfig, Refresher, SignalSource, Upstream};
+use crate::metadata::{Aggregation, Entity, ServiceBusAuth, ServiceBusPlan};
+use crate::metrics::Metrics;
+use crate::signal::SignalError;
+
+use self::atom::Description;
+use self::auth::{Credential, WorkloadIdentity, WorkloadIdentityConfig};
+use self::client::{Client, ClientOptions, Connection, PAGE_SIZE};
+
+/// A list is read at most this many pages (10 000 entities, the namespace limit).
+const MAX_PAGES: usize = 100;
+/// Requests of one refresh in flight at once.
+const CONCURRENCY: usize = 4;
+
+/// One namespace as the cache groups it: where it is and who reads it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NamespaceKey {
+    /// The management endpoint, normalised (lower-case host, no trailing slash).
+    pub endpoint: String,
+    pub auth: ServiceBusAuth,
+}
+
+/// What one ScaledObject watches inside a namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Watched {
+    pub entity: Entity,
+    /// Names are anchored regular expressions (KEDA's `useRegex`).
+    pub use_regex: bool,
+    /// How matching entities combine; always `Sum` without `useRegex`, so equal entities
+    /// share one item.
+    pub operation: Aggregation,
+}
+
+/// The cache key of a plan: its namespace and what it watches there.
+pub fn key(plan: &ServiceBusPlan) -> (NamespaceKey, Watched) {
+    (
+        NamespaceKey {
+            endpoint: normalise_endpoint(&plan.endpoint),
+            auth: plan.auth.clone(),
+        },
+        Watched {
+            entity: plan.entity.clone(),
+            use_regex: plan.use_regex,
+            operation: if plan.use_regex {
+                plan.operation
+            } else {
+                Aggregation::Sum
+            },
+        },
+    )
+}
+
+fn normalise_endpoint(endpoint: &str) -> String {
+    let endpoint = endpoint.trim();
+    match url::Url::parse(endpoint) {
+        Ok(url) => url.as_str().trim_end_matches('/').to_string(),
+        Err(_) => endpoint.trim_end_matches('/').to_string(),
+    }
+}
+
+/// The Service Bus signal as the engine uses it: a background-refreshed cache over a
+/// [`ServiceBusUpstream`] that reads workload identity settings from the environment.
+pub fn source(config: RefreshConfig, metrics: Metrics) -> Arc<dyn SignalSource<ServiceBusPlan>> {
+    source_from(ServiceBusUpstream::new(metrics), config)
+}
+
+/// Like [`source`], over a given upstream (tests, `demo`).
+pub fn source_from(
+    upstream: ServiceBusUpstream,
+    config: RefreshConfig,
+) -> Arc<dyn SignalSource<ServiceBusPlan>> {
+    Arc::new(Keyed::new(Refresher::new(upstream, config), key))
+}
+
+/// Reads namespaces for the cache.
+pub struct ServiceBusUpstream {
+    client: Client,
+    identity: Arc<WorkloadIdentity>,
+    /// Connections (and their token caches) by namespace; idle ones are dropped.
+    connections: moka::sync::Cache<NamespaceKey, Arc<Connection>>,
+}
+
+impl ServiceBusUpstream {
+    /// Default client options; workload identity from `AZURE_*` variables.
+    pub fn new(metrics: Metrics) -> Self {
+        Self::with_options(
+            metrics,
+            ClientOptions::default(),
+            WorkloadIdentityConfig::from_env(),
+        )
+    }
+
+    /// `identity` is the workload identity configuration, or why there is none (reported
+    /// by reads that need it).
+    pub fn with_options(
+        metrics: Metrics,
+        options: ClientOptions,
+        identity: Result<WorkloadIdentityConfig, String>,
+    ) -> Self {
+        let client = Client::new(metrics.clone(), options);
+        let identity = Arc::new(WorkloadIdentity::new(
+            identity,
+            client.http().clone(),
+            metrics,
+            client.options().timeout,
+        ));
+        Self {
+            client,
+            identity,
+            connections: moka::sync::Cache::builder()
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn connection(&self, key: &NamespaceKey) -> Result<Arc<Connection>, SignalError> {
+        if let Some(c) = self.connections.get(key) {
+            return Ok(c);
+        }
+        if key.endpoint.is_empty() {
+            return Err(SignalError::Other(
+                "no Service Bus endpoint: set `namespace`, `endpoint`, or a connection string \
+                 with `Endpoint`"
+                    .into(),
+            ));
+        }
+        let credential = Credential::from_auth(&key.auth, &self.identity)?;
+        let conn = Arc::new(Connection::new(&key.endpoint, credential)?);
+        self.connections.insert(key.clone(), conn.clone());
+        Ok(conn)
+    }
+}
+
+/// A name as the refresh uses it: exact (case-insensitive, as Service Bus names are) or a
+/// pattern (case-sensitive, as KEDA's).
+#[derive(Clone, Debug)]
+enum Name {
+    Exact(String),
+    Pattern(Regex),
+}
+
+impl Name {
+    fn new(text: &str, use_regex: bool) -> Result<Self, SignalError> {
+        if !use_regex {
+            return Ok(Name::Exact(text.to_string()));
+        }
+        ServiceBusPlan::name_pattern(text)
+            .map(Name::Pattern)
+            .map_err(|e| SignalError::Other(format!("`{text}` is not a valid pattern: {e}")))
+    }
+
+    /// A pattern without regex syntax names exactly one entity: no list of its kind needed.
+    fn plain(text: &str, use_regex: bool) -> bool {
+        !use_regex || regex::escape(text) == text
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Name::Exact(n) => n.eq_ignore_ascii_case(name),
+            Name::Pattern(p) => p.is_match(name),
+        }
+    }
+}
+
+/// What a refresh reads: all queues, one topic's subscriptions, or all topics.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Bucket {
+    Queues,
+    Topics,
+    /// By lower-cased topic name.
+    Topic(String),
+}
+
+/// How a bucket is read: one GET of a named entity, or its paged list.
+#[derive(Clone, Debug)]
+enum Fetch {
+    Get(String),
+    /// With the names (lower-cased) that, once all seen, end the paging early; `None` when a
+    /// pattern needs every page.
+    List(Option<BTreeSet<String>>),
+}
+
+/// What the refresh wants from one bucket.
+#[derive(Default)]
+struct Wants {
+    /// The display name of the container (the topic), for requests.
+    name: String,
+    exact: BTreeSet<String>,
+    original: BTreeMap<String, String>,
+    patterns: bool,
+}
+
+impl Wants {
+    fn add(&mut self, name: &Name) {
+        match name {
+            Name::Exact(n) => {
+                let lower = n.to_lowercase();
+                self.original
+                    .entry(lower.clone())
+                    .or_insert_with(|| n.clone());
+                self.exact.insert(lower);
+            }
+            Name::Pattern(_) => self.patterns = true,
+        }
+    }
+
+    fn fetch(&self) -> Fetch {
+        if !self.patterns && self.exact.len() == 1 {
+            let only = self.exact.iter().next().cloned().unwrap_or_default();
+            Fetch::Get(self.original.get(&only).cloned().unwrap_or(only))
+        } else if self.patterns {
+            Fetch::List(None)
+        } else {
+            Fetch::List(Some(self.exact.clone()))
+        }
+    }
+}
+
+/// Stops a refresh's remaining requests once the namespace throttles, and keeps the longest
+/// `Retry-After` seen.
+#[derive(Default)]
+struct Gate {
+    throttled: parking_lot::Mutex<Option<SignalError>>,
+}
+
+impl Gate {
+    fn check(&self) -> Result<(), SignalError> {
+        match &*self.throttled.lock() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn observe<T>(&self, r: Result<T, SignalError>) -> Result<T, SignalError> {
+        if let Err(e @ SignalError::Throttled { .. }) = &r {
+            let mut t = self.throttled.lock();
+            let longer = match &*t {
+                Some(old) => e.retry_after() > old.retry_after(),
+                None => true,
+            };
+            if longer {
+                *t = Some(e.clone());
+            }
+        }
+        r
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.throttled
+            .lock()
+            .as_ref()
+            .and_then(SignalError::retry_after)
+    }
+}
+
+/// One watched item, compiled.
+enum Compiled {
+    Queue(Name),
+    Subscription { topic: Name, subscription: Name },
+}
+
+type Fetched = HashMap<Bucket, Result<Vec<Description>, SignalError>>;
+
+impl ServiceBusUpstream {
+    async fn fetch(
+        &self,
+        conn: &Connection,
+        gate: &Gate,
+        bucket: &Bucket,
+        topic_name: &str,
+        how: Fetch,
+    ) -> Result<Vec<Description>, SignalError> {
+        match how {
+            Fetch::Get(name) => {
+                gate.check()?;
+                let r = match bucket {
+                    Bucket::Queues => self.client.queue(conn, &name).await,
+                    Bucket::Topic(_) => self.client.subscription(conn, topic_name, &name).await,
+                    Bucket::Topics => Err(SignalError::Other("topics are only listed".into())),
+                };
+                gate.observe(r).map(|d| vec![d])
+            }
+            Fetch::List(stop_when) => {
+                let mut all: Vec<Description> = Vec::new();
+                for page in 0..MAX_PAGES {
+                    gate.check()?;
+                    let skip = all.len();
+                    let r = match bucket {
+                        Bucket::Queues => self.client.queues_page(conn, skip).await,
+                        Bucket::Topics => self.client.topics_page(conn, skip).await,
+                        Bucket::Topic(_) => {
+                            self.client.subscriptions_page(conn, topic_name, skip).await
+                        }
+                    };
+                    let entries = gate.observe(r)?;
+                    let n = entries.len();
+                    // A server that ignores `$skip` would page forever: stop at a repeat.
+                    if page > 0 && n > 0 && all.iter().any(|d| d.name == entries[0].name) {
+                        return Err(SignalError::Malformed(
+                            "the list repeats itself: `$skip` was ignored".into(),
+                        ));
+                    }
+                    all.extend(entries);
+                    if n < PAGE_SIZE {
+                        return Ok(all);
+                    }
+                    if let Some(needed) = &stop_when
+                        && needed
+                            .iter()
+                            .all(|w| all.iter().any(|d| d.name.to_lowercase() == *w))
+                    {
+                        return Ok(all);
+                    }
+                }
+                Err(SignalError::Other(format!(
+                    "more than {} entities to list; the namespace limit is exceeded",
+                    MAX_PAGES * PAGE_SIZE
+                )))
+            }
+        }
+    }
+
+    async fn fetch_all(
+        &self,
+        conn: &Connection,
+        gate: &Gate,
+        plan: Vec<(Bucket, String, Fetch)>,
+    ) -> Fetched {
+        futures::stream::iter(plan)
+            .map(|(bucket, name, how)| async move {
+                let r = self.fetch(conn, gate, &bucket, &name, how).await;
+                (bucket, r)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await
+    }
+}
+
+fn not_found(what: String) -> SignalError {
+    SignalError::NotFound(what)
+}
+
+/// The entries of `bucket`, or why there are none.
+fn entries<'a>(fetched: &'a Fetched, bucket: &Bucket) -> Result<&'a [Description], SignalError> {
+    match fetched.get(bucket) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(e.clone()),
+        None => Err(SignalError::Other("the namespace was not read".into())),
+    }
+}
+
+fn value(
+    item: &Watched,
+    compiled: &Compiled,
+    fetched: &Fetched,
+    host: &str,
+) -> Result<f64, SignalError> {
+    let found: Vec<&Description> = match compiled {
+        Compiled::Queue(name) => entries(fetched, &Bucket::Queues)?
+            .iter()
+            .filter(|d| name.matches(&d.name))
+            .collect(),
+        Compiled::Subscription {
+            topic,
+            subscription,
+        } => {
+            let topics: Vec<String> = match topic {
+                Name::Exact(t) => vec![t.to_lowercase()],
+                Name::Pattern(p) => entries(fetched, &Bucket::Topics)?
+                    .iter()
+                    .filter(|d| p.is_match(&d.name))
+                    .map(|d| d.name.to_lowercase())
+                    .collect(),
+            };
+            let mut found = Vec::new();
+            for t in &topics {
+                let list = entries(fetched, &Bucket::Topic(t.clone()))?;
+                found.extend(list.iter().filter(|d| subscription.matches(&d.name)));
+            }
+            found
+        }
+    };
+    combine(item, &found, || describe(item, host))
+}
+
+/// How a not-found message names what was watched.
+fn describe(item: &Watched, host: &str) -> String {
+    match (&item.entity, item.use_regex) {
+        (Entity::Queue(q), false) => format!("queue `{q}` in namespace `{host}`"),
+        (Entity::Queue(q), true) => format!("a queue matching `{q}` in namespace `{host}`"),
+        (
+            Entity::Subscription {
+                topic,
+                subscription,
+            },
+            false,
+        ) => format!("subscription `{subscription}` of topic `{topic}` in namespace `{host}`"),
+        (
+            Entity::Subscription {
+                topic,
+                subscription,
+            },
+            true,
+        ) => format!(
+            "a subscription matching `{subscription}` of a topic matching `{topic}` in \
+             namespace `{host}`"
+        ),
+    }
+}
+
+/// The item's value from the entities that matched it: the one exact entity's active
+/// count, or the operation over every match. Nothing matched is "not found", never 0.
+fn combine(
+    item: &Watched,
+    found: &[&Description],
+    what: impl FnOnce() -> String,
+) -> Result<f64, SignalError> {
+    if found.is_empty() {
+        return Err(not_found(what()));
+    }
+    let mut counts = Vec::with_capacity(found.len());
+    for d in found {
+        counts.push(d.active()? as f64);
+    }
+    if !item.use_regex {
+        // Names are unique per container; with case-insensitive matching take the first.
+        return Ok(counts[0]);
+    }
+    item.operation
+        .apply(&counts)
+        .ok_or_else(|| not_found(what()))
+}
+
+impl Upstream for ServiceBusUpstream {
+    type Group = NamespaceKey;
+    type Item = Watched;
+
+    async fn read(&self, group: &NamespaceKey, items: &[Watched]) -> GroupRead<Watched> {
+        let conn = match self.connection(group) {
+            Ok(c) => c,
+            Err(e) => return GroupRead::all_failed(items, e),
+        };
+        let mut values: HashMap<Watched, Result<f64, SignalError>> = HashMap::new();
+        let mut compiled: Vec<(&Watched, Compiled)> = Vec::new();
+        let mut queues = Wants::default();
+        let mut topics: BTreeMap<String, Wants> = BTreeMap::new();
+        let mut topic_patterns: Vec<Regex> = Vec::new();
+
+        for item in items {
+            let c = match &item.entity {
+                Entity::Queue(q) => Name::new(q, item.use_regex).map(Compiled::Queue),
+                Entity::Subscription {
+                    topic,
+                    subscription,
+                } => {
+                    // A pattern topic without regex syntax is one topic: no topic list.
+                    let t = if Name::plain(topic, item.use_regex) {
+                        Ok(Name::Exact(topic.clone()))
+                    } else {
+                        Name::new(topic, true)
+                    };
+                    t.and_then(|t| {
+                        Name::new(subscription, item.use_regex).map(|s| Compiled::Subscription {
+                            topic: t,
+                            subscription: s,
+                        })
+                    })
+                }
+            };
+            let c = match c {
+                Ok(c) => c,
+                Err(e) => {
+                    values.insert(item.clone(), Err(e));
+                    continue;
+                }
+            };
+            match (&item.entity, &c) {
+                (Entity::Queue(_), Compiled::Queue(name)) => queues.add(name),
+                (
+                    _,
+                    Compiled::Subscription {
+                        topic: Name::Exact(t),
+                        subscription: s,
+                    },
+                ) => {
+                    let w = topics.entry(t.to_lowercase()).or_default();
+                    if w.name.is_empty() {
+                        w.name = t.clone();
+                    }
+                    w.add(s);
+                }
+                (
+                    _,
+                    Compiled::Subscription {
+                        topic: Name::Pattern(p),
+                        ..
+                    },
+                ) => topic_patterns.push(p.clone()),
+                _ => {}
+            }
+            compiled.push((item, c));
+        }
+
+        let gate = Gate::default();
+        let mut fetched: Fetched = HashMap::new();
+        // Pattern topics first: their matches decide which subscription lists to read.
+        if !topic_patterns.is_empty() {
+            fetched.extend(
+                self.fetch_all(
+                    &conn,
+                    &gate,
+                    vec![(Bucket::Topics, String::new(), Fetch::List(None))],
+                )
+                .await,
+            );
+            if let Some(Ok(all)) = fetched.get(&Bucket::Topics) {
+                for d in all {
+                    if topic_patterns.iter().any(|p| p.is_match(&d.name)) {
+                        let w = topics.entry(d.name.to_lowercase()).or_default();
+                        if w.name.is_empty() {
+                            w.name = d.name.clone();
+                        }
+                        // Subscriptions of a pattern topic are matched after a full list.
+                        w.patterns = true;
+                    }
+                }
+            }
+        }
+        let mut plan = Vec::new();
+        if !queues.exact.is_empty() || queues.patterns {
+            plan.push((Bucket::Queues, String::new(), queues.fetch()));
+        }
+        for (lower, w) in &topics {
+            plan.push((Bucket::Topic(lower.clone()), w.name.clone(), w.fetch()));
+        }
+        fetched.extend(self.fetch_all(&conn, &gate, plan).await);
+
+        for (item, c) in &compiled {
+            let v = value(item, c, &fetched, conn.host());
+            values.insert((*item).clone(), v);
+        }
+        GroupRead {
+            values,
+            retry_after: gate.retry_after(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::ConnectionString;
+
+    fn plan(endpoint: &str, entity: Entity, use_regex: bool, op: Aggregation) -> ServiceBusPlan {
+        ServiceBusPlan {
+            endpoint: endpoint.into(),
+            entity,
+            use_regex,
+            operation: op,
+            message_count: 5.0,
+            activation_message_count: 0.0,
+            auth: ServiceBusAuth::ConnectionString(
+                ConnectionString::parse("SharedAccessKeyName=a;SharedAccessKey=b").unwrap(),
+            ),
+        }
+    }
+
+    #[test]
+    fn plans_on_one_namespace_share_a_group_and_equal_entities_share_an_item() {
+        let a = key(&plan(
+            "https://NS.servicebus.windows.net/",
+            Entity::Queue("orders".into()),
+            false,
+            Aggregation::Max,
+        ));
+        let b = key(&plan(
+            "https://ns.servicebus.windows.net",
+            Entity::Queue("orders".into()),
+            false,
+            Aggregation::Sum,
+        ));
+        assert_eq!(a, b);
+        let c = key(&plan(
+            "https://ns.servicebus.windows.net",
+            Entity::Queue("orders".into()),
+            true,
+            Aggregation::Max,
+        ));
+        assert_eq!(a.0, c.0);
+        assert_ne!(a.1, c.1);
+    }
+
+    #[test]
+    fn one_exact_name_is_a_get_and_more_or_a_pattern_is_a_list() {
+        let mut w = Wants::default();
+        w.add(&Name::Exact("Orders".into()));
+        assert!(matches!(w.fetch(), Fetch::Get(n) if n == "Orders"));
+        w.add(&Name::Exact("orders".into()));
+        assert!(matches!(w.fetch(), Fetch::Get(_)), "same name, other case");
+        w.add(&Name::Exact("billing".into()));
+        assert!(matches!(w.fetch(), Fetch::List(Some(s)) if s.len() == 2));
+        w.add(&Name::new("b.*", true).unwrap());
+        assert!(matches!(w.fetch(), Fetch::List(None)));
+    }
+
+    #[test]
+    fn nothing_matching_is_not_found_never_zero() {
+        let item = Watched {
+            entity: Entity::Queue("x.*".into()),
+            use_regex: true,
+            operation: Aggregation::Avg,
+        };
+        let r = combine(&item, &[], || "a queue matching `x.*`".into());
+        assert!(matches!(r, Err(SignalError::NotFound(_))));
+    }
+}
