@@ -43,6 +43,8 @@ fn main() {
     let connections: usize = args.get("connections", 4);
     let n_objects: usize = args.get("objects", 1000);
     let kind = args.string("metadata", "cron");
+    // The scaler's log filter: `info` is what `serve` runs with by default.
+    let rust_log = args.string("rust-log", "info");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -52,7 +54,7 @@ fn main() {
         let upstreams = Upstreams::start(&kind).await;
         let objects = Arc::new(objects(&kind, n_objects, &upstreams));
         let baseline = support::start_self("baseline");
-        let scaler = support::start_scaler(&[]);
+        let scaler = support::start_scaler(&[("RUST_LOG", &rust_log)]);
 
         let a = Target::connect("blend-scaler", &scaler, connections, &objects).await;
         let b = Target::connect("baseline", &baseline, connections, &objects).await;

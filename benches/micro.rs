@@ -69,7 +69,10 @@ fn cron_only() -> HashMap<String, String> {
 fn metadata_parsing(c: &mut Criterion) {
     let creds = Credentials::default();
     let mut g = c.benchmark_group("metadata_parse");
-    for (name, m) in [("three_signals", three_signals()), ("cron_windows", cron_only())] {
+    for (name, m) in [
+        ("three_signals", three_signals()),
+        ("cron_windows", cron_only()),
+    ] {
         g.bench_function(name, |b| {
             b.iter(|| metadata::parse(black_box(&m), Source::Keda, &creds).unwrap())
         });

@@ -32,6 +32,7 @@ use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use blend_scaler::server::{self, ServerConfig};
+use blend_scaler::servicebus::double::ServiceBusDouble;
 use support::{Args, Rng};
 use tokio::time::{Instant, MissedTickBehavior};
 use tonic::transport::Channel;
@@ -93,6 +94,12 @@ trait Upstream: Send + Sync {
     fn requests(&self) -> u64;
 }
 
+impl Upstream for ServiceBusDouble {
+    fn requests(&self) -> u64 {
+        ServiceBusDouble::requests(self)
+    }
+}
+
 impl Upstream for support::FakePrometheus {
     fn requests(&self) -> u64 {
         self.queries()
@@ -100,7 +107,7 @@ impl Upstream for support::FakePrometheus {
 }
 
 async fn scenario(signal: &str, n: usize, scale: f64, minutes: f64) -> Counts {
-    let s = |d: Duration| d.div_f64(scale);
+    let s = move |d: Duration| d.div_f64(scale);
     let refresh = RefreshConfig {
         interval: s(REFRESH),
         fast_interval: s(FAST),
@@ -142,6 +149,43 @@ async fn scenario(signal: &str, n: usize, scale: f64, minutes: f64) -> Counts {
                 metrics.clone(),
             ));
             upstream = Box::new(prom);
+        }
+        "servicebus" | "servicebus-topics" => {
+            let double = ServiceBusDouble::start().await.unwrap();
+            // One namespace. `servicebus`: each object its own queue. `servicebus-topics`:
+            // a quarter of them watch a subscription instead, over five topics.
+            let topics = signal == "servicebus-topics";
+            let mut subscriptions: HashMap<String, usize> = HashMap::new();
+            objects = (0..n)
+                .map(|i| {
+                    let mut keys = vec![
+                        ("endpoint", double.endpoint()),
+                        ("connectionFromEnv", double.connection_string()),
+                        ("messageCount", format!("{}", 5 + i % 20)),
+                    ];
+                    if topics && i % 4 == 3 {
+                        let topic = format!("events-{}", i % 5);
+                        let sub = format!("sub-{i:05}");
+                        double.set_subscription(&topic, &sub, (i % 50) as u64);
+                        *subscriptions.entry(topic.clone()).or_default() += 1;
+                        keys.push(("topicName", topic));
+                        keys.push(("subscriptionName", sub));
+                    } else {
+                        let queue = format!("queue-{i:05}");
+                        double.set_queue(&queue, (i % 50) as u64);
+                        keys.push(("queueName", queue));
+                    }
+                    object_from(i, keys)
+                })
+                .collect();
+            items = n;
+            // SPEC 5: ceil(entities / 100) plus one per watched topic.
+            bound = n.div_ceil(100) as u64 + subscriptions.len() as u64;
+            sources.servicebus = Some(blend_scaler::servicebus::source(
+                refresh.clone(),
+                metrics.clone(),
+            ));
+            upstream = Box::new(double);
         }
         other => panic!("unknown --signal {other}"),
     }
@@ -251,10 +295,12 @@ async fn scenario(signal: &str, n: usize, scale: f64, minutes: f64) -> Counts {
 }
 
 fn object<const K: usize>(i: usize, keys: [(&str, String); K]) -> ScaledObjectRef {
-    let mut m: HashMap<String, String> = keys
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    object_from(i, keys.into_iter().collect())
+}
+
+fn object_from(i: usize, keys: Vec<(&str, String)>) -> ScaledObjectRef {
+    let mut m: HashMap<String, String> =
+        keys.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     m.insert(
         "scalerAddress".into(),
         "blend-scaler.blend-scaler.svc.cluster.local:9090".into(),

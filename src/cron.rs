@@ -2,10 +2,11 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Offset, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+use parking_lot::Mutex;
 
 /// One window: active from each `start` until the following `end`.
 #[derive(Clone, Debug)]
@@ -15,6 +16,30 @@ pub struct Window {
     start_text: String,
     end_text: String,
     pub replicas: u32,
+    memo: MinuteMemo,
+}
+
+/// The last answer of [`Window::is_active`] and the local minute it holds for.
+///
+/// A 5-field expression only matches at whole minutes, so the next start and the next end
+/// strictly after any instant of one local minute are the same: the answer can only change
+/// at a minute boundary. KEDA asks about each ScaledObject several times a minute, and the
+/// cron search is the largest part of a cached answer's cost, so it is done once a minute.
+/// The key is the local minute, the UTC offset (a DST fall-back repeats a local minute with
+/// another offset) and the zone.
+#[derive(Default)]
+struct MinuteMemo(Mutex<Option<(i64, i32, Tz, bool)>>);
+
+impl Clone for MinuteMemo {
+    fn clone(&self) -> Self {
+        Self(Mutex::new(*self.0.lock()))
+    }
+}
+
+impl fmt::Debug for MinuteMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MinuteMemo")
+    }
 }
 
 /// Every window of one trigger, with the zone they are read in.
@@ -60,6 +85,7 @@ impl Window {
             start_text: normalize(start),
             end_text: normalize(end),
             replicas,
+            memo: MinuteMemo::default(),
         })
     }
 
@@ -67,8 +93,22 @@ impl Window {
     /// An expression with no next occurrence (such as 30 February) never opens the window.
     pub fn is_active(&self, now: DateTime<Utc>, tz: Tz) -> bool {
         let local = now.with_timezone(&tz);
-        let next_start = self.start.find_next_occurrence(&local, false).ok();
-        let next_end = self.end.find_next_occurrence(&local, false).ok();
+        let offset = local.offset().fix().local_minus_utc();
+        let minute = (now.timestamp() + i64::from(offset)).div_euclid(60);
+        if let Some((m, o, z, active)) = *self.memo.0.lock()
+            && (m, o, z) == (minute, offset, tz)
+        {
+            return active;
+        }
+        let active = self.search(&local);
+        *self.memo.0.lock() = Some((minute, offset, tz, active));
+        active
+    }
+
+    /// [`Window::is_active`] without the memo.
+    fn search(&self, local: &DateTime<Tz>) -> bool {
+        let next_start = self.start.find_next_occurrence(local, false).ok();
+        let next_end = self.end.find_next_occurrence(local, false).ok();
         match (next_start, next_end) {
             (_, None) => false,
             (None, Some(_)) => false,
@@ -261,6 +301,61 @@ mod tests {
             parse_expression("0 0 8 * * *").is_err(),
             "6 fields are refused"
         );
+    }
+
+    /// Windows whose state changes every few minutes, daily, and across DST gaps.
+    const MEMO_WINDOWS: [(&str, &str); 3] = [
+        ("*/7 * * * *", "3-59/7 * * * *"),
+        ("0 8 * * 1-5", "0 20 * * 1-5"),
+        ("30 2 * * *", "0 6 * * *"),
+    ];
+    /// Whole-hour, half-hour (Kolkata) and half-hour-DST (Lord Howe) offsets.
+    const MEMO_ZONES: [Tz; 5] = [
+        chrono_tz::UTC,
+        chrono_tz::America::New_York,
+        chrono_tz::Europe::Berlin,
+        chrono_tz::Asia::Kolkata,
+        chrono_tz::Australia::Lord_Howe,
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn the_minute_memo_answers_as_the_search_does(
+            secs in 1_700_000_000i64..1_900_000_000,
+            nanos in 0u32..1_000_000_000,
+            same_minute_at in 0i64..60,
+            nearby in -7_200i64..7_200,
+            window in 0usize..MEMO_WINDOWS.len(),
+            zone in 0usize..MEMO_ZONES.len(),
+        ) {
+            let (start, end) = MEMO_WINDOWS[window];
+            let tz = MEMO_ZONES[zone];
+            let now = Utc.timestamp_opt(secs, nanos).unwrap();
+            let want = Window::new(start, end, 1).unwrap().search(&now.with_timezone(&tz));
+            // Asked first at another instant of the same minute, or at one up to two hours
+            // away, then at `now`: the memo's answer is the search's either way.
+            for before in [secs - secs.rem_euclid(60) + same_minute_at, secs + nearby] {
+                let w = Window::new(start, end, 1).unwrap();
+                w.is_active(Utc.timestamp_opt(before, 0).unwrap(), tz);
+                proptest::prop_assert_eq!(w.is_active(now, tz), want, "asked at {} first", before);
+            }
+        }
+    }
+
+    #[test]
+    fn the_memo_tells_a_repeated_local_minute_apart() {
+        let ny = chrono_tz::America::New_York;
+        // 2026-11-01: 01:00-02:00 local happens twice, at 05:xx UTC (EDT) and 06:xx (EST).
+        let w = Window::new("15 1 * * *", "45 1 * * *", 1).unwrap();
+        for (h, m) in [(5, 30), (6, 30), (5, 30), (6, 10), (5, 10)] {
+            let now = Utc.with_ymd_and_hms(2026, 11, 1, h, m, 0).unwrap();
+            let fresh = Window::new("15 1 * * *", "45 1 * * *", 1).unwrap();
+            assert_eq!(
+                w.is_active(now, ny),
+                fresh.search(&now.with_timezone(&ny)),
+                "{now}"
+            );
+        }
     }
 
     #[test]

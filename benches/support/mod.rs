@@ -49,6 +49,8 @@ impl Args {
 pub struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The HTTP (`/metrics`) address, for `blend-scaler serve`.
+    pub http_addr: Option<SocketAddr>,
 }
 
 impl Proc {
@@ -95,18 +97,29 @@ pub fn start_scaler(extra_env: &[(&str, &str)]) -> Proc {
     let mut child = cmd.spawn().expect("starting blend-scaler serve");
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
+    let (addr, http_addr) = loop {
         let line = lines
             .next()
             .expect("blend-scaler exited before serving")
             .unwrap();
         if let Some(rest) = line.split("\"grpc_addr\":\"").nth(1) {
-            break rest.split('"').next().unwrap().parse().unwrap();
+            let grpc = rest.split('"').next().unwrap().parse().unwrap();
+            // Logged with Debug: `"http_addr":"Some(127.0.0.1:PORT)"`.
+            let http = line
+                .split("\"http_addr\":\"Some(")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .and_then(|a| a.parse().ok());
+            break (grpc, http);
         }
     };
     // Keep draining the log so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Proc { child, addr }
+    Proc {
+        child,
+        addr,
+        http_addr,
+    }
 }
 
 /// Re-runs this bench binary with `BLEND_BENCH_ROLE=role`; the child prints its address.
@@ -128,7 +141,11 @@ pub fn start_self(role: &str) -> Proc {
         .parse()
         .unwrap();
     std::thread::spawn(move || for _ in lines {});
-    Proc { child, addr }
+    Proc {
+        child,
+        addr,
+        http_addr: None,
+    }
 }
 
 pub fn role() -> Option<String> {
