@@ -138,5 +138,64 @@ fn blend_decision(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, metadata_parsing, blend_decision);
+/// A 100-entry queue list page as the management-API double renders it (fetched from the
+/// double once, over loopback, with a SAS token), parsed by the scaler's ATOM parser.
+fn list_page() -> String {
+    use blend_scaler::secret::Secret;
+    use blend_scaler::servicebus::auth::sas_token;
+    use blend_scaler::servicebus::double::ServiceBusDouble;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let double = ServiceBusDouble::start().await.unwrap();
+        for i in 0..100 {
+            double.set_queue(&format!("orders-{i:03}"), (i * 7) as u64);
+        }
+        let options = double.options().clone();
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let token = sas_token(
+            &double.endpoint(),
+            &options.key_name,
+            &Secret::new(options.key.clone()),
+            expiry,
+        );
+        let url = format!(
+            "{}/$Resources/Queues?api-version={}&$skip=0&$top=100",
+            double.endpoint(),
+            blend_scaler::servicebus::client::API_VERSION
+        );
+        reqwest::Client::new()
+            .get(url)
+            .header("Authorization", token.expose())
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
+
+fn servicebus_page(c: &mut Criterion) {
+    use blend_scaler::servicebus::atom;
+    let body = list_page();
+    let entries = atom::page_from(&body, "bench").unwrap();
+    assert_eq!(entries.len(), 100, "a full page");
+    let mut g = c.benchmark_group("servicebus_list_page");
+    g.throughput(criterion::Throughput::Elements(100));
+    g.bench_function("parse_100_queues", |b| {
+        b.iter(|| atom::page_from(black_box(&body), "bench").unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, metadata_parsing, blend_decision, servicebus_page);
 criterion_main!(benches);
