@@ -938,3 +938,53 @@ async fn a_stale_signal_holds_the_blended_answer_when_the_other_signal_drops() {
     .await;
     s.running.shutdown().await.unwrap();
 }
+
+/// A listener that accepts connections and never answers (a hung server or a black-holing
+/// firewall), holding every connection open.
+async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_that_never_answers_is_cut_off_within_the_bound() {
+    let (url, task) = black_hole().await;
+    let s = scaler(Duration::from_secs(1)).await;
+
+    // The trigger's own `timeout` (ms), shorter than the 2 s bound: the read itself times out.
+    let mut short = prometheus_object("short-timeout", &url, "vector(45)");
+    short.scaler_metadata.insert("timeout".into(), "700".into());
+    // KEDA's default 3 s: the scaler's 2 s bound answers first.
+    let default = prometheus_object("default-timeout", &url, "vector(46)");
+    let (a, b) = tokio::join!(poll(&s, &short), poll(&s, &default));
+    for (a, reason) in [
+        (&a, "timed out after 700ms"),
+        (&b, "first read has not finished"),
+    ] {
+        let status = a.metrics.as_ref().expect_err("no value from a hung server");
+        assert_eq!(status.code(), Code::Unavailable, "{a:?}");
+        assert!(
+            status.message().contains(reason),
+            "{reason}: {}",
+            status.message()
+        );
+    }
+    // Later calls come from the cache: the timeouts are remembered, not waited for again.
+    let started = Instant::now();
+    let again = poll(&s, &short).await;
+    assert!(again.unavailable(), "{again:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    task.abort();
+    s.running.shutdown().await.unwrap();
+}
