@@ -48,6 +48,36 @@ const POLL: Duration = Duration::from_millis(100);
 /// How late a request's arrival may be sampled on a busy machine.
 const JITTER: Duration = Duration::from_millis(150);
 
+/// Panics on the runtime's worker threads (the server's tasks and handlers), counted by a
+/// hook: test bodies run on their own threads, so their failed assertions are not counted.
+static SERVER_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_server_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("tokio-runtime-worker"))
+            {
+                SERVER_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Stops the scaler (in-flight calls finish) and checks that nothing in it panicked.
+async fn finish(s: Scaler) {
+    s.running.shutdown().await.expect("a clean shutdown");
+    assert_eq!(
+        SERVER_PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a server task panicked (see the output above)"
+    );
+}
+
 struct Scaler {
     running: Running,
     client: ExternalScalerClient<Channel>,
@@ -56,6 +86,7 @@ struct Scaler {
 /// The scaler on loopback with both upstream sources; Service Bus requests time out after
 /// `servicebus_timeout`.
 async fn scaler(servicebus_timeout: Duration) -> Scaler {
+    count_server_panics();
     let refresh = RefreshConfig {
         interval: INTERVAL,
         fast_interval: INTERVAL,
@@ -443,7 +474,7 @@ async fn a_401_is_unavailable_for_a_new_object_and_holds_a_known_value_until_sta
         a.value() == Some(4)
     })
     .await;
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,7 +496,7 @@ async fn a_403_is_unavailable_for_a_new_object_and_holds_a_known_value_until_sta
         first_answer_is_unavailable(&s, &fresh, "HTTP 403"),
         held_then_unavailable(&s, &obj, fault_at, 3, "HTTP 403"),
     );
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,7 +526,7 @@ async fn a_missing_entity_reported_as_an_empty_feed_is_not_found_never_zero() {
         a.value() == Some(1)
     })
     .await;
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -564,7 +595,7 @@ async fn a_429_with_retry_after_in_seconds_holds_the_value_and_keeps_the_namespa
         reads.len(),
         fault_at.elapsed()
     );
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,7 +633,7 @@ async fn a_503_with_retry_after_as_a_date_is_honoured_and_never_read_as_zero() {
         a.value() == Some(3)
     })
     .await;
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -655,7 +686,7 @@ async fn a_refused_connection_is_unavailable_at_once_and_holds_a_known_value_unt
     forwarder.vanish();
     let fault_at = Instant::now();
     held_then_unavailable(&s, &obj, fault_at, 3, "could not connect").await;
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -678,7 +709,7 @@ async fn a_request_timeout_holds_a_known_value_until_stale_after_and_recovers() 
         a.value() == Some(3)
     })
     .await;
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,7 +768,7 @@ async fn an_upstream_slower_than_two_seconds_never_makes_keda_wait_past_the_boun
         Some(&Some(4)),
         "slow reads still land: {values:?}"
     );
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -755,7 +786,7 @@ async fn a_truncated_body_holds_a_known_value_until_stale_after_then_is_unavaila
         a.value() == Some(3)
     })
     .await;
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -772,7 +803,7 @@ async fn a_garbage_body_is_unavailable_for_a_new_object_and_never_read_as_zero()
     double.inject(Fault::Garbage, None);
     let fault_at = Instant::now();
     held_then_unavailable(&s, &obj, fault_at, 3, "malformed response").await;
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 /// A ScaledObject on a Prometheus query (`threshold` 10).
@@ -814,7 +845,7 @@ async fn prometheus_stopped_holds_the_value_until_stale_after_and_a_restart_reco
         a.value() == Some(9)
     })
     .await;
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -877,7 +908,7 @@ async fn prometheus_503_with_retry_after_is_honoured_and_holds_the_value() {
         a.value() == Some(5)
     })
     .await;
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -936,7 +967,7 @@ async fn a_stale_signal_holds_the_blended_answer_when_the_other_signal_drops() {
         a.value() == Some(3)
     })
     .await;
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
 
 /// A listener that accepts connections and never answers (a hung server or a black-holing
@@ -986,5 +1017,5 @@ async fn a_prometheus_that_never_answers_is_cut_off_within_the_bound() {
         started.elapsed()
     );
     task.abort();
-    s.running.shutdown().await.unwrap();
+    finish(s).await;
 }
