@@ -250,8 +250,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         interval: args.refresh_interval,
         ..RefreshConfig::default()
     };
-    let metrics = Metrics::new();
-    let sources = server::default_sources(&refresh, &metrics);
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         http_addr: Some(args.http_addr),
@@ -269,7 +267,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ..EngineConfig::default()
         },
     };
-    let running = server::start(config, sources, metrics).await?;
+    let running = server::start_with_default_sources(config).await?;
     running.run_until(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -11,10 +11,11 @@ use clap::Args;
 
 use crate::cache::RefreshConfig;
 use crate::engine::EngineConfig;
-use crate::metrics::Metrics;
 use crate::proto::external_scaler_client::ExternalScalerClient;
 use crate::proto::{GetMetricsRequest, ScaledObjectRef};
 use crate::server::{self, ServerConfig};
+use crate::servicebus::double::ServiceBusDouble;
+use crate::signal::SignalKind;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -28,6 +29,9 @@ pub struct Script;
 
 impl Script {
     pub const METADATA: &'static [(&'static str, &'static str)] = &[
+        ("queueName", "order-processing"),
+        ("messageCount", "10"),
+        ("activationMessageCount", "1"),
         (
             "query",
             "sum(rate(http_requests_total{app=\"order-processor\"}[2m]))",
@@ -58,6 +62,16 @@ impl Script {
         (peak * shape).round()
     }
 
+    /// Active messages at `hour`: an afternoon batch import lands 240 messages at 15:00, and
+    /// the consumers drain it over the next two hours.
+    pub fn backlog(hour: f64) -> u64 {
+        match hour {
+            h if (15.0..17.0).contains(&h) => (240.0 * (1.0 - (h - 15.0) / 2.0)).round() as u64,
+            h if (9.0..18.0).contains(&h) => 4,
+            _ => 0,
+        }
+    }
+
     /// The demo day: Wednesday 2026-06-03.
     pub fn day_start() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 6, 3, 0, 0, 0).unwrap()
@@ -71,7 +85,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         interval: Duration::from_millis((args.step_ms / 3).max(20)),
         ..RefreshConfig::default()
     };
-    let metrics = Metrics::new();
     let config = ServerConfig {
         engine: EngineConfig {
             refresh: refresh.clone(),
@@ -85,12 +98,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ..ServerConfig::loopback()
     };
     let prometheus = FakePrometheus::start().await?;
-    let sources = server::default_sources(&refresh, &metrics);
-    let running = server::start(config, sources, metrics).await?;
+    let bus = ServiceBusDouble::start().await?;
+    bus.set_queue("order-processing", 0);
+    let running = server::start_with_default_sources(config).await?;
     let mut client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr)).await?;
 
     let mut scaler_metadata = crate::grpc::metadata_from_pairs(Script::METADATA.iter().copied());
     scaler_metadata.insert("serverAddress".into(), prometheus.url());
+    scaler_metadata.insert("endpoint".into(), bus.endpoint());
+    // In a cluster KEDA resolves this from the workload's environment; the double checks the
+    // SAS signature made from it.
+    scaler_metadata.insert("connectionFromEnv".into(), bus.connection_string());
     let object = ScaledObjectRef {
         name: "order-processor".into(),
         namespace: "production".into(),
@@ -104,7 +122,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut keys: Vec<_> = object.scaler_metadata.iter().collect();
     keys.sort();
     for (k, v) in keys {
-        println!("  {k}: {v}");
+        let shown = if k == "connectionFromEnv" {
+            "<connection string, redacted>"
+        } else {
+            v
+        };
+        println!("  {k}: {shown}");
     }
     let spec = client.get_metric_spec(object.clone()).await?.into_inner();
     let spec = &spec.metric_specs[0];
@@ -113,8 +136,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         spec.metric_name, spec.target_size
     );
     println!(
-        "{:>5}  {:>8}  {:>6}  {:<30}",
-        "time", "replicas", "active", "why"
+        "{:>5}  {:>8}  {:>6}  {:<11}  {:>17}  {:>17}  {:>8}",
+        "time", "replicas", "active", "decided by", "servicebus", "prometheus", "cron"
     );
 
     let step = Duration::from_millis(args.step_ms);
@@ -122,7 +145,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for half_hour in 0..48 {
         let t = Script::day_start() + chrono::Duration::minutes(30 * half_hour);
         virtual_now.store(t.timestamp(), Ordering::SeqCst);
-        prometheus.set(Script::request_rate(f64::from(half_hour as u32) / 2.0));
+        let hour = f64::from(half_hour as u32) / 2.0;
+        prometheus.set(Script::request_rate(hour));
+        bus.set_queue("order-processing", Script::backlog(hour));
         tokio::time::sleep(step).await;
         let active = client.is_active(object.clone()).await?.into_inner().result;
         let value = client
@@ -142,27 +167,42 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 metadata: &object.scaler_metadata,
             })
             .await?;
-        let why: Vec<String> = decision
-            .signals
-            .iter()
-            .map(|s| format!("{} {}->{}", s.kind, s.value, s.replicas))
-            .collect();
+        let cell = |kind: SignalKind, unit: &str| {
+            decision
+                .signals
+                .iter()
+                .find(|s| s.kind == kind)
+                .map_or("-".to_string(), |s| {
+                    format!("{}{unit} -> {}", s.value, s.replicas)
+                })
+        };
         let marker = if last != Some(value) { "*" } else { " " };
         last = Some(value);
         println!(
-            "{}  {:>7}{marker}  {:>6}  {}",
+            "{}  {:>7}{marker}  {:>6}  {:<11}  {:>17}  {:>17}  {:>8}",
             t.format("%H:%M"),
             value,
             if active { "yes" } else { "no" },
-            why.join(", ")
+            decision.decided_by.map_or("-", SignalKind::as_str),
+            cell(SignalKind::ServiceBus, " msg"),
+            cell(SignalKind::Prometheus, " rps"),
+            cell(SignalKind::Cron, ""),
         );
     }
-    println!("\n* the replica count changed. Metrics of this run:");
+    println!("\n* the replica count changed. Each signal shows value -> replicas on its own;");
+    println!("  the answer is the largest (policy max), clamped to minReplicas..maxReplicas.");
+    println!(
+        "\n{} KEDA calls were answered from the cache and never reached an upstream; the \
+         background refresh (every {} ms here, about 10 virtual minutes) made {} Service Bus reads.",
+        2 * 48 + 1,
+        refresh.interval.as_millis(),
+        bus.requests()
+    );
     let text = running.engine.metrics().encode();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("blend_scaler_grpc_requests_total"))
-    {
+    for line in text.lines().filter(|l| {
+        l.starts_with("blend_scaler_grpc_requests_total")
+            || l.starts_with("blend_scaler_upstream_requests_total")
+    }) {
         println!("  {line}");
     }
     running.shutdown().await?;
