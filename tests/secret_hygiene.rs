@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use blend_scaler::cache::RefreshConfig;
 use blend_scaler::engine::EngineConfig;
-use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use blend_scaler::server::{self, ServerConfig};
@@ -192,14 +191,12 @@ async fn one_secret_in_a_connection_string_a_bearer_token_and_a_header_never_lea
         max_backoff: Duration::from_secs(1),
         ..RefreshConfig::default()
     };
-    let metrics = Metrics::new();
     let mut config = ServerConfig::loopback();
     config.engine = EngineConfig {
         refresh: refresh.clone(),
         ..EngineConfig::default()
     };
-    let sources = server::default_sources(&refresh, &metrics);
-    let running = server::start(config, sources, metrics).await.unwrap();
+    let running = server::start_with_default_sources(config).await.unwrap();
     let mut client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr))
         .await
         .unwrap();

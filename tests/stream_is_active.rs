@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use blend_scaler::cache::RefreshConfig;
 use blend_scaler::engine::EngineConfig;
-use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{IsActiveResponse, ScaledObjectRef};
 use blend_scaler::server::{self, Running, ServerConfig};
@@ -27,14 +26,12 @@ async fn scaler() -> (Running, ExternalScalerClient<Channel>) {
     let refresh = RefreshConfig::default();
     assert_eq!(refresh.interval, Duration::from_secs(5));
     assert_eq!(refresh.fast_interval, Duration::from_secs(1));
-    let metrics = Metrics::new();
     let mut config = ServerConfig::loopback();
     config.engine = EngineConfig {
         refresh: refresh.clone(),
         ..EngineConfig::default()
     };
-    let sources = server::default_sources(&refresh, &metrics);
-    let running = server::start(config, sources, metrics).await.unwrap();
+    let running = server::start_with_default_sources(config).await.unwrap();
     let client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr))
         .await
         .unwrap();
