@@ -13,13 +13,12 @@ use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{IsActiveResponse, ScaledObjectRef};
 use blend_scaler::server::{self, Running, ServerConfig};
 use blend_scaler::servicebus::double::{Fault, ServiceBusDouble};
-use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-/// How late a request's arrival may be sampled, or a message delivered, on a busy machine.
+/// How late a read or a message may come on a busy machine.
 const JITTER: Duration = Duration::from_millis(300);
 
 async fn scaler() -> (Running, ExternalScalerClient<Channel>) {
@@ -57,44 +56,23 @@ fn consumer(double: &ServiceBusDouble) -> ScaledObjectRef {
     }
 }
 
-/// When each management request reached the double, sampled every few ms.
+/// When each management request reached the double (as the double recorded it).
 struct Arrivals {
-    times: Arc<Mutex<Vec<Instant>>>,
-    task: tokio::task::JoinHandle<()>,
+    double: Arc<ServiceBusDouble>,
 }
 
 impl Arrivals {
     fn watch(double: Arc<ServiceBusDouble>) -> Self {
-        let times = Arc::new(Mutex::new(Vec::new()));
-        let t = times.clone();
-        let task = tokio::spawn(async move {
-            let mut seen = double.requests();
-            loop {
-                let n = double.requests();
-                if n > seen {
-                    let now = Instant::now();
-                    t.lock().extend((seen..n).map(|_| now));
-                    seen = n;
-                }
-                tokio::time::sleep(Duration::from_millis(3)).await;
-            }
-        });
-        Self { times, task }
+        Self { double }
     }
 
     fn between(&self, from: Instant, to: Instant) -> Vec<Instant> {
-        self.times
-            .lock()
-            .iter()
-            .copied()
+        self.double
+            .served()
+            .into_iter()
+            .map(|s| s.at)
             .filter(|t| *t >= from && *t < to)
             .collect()
-    }
-}
-
-impl Drop for Arrivals {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
