@@ -25,6 +25,9 @@ fn instant(secs: i64) -> DateTime<Utc> {
 }
 
 fuzz_target!(|input: Input| {
+    if std::env::var_os("FUZZ_DEBUG").is_some() {
+        eprintln!("{input:?}");
+    }
     let now = instant(input.instant);
     let tz: Tz = TZ_VARIANTS[input.zone as usize % TZ_VARIANTS.len()];
     if let Ok(windows) = cron::parse_windows(&input.windows) {
