@@ -1,11 +1,13 @@
 //! Time windows: KEDA's cron rule, in an IANA time zone, with several windows per trigger.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+use parking_lot::Mutex;
 
 /// One window: active from each `start` until the following `end`.
 #[derive(Clone, Debug)]
@@ -15,6 +17,28 @@ pub struct Window {
     start_text: String,
     end_text: String,
     pub replicas: u32,
+    /// The last search for the next start and end: it holds until the earlier of them, so
+    /// each occurrence is searched for once, not on every KEDA call.
+    next: Arc<Mutex<Option<Next>>>,
+}
+
+/// The next start and end after `from`, in `tz` (`None`: never again).
+#[derive(Clone, Copy, Debug)]
+struct Next {
+    tz: Tz,
+    from: DateTime<Utc>,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+}
+
+impl Next {
+    /// The same searches from `now` would find the same occurrences.
+    fn holds_at(&self, now: DateTime<Utc>, tz: Tz) -> bool {
+        self.tz == tz
+            && self.from <= now
+            && self.start.is_none_or(|s| now < s)
+            && self.end.is_none_or(|e| now < e)
+    }
 }
 
 /// Every window of one trigger, with the zone they are read in.
@@ -73,16 +97,34 @@ impl Window {
             start_text: normalize(start),
             end_text: normalize(end),
             replicas,
+            next: Arc::new(Mutex::new(None)),
         })
     }
 
     /// KEDA's rule: the window is active when its next end comes no later than its next start.
     /// An expression with no next occurrence (such as 30 February) never opens the window.
     pub fn is_active(&self, now: DateTime<Utc>, tz: Tz) -> bool {
-        let local = now.with_timezone(&tz);
-        let next_start = self.start.find_next_occurrence(&local, false).ok();
-        let next_end = self.end.find_next_occurrence(&local, false).ok();
-        match (next_start, next_end) {
+        let cached = *self.next.lock();
+        let next = match cached {
+            Some(n) if n.holds_at(now, tz) => n,
+            _ => {
+                let local = now.with_timezone(&tz);
+                let find = |c: &Cron| {
+                    c.find_next_occurrence(&local, false)
+                        .ok()
+                        .map(|t| t.with_timezone(&Utc))
+                };
+                let n = Next {
+                    tz,
+                    from: now,
+                    start: find(&self.start),
+                    end: find(&self.end),
+                };
+                *self.next.lock() = Some(n);
+                n
+            }
+        };
+        match (next.start, next.end) {
             (_, None) => false,
             (None, Some(_)) => false,
             (Some(start), Some(end)) => start >= end,
@@ -179,6 +221,45 @@ mod tests {
         assert!(parse_windows("* , * * * -> 0 1 * * * = 2").is_err());
         // Lists with every item present still parse.
         assert!(parse_expression("0,30 8,12 * * 1,3,5").is_ok());
+    }
+
+    #[test]
+    fn a_remembered_search_gives_the_same_answers_as_a_fresh_one() {
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        let cases = [
+            ("0 8 * * 1-5", "0 20 * * 1-5"),
+            ("30 1 * * *", "30 3 * * *"), // across the DST change in Berlin
+            ("0 22 * * *", "0 6 * * *"),  // over midnight
+        ];
+        let from = at(tz, 2026, 3, 28, 0, 0);
+        for (start, end) in cases {
+            let remembered = Window::new(start, end, 1).unwrap();
+            // Every 13 minutes for three days: forward, as a clock goes.
+            for step in 0..(3 * 24 * 60 / 13) {
+                let now = from + chrono::Duration::minutes(13 * step);
+                let fresh = Window::new(start, end, 1).unwrap().is_active(now, tz);
+                assert_eq!(
+                    remembered.is_active(now, tz),
+                    fresh,
+                    "{start} -> {end} at {now}"
+                );
+            }
+            // Back in time, or in another zone: searched again.
+            assert_eq!(
+                remembered.is_active(from, chrono_tz::UTC),
+                Window::new(start, end, 1)
+                    .unwrap()
+                    .is_active(from, chrono_tz::UTC)
+            );
+        }
+        // A start that never comes is searched for once, then remembered.
+        let never = Window::new("0 0 30 2 *", "0 1 1 1 *", 1).unwrap();
+        assert!(!never.is_active(from, tz));
+        let started = std::time::Instant::now();
+        for minute in 0..1_000 {
+            assert!(!never.is_active(from + chrono::Duration::minutes(minute), tz));
+        }
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
     }
 
     #[test]

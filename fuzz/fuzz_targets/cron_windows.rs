@@ -15,6 +15,8 @@ struct Input {
     end: String,
     /// Seconds since the epoch, folded into 1900..2200.
     instant: i64,
+    /// A later instant, this many seconds on (folded into 0..10 days).
+    later: u32,
     zone: u16,
 }
 
@@ -40,5 +42,13 @@ fuzz_target!(|input: Input| {
     let _ = cron::parse_expression(&input.start);
     if let Ok(w) = Window::new(&input.start, &input.end, 1) {
         let _ = w.is_active(now, tz);
+        // The window remembers its last search: a later answer agrees with a fresh window's.
+        let later = now + chrono::Duration::seconds(i64::from(input.later % 864_000));
+        let fresh = Window::new(&input.start, &input.end, 1).expect("parsed once");
+        assert_eq!(
+            w.is_active(later, tz),
+            fresh.is_active(later, tz),
+            "remembered and fresh disagree at {later} in {tz}"
+        );
     }
 });
