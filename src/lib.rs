@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod secret;
 pub mod server;
 pub mod signal;
+pub mod simulate;
 pub mod telemetry;
 
 /// KEDA's `externalscaler` protocol, generated from `proto/externalscaler.proto`.
