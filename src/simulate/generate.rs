@@ -125,7 +125,12 @@ pub fn spiky(seed: u64) -> Generated {
     while (at as usize) < steps {
         let length = rng.between(6, 48) as usize;
         let peak = rng.between(20, 200) as f64;
-        for (i, slot) in messages.iter_mut().skip(at as usize).take(length).enumerate() {
+        for (i, slot) in messages
+            .iter_mut()
+            .skip(at as usize)
+            .take(length)
+            .enumerate()
+        {
             // A quick rise, a plateau, and a tail.
             let shape = if i == 0 {
                 0.5
@@ -148,7 +153,11 @@ pub fn spiky(seed: u64) -> Generated {
         }
         for (i, &v) in minute.iter().enumerate() {
             let requests = noisy(&mut rng, 3.0, 0.3);
-            rows.push((at + Duration::seconds(i as i64 * 10), round2(v), round2(requests)));
+            rows.push((
+                at + Duration::seconds(i as i64 * 10),
+                round2(v),
+                round2(requests),
+            ));
         }
     }
     Generated {
@@ -173,7 +182,7 @@ pub fn business_hours(seed: u64) -> Generated {
     let rows: Vec<_> = (0..24 * 60)
         .map(|minute| {
             let h = minute as f64 / 60.0;
-            let level = if h < 6.0 || h >= 21.0 {
+            let level = if !(6.0..21.0).contains(&h) {
                 0.05
             } else if h < 8.0 {
                 ramp(h, 6.0, 8.0, 0.05, 24.0)
@@ -257,7 +266,10 @@ mod tests {
         assert!(s.messages.iter().copied().fold(0.0, f64::max) > 100.0);
 
         let b = Trace::parse(&business_hours(SEED).csv).unwrap();
-        assert_eq!(b.start.with_timezone(&b.timezone).weekday(), chrono::Weekday::Mon);
+        assert_eq!(
+            b.start.with_timezone(&b.timezone).weekday(),
+            chrono::Weekday::Mon
+        );
         assert!(minute(&b, 10 * 60) > 15.0 && minute(&b, 2 * 60) < 1.0);
     }
 

@@ -82,7 +82,8 @@ impl Scenario {
     /// Reads the first ScaledObject with an `external` or `external-push` trigger.
     pub fn from_yaml(text: &str, overrides: &Overrides) -> anyhow::Result<Self> {
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let doc = Value::deserialize(doc).with_context(|| format!("YAML document {}", i + 1))?;
+            let doc =
+                Value::deserialize(doc).with_context(|| format!("YAML document {}", i + 1))?;
             if doc.get("kind").and_then(Value::as_str) != Some("ScaledObject") {
                 continue;
             }
@@ -166,8 +167,12 @@ impl Scenario {
             .and_then(|h| h.get("behavior"));
         let hpa_default = Hpa::default();
         let window = |dir: &str, default: u64| -> anyhow::Result<u64> {
-            whole(behavior.and_then(|b| b.get(dir)), "stabilizationWindowSeconds", default)
-                .with_context(|| format!("advanced.horizontalPodAutoscalerConfig.behavior.{dir}"))
+            whole(
+                behavior.and_then(|b| b.get(dir)),
+                "stabilizationWindowSeconds",
+                default,
+            )
+            .with_context(|| format!("advanced.horizontalPodAutoscalerConfig.behavior.{dir}"))
         };
         let hpa = Hpa {
             scale_down_window: window("scaleDown", hpa_default.scale_down_window)?,
@@ -327,17 +332,27 @@ pub fn report(
         s.hpa.sync_period,
         s.hpa.tolerance * 100.0,
         s.hpa.scale_down_window,
-        if s.blend.push { 1 } else { s.blend.refresh_interval },
+        if s.blend.push {
+            1
+        } else {
+            s.blend.refresh_interval
+        },
     );
     for note in &scenario.notes {
         text.push_str(&format!("note: {note}\n"));
     }
     text.push('\n');
     text.push_str(&report::table(
-        &[(BUILTIN_LABEL, builtin.clone()), (&blend_label, blend.clone())],
+        &[
+            (BUILTIN_LABEL, builtin.clone()),
+            (&blend_label, blend.clone()),
+        ],
         objective,
     ));
-    for (label, run) in [(BUILTIN_LABEL, &outcome.builtin), (&blend_label, &outcome.blend)] {
+    for (label, run) in [
+        (BUILTIN_LABEL, &outcome.builtin),
+        (&blend_label, &outcome.blend),
+    ] {
         if run.metric_errors > 0 {
             text.push_str(&format!(
                 "note: {label}: {} HPA syncs got no metric\n",
@@ -368,8 +383,8 @@ pub fn report(
 pub fn report_for_files(args: &SimulateArgs) -> anyhow::Result<Report> {
     let trace_text = std::fs::read_to_string(&args.trace)
         .with_context(|| format!("reading {}", args.trace.display()))?;
-    let trace = Trace::parse(&trace_text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.trace.display()))?;
+    let trace =
+        Trace::parse(&trace_text).map_err(|e| anyhow::anyhow!("{}: {e}", args.trace.display()))?;
     let yaml = std::fs::read_to_string(&args.scaledobject)
         .with_context(|| format!("reading {}", args.scaledobject.display()))?;
     let overrides = Overrides {
@@ -388,8 +403,10 @@ pub fn report_for_files(args: &SimulateArgs) -> anyhow::Result<Report> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into(),
+    )
 }
 
 /// `blend-scaler simulate`.
@@ -410,4 +427,174 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     print!("{}", report.text);
     println!("\nwrote {} and {}", csv.display(), svg.display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str) -> (Trace, Scenario) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("traces");
+        let trace =
+            Trace::parse(&std::fs::read_to_string(dir.join(format!("{name}.csv"))).unwrap())
+                .unwrap();
+        let yaml = std::fs::read_to_string(dir.join(format!("{name}.yaml"))).unwrap();
+        (
+            trace,
+            Scenario::from_yaml(&yaml, &Overrides::default()).unwrap(),
+        )
+    }
+
+    const SHIPPED: [&str; 3] = ["diurnal", "spiky", "business-hours"];
+
+    #[test]
+    fn the_same_trace_always_gives_byte_identical_outputs() {
+        let (trace, scenario) = shipped("spiky");
+        let a = report(&trace, &scenario, "spiky.csv", 120).unwrap();
+        let b = report(&trace, &scenario, "spiky.csv", 120).unwrap();
+        assert_eq!(a.text, b.text);
+        assert_eq!(a.csv, b.csv);
+        assert_eq!(a.svg, b.svg);
+        assert_eq!(a.outcome, b.outcome);
+        assert!(a.svg.starts_with("<svg") && a.svg.contains("blend-scaler (drainTime)"));
+        assert_eq!(a.csv.lines().count(), 1 + 24 * 60);
+    }
+
+    #[test]
+    fn on_the_shipped_traces_drain_time_uses_fewer_replica_minutes_at_no_worse_p95_age() {
+        let mut wins = Vec::new();
+        for name in SHIPPED {
+            let (trace, scenario) = shipped(name);
+            assert!(matches!(scenario.plan.policy, Policy::DrainTime { .. }));
+            let r = report(&trace, &scenario, name, 120).unwrap();
+            let (b, d) = (&r.builtin, &r.blend);
+            if d.replica_minutes < b.replica_minutes && d.p95_age <= b.p95_age {
+                wins.push(name);
+            }
+            // Every message is accounted for: the same arrivals on both sides.
+            let total = |w: &[u64]| w.iter().sum::<u64>();
+            assert_eq!(
+                total(&r.outcome.builtin.waits),
+                total(&r.outcome.blend.waits)
+            );
+        }
+        assert!(wins.len() >= 2, "drainTime wins only on {wins:?}");
+    }
+
+    #[test]
+    fn the_shipped_scaledobjects_give_their_spec_and_annotations_to_the_model() {
+        let (trace, diurnal) = shipped("diurnal");
+        assert_eq!(trace.timezone, chrono_tz::Europe::London);
+        assert_eq!(diurnal.name, "production/order-processor");
+        assert_eq!(diurnal.trigger_type, "external");
+        let s = &diurnal.settings;
+        assert_eq!(s.workload.messages_per_second_per_replica, 5.0);
+        assert_eq!(s.workload.pod_start_seconds, 30);
+        assert_eq!((s.keda.min_replicas, s.keda.max_replicas), (1, 60));
+        assert!(!s.blend.push);
+        let (_, spiky) = shipped("spiky");
+        assert!(spiky.settings.blend.push);
+        assert_eq!(spiky.settings.keda.min_replicas, 0);
+        assert_eq!(spiky.blend_label(), "blend-scaler (drainTime)");
+    }
+
+    const MINIMAL: &str = r#"
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: worker
+spec:
+  scaleTargetRef: {name: worker}
+  pollingInterval: 10
+  advanced:
+    horizontalPodAutoscalerConfig:
+      behavior:
+        scaleDown:
+          stabilizationWindowSeconds: 60
+          policies: [{type: Pods, value: 1, periodSeconds: 60}]
+  triggers:
+    - type: cpu
+      metadata: {value: "50"}
+    - type: external
+      metadata:
+        queueName: q
+        namespace: ns
+        messageCount: "10"
+"#;
+
+    #[test]
+    fn spec_fields_flags_and_what_is_not_modelled_are_read() {
+        let overrides = Overrides {
+            messages_per_second_per_replica: Some(7.5),
+            pod_start_seconds: Some(45),
+            refresh_interval: Some(2),
+        };
+        let s = Scenario::from_yaml(MINIMAL, &overrides).unwrap();
+        assert_eq!(s.name, "default/worker");
+        assert_eq!(s.settings.keda.polling_interval, 10);
+        assert_eq!(s.settings.keda.cooldown_period, 300);
+        assert_eq!(s.settings.hpa.scale_down_window, 60);
+        assert_eq!(s.settings.workload.messages_per_second_per_replica, 7.5);
+        assert_eq!(s.settings.workload.pod_start_seconds, 45);
+        assert_eq!(s.settings.blend.refresh_interval, 2);
+        assert_eq!(s.blend_label(), "blend-scaler (max)");
+        let notes = s.notes.join("\n");
+        assert!(notes.contains("scaleDown.policies"), "{notes}");
+        assert!(notes.contains("1 other trigger"), "{notes}");
+    }
+
+    #[test]
+    fn scenario_errors_say_what_is_wrong() {
+        let none = Overrides::default();
+        let err = |yaml: &str| format!("{:#}", Scenario::from_yaml(yaml, &none).unwrap_err());
+        // Without drainTime, nothing says how fast a pod works.
+        let e = err(MINIMAL);
+        assert!(e.contains("--messages-per-second-per-replica"), "{e}");
+        let e = err(&MINIMAL.replace("type: external\n", "type: prometheus\n"));
+        assert!(e.contains("no ScaledObject"), "{e}");
+        let e = err(&MINIMAL.replace("messageCount: \"10\"", "messageCount: \"ten\""));
+        assert!(e.contains("`messageCount`") && e.contains("invalid"), "{e}");
+        let e = err(&MINIMAL.replace("pollingInterval: 10", "pollingInterval: soon"));
+        assert!(e.contains("pollingInterval"), "{e}");
+        let e = err(&MINIMAL.replace("messageCount: \"10\"", "messageCount: 10"));
+        assert!(e.contains("quote the value"), "{e}");
+    }
+
+    /// An idle hour with 200 messages arriving over 20 s, 10 minutes in.
+    fn wake_up_trace() -> Trace {
+        let mut csv = String::from("time,messages_per_second,requests_per_second\n");
+        csv.push_str("2026-06-01T00:00:00,0,0\n2026-06-01T00:10:00,10,0\n");
+        csv.push_str("2026-06-01T00:10:20,0,0\n2026-06-01T01:00:00,0,0\n");
+        Trace::parse(&csv).unwrap()
+    }
+
+    #[test]
+    fn external_push_wakes_the_deployment_sooner_than_polling() {
+        let yaml = MINIMAL.replace("pollingInterval: 10", "pollingInterval: 30");
+        let overrides = Overrides {
+            messages_per_second_per_replica: Some(5.0),
+            ..Overrides::default()
+        };
+        let poll = Scenario::from_yaml(&yaml, &overrides).unwrap();
+        let push = Scenario::from_yaml(&yaml.replace("external\n", "external-push\n"), &overrides)
+            .unwrap();
+        assert!(push.settings.blend.push);
+        let trace = wake_up_trace();
+        let first = |s: &Scenario| {
+            let out = model::simulate(&trace, &s.plan, &s.settings);
+            let at = |run: &model::Run| run.replicas.iter().position(|&r| r > 0).unwrap();
+            (at(&out.builtin), at(&out.blend))
+        };
+        let (builtin, polled) = first(&poll);
+        let (_, pushed) = first(&push);
+        // The burst starts at 600 s: the polls at 600 s see nothing yet; push sees the
+        // first refresh after it.
+        assert_eq!(builtin, 630);
+        assert!(polled >= 630, "{polled}");
+        assert!((601..=603).contains(&pushed), "{pushed}");
+        // Scaled back to zero after the cooldown: nothing active for 300 s.
+        let out = model::simulate(&trace, &push.plan, &push.settings);
+        assert_eq!(out.blend.replicas.last(), Some(&0));
+        assert_eq!(out.builtin.replicas.last(), Some(&0));
+    }
 }

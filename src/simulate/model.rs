@@ -120,6 +120,9 @@ pub struct Run {
     pub backlog: Vec<u64>,
     /// Seconds the oldest waiting message has waited, at the start of each second.
     pub oldest_age: Vec<u64>,
+    /// How many messages waited each number of seconds (index), from arrival to the second
+    /// their work was done; messages still waiting at the end count with their age then.
+    pub waits: Vec<u64>,
     /// HPA syncs that got no metric (the scaler answered `UNAVAILABLE`).
     pub metric_errors: u32,
 }
@@ -379,26 +382,41 @@ impl Queue {
     /// How long the oldest waiting message has waited at instant `t`: messages that arrived
     /// during second `s` have waited `t - s` seconds (rounded up to the second).
     pub fn oldest_age(&self, t: u64) -> u64 {
-        self.cohorts.front().map_or(0, |(s, _)| t.saturating_sub(*s))
+        self.cohorts
+            .front()
+            .map_or(0, |(s, _)| t.saturating_sub(*s))
     }
 
     /// Second `t`: `rate` messages arrive, then `capacity` messages' worth of work is done,
     /// oldest first. Returns the messages completed.
     pub fn step(&mut self, t: u64, rate: f64, capacity: f64) -> u64 {
+        self.step_recording(t, rate, capacity, &mut Vec::new())
+    }
+
+    /// [`Queue::step`], adding each completed message's wait (seconds) to `waits`.
+    pub fn step_recording(
+        &mut self,
+        t: u64,
+        rate: f64,
+        capacity: f64,
+        waits: &mut Vec<u64>,
+    ) -> u64 {
         let arriving = self.arrivals_carry + rate;
-        let whole = arriving.floor();
-        self.arrivals_carry = arriving - whole;
+        // A hair of tolerance, so 0.3 ten times is 3 messages, not 2.999… of them.
+        let whole = (arriving + 1e-9).floor();
+        self.arrivals_carry = (arriving - whole).max(0.0);
         if whole >= 1.0 {
             self.cohorts.push_back((t, whole as u64));
             self.backlog += whole as u64;
         }
         let work = capacity + self.work_carry;
-        let mut budget = work.floor() as u64;
+        let mut budget = (work + 1e-9).floor() as u64;
         let mut done = 0;
         while budget > 0
             && let Some(front) = self.cohorts.front_mut()
         {
             let take = front.1.min(budget);
+            record(waits, t - front.0, take);
             front.1 -= take;
             budget -= take;
             done += take;
@@ -409,11 +427,28 @@ impl Queue {
         self.backlog -= done;
         // Part of a message's work carries over only while there is work to do.
         self.work_carry = if self.backlog > 0 {
-            work - work.floor()
+            (work - (work + 1e-9).floor()).max(0.0)
         } else {
             0.0
         };
         done
+    }
+}
+
+fn record(waits: &mut Vec<u64>, wait: u64, count: u64) {
+    let i = wait as usize;
+    if waits.len() <= i {
+        waits.resize(i + 1, 0);
+    }
+    waits[i] += count;
+}
+
+impl Queue {
+    /// Adds the messages still waiting at instant `t` to `waits`, at their age.
+    pub fn record_waiting(&self, t: u64, waits: &mut Vec<u64>) {
+        for &(s, n) in &self.cohorts {
+            record(waits, t - s, n);
+        }
     }
 }
 
@@ -544,6 +579,11 @@ impl Activation {
     }
 }
 
+/// The HPA syncs this many seconds after KEDA's polls (which fall on multiples of the polling
+/// interval, as blend-scaler's refreshes fall on multiples of its interval): the three loops
+/// are independent in a cluster, so the model does not line them up.
+pub const HPA_PHASE: u64 = 7;
+
 /// Runs one configuration over the trace.
 pub fn run(trace: &Trace, settings: &Settings, scaler: &mut dyn Scaler) -> Run {
     let n = trace.seconds();
@@ -553,6 +593,7 @@ pub fn run(trace: &Trace, settings: &Settings, scaler: &mut dyn Scaler) -> Run {
         ready: Vec::with_capacity(n),
         backlog: Vec::with_capacity(n),
         oldest_age: Vec::with_capacity(n),
+        waits: Vec::new(),
         metric_errors: 0,
     };
     let mut queue = Queue::default();
@@ -586,7 +627,7 @@ pub fn run(trace: &Trace, settings: &Settings, scaler: &mut dyn Scaler) -> Run {
             let target = activation.report(t, active, deployment.replicas(), keda);
             scale_to(target, &mut deployment);
         }
-        if t.is_multiple_of(sync) && deployment.replicas() > 0 {
+        if (t + sync - HPA_PHASE % sync).is_multiple_of(sync) && deployment.replicas() > 0 {
             let (metrics, _) = scaler.read(t, &world);
             let current = deployment.replicas();
             let target = hpa_state.sync(t, current, &metrics, hpa, keda);
@@ -601,12 +642,14 @@ pub fn run(trace: &Trace, settings: &Settings, scaler: &mut dyn Scaler) -> Run {
         out.ready.push(ready);
         out.backlog.push(queue.backlog());
         out.oldest_age.push(queue.oldest_age(t));
-        queue.step(
+        queue.step_recording(
             t,
             messages,
             f64::from(ready) * work.messages_per_second_per_replica,
+            &mut out.waits,
         );
     }
+    queue.record_waiting(n as u64, &mut out.waits);
     out
 }
 
@@ -631,7 +674,17 @@ mod tests {
     #[test]
     fn a_queue_of_20_with_a_target_of_5_gives_4_replicas() {
         // KEDA's documented example for an AverageValue target.
-        assert_eq!(hpa_proposal(Metric { value: 20.0, target: 5.0 }, 1, 0.1), 4);
+        assert_eq!(
+            hpa_proposal(
+                Metric {
+                    value: 20.0,
+                    target: 5.0
+                },
+                1,
+                0.1
+            ),
+            4
+        );
         let mut hpa = HpaState::default();
         let r = hpa.sync(0, 1, &[m(20.0, 5.0)], &Hpa::default(), &Keda::default());
         assert_eq!(r, Some(4));
@@ -640,11 +693,41 @@ mod tests {
     #[test]
     fn a_metric_within_the_10_percent_tolerance_keeps_the_current_count() {
         // Current 4; the metric suggests 4.3 (ratio 1.075): stays 4.
-        assert_eq!(hpa_proposal(Metric { value: 4.3, target: 1.0 }, 4, 0.1), 4);
+        assert_eq!(
+            hpa_proposal(
+                Metric {
+                    value: 4.3,
+                    target: 1.0
+                },
+                4,
+                0.1
+            ),
+            4
+        );
         // 4.5 (ratio 1.125) is outside: ceil -> 5.
-        assert_eq!(hpa_proposal(Metric { value: 4.5, target: 1.0 }, 4, 0.1), 5);
+        assert_eq!(
+            hpa_proposal(
+                Metric {
+                    value: 4.5,
+                    target: 1.0
+                },
+                4,
+                0.1
+            ),
+            5
+        );
         // Milli-units: 1.1 / 0.1 is 11, not 12 from floating-point error.
-        assert_eq!(hpa_proposal(Metric { value: 1.1, target: 0.1 }, 1, 0.1), 11);
+        assert_eq!(
+            hpa_proposal(
+                Metric {
+                    value: 1.1,
+                    target: 0.1
+                },
+                1,
+                0.1
+            ),
+            11
+        );
     }
 
     #[test]
@@ -680,9 +763,10 @@ mod tests {
         assert_eq!(hpa.sync(15, 8, &[m(2.0, 1.0)], &h, &k), Some(8));
         assert_eq!(hpa.sync(285, 8, &[m(2.0, 1.0)], &h, &k), Some(8));
         assert_eq!(hpa.sync(300, 8, &[m(2.0, 1.0)], &h, &k), Some(2));
-        // Never below the HPA's floor of 1, even when KEDA's minimum is 0.
-        assert_eq!(hpa.sync(900, 2, &[m(0.0, 1.0)], &h, &k), Some(2));
-        assert_eq!(hpa.sync(1200, 2, &[m(0.0, 1.0)], &h, &k), Some(1));
+        // The recommendation of 2 made at 300 s holds until 600 s; then the HPA's floor of 1,
+        // even when KEDA's minimum is 0.
+        assert_eq!(hpa.sync(450, 2, &[m(0.0, 1.0)], &h, &k), Some(2));
+        assert_eq!(hpa.sync(600, 2, &[m(0.0, 1.0)], &h, &k), Some(1));
     }
 
     #[test]
@@ -726,15 +810,30 @@ mod tests {
     }
 
     #[test]
+    fn each_message_is_counted_once_with_its_wait() {
+        let mut q = Queue::default();
+        let mut waits = Vec::new();
+        q.step_recording(0, 10.0, 4.0, &mut waits);
+        q.step_recording(1, 0.0, 4.0, &mut waits);
+        q.record_waiting(2, &mut waits);
+        // 4 done at once, 4 a second later, 2 still waiting at 2 s.
+        assert_eq!(waits, vec![4, 4, 2]);
+    }
+
+    #[test]
     fn fractional_rates_add_up_to_whole_messages() {
         let mut q = Queue::default();
-        let mut done = 0;
-        for t in 0..100 {
+        let mut done = q.step(0, 10.3, 0.25);
+        for t in 1..100 {
             done += q.step(t, 0.3, 0.25);
         }
-        // 30 arrived; 25 messages of work were done, none lost to rounding.
-        assert_eq!(done + q.backlog(), 30);
+        // 40 arrived; the queue never emptied, so 100 x 0.25 = 25 messages of work were
+        // done, none lost to rounding.
+        assert_eq!(done + q.backlog(), 40);
         assert_eq!(done, 25);
+        // Work left over while the queue is empty is not banked.
+        let mut idle = Queue::default();
+        assert_eq!(idle.step(0, 0.0, 0.75) + idle.step(1, 1.0, 0.75), 0);
     }
 
     #[test]
@@ -773,7 +872,11 @@ mod tests {
 
     #[test]
     fn blend_reads_the_cache_its_refresh_filled_and_knows_the_rate() {
-        let p = plan(&[("queueName", "q"), ("namespace", "ns"), ("messageCount", "5")]);
+        let p = plan(&[
+            ("queueName", "q"),
+            ("namespace", "ns"),
+            ("messageCount", "5"),
+        ]);
         let mut b = Blend::new(&p, &BlendSettings::default());
         let world = |backlog| World {
             now: Utc::now(),

@@ -16,6 +16,8 @@ pub struct Summary {
     /// trace (nearest rank), in seconds.
     pub peak_age: u64,
     pub p95_age: u64,
+    /// The 95th percentile of the messages' waits, from arrival to done, in seconds.
+    pub p95_wait: u64,
     /// Minutes in which the oldest message was older than the objective at some second.
     pub minutes_over_objective: u32,
     /// Changes of the deployment's replica count.
@@ -40,10 +42,21 @@ impl Summary {
             .filter(|m| m.iter().any(|&a| a > objective))
             .count() as u32;
         let scale_events = run.replicas.windows(2).filter(|w| w[0] != w[1]).count() as u32;
+        let messages: u64 = run.waits.iter().sum();
+        let mut seen = 0;
+        let p95_wait = run
+            .waits
+            .iter()
+            .position(|&n| {
+                seen += n;
+                seen * 100 >= messages * 95
+            })
+            .unwrap_or(0) as u64;
         Self {
             replica_minutes: replica_seconds as f64 / 60.0,
             peak_age: run.oldest_age.iter().copied().max().unwrap_or(0),
             p95_age,
+            p95_wait,
             minutes_over_objective,
             scale_events,
             peak_backlog: run.backlog.iter().copied().max().unwrap_or(0),
@@ -60,6 +73,7 @@ pub fn table(rows: &[(&str, Summary)], objective: u64) -> String {
         "replica-min",
         "peak age",
         "p95 age",
+        "p95 wait",
         over.as_str(),
         "scale events",
         "peak replicas",
@@ -73,6 +87,7 @@ pub fn table(rows: &[(&str, Summary)], objective: u64) -> String {
                 format!("{:.0}", s.replica_minutes),
                 format!("{} s", s.peak_age),
                 format!("{} s", s.p95_age),
+                format!("{} s", s.p95_wait),
                 s.minutes_over_objective.to_string(),
                 s.scale_events.to_string(),
                 s.peak_replicas.to_string(),
@@ -155,7 +170,14 @@ pub fn csv(trace: &Trace, outcome: &Outcome) -> String {
         let _ = writeln!(
             out,
             "{m},{time},{messages:.2},{requests:.2},{},{},{},{},{},{},{},{}",
-            x.replicas, x.ready, x.backlog, x.oldest_age, y.replicas, y.ready, y.backlog, y.oldest_age
+            x.replicas,
+            x.ready,
+            x.backlog,
+            x.oldest_age,
+            y.replicas,
+            y.ready,
+            y.backlog,
+            y.oldest_age
         );
     }
     out
@@ -299,6 +321,7 @@ mod tests {
             replicas,
             backlog: ages.iter().map(|a| a * 10).collect(),
             oldest_age: ages,
+            waits: vec![10, 0, 0, 0, 0, 0, 0, 0, 0, 1],
             metric_errors: 0,
         }
     }
@@ -316,12 +339,17 @@ mod tests {
         assert_eq!(s.minutes_over_objective, 1);
         assert_eq!(s.scale_events, 1);
         assert_eq!((s.peak_replicas, s.peak_backlog), (6, 1190));
+        // 10 of 11 messages waited 0 s: 91%, so the 95th percentile is the one that waited 9 s.
+        assert_eq!(s.p95_wait, 9);
     }
 
     #[test]
     fn the_table_aligns_columns_and_names_the_objective() {
         let s = Summary::of(&run(vec![1; 60], vec![0; 60]), 120);
-        let t = table(&[("built-in triggers", s.clone()), ("blend-scaler (max)", s)], 120);
+        let t = table(
+            &[("built-in triggers", s.clone()), ("blend-scaler (max)", s)],
+            120,
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].contains("min > 120 s"), "{t}");

@@ -59,9 +59,9 @@ impl Trace {
                     && key.trim().eq_ignore_ascii_case("timezone")
                 {
                     let value = value.trim();
-                    timezone = value
-                        .parse()
-                        .map_err(|_| format!("line {}: `{value}` is not an IANA time zone", i + 1))?;
+                    timezone = value.parse().map_err(|_| {
+                        format!("line {}: `{value}` is not an IANA time zone", i + 1)
+                    })?;
                 }
                 continue;
             }
@@ -208,9 +208,14 @@ mod tests {
     #[test]
     fn bad_traces_name_the_line_and_the_problem() {
         let head = "time,messages_per_second,requests_per_second\n";
-        let err = Trace::parse(&format!("{head}2026-06-03T08:00:00,1,1\n2026-06-03T07:59:00,1,1\n"))
-            .unwrap_err();
-        assert!(err.starts_with("line 3:") && err.contains("not after"), "{err}");
+        let err = Trace::parse(&format!(
+            "{head}2026-06-03T08:00:00,1,1\n2026-06-03T07:59:00,1,1\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("line 3:") && err.contains("not after"),
+            "{err}"
+        );
         let err = Trace::parse(&format!("{head}2026-06-03T08:00:00,-1,1\n")).unwrap_err();
         assert!(err.contains("messages_per_second"), "{err}");
         let err = Trace::parse("time,messages\n").unwrap_err();
@@ -227,8 +232,8 @@ mod tests {
 
     #[test]
     fn what_to_csv_writes_parses_back_to_the_same_rates() {
-        let start = NaiveDateTime::parse_from_str("2026-06-03T00:00:00", "%Y-%m-%dT%H:%M:%S")
-            .unwrap();
+        let start =
+            NaiveDateTime::parse_from_str("2026-06-03T00:00:00", "%Y-%m-%dT%H:%M:%S").unwrap();
         let rows: Vec<_> = (0..3)
             .map(|i| (start + chrono::Duration::minutes(i), i as f64 * 1.5, 10.0))
             .collect();
