@@ -50,10 +50,10 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "SECONDS")]
     pub pod_start_seconds: Option<u64>,
     /// The backlog-age objective: minutes in which the oldest message is older are counted.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
     pub objective: Duration,
     /// blend-scaler's `--refresh-interval`.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub refresh_interval: Duration,
 }
 

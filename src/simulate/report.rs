@@ -240,6 +240,7 @@ fn draw(
         let mut chart = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 16))
             .margin(8)
+            .margin_right(28)
             .x_label_area_size(28)
             .y_label_area_size(64)
             .build_cartesian_2d(0f64..hours.max(1.0 / 60.0), 0f64..top)?;
@@ -247,6 +248,7 @@ fn draw(
             .configure_mesh()
             .x_labels(13)
             .x_label_formatter(&clock)
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .y_desc(y_desc)
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
