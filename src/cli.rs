@@ -39,6 +39,8 @@ pub enum Command {
     Explain(InputArgs),
     /// Run the real server against simulated upstreams and print a scripted day.
     Demo(crate::demo::DemoArgs),
+    /// Replay a traffic trace through blend-scaler and KEDA's built-in triggers, side by side.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => runtime()?.block_on(serve(args)),
         Command::Explain(args) => runtime()?.block_on(explain(&args)),
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
+        Command::Simulate(args) => crate::simulate::run(args),
     }
 }
 
