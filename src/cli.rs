@@ -39,6 +39,8 @@ pub enum Command {
     Explain(InputArgs),
     /// Run the real server against simulated upstreams and print a scripted day.
     Demo(crate::demo::DemoArgs),
+    /// Replay a traffic trace through blend-scaler and KEDA's built-in triggers, side by side.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => runtime()?.block_on(serve(args)),
         Command::Explain(args) => runtime()?.block_on(explain(&args)),
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
+        Command::Simulate(args) => crate::simulate::run(args),
     }
 }
 
@@ -250,8 +253,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         interval: args.refresh_interval,
         ..RefreshConfig::default()
     };
-    let metrics = Metrics::new();
-    let sources = server::default_sources(&refresh, &metrics);
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         http_addr: Some(args.http_addr),
@@ -269,7 +270,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ..EngineConfig::default()
         },
     };
-    let running = server::start(config, sources, metrics).await?;
+    let running = server::start_with_default_sources(config).await?;
     running.run_until(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

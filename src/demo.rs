@@ -11,7 +11,6 @@ use clap::Args;
 
 use crate::cache::RefreshConfig;
 use crate::engine::EngineConfig;
-use crate::metrics::Metrics;
 use crate::proto::external_scaler_client::ExternalScalerClient;
 use crate::proto::{GetMetricsRequest, ScaledObjectRef};
 use crate::server::{self, ServerConfig};
@@ -86,7 +85,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         interval: Duration::from_millis((args.step_ms / 3).max(20)),
         ..RefreshConfig::default()
     };
-    let metrics = Metrics::new();
     let config = ServerConfig {
         engine: EngineConfig {
             refresh: refresh.clone(),
@@ -102,8 +100,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let prometheus = FakePrometheus::start().await?;
     let bus = ServiceBusDouble::start().await?;
     bus.set_queue("order-processing", 0);
-    let sources = server::default_sources(&refresh, &metrics);
-    let running = server::start(config, sources, metrics).await?;
+    let running = server::start_with_default_sources(config).await?;
     let mut client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr)).await?;
 
     let mut scaler_metadata = crate::grpc::metadata_from_pairs(Script::METADATA.iter().copied());

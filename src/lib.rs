@@ -16,6 +16,7 @@ pub mod secret;
 pub mod server;
 pub mod servicebus;
 pub mod signal;
+pub mod simulate;
 pub mod telemetry;
 
 /// KEDA's `externalscaler` protocol, generated from `proto/externalscaler.proto`.

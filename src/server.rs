@@ -59,6 +59,13 @@ pub fn default_sources(refresh: &RefreshConfig, metrics: &Metrics) -> Sources {
     }
 }
 
+/// [`start`] with `serve`'s signal sources, refreshed as `config.engine.refresh` says.
+pub async fn start_with_default_sources(config: ServerConfig) -> anyhow::Result<Running> {
+    let metrics = Metrics::new();
+    let sources = default_sources(&config.engine.refresh, &metrics);
+    start(config, sources, metrics).await
+}
+
 /// A running scaler. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     pub grpc_addr: SocketAddr,

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use blend_scaler::blend::replicas_for;
 use blend_scaler::cache::RefreshConfig;
-use blend_scaler::engine::EngineConfig;
-use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use blend_scaler::server::{self, Running, ServerConfig};
@@ -29,14 +27,9 @@ async fn scaler() -> (Running, ExternalScalerClient<Channel>) {
         max_backoff: Duration::from_secs(1),
         ..RefreshConfig::default()
     };
-    let metrics = Metrics::new();
     let mut config = ServerConfig::loopback();
-    config.engine = EngineConfig {
-        refresh: refresh.clone(),
-        ..EngineConfig::default()
-    };
-    let sources = server::default_sources(&refresh, &metrics);
-    let running = server::start(config, sources, metrics)
+    config.engine.refresh = refresh;
+    let running = server::start_with_default_sources(config)
         .await
         .expect("the scaler starts");
     let client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr))

@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use blend_scaler::cache::RefreshConfig;
-use blend_scaler::engine::EngineConfig;
-use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use blend_scaler::server::{self, Running, ServerConfig};
@@ -25,14 +23,9 @@ async fn scaler() -> (Running, ExternalScalerClient<Channel>) {
         max_backoff: Duration::from_secs(1),
         ..RefreshConfig::default()
     };
-    let metrics = Metrics::new();
     let mut config = ServerConfig::loopback();
-    config.engine = EngineConfig {
-        refresh: refresh.clone(),
-        ..EngineConfig::default()
-    };
-    let sources = server::default_sources(&refresh, &metrics);
-    let running = server::start(config, sources, metrics).await.unwrap();
+    config.engine.refresh = refresh;
+    let running = server::start_with_default_sources(config).await.unwrap();
     let client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr))
         .await
         .unwrap();

@@ -178,10 +178,21 @@ struct Shared {
     latency: Mutex<Duration>,
     counts: Mutex<HashMap<String, u64>>,
     log: Mutex<Vec<String>>,
+    served: Mutex<Vec<Served>>,
     total: AtomicU64,
     bearer: Mutex<HashSet<String>>,
     token_requests: AtomicU64,
     issued: AtomicU64,
+}
+
+/// One management request as the double answered it.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// When it arrived (before any injected latency).
+    pub at: tokio::time::Instant,
+    /// `METHOD /path?query`.
+    pub request: String,
+    pub status: u16,
 }
 
 /// The running double. Dropping it stops the server.
@@ -215,6 +226,7 @@ impl ServiceBusDouble {
             latency: Mutex::new(Duration::ZERO),
             counts: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
+            served: Mutex::new(Vec::new()),
             total: AtomicU64::new(0),
             bearer: Mutex::new(HashSet::new()),
             token_requests: AtomicU64::new(0),
@@ -385,6 +397,14 @@ impl ServiceBusDouble {
     }
 
     /// Every management request as `METHOD /path?query`, in order.
+    /// Every management request with when it arrived and the status it got, in order of
+    /// arrival (for timing checks such as `Retry-After`).
+    pub fn served(&self) -> Vec<Served> {
+        let mut served = self.shared.served.lock().clone();
+        served.sort_by_key(|s| s.at);
+        served
+    }
+
     pub fn request_log(&self) -> Vec<String> {
         self.shared.log.lock().clone()
     }
@@ -392,6 +412,7 @@ impl ServiceBusDouble {
     pub fn reset_counts(&self) {
         self.shared.counts.lock().clear();
         self.shared.log.lock().clear();
+        self.shared.served.lock().clear();
         self.shared.total.store(0, Ordering::SeqCst);
         self.shared.token_requests.store(0, Ordering::SeqCst);
     }
@@ -447,6 +468,28 @@ fn error_reply(shared: &Shared, status: u16, detail: &str, path: &str) -> Respon
 }
 
 async fn handle(
+    state: AxumState<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at = tokio::time::Instant::now();
+    let shared = state.0.clone();
+    let token_exchange = method == Method::POST && uri.path().ends_with("/oauth2/v2.0/token");
+    let request = format!("{method} {}?{}", uri.path(), uri.query().unwrap_or(""));
+    let response = answer(state, method, uri, headers, body).await;
+    if !token_exchange {
+        shared.served.lock().push(Served {
+            at,
+            request,
+            status: response.status().as_u16(),
+        });
+    }
+    response
+}
+
+async fn answer(
     AxumState(shared): AxumState<Arc<Shared>>,
     method: Method,
     uri: Uri,

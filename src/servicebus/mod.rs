@@ -13,7 +13,8 @@
 //!
 //! So reads per namespace per refresh stay within `ceil(entities / 100)` plus one per
 //! watched topic. A 429/503 stops the refresh's remaining requests and hands `Retry-After`
-//! to the cache, which holds the whole namespace back that long.
+//! to the cache, which holds the whole namespace back that long; the host is remembered, so
+//! groups on the same namespace with other credentials (entity-scoped SAS rules) wait too.
 
 pub mod atom;
 pub mod auth;
@@ -107,6 +108,10 @@ pub struct ServiceBusUpstream {
     identity: Arc<WorkloadIdentity>,
     /// Connections (and their token caches) by namespace; idle ones are dropped.
     connections: moka::sync::Cache<NamespaceKey, Arc<Connection>>,
+    /// Hosts that answered 429/503 with `Retry-After`, until when and with which status.
+    /// Throttling is per namespace, so it holds back every group on the host, whatever
+    /// its credential (entity-scoped SAS rules give one namespace several groups).
+    quiet: parking_lot::Mutex<HashMap<String, (tokio::time::Instant, u16)>>,
 }
 
 impl ServiceBusUpstream {
@@ -136,6 +141,7 @@ impl ServiceBusUpstream {
         Self {
             client,
             identity,
+            quiet: parking_lot::Mutex::new(HashMap::new()),
             connections: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
@@ -144,6 +150,28 @@ impl ServiceBusUpstream {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The throttling still in force for `host`, with the time left, if any.
+    fn quiet_for(&self, host: &str) -> Option<SignalError> {
+        let now = tokio::time::Instant::now();
+        let mut quiet = self.quiet.lock();
+        quiet.retain(|_, (until, _)| *until > now);
+        quiet
+            .get(host)
+            .map(|(until, status)| SignalError::Throttled {
+                status: *status,
+                retry_after: Some(until.saturating_duration_since(now)),
+            })
+    }
+
+    fn hold_quiet(&self, host: String, wait: Duration, status: u16) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut quiet = self.quiet.lock();
+        let entry = quiet.entry(host).or_insert((until, status));
+        if until >= entry.0 {
+            *entry = (until, status);
+        }
     }
 
     fn connection(&self, key: &NamespaceKey) -> Result<Arc<Connection>, SignalError> {
@@ -474,6 +502,11 @@ impl Upstream for ServiceBusUpstream {
             Ok(c) => c,
             Err(e) => return GroupRead::all_failed(items, e),
         };
+        let host = conn.host().to_ascii_lowercase();
+        if let Some(throttled) = self.quiet_for(&host) {
+            // Another group on this namespace was told to wait: so is this one.
+            return GroupRead::all_failed(items, throttled);
+        }
         let mut values: HashMap<Watched, Result<f64, SignalError>> = HashMap::new();
         let mut compiled: Vec<(&Watched, Compiled)> = Vec::new();
         let mut queues = Wants::default();
@@ -573,6 +606,11 @@ impl Upstream for ServiceBusUpstream {
             let v = value(item, c, &fetched, conn.host());
             values.insert((*item).clone(), v);
         }
+        if let Some(wait) = gate.retry_after()
+            && let Some(SignalError::Throttled { status, .. }) = &*gate.throttled.lock()
+        {
+            self.hold_quiet(host, wait, *status);
+        }
         GroupRead {
             values,
             retry_after: gate.retry_after(),
@@ -635,6 +673,31 @@ mod tests {
         assert!(matches!(w.fetch(), Fetch::List(Some(s)) if s.len() == 2));
         w.add(&Name::new("b.*", true).unwrap());
         assert!(matches!(w.fetch(), Fetch::List(None)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_host_holds_back_every_group_on_it_until_the_time_is_up() {
+        let up = ServiceBusUpstream::with_options(
+            Metrics::new(),
+            ClientOptions::default(),
+            Err("none".into()),
+        );
+        assert!(up.quiet_for("ns:443").is_none());
+        up.hold_quiet("ns:443".into(), Duration::from_secs(10), 429);
+        // A shorter Retry-After later does not cut the longer one short.
+        up.hold_quiet("ns:443".into(), Duration::from_secs(2), 503);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        match up.quiet_for("ns:443") {
+            Some(SignalError::Throttled {
+                status: 429,
+                retry_after: Some(left),
+            }) => assert_eq!(left, Duration::from_secs(6)),
+            other => panic!("{other:?}"),
+        }
+        assert!(up.quiet_for("other:443").is_none(), "per host");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(up.quiet_for("ns:443").is_none());
+        assert!(up.quiet.lock().is_empty(), "expired entries are dropped");
     }
 
     #[test]

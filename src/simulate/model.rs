@@ -1,0 +1,924 @@
+//! The model: a queue worked by pods, KEDA's activation loop and the HPA, on a virtual clock
+//! of whole seconds.
+//!
+//! Each second `t`, in this order:
+//! 1. blend-scaler's background refresh reads the queue and the query when due (and, for
+//!    `external-push`, the open `StreamIsActive` pushes a change of activity to KEDA);
+//! 2. KEDA polls every `pollingInterval`: scale 0 -> 1 when a trigger is active, 1 -> 0 after
+//!    `cooldownPeriod` without one;
+//! 3. the HPA syncs every 15 s when the target has replicas;
+//! 4. the second's arrivals join the queue and ready pods work it, oldest message first.
+//!
+//! Everything here is pure: [`simulate`] takes a trace, a plan and settings and returns the
+//! per-second series of both configurations.
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Utc};
+
+use crate::blend::{self, Inputs};
+use crate::cron::CronPlan;
+use crate::metadata::Plan;
+use crate::signal::Observation;
+
+use super::trace::Trace;
+
+/// KEDA's ScaledObject settings (`spec.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Keda {
+    pub polling_interval: u64,
+    pub cooldown_period: u64,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+}
+
+impl Default for Keda {
+    fn default() -> Self {
+        Self {
+            polling_interval: 30,
+            cooldown_period: 300,
+            min_replicas: 0,
+            max_replicas: 100,
+        }
+    }
+}
+
+/// The HPA's controller settings and the default `behavior`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hpa {
+    /// `--horizontal-pod-autoscaler-sync-period`.
+    pub sync_period: u64,
+    /// `--horizontal-pod-autoscaler-tolerance`.
+    pub tolerance: f64,
+    /// `behavior.scaleDown.stabilizationWindowSeconds`.
+    pub scale_down_window: u64,
+    /// `behavior.scaleUp.stabilizationWindowSeconds`.
+    pub scale_up_window: u64,
+    /// The default scale-up policies: this many pods or this percentage, per sync, whichever is
+    /// more.
+    pub scale_up_pods: u32,
+    pub scale_up_percent: u32,
+}
+
+impl Default for Hpa {
+    fn default() -> Self {
+        Self {
+            sync_period: 15,
+            tolerance: 0.1,
+            scale_down_window: 300,
+            scale_up_window: 0,
+            scale_up_pods: 4,
+            scale_up_percent: 100,
+        }
+    }
+}
+
+/// The deployment being scaled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    /// Messages one ready pod completes per second while it has work.
+    pub messages_per_second_per_replica: f64,
+    /// Seconds from a pod's creation until it takes work.
+    pub pod_start_seconds: u64,
+}
+
+/// How blend-scaler is deployed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlendSettings {
+    /// `--refresh-interval`, in seconds.
+    pub refresh_interval: u64,
+    /// The trigger is `external-push`: the stream keeps the cache at a 1 s refresh and pushes
+    /// activity changes to KEDA at once.
+    pub push: bool,
+}
+
+impl Default for BlendSettings {
+    fn default() -> Self {
+        Self {
+            refresh_interval: 5,
+            push: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub keda: Keda,
+    pub hpa: Hpa,
+    pub workload: Workload,
+    pub blend: BlendSettings,
+}
+
+/// What one configuration did, second by second.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Run {
+    /// Pods that exist (the deployment's replicas) during each second.
+    pub replicas: Vec<u32>,
+    /// Pods that take work during each second.
+    pub ready: Vec<u32>,
+    /// Messages waiting at the start of each second.
+    pub backlog: Vec<u64>,
+    /// Seconds the oldest waiting message has waited, at the start of each second.
+    pub oldest_age: Vec<u64>,
+    /// How many messages waited each number of seconds (index), from arrival to the second
+    /// their work was done; messages still waiting at the end count with their age then.
+    pub waits: Vec<u64>,
+    /// HPA syncs that got no metric (the scaler answered `UNAVAILABLE`).
+    pub metric_errors: u32,
+}
+
+/// Both configurations on one trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub builtin: Run,
+    pub blend: Run,
+}
+
+/// Runs both configurations over the whole trace.
+pub fn simulate(trace: &Trace, plan: &Plan, settings: &Settings) -> Outcome {
+    let mut builtin = BuiltIns::from_plan(plan);
+    let mut blend = Blend::new(plan, &settings.blend);
+    Outcome {
+        builtin: run(trace, settings, &mut builtin),
+        blend: run(trace, settings, &mut blend),
+    }
+}
+
+/// What a scaler can see at one instant.
+#[derive(Clone, Copy, Debug)]
+pub struct World {
+    pub now: DateTime<Utc>,
+    pub backlog: u64,
+    pub requests: f64,
+}
+
+/// One HPA metric: its value and its `AverageValue` target.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Metric {
+    pub value: f64,
+    pub target: f64,
+}
+
+/// A trigger configuration as KEDA and the HPA see it.
+pub trait Scaler {
+    /// Background work at second `t`; returns an activity change pushed to KEDA, if any.
+    fn tick(&mut self, t: u64, world: &World) -> Option<bool>;
+    /// One read of every trigger, as KEDA's poll and the HPA's metric read both make it:
+    /// the metrics (an `Err` for a trigger that answered with an error) and whether any
+    /// trigger is active.
+    fn read(&mut self, t: u64, world: &World) -> (Vec<Result<Metric, ()>>, bool);
+}
+
+/// KEDA's built-in triggers derived from a blend-scaler trigger: `azure-servicebus`,
+/// `prometheus` and one `cron` per window, each reading its upstream live on every call.
+pub struct BuiltIns {
+    servicebus: Option<(f64, f64)>,
+    prometheus: Option<(f64, f64)>,
+    cron: Vec<CronPlan>,
+}
+
+impl BuiltIns {
+    pub fn from_plan(plan: &Plan) -> Self {
+        Self {
+            servicebus: plan
+                .servicebus
+                .as_ref()
+                .map(|s| (s.message_count, s.activation_message_count)),
+            prometheus: plan
+                .prometheus
+                .as_ref()
+                .map(|p| (p.threshold, p.activation_threshold)),
+            // KEDA's cron trigger takes one window; several windows are several triggers.
+            cron: plan
+                .cron
+                .iter()
+                .flat_map(|c| {
+                    c.windows.iter().map(|w| CronPlan {
+                        timezone: c.timezone,
+                        windows: vec![w.clone()],
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Scaler for BuiltIns {
+    fn tick(&mut self, _t: u64, _world: &World) -> Option<bool> {
+        None
+    }
+
+    fn read(&mut self, _t: u64, world: &World) -> (Vec<Result<Metric, ()>>, bool) {
+        let mut metrics = Vec::new();
+        let mut active = false;
+        if let Some((message_count, activation)) = self.servicebus {
+            let value = world.backlog as f64;
+            metrics.push(Ok(Metric {
+                value,
+                target: message_count,
+            }));
+            active |= value > activation;
+        }
+        if let Some((threshold, activation)) = self.prometheus {
+            metrics.push(Ok(Metric {
+                value: world.requests,
+                target: threshold,
+            }));
+            active |= world.requests > activation;
+        }
+        for c in &self.cron {
+            let state = c.state(world.now);
+            // KEDA's cron scaler reports its desiredReplicas inside the window, 1 outside.
+            let value = if state.active { state.replicas } else { 1 };
+            metrics.push(Ok(Metric {
+                value: f64::from(value),
+                target: 1.0,
+            }));
+            active |= state.active;
+        }
+        (metrics, active)
+    }
+}
+
+/// One cached value, kept as the real cache keeps it (`cache.rs`): the last two good reads.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    good: Option<(f64, u64)>,
+    previous_good: Option<(f64, u64)>,
+}
+
+impl Slot {
+    fn store(&mut self, value: f64, t: u64) {
+        self.previous_good = self.good;
+        self.good = Some((value, t));
+    }
+
+    /// The same observation `cache.rs` gives: value, age, and the change per second between
+    /// the last two good reads.
+    fn observation(&self, t: u64) -> Observation {
+        let rate = match (self.good, self.previous_good) {
+            (Some((v1, t1)), Some((v0, t0))) if t1 > t0 => Some((v1 - v0) / (t1 - t0) as f64),
+            _ => None,
+        };
+        Observation {
+            value: self.good.map(|(v, _)| v),
+            age: self
+                .good
+                .map(|(_, at)| std::time::Duration::from_secs(t.saturating_sub(at))),
+            error: None,
+            rate,
+        }
+    }
+}
+
+/// blend-scaler as one `external` (or `external-push`) trigger: a cache refreshed in the
+/// background, and the real [`blend::decide`] on every call, each call recorded as the
+/// ScaledObject's previous answer as the engine records it.
+pub struct Blend<'p> {
+    plan: &'p Plan,
+    interval: u64,
+    push: bool,
+    servicebus: Slot,
+    prometheus: Slot,
+    previous: Option<u32>,
+    pushed: Option<bool>,
+}
+
+impl<'p> Blend<'p> {
+    pub fn new(plan: &'p Plan, settings: &BlendSettings) -> Self {
+        // An open stream keeps the cache at the fast interval (1 s), as `cache.rs` does.
+        let interval = if settings.push {
+            1
+        } else {
+            settings.refresh_interval.max(1)
+        };
+        Self {
+            plan,
+            interval,
+            push: settings.push,
+            servicebus: Slot::default(),
+            prometheus: Slot::default(),
+            previous: None,
+            pushed: None,
+        }
+    }
+
+    fn decision(&self, t: u64, world: &World) -> blend::Decision {
+        let sb = self
+            .plan
+            .servicebus
+            .is_some()
+            .then(|| self.servicebus.observation(t));
+        let prom = self
+            .plan
+            .prometheus
+            .is_some()
+            .then(|| self.prometheus.observation(t));
+        blend::decide(Inputs {
+            plan: self.plan,
+            now: world.now,
+            servicebus: sb.as_ref(),
+            prometheus: prom.as_ref(),
+            previous: self.previous,
+        })
+    }
+
+    /// A `GetMetrics` or `IsActive` call: decides and records the answer.
+    fn call(&mut self, t: u64, world: &World) -> blend::Decision {
+        let d = self.decision(t, world);
+        if let Ok(r) = d.replicas() {
+            self.previous = Some(r);
+        }
+        d
+    }
+}
+
+impl Scaler for Blend<'_> {
+    fn tick(&mut self, t: u64, world: &World) -> Option<bool> {
+        if !t.is_multiple_of(self.interval) {
+            return None;
+        }
+        self.servicebus.store(world.backlog as f64, t);
+        self.prometheus.store(world.requests, t);
+        if !self.push {
+            return None;
+        }
+        // The stream evaluates without recording, and sends only changes.
+        let active = self.decision(t, world).active().ok()?;
+        if self.pushed == Some(active) {
+            return None;
+        }
+        self.pushed = Some(active);
+        Some(active)
+    }
+
+    fn read(&mut self, t: u64, world: &World) -> (Vec<Result<Metric, ()>>, bool) {
+        // KEDA reads an external scaler with GetMetrics, then IsActive.
+        let metric = self.call(t, world).replicas().ok().map(|r| Metric {
+            value: f64::from(r),
+            target: 1.0,
+        });
+        let active = self.call(t, world).active().unwrap_or(false);
+        (vec![metric.ok_or(())], active)
+    }
+}
+
+/// A FIFO queue of arrival cohorts, one per second, in whole messages.
+#[derive(Clone, Debug, Default)]
+pub struct Queue {
+    cohorts: VecDeque<(u64, u64)>,
+    backlog: u64,
+    /// Fractional arrivals not yet a whole message.
+    arrivals_carry: f64,
+    /// Fractional work left from a busy second.
+    work_carry: f64,
+}
+
+impl Queue {
+    pub fn backlog(&self) -> u64 {
+        self.backlog
+    }
+
+    /// How long the oldest waiting message has waited at instant `t`: messages that arrived
+    /// during second `s` have waited `t - s` seconds (rounded up to the second).
+    pub fn oldest_age(&self, t: u64) -> u64 {
+        self.cohorts
+            .front()
+            .map_or(0, |(s, _)| t.saturating_sub(*s))
+    }
+
+    /// Second `t`: `rate` messages arrive, then `capacity` messages' worth of work is done,
+    /// oldest first. Returns the messages completed.
+    pub fn step(&mut self, t: u64, rate: f64, capacity: f64) -> u64 {
+        self.step_recording(t, rate, capacity, &mut Vec::new())
+    }
+
+    /// [`Queue::step`], adding each completed message's wait (seconds) to `waits`.
+    pub fn step_recording(
+        &mut self,
+        t: u64,
+        rate: f64,
+        capacity: f64,
+        waits: &mut Vec<u64>,
+    ) -> u64 {
+        let arriving = self.arrivals_carry + rate;
+        // A hair of tolerance, so 0.3 ten times is 3 messages, not 2.999… of them.
+        let whole = (arriving + 1e-9).floor();
+        self.arrivals_carry = (arriving - whole).max(0.0);
+        if whole >= 1.0 {
+            self.cohorts.push_back((t, whole as u64));
+            self.backlog += whole as u64;
+        }
+        let work = capacity + self.work_carry;
+        let mut budget = (work + 1e-9).floor() as u64;
+        let mut done = 0;
+        while budget > 0
+            && let Some(front) = self.cohorts.front_mut()
+        {
+            let take = front.1.min(budget);
+            record(waits, t - front.0, take);
+            front.1 -= take;
+            budget -= take;
+            done += take;
+            if front.1 == 0 {
+                self.cohorts.pop_front();
+            }
+        }
+        self.backlog -= done;
+        // Part of a message's work carries over only while there is work to do.
+        self.work_carry = if self.backlog > 0 {
+            (work - (work + 1e-9).floor()).max(0.0)
+        } else {
+            0.0
+        };
+        done
+    }
+}
+
+fn record(waits: &mut Vec<u64>, wait: u64, count: u64) {
+    let i = wait as usize;
+    if waits.len() <= i {
+        waits.resize(i + 1, 0);
+    }
+    waits[i] += count;
+}
+
+impl Queue {
+    /// Adds the messages still waiting at instant `t` to `waits`, at their age.
+    pub fn record_waiting(&self, t: u64, waits: &mut Vec<u64>) {
+        for &(s, n) in &self.cohorts {
+            record(waits, t - s, n);
+        }
+    }
+}
+
+/// The deployment: pods by the second they become ready, oldest first.
+#[derive(Clone, Debug, Default)]
+struct Deployment {
+    ready_at: Vec<u64>,
+}
+
+impl Deployment {
+    fn replicas(&self) -> u32 {
+        self.ready_at.len() as u32
+    }
+
+    fn ready(&self, t: u64) -> u32 {
+        self.ready_at.iter().filter(|&&r| r <= t).count() as u32
+    }
+
+    /// Scales to `n`: new pods start now; removed pods are the newest (not-ready first).
+    fn scale(&mut self, n: u32, t: u64, start: u64) {
+        let n = n as usize;
+        while self.ready_at.len() < n {
+            self.ready_at.push(t + start);
+        }
+        self.ready_at.truncate(n);
+    }
+}
+
+/// The HPA's replica count for one `AverageValue` metric, in the HPA's milli-units: within
+/// the tolerance of the current count it stays; otherwise `ceil(value / target)`.
+pub fn hpa_proposal(metric: Metric, current: u32, tolerance: f64) -> u32 {
+    // KEDA hands the HPA milli-quantities, truncated (`int64(value * 1000)`).
+    let value = (metric.value * 1000.0) as i64;
+    let target = ((metric.target * 1000.0) as i64).max(1);
+    let ratio = value as f64 / (target as f64 * f64::from(current.max(1)));
+    if (1.0 - ratio).abs() <= tolerance {
+        return current;
+    }
+    let value = value.max(0);
+    let r = value / target + i64::from(value % target != 0);
+    r.min(i64::from(u32::MAX)) as u32
+}
+
+/// The HPA controller's memory between syncs.
+#[derive(Clone, Debug, Default)]
+pub struct HpaState {
+    /// Raw recommendations with their time, for the stabilization windows.
+    recommendations: VecDeque<(u64, u32)>,
+}
+
+impl HpaState {
+    /// One sync: the replica count the HPA sets, or `None` when it has no metric to act on.
+    pub fn sync(
+        &mut self,
+        t: u64,
+        current: u32,
+        metrics: &[Result<Metric, ()>],
+        hpa: &Hpa,
+        keda: &Keda,
+    ) -> Option<u32> {
+        let proposals: Vec<u32> = metrics
+            .iter()
+            .filter_map(|m| m.ok())
+            .map(|m| hpa_proposal(m, current, hpa.tolerance))
+            .collect();
+        let mut desired = *proposals.iter().max()?;
+        // With a metric missing, the HPA scales up on the rest but never down.
+        if proposals.len() < metrics.len() && desired < current {
+            desired = current;
+        }
+        let min = keda.min_replicas.max(1);
+        let max = keda.max_replicas.max(min);
+
+        // Stabilization: the lowest recommendation of the scale-up window, the highest of
+        // the scale-down window, this one included.
+        let (mut up, mut down) = (desired, desired);
+        for &(at, rec) in &self.recommendations {
+            if at + hpa.scale_up_window > t {
+                up = up.min(rec);
+            }
+            if at + hpa.scale_down_window > t {
+                down = down.max(rec);
+            }
+        }
+        let keep = hpa.scale_up_window.max(hpa.scale_down_window);
+        while self
+            .recommendations
+            .front()
+            .is_some_and(|&(at, _)| at + keep <= t)
+        {
+            self.recommendations.pop_front();
+        }
+        self.recommendations.push_back((t, desired));
+        let stabilized = current.max(up).min(down);
+
+        // Rate limits: scale up by at most max(+pods, +percent) per period; the default
+        // scale-down policy (100% per 15 s) does not limit.
+        let (lo, hi) = if stabilized > current {
+            let by_pods = current.saturating_add(hpa.scale_up_pods);
+            let by_percent = (u64::from(current) * u64::from(100 + hpa.scale_up_percent))
+                .div_ceil(100)
+                .min(u64::from(u32::MAX)) as u32;
+            (min, max.min(by_pods.max(by_percent).max(current)))
+        } else {
+            (min, max)
+        };
+        Some(stabilized.clamp(lo, hi))
+    }
+}
+
+/// KEDA's activation: the time a trigger was last seen active.
+#[derive(Clone, Debug, Default)]
+struct Activation {
+    last_active: Option<u64>,
+}
+
+impl Activation {
+    /// KEDA's answer to one activity report: the replica count it sets, if it sets one.
+    fn report(&mut self, t: u64, active: bool, current: u32, keda: &Keda) -> Option<u32> {
+        if active {
+            self.last_active = Some(t);
+            return (current == 0).then(|| keda.min_replicas.max(1));
+        }
+        let cooled = self
+            .last_active
+            .is_none_or(|at| t > at + keda.cooldown_period);
+        (current > 0 && keda.min_replicas == 0 && cooled).then_some(0)
+    }
+}
+
+/// The HPA syncs this many seconds after KEDA's polls (which fall on multiples of the polling
+/// interval, as blend-scaler's refreshes fall on multiples of its interval): the three loops
+/// are independent in a cluster, so the model does not line them up.
+pub const HPA_PHASE: u64 = 7;
+
+/// Runs one configuration over the trace.
+pub fn run(trace: &Trace, settings: &Settings, scaler: &mut dyn Scaler) -> Run {
+    let n = trace.seconds();
+    let (keda, hpa, work) = (&settings.keda, &settings.hpa, &settings.workload);
+    let mut out = Run {
+        replicas: Vec::with_capacity(n),
+        ready: Vec::with_capacity(n),
+        backlog: Vec::with_capacity(n),
+        oldest_age: Vec::with_capacity(n),
+        waits: Vec::new(),
+        metric_errors: 0,
+    };
+    let mut queue = Queue::default();
+    let mut deployment = Deployment::default();
+    // The deployment starts at its floor, its pods ready.
+    deployment.scale(keda.min_replicas, 0, 0);
+    let mut activation = Activation::default();
+    let mut hpa_state = HpaState::default();
+    let polling = keda.polling_interval.max(1);
+    let sync = hpa.sync_period.max(1);
+
+    for (t, (&messages, &requests)) in (0u64..).zip(trace.messages.iter().zip(&trace.requests)) {
+        let world = World {
+            now: trace.at(t),
+            backlog: queue.backlog(),
+            requests,
+        };
+        let scale_to = |target: Option<u32>, deployment: &mut Deployment| {
+            if let Some(r) = target
+                && r != deployment.replicas()
+            {
+                deployment.scale(r, t, work.pod_start_seconds);
+            }
+        };
+        if let Some(active) = scaler.tick(t, &world) {
+            let target = activation.report(t, active, deployment.replicas(), keda);
+            scale_to(target, &mut deployment);
+        }
+        if t.is_multiple_of(polling) {
+            let (_, active) = scaler.read(t, &world);
+            let target = activation.report(t, active, deployment.replicas(), keda);
+            scale_to(target, &mut deployment);
+        }
+        if (t + sync - HPA_PHASE % sync).is_multiple_of(sync) && deployment.replicas() > 0 {
+            let (metrics, _) = scaler.read(t, &world);
+            let current = deployment.replicas();
+            let target = hpa_state.sync(t, current, &metrics, hpa, keda);
+            if target.is_none() {
+                out.metric_errors += 1;
+            }
+            scale_to(target, &mut deployment);
+        }
+
+        let ready = deployment.ready(t);
+        out.replicas.push(deployment.replicas());
+        out.ready.push(ready);
+        out.backlog.push(queue.backlog());
+        out.oldest_age.push(queue.oldest_age(t));
+        queue.step_recording(
+            t,
+            messages,
+            f64::from(ready) * work.messages_per_second_per_replica,
+            &mut out.waits,
+        );
+    }
+    queue.record_waiting(n as u64, &mut out.waits);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{Credentials, Source, parse};
+    use std::collections::HashMap;
+
+    fn plan(pairs: &[(&str, &str)]) -> Plan {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(&m, Source::Keda, &Credentials::default()).expect("valid metadata")
+    }
+
+    fn m(value: f64, target: f64) -> Result<Metric, ()> {
+        Ok(Metric { value, target })
+    }
+
+    #[test]
+    fn a_queue_of_20_with_a_target_of_5_gives_4_replicas() {
+        // KEDA's documented example for an AverageValue target.
+        assert_eq!(
+            hpa_proposal(
+                Metric {
+                    value: 20.0,
+                    target: 5.0
+                },
+                1,
+                0.1
+            ),
+            4
+        );
+        let mut hpa = HpaState::default();
+        let r = hpa.sync(0, 1, &[m(20.0, 5.0)], &Hpa::default(), &Keda::default());
+        assert_eq!(r, Some(4));
+    }
+
+    #[test]
+    fn a_metric_within_the_10_percent_tolerance_keeps_the_current_count() {
+        // Current 4; the metric suggests 4.3 (ratio 1.075): stays 4.
+        assert_eq!(
+            hpa_proposal(
+                Metric {
+                    value: 4.3,
+                    target: 1.0
+                },
+                4,
+                0.1
+            ),
+            4
+        );
+        // 4.5 (ratio 1.125) is outside: ceil -> 5.
+        assert_eq!(
+            hpa_proposal(
+                Metric {
+                    value: 4.5,
+                    target: 1.0
+                },
+                4,
+                0.1
+            ),
+            5
+        );
+        // Milli-units: 1.1 / 0.1 is 11, not 12 from floating-point error.
+        assert_eq!(
+            hpa_proposal(
+                Metric {
+                    value: 1.1,
+                    target: 0.1
+                },
+                1,
+                0.1
+            ),
+            11
+        );
+    }
+
+    #[test]
+    fn the_hpa_takes_the_largest_proposal_over_its_metrics() {
+        let mut hpa = HpaState::default();
+        let metrics = [m(20.0, 5.0), m(450.0, 200.0), m(3.0, 1.0)];
+        assert_eq!(
+            hpa.sync(0, 2, &metrics, &Hpa::default(), &Keda::default()),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn scale_up_is_limited_to_4_pods_or_double_per_sync() {
+        let (h, k) = (Hpa::default(), Keda::default());
+        let mut hpa = HpaState::default();
+        assert_eq!(hpa.sync(0, 1, &[m(100.0, 1.0)], &h, &k), Some(5));
+        assert_eq!(hpa.sync(15, 5, &[m(100.0, 1.0)], &h, &k), Some(10));
+        assert_eq!(hpa.sync(30, 10, &[m(100.0, 1.0)], &h, &k), Some(20));
+        // maxReplicaCount still caps it.
+        let k = Keda {
+            max_replicas: 30,
+            ..Keda::default()
+        };
+        assert_eq!(hpa.sync(45, 20, &[m(100.0, 1.0)], &h, &k), Some(30));
+    }
+
+    #[test]
+    fn scale_down_waits_for_the_highest_recommendation_of_the_last_300_seconds() {
+        let (h, k) = (Hpa::default(), Keda::default());
+        let mut hpa = HpaState::default();
+        assert_eq!(hpa.sync(0, 8, &[m(8.0, 1.0)], &h, &k), Some(8));
+        assert_eq!(hpa.sync(15, 8, &[m(2.0, 1.0)], &h, &k), Some(8));
+        assert_eq!(hpa.sync(285, 8, &[m(2.0, 1.0)], &h, &k), Some(8));
+        assert_eq!(hpa.sync(300, 8, &[m(2.0, 1.0)], &h, &k), Some(2));
+        // The recommendation of 2 made at 300 s holds until 600 s; then the HPA's floor of 1,
+        // even when KEDA's minimum is 0.
+        assert_eq!(hpa.sync(450, 2, &[m(0.0, 1.0)], &h, &k), Some(2));
+        assert_eq!(hpa.sync(600, 2, &[m(0.0, 1.0)], &h, &k), Some(1));
+    }
+
+    #[test]
+    fn a_missing_metric_blocks_scale_down_but_not_scale_up() {
+        let (h, k) = (Hpa::default(), Keda::default());
+        let mut hpa = HpaState::default();
+        assert_eq!(hpa.sync(0, 6, &[m(1.0, 1.0), Err(())], &h, &k), Some(6));
+        assert_eq!(hpa.sync(15, 6, &[m(9.0, 1.0), Err(())], &h, &k), Some(9));
+        assert_eq!(hpa.sync(30, 9, &[Err(())], &h, &k), None);
+    }
+
+    #[test]
+    fn keda_activates_from_zero_and_waits_the_cooldown_before_returning_to_zero() {
+        let k = Keda::default();
+        let mut a = Activation::default();
+        assert_eq!(a.report(0, false, 0, &k), None);
+        assert_eq!(a.report(30, true, 0, &k), Some(1));
+        assert_eq!(a.report(60, false, 3, &k), None);
+        assert_eq!(a.report(330, false, 3, &k), None);
+        assert_eq!(a.report(331, false, 3, &k), Some(0));
+        // A floor above zero keeps KEDA from scaling to zero.
+        let floor = Keda {
+            min_replicas: 2,
+            ..k
+        };
+        assert_eq!(a.report(10_000, false, 2, &floor), None);
+        assert_eq!(a.report(10_001, true, 0, &floor), Some(2));
+    }
+
+    #[test]
+    fn the_queue_is_first_in_first_out_and_ages_are_exact() {
+        let mut q = Queue::default();
+        q.step(0, 10.0, 0.0);
+        q.step(1, 10.0, 0.0);
+        assert_eq!((q.backlog(), q.oldest_age(2)), (20, 2));
+        // 15 messages of work: all of second 0 and half of second 1.
+        assert_eq!(q.step(2, 0.0, 15.0), 15);
+        assert_eq!((q.backlog(), q.oldest_age(3)), (5, 2));
+        q.step(3, 0.0, 15.0);
+        assert_eq!((q.backlog(), q.oldest_age(4)), (0, 0));
+    }
+
+    #[test]
+    fn each_message_is_counted_once_with_its_wait() {
+        let mut q = Queue::default();
+        let mut waits = Vec::new();
+        q.step_recording(0, 10.0, 4.0, &mut waits);
+        q.step_recording(1, 0.0, 4.0, &mut waits);
+        q.record_waiting(2, &mut waits);
+        // 4 done at once, 4 a second later, 2 still waiting at 2 s.
+        assert_eq!(waits, vec![4, 4, 2]);
+    }
+
+    #[test]
+    fn fractional_rates_add_up_to_whole_messages() {
+        let mut q = Queue::default();
+        let mut done = q.step(0, 10.3, 0.25);
+        for t in 1..100 {
+            done += q.step(t, 0.3, 0.25);
+        }
+        // 40 arrived; the queue never emptied, so 100 x 0.25 = 25 messages of work were
+        // done, none lost to rounding.
+        assert_eq!(done + q.backlog(), 40);
+        assert_eq!(done, 25);
+        // Work left over while the queue is empty is not banked.
+        let mut idle = Queue::default();
+        assert_eq!(idle.step(0, 0.0, 0.75) + idle.step(1, 1.0, 0.75), 0);
+    }
+
+    #[test]
+    fn cron_is_a_floor_for_the_builtin_triggers() {
+        use chrono::TimeZone;
+        let p = plan(&[
+            ("queueName", "q"),
+            ("namespace", "ns"),
+            ("messageCount", "5"),
+            ("timezone", "UTC"),
+            ("start", "0 8 * * *"),
+            ("end", "0 20 * * *"),
+            ("desiredReplicas", "3"),
+        ]);
+        let mut b = BuiltIns::from_plan(&p);
+        let at = |h| World {
+            now: Utc.with_ymd_and_hms(2026, 6, 1, h, 0, 0).unwrap(),
+            backlog: 6,
+            requests: 0.0,
+        };
+        let mut hpa = HpaState::default();
+        let (metrics, active) = b.read(0, &at(9));
+        assert!(active);
+        // 6 messages ask for 2; the window's floor of 3 wins.
+        assert_eq!(
+            hpa.sync(0, 1, &metrics, &Hpa::default(), &Keda::default()),
+            Some(3)
+        );
+        // Outside the window the cron trigger reports 1 and the queue decides.
+        let (metrics, _) = b.read(0, &at(21));
+        assert_eq!(
+            hpa.sync(0, 1, &metrics, &Hpa::default(), &Keda::default()),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn blend_reads_the_cache_its_refresh_filled_and_knows_the_rate() {
+        let p = plan(&[
+            ("queueName", "q"),
+            ("namespace", "ns"),
+            ("messageCount", "5"),
+        ]);
+        let mut b = Blend::new(&p, &BlendSettings::default());
+        let world = |backlog| World {
+            now: Utc::now(),
+            backlog,
+            requests: 0.0,
+        };
+        b.tick(0, &world(10));
+        // Not due: the cache keeps 10 although the queue has 100.
+        b.tick(3, &world(100));
+        let (metrics, active) = b.read(3, &world(100));
+        assert_eq!(metrics, vec![m(2.0, 1.0)]);
+        assert!(active);
+        b.tick(5, &world(60));
+        assert_eq!(b.servicebus.observation(7).rate, Some(10.0));
+        assert_eq!(
+            b.servicebus.observation(7).age,
+            Some(std::time::Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn external_push_reports_activity_changes_within_a_second() {
+        let p = plan(&[
+            ("queueName", "q"),
+            ("namespace", "ns"),
+            ("activationMessageCount", "0"),
+        ]);
+        let mut b = Blend::new(
+            &p,
+            &BlendSettings {
+                refresh_interval: 5,
+                push: true,
+            },
+        );
+        let world = |backlog| World {
+            now: Utc::now(),
+            backlog,
+            requests: 0.0,
+        };
+        assert_eq!(b.tick(0, &world(0)), Some(false));
+        assert_eq!(b.tick(1, &world(0)), None);
+        assert_eq!(b.tick(2, &world(3)), Some(true));
+        assert_eq!(b.tick(3, &world(5)), None);
+    }
+}
