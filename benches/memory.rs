@@ -43,6 +43,9 @@ fn main() {
     let namespaces: usize = args.get("namespaces", 20);
     let servers: usize = args.get("prometheus-servers", 5);
     let queries: usize = args.get("queries", 2_000);
+    // KEDA calls each object from its own loop: effectively unbounded concurrency.
+    let concurrency: usize = args.get("concurrency", 1_000);
+    let scaler_env = args.string("scaler-env", "");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,10 +55,24 @@ fn main() {
          {servers} Prometheus servers; {}",
         support::machine()
     );
-    rt.block_on(run(n, namespaces, servers, queries));
+    rt.block_on(run(
+        n,
+        namespaces,
+        servers,
+        queries,
+        concurrency,
+        &scaler_env,
+    ));
 }
 
-async fn run(n: usize, namespaces: usize, servers: usize, queries: usize) {
+async fn run(
+    n: usize,
+    namespaces: usize,
+    servers: usize,
+    queries: usize,
+    concurrency: usize,
+    scaler_env: &str,
+) {
     let mut doubles = Vec::new();
     for _ in 0..namespaces {
         doubles.push(ServiceBusDouble::start().await.unwrap());
@@ -107,7 +124,14 @@ async fn run(n: usize, namespaces: usize, servers: usize, queries: usize) {
         .collect();
     let objects = Arc::new(objects);
 
-    let scaler = support::start_scaler(&[]);
+    // `--scaler-env K=V,K2=V2`: extra environment for the scaler (allocator settings).
+    let env: Vec<(String, String)> = scaler_env
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let scaler = support::start_scaler(&env);
     let pid = scaler.pid();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = scaler.rss_kib();
@@ -137,7 +161,7 @@ async fn run(n: usize, namespaces: usize, servers: usize, queries: usize) {
     }
     let mut rows: Vec<(String, u64)> = vec![("idle (no ScaledObject)".into(), idle)];
     let started = Instant::now();
-    let codes = poll_all(&channels, &objects, true).await;
+    let codes = poll_all(&channels, &objects, true, concurrency).await;
     eprintln!(
         "  first poll of {n} objects in {:.1} s: {codes:?}",
         started.elapsed().as_secs_f64()
@@ -149,7 +173,7 @@ async fn run(n: usize, namespaces: usize, servers: usize, queries: usize) {
     for pass in 2..=3 {
         // Two refresh intervals between polls: every group read again, twice.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let codes = poll_all(&channels, &objects, false).await;
+        let codes = poll_all(&channels, &objects, false, concurrency).await;
         eprintln!("  poll {pass}: {codes:?}");
         rows.push((format!("{n} tracked, after poll {pass}"), scaler.rss_kib()));
     }
@@ -178,17 +202,18 @@ async fn run(n: usize, namespaces: usize, servers: usize, queries: usize) {
     drop(doubles);
 }
 
-/// One KEDA poll of every object (with `GetMetricSpec` the first time), 64 at a time;
+/// One KEDA poll of every object (with `GetMetricSpec` the first time), `concurrency` at a time;
 /// counts answers by gRPC code.
 async fn poll_all(
     channels: &[Channel],
     objects: &Arc<Vec<ScaledObjectRef>>,
     first: bool,
+    concurrency: usize,
 ) -> BTreeMap<String, u64> {
     let codes = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for t in 0..64 {
+    for t in 0..concurrency {
         let mut client = ExternalScalerClient::new(channels[t % channels.len()].clone());
         let (objects, codes, next) = (objects.clone(), codes.clone(), next.clone());
         tasks.push(tokio::spawn(async move {

@@ -65,6 +65,27 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first (`serve` stops gracefully; a profiler wrapping it gets to write its
+        // data), then SIGKILL if it is still there after 30 s.
+        let pid = self.child.id();
+        // A wrapper (`BLEND_BENCH_SCALER_WRAP`) runs the scaler as its own child: stop that.
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for p in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on a child of our own child.
+            unsafe { libc::kill(p, libc::SIGTERM) };
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -76,8 +97,19 @@ pub fn scaler_binary() -> &'static str {
 }
 
 /// Starts `blend-scaler serve` on loopback ports and reads the gRPC address from its log.
+///
+/// `BLEND_BENCH_SCALER_WRAP` (e.g. `heaptrack -o /tmp/scaler`) runs it under a profiler.
 pub fn start_scaler(extra_env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(scaler_binary());
+    let wrap = std::env::var("BLEND_BENCH_SCALER_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(scaler_binary());
+            c
+        }
+        None => Command::new(scaler_binary()),
+    };
     cmd.args([
         "serve",
         "--grpc-addr",
