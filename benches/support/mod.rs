@@ -1,0 +1,302 @@
+//! Helpers shared by the bench binaries (not a bench itself): argument parsing, child
+//! processes, percentiles, resident memory.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `--key value` pairs after cargo's own `--bench`.
+pub struct Args(HashMap<String, String>);
+
+impl Args {
+    pub fn parse() -> Self {
+        let mut map = HashMap::new();
+        let mut it = std::env::args().skip(1).peekable();
+        while let Some(a) = it.next() {
+            if let Some(key) = a.strip_prefix("--") {
+                if key == "bench" {
+                    continue;
+                }
+                let value = match it.peek() {
+                    Some(v) if !v.starts_with("--") => it.next().unwrap(),
+                    _ => "true".to_string(),
+                };
+                map.insert(key.to_string(), value);
+            }
+        }
+        Self(map)
+    }
+
+    pub fn get<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
+        match self.0.get(key) {
+            Some(v) => v
+                .parse()
+                .unwrap_or_else(|_| panic!("--{key} {v}: not a valid value")),
+            None => default,
+        }
+    }
+
+    pub fn string(&self, key: &str, default: &str) -> String {
+        self.0.get(key).cloned().unwrap_or_else(|| default.into())
+    }
+}
+
+/// A child process killed (by its own pid) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// The HTTP (`/metrics`) address, for `blend-scaler serve`.
+    pub http_addr: Option<SocketAddr>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(&format!("/proc/{}/status", self.pid()))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `blend-scaler` binary cargo built beside this bench, in the same profile.
+pub fn scaler_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_blend-scaler")
+}
+
+/// Starts `blend-scaler serve` on loopback ports and reads the gRPC address from its log.
+pub fn start_scaler(extra_env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(scaler_binary());
+    cmd.args([
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ])
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starting blend-scaler serve");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let (addr, http_addr) = loop {
+        let line = lines
+            .next()
+            .expect("blend-scaler exited before serving")
+            .unwrap();
+        if let Some(rest) = line.split("\"grpc_addr\":\"").nth(1) {
+            let grpc = rest.split('"').next().unwrap().parse().unwrap();
+            // Logged with Debug: `"http_addr":"Some(127.0.0.1:PORT)"`.
+            let http = line
+                .split("\"http_addr\":\"Some(")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .and_then(|a| a.parse().ok());
+            break (grpc, http);
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Proc {
+        child,
+        addr,
+        http_addr,
+    }
+}
+
+/// Re-runs this bench binary with `BLEND_BENCH_ROLE=role`; the child prints its address.
+pub fn start_self(role: &str) -> Proc {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("BLEND_BENCH_ROLE", role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting a bench child");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = lines
+        .next()
+        .expect("the bench child exited")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    Proc {
+        child,
+        addr,
+        http_addr: None,
+    }
+}
+
+pub fn role() -> Option<String> {
+    std::env::var("BLEND_BENCH_ROLE").ok()
+}
+
+/// `VmRSS` of a `/proc/*/status` file, in KiB.
+pub fn rss_kib(status_path: &str) -> u64 {
+    let text = std::fs::read_to_string(status_path).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `q` quantile (0..=1) of sorted values, nearest rank.
+pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> T {
+    assert!(!sorted.is_empty());
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The machine, for the report.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+/// CPU time (user + system, all threads) a process has used so far, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+/// A tiny Prometheus HTTP API on loopback: answers every instant query with one sample of
+/// `value` and counts the requests. It measures request counts, not Prometheus.
+pub struct FakePrometheus {
+    pub addr: SocketAddr,
+    pub queries: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Requests by their raw query string.
+    pub by_query: std::sync::Arc<parking_lot::Mutex<HashMap<String, u64>>>,
+    pub value: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakePrometheus {
+    pub async fn start(value: f64) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let queries = Arc::new(AtomicU64::new(0));
+        let value = Arc::new(AtomicU64::new(value.to_bits()));
+        let by_query = Arc::new(parking_lot::Mutex::new(HashMap::new()));
+        let (q, v, b) = (queries.clone(), value.clone(), by_query.clone());
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(move |axum::extract::RawQuery(raw): axum::extract::RawQuery| {
+                q.fetch_add(1, Ordering::SeqCst);
+                *b.lock().entry(raw.unwrap_or_default()).or_insert(0) += 1;
+                let value = f64::from_bits(v.load(Ordering::SeqCst));
+                async move {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs_f64();
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        format!(
+                            r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[{now},"{value}"]}}]}}}}"#
+                        ),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            queries,
+            by_query,
+            value,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn queries(&self) -> u64 {
+        self.queries.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most requests any one query got: each refresh asks every query once.
+    pub fn refreshes(&self) -> u64 {
+        self.by_query.lock().values().copied().max().unwrap_or(0)
+    }
+}
+
+impl Drop for FakePrometheus {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// splitmix64: a small seeded generator, so every run spreads the same phases.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

@@ -1,0 +1,376 @@
+//! Upstream amplification: how many upstream reads KEDA's call pattern causes, through
+//! blend-scaler, beside what KEDA's built-in triggers would make for the same objects.
+//!
+//! `cargo bench --bench upstream_reads [-- --signal servicebus|prometheus|prometheus-shared
+//! --objects 1,10,100,1000 --scale 20 --minutes 10]`
+//!
+//! The real server runs in process (the same `server::start` as `serve`) against a local
+//! upstream double that counts requests. Each ScaledObject is called the way KEDA calls an
+//! external scaler: `GetMetricSpec` once, a poll every 30 s (`IsActive` + `GetMetrics`) and an
+//! HPA read every 15 s (`GetMetrics`), with phases spread uniformly (seeded) over those
+//! periods, for 10 simulated minutes. Time is a real schedule shortened by `--scale`: every
+//! duration of the model (poll, HPA period, refresh interval 5 s, fast interval 1 s, the
+//! simulated 10 minutes) is divided by the same factor, so counts are those of the full-length
+//! schedule. (Paused tokio time cannot be used: it would jump the clock while a request is on
+//! the loopback socket.)
+//!
+//! The built-in trigger model: KEDA's `azure-servicebus` and `prometheus` scalers read their
+//! upstream once per trigger each time KEDA asks the trigger (`GetMetricsAndActivity`): once
+//! per poll and once per HPA read. Counting each gRPC call of the pattern separately
+//! (`IsActive` and `GetMetrics` on a poll) would give 4/3 of that; the table uses the lower.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use blend_scaler::cache::RefreshConfig;
+use blend_scaler::engine::{EngineConfig, Sources};
+use blend_scaler::metrics::Metrics;
+use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
+use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
+use blend_scaler::server::{self, ServerConfig};
+use blend_scaler::servicebus::double::ServiceBusDouble;
+use support::{Args, Rng};
+use tokio::time::{Instant, MissedTickBehavior};
+use tonic::transport::Channel;
+
+const POLL: Duration = Duration::from_secs(30);
+const HPA: Duration = Duration::from_secs(15);
+const REFRESH: Duration = Duration::from_secs(5);
+const FAST: Duration = Duration::from_secs(1);
+/// Reads in the first simulated minute are startup; the steady state is what follows.
+const WARMUP: Duration = Duration::from_secs(60);
+
+fn main() {
+    let args = Args::parse();
+    let signal = args.string("signal", "servicebus");
+    let scale: f64 = args.get("scale", 20.0);
+    let minutes: f64 = args.get("minutes", 10.0);
+    let sizes: Vec<usize> = args
+        .string("objects", "1,10,100,1000")
+        .split(',')
+        .map(|s| s.trim().parse().expect("--objects N,N,…"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    eprintln!(
+        "upstream_reads: {signal}, {minutes} simulated minutes at 1/{scale} speed; {}",
+        support::machine()
+    );
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        // The first minute in real time: startup depends on how new objects arrive, and on
+        // a real-time coalescing pause in the cache that a shortened schedule would not
+        // shorten with it.
+        let startup = rt.block_on(scenario(&signal, n, 1.0, WARMUP.as_secs_f64() / 60.0));
+        eprintln!("  {n} objects, first minute in real time: {startup:?}");
+        let steady = rt.block_on(scenario(&signal, n, scale, minutes));
+        eprintln!("  {n} objects, {minutes} minutes at 1/{scale}: {steady:?}");
+        rows.push((n, startup, steady));
+    }
+    report(&signal, minutes, scale, &rows);
+}
+
+/// What one scenario counted (in simulated terms).
+#[derive(Debug, Default)]
+struct Counts {
+    /// Upstream requests blend-scaler made, all and after the first minute; and the
+    /// refreshes after the first minute.
+    reads: u64,
+    steady_reads: u64,
+    steady_refreshes: u64,
+    /// KEDA's calls: polls and HPA reads (all, and after the first minute).
+    polls: u64,
+    hpa_reads: u64,
+    steady_polls: u64,
+    steady_hpa_reads: u64,
+    /// Distinct upstream items (entities, queries) the objects watch.
+    items: usize,
+    /// gRPC calls that failed (none expected).
+    errors: u64,
+    /// SPEC 5's bound on reads per refresh for these objects.
+    bound_per_refresh: u64,
+}
+
+trait Upstream: Send + Sync {
+    fn requests(&self) -> u64;
+    /// Refreshes so far: how often the request that starts each refresh was made.
+    fn refreshes(&self) -> u64;
+}
+
+impl Upstream for ServiceBusDouble {
+    fn requests(&self) -> u64 {
+        ServiceBusDouble::requests(self)
+    }
+
+    fn refreshes(&self) -> u64 {
+        // A refresh starts each list at its first page (or GETs the one entity of a
+        // bucket): the most such requests any one path got.
+        let mut starts: HashMap<String, u64> = HashMap::new();
+        for line in self.request_log() {
+            let (path, query) = line.split_once('?').unwrap_or((&line, ""));
+            let first_page = query.split('&').any(|p| p.ends_with("skip=0"));
+            if first_page || !query.contains("skip=") {
+                *starts.entry(path.to_string()).or_default() += 1;
+            }
+        }
+        starts.values().copied().max().unwrap_or(0)
+    }
+}
+
+impl Upstream for support::FakePrometheus {
+    fn requests(&self) -> u64 {
+        self.queries()
+    }
+
+    fn refreshes(&self) -> u64 {
+        support::FakePrometheus::refreshes(self)
+    }
+}
+
+async fn scenario(signal: &str, n: usize, scale: f64, minutes: f64) -> Counts {
+    let s = move |d: Duration| d.div_f64(scale);
+    let refresh = RefreshConfig {
+        interval: s(REFRESH),
+        fast_interval: s(FAST),
+        ..RefreshConfig::default()
+    };
+    let metrics = Metrics::new();
+    let mut sources = Sources::default();
+    let upstream: Box<dyn Upstream>;
+    let objects: Vec<ScaledObjectRef>;
+    let items: usize;
+    let bound: u64;
+    match signal {
+        "prometheus" | "prometheus-shared" => {
+            let prom = support::FakePrometheus::start(42.0).await;
+            // Each object its own query (the common case), or all of them one query.
+            let distinct = if signal == "prometheus" { n } else { 1 };
+            objects = (0..n)
+                .map(|i| {
+                    object(
+                        i,
+                        [
+                            ("serverAddress", prom.url()),
+                            (
+                                "query",
+                                format!(
+                                    "sum(rate(http_requests_total{{app=\"app-{:05}\"}}[2m]))",
+                                    i % distinct
+                                ),
+                            ),
+                            ("threshold", format!("{}", 10 + i % 90)),
+                        ],
+                    )
+                })
+                .collect();
+            items = distinct;
+            bound = distinct as u64;
+            sources.prometheus = Some(blend_scaler::prometheus::source(
+                refresh.clone(),
+                metrics.clone(),
+            ));
+            upstream = Box::new(prom);
+        }
+        "servicebus" | "servicebus-topics" => {
+            let double = ServiceBusDouble::start().await.unwrap();
+            // One namespace. `servicebus`: each object its own queue. `servicebus-topics`:
+            // a quarter of them watch a subscription instead, over five topics.
+            let topics = signal == "servicebus-topics";
+            let mut subscriptions: HashMap<String, usize> = HashMap::new();
+            objects = (0..n)
+                .map(|i| {
+                    let mut keys = vec![
+                        ("endpoint", double.endpoint()),
+                        ("connectionFromEnv", double.connection_string()),
+                        ("messageCount", format!("{}", 5 + i % 20)),
+                    ];
+                    if topics && i % 4 == 3 {
+                        let topic = format!("events-{}", i % 5);
+                        let sub = format!("sub-{i:05}");
+                        double.set_subscription(&topic, &sub, (i % 50) as u64);
+                        *subscriptions.entry(topic.clone()).or_default() += 1;
+                        keys.push(("topicName", topic));
+                        keys.push(("subscriptionName", sub));
+                    } else {
+                        let queue = format!("queue-{i:05}");
+                        double.set_queue(&queue, (i % 50) as u64);
+                        keys.push(("queueName", queue));
+                    }
+                    object_from(i, keys)
+                })
+                .collect();
+            items = n;
+            // SPEC 5: ceil(entities / 100) plus one per watched topic.
+            bound = n.div_ceil(100) as u64 + subscriptions.len() as u64;
+            sources.servicebus = Some(blend_scaler::servicebus::source(
+                refresh.clone(),
+                metrics.clone(),
+            ));
+            upstream = Box::new(double);
+        }
+        other => panic!("unknown --signal {other}"),
+    }
+
+    let running = server::start(
+        ServerConfig {
+            http_addr: None,
+            engine: EngineConfig {
+                refresh,
+                ..EngineConfig::default()
+            },
+            ..ServerConfig::loopback()
+        },
+        sources,
+        metrics,
+    )
+    .await
+    .unwrap();
+    // KEDA keeps one connection per scaler address.
+    let channel = Channel::from_shared(format!("http://{}", running.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let warm_end = started + s(WARMUP);
+    let end = started + s(Duration::from_secs_f64(minutes * 60.0));
+    let polls = Arc::new(AtomicU64::new(0));
+    let hpa = Arc::new(AtomicU64::new(0));
+    let steady_polls = Arc::new(AtomicU64::new(0));
+    let steady_hpa = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut rng = Rng(0x5eed_0000 + n as u64);
+    let mut tasks = Vec::new();
+    for o in objects {
+        let poll_at = started + s(POLL).mul_f64(rng.unit());
+        let hpa_at = started + s(HPA).mul_f64(rng.unit());
+        let mut client = ExternalScalerClient::new(channel.clone());
+        let (polls, hpa, steady_polls, steady_hpa, errors) = (
+            polls.clone(),
+            hpa.clone(),
+            steady_polls.clone(),
+            steady_hpa.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut poll = tokio::time::interval_at(poll_at, s(POLL));
+            let mut hpa_tick = tokio::time::interval_at(hpa_at, s(HPA));
+            poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            hpa_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut spec_sent = false;
+            let get_metrics = |o: &ScaledObjectRef| GetMetricsRequest {
+                scaled_object_ref: Some(o.clone()),
+                metric_name: "blended-replicas".into(),
+            };
+            loop {
+                let is_poll = tokio::select! {
+                    t = poll.tick() => { if t >= end { break } true }
+                    t = hpa_tick.tick() => { if t >= end { break } false }
+                };
+                let now = Instant::now();
+                let mut failed = false;
+                if !spec_sent {
+                    failed |= client.get_metric_spec(o.clone()).await.is_err();
+                    spec_sent = true;
+                }
+                if is_poll {
+                    failed |= client.is_active(o.clone()).await.is_err();
+                    failed |= client.get_metrics(get_metrics(&o)).await.is_err();
+                    polls.fetch_add(1, Ordering::Relaxed);
+                    if now >= warm_end {
+                        steady_polls.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    failed |= client.get_metrics(get_metrics(&o)).await.is_err();
+                    hpa.fetch_add(1, Ordering::Relaxed);
+                    if now >= warm_end {
+                        steady_hpa.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if failed {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep_until(warm_end).await;
+    let reads_at_warm_end = upstream.requests();
+    let refreshes_at_warm_end = upstream.refreshes();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    tokio::time::sleep_until(end).await;
+    let reads = upstream.requests();
+    let refreshes = upstream.refreshes();
+    running.shutdown().await.unwrap();
+    Counts {
+        reads,
+        steady_reads: reads - reads_at_warm_end,
+        steady_refreshes: refreshes - refreshes_at_warm_end,
+        polls: polls.load(Ordering::Relaxed),
+        hpa_reads: hpa.load(Ordering::Relaxed),
+        steady_polls: steady_polls.load(Ordering::Relaxed),
+        steady_hpa_reads: steady_hpa.load(Ordering::Relaxed),
+        items,
+        errors: errors.load(Ordering::Relaxed),
+        bound_per_refresh: bound,
+    }
+}
+
+fn object<const K: usize>(i: usize, keys: [(&str, String); K]) -> ScaledObjectRef {
+    object_from(i, keys.into_iter().collect())
+}
+
+fn object_from(i: usize, keys: Vec<(&str, String)>) -> ScaledObjectRef {
+    let mut m: HashMap<String, String> =
+        keys.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    m.insert(
+        "scalerAddress".into(),
+        "blend-scaler.blend-scaler.svc.cluster.local:9090".into(),
+    );
+    ScaledObjectRef {
+        name: format!("app-{i:05}"),
+        namespace: format!("team-{:02}", i % 40),
+        scaler_metadata: m,
+    }
+}
+
+fn report(signal: &str, minutes: f64, scale: f64, rows: &[(usize, Counts, Counts)]) {
+    let later = minutes * 60.0 - WARMUP.as_secs_f64();
+    let refreshes = later / REFRESH.as_secs_f64();
+    println!();
+    println!(
+        "Upstream reads, {signal}, KEDA's pattern for {minutes} minutes: the first minute \
+         measured in real time, the rest on a schedule shortened {scale}x (reads per refresh \
+         measured, then counted for a refresh every 5 s):"
+    );
+    println!(
+        "| ScaledObjects | watched items | first minute: blend-scaler / built-in | \
+         reads per refresh after it (SPEC 5 bound) | blend-scaler, {minutes} min | \
+         built-in trigger, {minutes} min | fewer by | gRPC errors |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (n, start, steady) in rows {
+        let per_refresh = steady.steady_reads as f64 / steady.steady_refreshes.max(1) as f64;
+        let blend = start.reads as f64 + per_refresh * refreshes;
+        // The built-in trigger: one read per poll and per HPA read, for every object.
+        let builtin_first = start.polls + start.hpa_reads;
+        let builtin = builtin_first + steady.steady_polls + steady.steady_hpa_reads;
+        println!(
+            "| {n} | {} | {} / {builtin_first} | {per_refresh:.2} ({}) | {blend:.0} | {builtin} | \
+             {:.1}x | {} |",
+            steady.items,
+            start.reads,
+            steady.bound_per_refresh,
+            builtin as f64 / blend.max(1.0),
+            start.errors + steady.errors
+        );
+    }
+}
