@@ -26,6 +26,7 @@ use blend_scaler::proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
     MetricValue, ScaledObjectRef,
 };
+use blend_scaler::servicebus::double::ServiceBusDouble;
 use support::Args;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
@@ -74,13 +75,15 @@ fn main() {
             let ra = a.round(&objects, tasks, dur).await;
             let rb = b.round(&objects, tasks, dur).await;
             eprintln!(
-                "  round {}: blend-scaler {:.0} rps ({:.1} us CPU/call), baseline {:.0} rps \
-                 ({:.1} us CPU/call), ratio {:.3}",
+                "  round {}: blend-scaler {:.0} rps ({:.1} us server CPU/call, client {:.1}), \
+                 baseline {:.0} rps ({:.1} us server CPU/call, client {:.1}), ratio {:.3}",
                 r + 1,
                 ra.rps(),
                 ra.cpu_us(),
+                ra.client_us(),
                 rb.rps(),
                 rb.cpu_us(),
+                rb.client_us(),
                 ra.rps() / rb.rps()
             );
             results.push((ra, rb));
@@ -167,6 +170,7 @@ impl Target {
     ) -> RoundResult {
         let next = Arc::new(AtomicUsize::new(0));
         let cpu_before = support::cpu_time(self.pid);
+        let client_before = support::cpu_time(std::process::id());
         let started = Instant::now();
         let deadline = started + dur;
         let mut handles = Vec::new();
@@ -228,6 +232,7 @@ impl Target {
         }
         total.elapsed = started.elapsed().min(dur);
         total.server_cpu = support::cpu_time(self.pid) - cpu_before;
+        total.client_cpu = support::cpu_time(std::process::id()) - client_before;
         if total.errors + total.wrong > 0 {
             eprintln!(
                 "  {}: {} errors, {} wrong answers (not counted)",
@@ -248,6 +253,8 @@ struct RoundResult {
     /// CPU time the server process used during the round (including calls still in flight
     /// at the deadline, a bias of at most `tasks` calls).
     server_cpu: Duration,
+    /// CPU time of this process (the load client) during the round.
+    client_cpu: Duration,
 }
 
 impl RoundResult {
@@ -265,6 +272,11 @@ impl RoundResult {
     /// Server CPU microseconds per answered call.
     fn cpu_us(&self) -> f64 {
         self.server_cpu.as_secs_f64() * 1e6 / self.ok.max(1) as f64
+    }
+
+    /// Load-client CPU microseconds per answered call.
+    fn client_us(&self) -> f64 {
+        self.client_cpu.as_secs_f64() * 1e6 / self.ok.max(1) as f64
     }
 }
 
@@ -354,16 +366,33 @@ fn objects(kind: &str, n: usize, upstreams: &Upstreams) -> Vec<ScaledObjectRef> 
         .collect()
 }
 
-/// Upstream doubles the scaler reads in the background (none for cron-only metadata).
-struct Upstreams;
+/// Upstream doubles the scaler reads in the background (none for cron-only metadata): one
+/// Service Bus namespace, a queue per object.
+struct Upstreams {
+    servicebus: Option<ServiceBusDouble>,
+}
 
 impl Upstreams {
     async fn start(kind: &str) -> Self {
-        assert_eq!(kind, "cron", "unknown --metadata {kind}");
-        Upstreams
+        match kind {
+            "cron" => Upstreams { servicebus: None },
+            "servicebus" | "servicebus+cron" => Upstreams {
+                servicebus: Some(ServiceBusDouble::start().await.unwrap()),
+            },
+            other => panic!("unknown --metadata {other} (cron, servicebus, servicebus+cron)"),
+        }
     }
 
-    fn metadata(&self, _kind: &str, _i: usize, _m: &mut HashMap<String, String>) {}
+    fn metadata(&self, _kind: &str, i: usize, m: &mut HashMap<String, String>) {
+        if let Some(double) = &self.servicebus {
+            let queue = format!("queue-{i:05}");
+            double.set_queue(&queue, (i % 97) as u64);
+            m.insert("endpoint".into(), double.endpoint());
+            m.insert("connectionFromEnv".into(), double.connection_string());
+            m.insert("queueName".into(), queue);
+            m.insert("messageCount".into(), "10".into());
+        }
+    }
 }
 
 /// The baseline: the same proto, fixed answers, no work.
