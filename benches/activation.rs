@@ -102,11 +102,11 @@ async fn run(trials: usize) -> Vec<Duration> {
     };
     let mut stream = client.stream_is_active(object).await.unwrap().into_inner();
     assert!(!next(&mut stream).await, "an idle queue starts inactive");
-    let mut rng = Rng(0xac71_7a7e);
+    let mut rng = Rng::new(0xac71_7a7e);
     let mut out = Vec::with_capacity(trials);
     for trial in 0..trials {
         // Land the change anywhere in the 1 s refresh cycle (and a bit beyond).
-        tokio::time::sleep(Duration::from_millis(200 + (rng.unit() * 1300.0) as u64)).await;
+        tokio::time::sleep(Duration::from_millis(200 + (rng.uniform() * 1300.0) as u64)).await;
         let t0 = Instant::now();
         double.set_queue("orders", 1);
         assert!(next(&mut stream).await, "trial {trial}: expected true");

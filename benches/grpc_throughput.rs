@@ -89,7 +89,7 @@ fn main() {
             results.push((ra, rb));
         }
         report(&results, &kind, n_objects, tasks, connections);
-        drop(upstreams);
+        let _ = upstreams; // the upstream doubles live until the report is out
     });
 }
 
@@ -191,7 +191,7 @@ impl Target {
                     if t0 >= deadline {
                         break;
                     }
-                    let good = if n % 2 == 0 {
+                    let good = if n.is_multiple_of(2) {
                         client
                             .get_metrics(GetMetricsRequest {
                                 scaled_object_ref: Some(o.clone()),

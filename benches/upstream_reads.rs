@@ -257,11 +257,11 @@ async fn scenario(signal: &str, n: usize, scale: f64, minutes: f64) -> Counts {
     let steady_polls = Arc::new(AtomicU64::new(0));
     let steady_hpa = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let mut rng = Rng(0x5eed_0000 + n as u64);
+    let mut rng = Rng::new(0x5eed_0000 + n as u64);
     let mut tasks = Vec::new();
     for o in objects {
-        let poll_at = started + s(POLL).mul_f64(rng.unit());
-        let hpa_at = started + s(HPA).mul_f64(rng.unit());
+        let poll_at = started + s(POLL).mul_f64(rng.uniform());
+        let hpa_at = started + s(HPA).mul_f64(rng.uniform());
         let mut client = ExternalScalerClient::new(channel.clone());
         let (polls, hpa, steady_polls, steady_hpa, errors) = (
             polls.clone(),

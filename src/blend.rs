@@ -275,18 +275,10 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{Credentials, Source, parse};
     use chrono::TimeZone;
     use proptest::prelude::*;
-    use std::collections::HashMap;
 
-    fn plan(pairs: &[(&str, &str)]) -> Plan {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        parse(&m, Source::Keda, &Credentials::default()).expect("valid metadata")
-    }
+    use crate::metadata::test_plan as plan;
 
     fn all_three(policy: &str) -> Plan {
         plan(&[

@@ -68,6 +68,31 @@ const PROMETHEUS_KEYS: &[&str] = &[
 ];
 const CRON_KEYS: &[&str] = &["timezone", "start", "end", "desiredReplicas", "windows"];
 
+/// Every key the parser reads, KEDA's reserved ones included (for fuzzing and tooling).
+pub fn known_keys() -> impl Iterator<Item = &'static str> {
+    [
+        RESERVED_KEYS,
+        COMMON_KEYS,
+        DRAIN_KEYS,
+        SERVICEBUS_KEYS,
+        PROMETHEUS_KEYS,
+        CRON_KEYS,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+}
+
+/// A plan from `(key, value)` pairs as KEDA sends them, for tests; panics on invalid metadata.
+#[cfg(test)]
+pub(crate) fn test_plan(pairs: &[(&str, &str)]) -> Plan {
+    let m: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    parse(&m, Source::Keda, &Credentials::default()).expect("valid metadata")
+}
+
 pub const DEFAULT_METRIC_NAME: &str = "blended-replicas";
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
 

@@ -11,57 +11,6 @@ use arbitrary::Arbitrary;
 use blend_scaler::metadata::{self, Credentials, Source};
 use libfuzzer_sys::fuzz_target;
 
-const KEYS: &[&str] = &[
-    "scalerAddress",
-    "enableTLS",
-    "unsafeSsl",
-    "metricName",
-    "policy",
-    "minReplicas",
-    "maxReplicas",
-    "staleAfter",
-    "targetDrainSeconds",
-    "messagesPerSecondPerReplica",
-    "namespace",
-    "cloud",
-    "endpointSuffix",
-    "endpoint",
-    "queueName",
-    "topicName",
-    "subscriptionName",
-    "messageCount",
-    "activationMessageCount",
-    "useRegex",
-    "operation",
-    "connectionFromEnv",
-    "credential",
-    "serverAddress",
-    "query",
-    "threshold",
-    "activationThreshold",
-    "queryParameters",
-    "customHeaders",
-    "prometheusNamespace",
-    "timeout",
-    "ignoreNullValues",
-    "seriesAggregation",
-    "authModes",
-    "bearerTokenFromEnv",
-    "usernameFromEnv",
-    "passwordFromEnv",
-    "prometheusCredential",
-    "caFromEnv",
-    "certFromEnv",
-    "keyFromEnv",
-    "customAuthHeader",
-    "customAuthValueFromEnv",
-    "timezone",
-    "start",
-    "end",
-    "desiredReplicas",
-    "windows",
-];
-
 /// A few values that reach deep paths quickly; the fuzzer mutates from there.
 const VALUES: &[&str] = &[
     "orders",
@@ -119,7 +68,12 @@ struct Input {
 
 fn key(k: &Key) -> String {
     match k {
-        Key::Known(i) => KEYS[*i as usize % KEYS.len()].to_string(),
+        Key::Known(i) => {
+            // The parser's own list, so a key added there is fuzzed here too.
+            let n = metadata::known_keys().count();
+            let key = metadata::known_keys().nth(*i as usize % n);
+            key.expect("n > 0").to_string()
+        }
         Key::Raw(s) => s.clone(),
     }
 }

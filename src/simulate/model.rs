@@ -656,16 +656,8 @@ pub fn run(trace: &Trace, settings: &Settings, scaler: &mut dyn Scaler) -> Run {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{Credentials, Source, parse};
-    use std::collections::HashMap;
 
-    fn plan(pairs: &[(&str, &str)]) -> Plan {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        parse(&m, Source::Keda, &Credentials::default()).expect("valid metadata")
-    }
+    use crate::metadata::test_plan as plan;
 
     fn m(value: f64, target: f64) -> Result<Metric, ()> {
         Ok(Metric { value, target })
