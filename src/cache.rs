@@ -4,8 +4,10 @@
 //! Prometheus server with its auth), not by ScaledObject. Each group has one background task
 //! that reads all of the group's watched items in one [`Upstream::read`] per refresh, however
 //! many ScaledObjects watch them. A never-seen item wakes its group at once, and concurrent
-//! callers all wait for that same read. Items nobody asked about for `idle_ttl` are dropped;
-//! a group with none left is dropped too, which ends its task.
+//! callers all wait for that same read, unless the group's last read already saw it in
+//! passing (a list page holds every entity on it): then it is answered from that read. Items
+//! nobody asked about for `idle_ttl` are dropped; a group with none left is dropped too,
+//! which ends its task.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -49,6 +51,10 @@ pub struct GroupRead<I> {
     pub values: HashMap<I, Result<f64, SignalError>>,
     /// The upstream asked not to be called again before this long (429/503 `Retry-After`).
     pub retry_after: Option<Duration>,
+    /// Values the read saw for items nobody asked about (yet): the other entities on a list
+    /// page. An item asked about for the first time is answered from these while they are
+    /// younger than the refresh interval, instead of waking the group for a read of its own.
+    pub seen_in_passing: HashMap<I, f64>,
 }
 
 impl<I: Eq + Hash> GroupRead<I> {
@@ -64,6 +70,7 @@ impl<I: Eq + Hash> GroupRead<I> {
                 .map(|i| (i.clone(), Err(error.clone())))
                 .collect(),
             retry_after,
+            seen_in_passing: HashMap::new(),
         }
     }
 }
@@ -123,6 +130,9 @@ impl Slot {
 struct Group<U: Upstream> {
     key: U::Group,
     items: Mutex<HashMap<U::Item, Slot>>,
+    /// What reads younger than the interval saw in passing ([`GroupRead::seen_in_passing`]),
+    /// with when each read finished.
+    seen_in_passing: Mutex<HashMap<U::Item, (f64, Instant)>>,
     /// Bumped after every refresh, so waiters and streams can look again.
     generation: watch::Sender<u64>,
     wake: Notify,
@@ -184,6 +194,7 @@ impl<U: Upstream> Refresher<U> {
             let group = Arc::new(Group {
                 key: key.clone(),
                 items: Mutex::new(HashMap::new()),
+                seen_in_passing: Mutex::new(HashMap::new()),
                 generation: watch::channel(0).0,
                 wake: Notify::new(),
                 fast_watchers: AtomicUsize::new(0),
@@ -198,8 +209,10 @@ impl<U: Upstream> Refresher<U> {
         })
     }
 
-    /// The current observation of `item`. A never-seen item is read at once; this waits for
-    /// that first read, shared with every concurrent caller, at most `first_read_timeout`.
+    /// The current observation of `item`. A never-seen item is answered from what the
+    /// group's last read saw in passing, if it is younger than the refresh interval; otherwise
+    /// it is read at once, and this waits for that first read, shared with every concurrent
+    /// caller, at most `first_read_timeout`.
     pub async fn observe(&self, key: &U::Group, item: &U::Item) -> Observation {
         let group = self.group(key);
         let mut changes = group.generation.subscribe();
@@ -208,6 +221,14 @@ impl<U: Upstream> Refresher<U> {
             let slot = items.entry(item.clone()).or_default();
             let now = Instant::now();
             slot.last_asked = Some(now);
+            if !slot.attempted
+                && let Some(&(v, at)) = group.seen_in_passing.lock().get(item)
+                && now.saturating_duration_since(at) < self.config.interval
+            {
+                // From here on the group's reads include it.
+                slot.attempted = true;
+                slot.good = Some((v, at));
+            }
             if slot.attempted {
                 return slot.observation(now);
             }
@@ -314,24 +335,33 @@ async fn refresh_loop<U: Upstream>(
         };
 
         let now = Instant::now();
-        // A wake whose new items the last read already covered (they arrived while it was in
-        // flight) needs no read of its own; a new stream only brings the next read forward.
-        if woken && now < next_due && !g.items.lock().values().any(|s| !s.attempted) {
+        // A wake before the refresh is due reads only the never-seen items (after the group's
+        // first read, which is all of them): the others keep their schedule, and a Prometheus server is not asked every query again for each
+        // new one. A wake whose new items the last read already covered (they arrived while
+        // it was in flight) needs no read at all; a new stream only brings the next full
+        // read forward.
+        let full = !woken || now >= next_due || last_read.is_none();
+        let (items, watched): (Vec<U::Item>, usize) = {
+            let mut items = g.items.lock();
+            items.retain(|_, slot| {
+                slot.last_asked
+                    .is_some_and(|t| now.saturating_duration_since(t) < config.idle_ttl)
+            });
+            let read = items
+                .iter()
+                .filter(|(_, slot)| full || !slot.attempted)
+                .map(|(item, _)| item.clone())
+                .collect();
+            (read, items.len())
+        };
+        if !full && items.is_empty() {
             if g.fast_watchers.load(Ordering::SeqCst) > 0 {
                 let fast = last_read.map_or(now, |t| t + config.fast_interval);
                 next_due = next_due.min(fast);
             }
             continue;
         }
-        let items: Vec<U::Item> = {
-            let mut items = g.items.lock();
-            items.retain(|_, slot| {
-                slot.last_asked
-                    .is_some_and(|t| now.saturating_duration_since(t) < config.idle_ttl)
-            });
-            items.keys().cloned().collect()
-        };
-        if items.is_empty() && g.fast_watchers.load(Ordering::SeqCst) == 0 {
+        if watched == 0 && g.fast_watchers.load(Ordering::SeqCst) == 0 {
             // Nobody asks any more: drop the group and end the task.
             groups.invalidate(&g.key);
             return;
@@ -344,7 +374,6 @@ async fn refresh_loop<U: Upstream>(
         last_started = Some(now);
         let read = upstream.read(&g.key, &items).await;
         let finished = Instant::now();
-        last_read = Some(finished);
         let mut any_ok = false;
         {
             let mut slots = g.items.lock();
@@ -369,21 +398,42 @@ async fn refresh_loop<U: Upstream>(
                 }
             }
         }
+        {
+            // Throttled, or a full read failing throughout: the upstream refuses us now, and
+            // nothing read earlier stands in for a read of a new item.
+            let refused = read.retry_after.is_some() || (full && !any_ok);
+            let mut seen = g.seen_in_passing.lock();
+            if refused {
+                seen.clear();
+            } else {
+                seen.retain(|_, (_, t)| finished.saturating_duration_since(*t) < config.interval);
+                seen.extend(
+                    read.seen_in_passing
+                        .into_iter()
+                        .map(|(item, v)| (item, (v, finished))),
+                );
+            }
+        }
         g.generation.send_modify(|n| *n += 1);
 
-        let interval = if g.fast_watchers.load(Ordering::SeqCst) > 0 {
-            config.interval.min(config.fast_interval)
-        } else {
-            config.interval
-        };
-        next_due = finished + interval;
+        if full {
+            last_read = Some(finished);
+            let interval = if g.fast_watchers.load(Ordering::SeqCst) > 0 {
+                config.interval.min(config.fast_interval)
+            } else {
+                config.interval
+            };
+            next_due = finished + interval;
+        }
         if let Some(pause) = read.retry_after {
             not_before = finished + pause;
             failures = failures.saturating_add(1);
         } else if any_ok {
             failures = 0;
             not_before = finished;
-        } else {
+        } else if full {
+            // (A wake's read of new items failing alone, a misspelt queue say, says nothing
+            // about the upstream: it does not hold the others' refresh back.)
             failures = failures.saturating_add(1);
             not_before = finished + backoff(&config, failures);
         }
@@ -410,6 +460,10 @@ mod tests {
         reads: AtomicU32,
         retry_after: Mutex<Option<Duration>>,
         delay: Mutex<Duration>,
+        /// Reads see the whole table, as a list does, and report the rest in passing.
+        list: Mutex<bool>,
+        /// The items of every read, sorted.
+        batches: Mutex<Vec<Vec<&'static str>>>,
     }
 
     impl Upstream for Table {
@@ -422,6 +476,9 @@ mod tests {
             items: &[&'static str],
         ) -> GroupRead<&'static str> {
             self.reads.fetch_add(1, Ordering::SeqCst);
+            let mut batch = items.to_vec();
+            batch.sort();
+            self.batches.lock().push(batch);
             let delay = *self.delay.lock();
             tokio::time::sleep(delay).await;
             if let Some(pause) = *self.retry_after.lock() {
@@ -446,6 +503,15 @@ mod tests {
                     })
                     .collect(),
                 retry_after: None,
+                seen_in_passing: if *self.list.lock() {
+                    values
+                        .iter()
+                        .filter(|(k, _)| !items.contains(k))
+                        .map(|(k, v)| (*k, *v))
+                        .collect()
+                } else {
+                    HashMap::new()
+                },
             }
         }
     }
@@ -530,6 +596,81 @@ mod tests {
         }
         // Three seconds of arrivals: the first read, then one a second (not thirty).
         assert_eq!(t.reads.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_item_is_read_alone_and_the_others_keep_their_schedule() {
+        let t = table(&[("orders", 1.0), ("billing", 2.0)]);
+        let r = Refresher::from_arc(t.clone(), config());
+        r.observe(&"ns", &"orders").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(r.observe(&"ns", &"billing").await.value, Some(2.0));
+        tokio::time::sleep(Duration::from_millis(3_100)).await;
+        assert_eq!(
+            *t.batches.lock(),
+            [vec!["orders"], vec!["billing"], vec!["billing", "orders"]],
+            "the first read, the wake for billing, the refresh due 5 s after the first"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_item_failing_alone_does_not_hold_the_others_back() {
+        let t = table(&[("orders", 1.0)]);
+        let r = Refresher::from_arc(t.clone(), config());
+        r.observe(&"ns", &"orders").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let typo = r.observe(&"ns", &"ordres").await;
+        assert!(matches!(
+            typo.error.as_deref(),
+            Some(SignalError::NotFound(_))
+        ));
+        t.values.lock().insert("orders", 6.0);
+        tokio::time::sleep(Duration::from_millis(3_100)).await;
+        // Refreshed on time, 5 s after the first read, not backed off after the typo's.
+        assert_eq!(t.reads.load(Ordering::SeqCst), 3);
+        assert_eq!(r.observe(&"ns", &"orders").await.value, Some(6.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn items_a_list_saw_in_passing_are_answered_without_a_read_of_their_own() {
+        let t = table(&[("orders", 12.0), ("billing", 3.0), ("audit", 0.0)]);
+        *t.list.lock() = true;
+        let r = Refresher::from_arc(t.clone(), config());
+        assert_eq!(r.observe(&"ns", &"orders").await.value, Some(12.0));
+        assert_eq!(t.reads.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let billing = r.observe(&"ns", &"billing").await;
+        assert_eq!(billing.value, Some(3.0));
+        assert_eq!(
+            billing.age,
+            Some(Duration::from_secs(2)),
+            "as old as the read"
+        );
+        assert_eq!(r.observe(&"ns", &"audit").await.value, Some(0.0));
+        assert_eq!(t.reads.load(Ordering::SeqCst), 1, "no read for either");
+        // Both are the group's own items from now on.
+        t.values.lock().insert("billing", 8.0);
+        tokio::time::sleep(Duration::from_millis(3_100)).await;
+        assert_eq!(r.observe(&"ns", &"billing").await.value, Some(8.0));
+        assert_eq!(t.reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_a_failed_read_saw_in_passing_is_not_kept() {
+        let t = table(&[("orders", 12.0), ("billing", 3.0)]);
+        *t.list.lock() = true;
+        let r = Refresher::from_arc(t.clone(), config());
+        r.observe(&"ns", &"orders").await;
+        // An item the list does not hold wakes the group; that read is throttled.
+        *t.retry_after.lock() = Some(Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(r.observe(&"ns", &"ghost").await.value, None);
+        assert_eq!(t.reads.load(Ordering::SeqCst), 2);
+        // The first read's page is younger than the interval, but the latest read saw
+        // nothing: billing waits for a read of its own, which Retry-After holds back past
+        // the first-read bound.
+        assert_eq!(r.observe(&"ns", &"billing").await.value, None);
+        assert_eq!(t.reads.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -303,6 +303,8 @@ impl Upstream for PrometheusUpstream {
         GroupRead {
             values,
             retry_after,
+            // One query per item: nothing is read that was not asked for.
+            seen_in_passing: HashMap::new(),
         }
     }
 }

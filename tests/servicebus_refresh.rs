@@ -131,6 +131,58 @@ async fn fifty_scaledobjects_over_five_entities_share_one_read_per_list_per_refr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaledobjects_asked_about_after_a_list_read_are_answered_from_its_pages() {
+    let double = ServiceBusDouble::start().await.unwrap();
+    for (q, n) in [("orders", 12), ("billing", 3), ("shipping", 5)] {
+        double.set_queue(q, n);
+    }
+    double.set_subscription("events", "audit", 7);
+    double.set_subscription("events", "email", 40);
+    double.set_subscription("events", "archive", 2);
+    // A long interval, so no background refresh runs during the test: every read counted
+    // below is one a first call caused.
+    let sb = servicebus::source_from(
+        ServiceBusUpstream::new(Metrics::new()),
+        RefreshConfig {
+            interval: Duration::from_secs(30),
+            fast_interval: Duration::from_millis(100),
+            ..config()
+        },
+    );
+    let observe = |keys: &[(&str, &str)]| {
+        let p = plan(&double, keys);
+        let sb = sb.clone();
+        async move { sb.observe(&p).await.value }
+    };
+    let (orders, billing) = tokio::join!(
+        observe(&[("queueName", "orders")]),
+        observe(&[("queueName", "billing")])
+    );
+    assert_eq!((orders, billing), (Some(12.0), Some(3.0)));
+    assert_eq!(double.requests_to("/$Resources/Queues"), 1);
+    // On the page that read returned: no read of its own.
+    assert_eq!(observe(&[("queueName", "shipping")]).await, Some(5.0));
+    assert_eq!(double.requests(), 1, "{:?}", double.request_log());
+
+    let (audit, email) = tokio::join!(
+        observe(&[("topicName", "events"), ("subscriptionName", "audit")]),
+        observe(&[("topicName", "events"), ("subscriptionName", "email")])
+    );
+    assert_eq!((audit, email), (Some(7.0), Some(40.0)));
+    let archive = observe(&[("topicName", "events"), ("subscriptionName", "archive")]).await;
+    assert_eq!(archive, Some(2.0));
+    // One more read for the two new subscriptions (their topic's list; the queues keep
+    // their own schedule), none for the third.
+    assert_eq!(double.requests_to("/events/Subscriptions"), 1);
+    assert_eq!(double.requests(), 2, "{:?}", double.request_log());
+    // An entity no page held still gets a read of its own, and is reported missing, never 0.
+    let missing = observe(&[("queueName", "nowhere")]).await;
+    assert_eq!(missing, None);
+    assert_eq!(double.requests_to("/nowhere"), 1);
+    assert_eq!(double.requests(), 3, "{:?}", double.request_log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_entity_is_one_get_per_refresh() {
     let double = ServiceBusDouble::start().await.unwrap();
     double.set_queue("orders", 5);

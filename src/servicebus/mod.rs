@@ -398,6 +398,45 @@ impl ServiceBusUpstream {
     }
 }
 
+/// The entities a list read returned that no item names exactly, as the items that would:
+/// after a restart KEDA asks about one ScaledObject after another, and each one whose entity
+/// is on a page already read is answered from it instead of costing the namespace a read.
+fn seen_in_passing(
+    fetched: &Fetched,
+    queues: &Wants,
+    topics: &BTreeMap<String, Wants>,
+) -> HashMap<Watched, f64> {
+    let exact = |entity: Entity| Watched {
+        entity,
+        use_regex: false,
+        operation: Aggregation::Sum,
+    };
+    let unwatched = |bucket: &Bucket, wants: &Wants| {
+        let list = match fetched.get(bucket) {
+            Some(Ok(list)) => list.as_slice(),
+            _ => &[],
+        };
+        list.iter()
+            .filter(|d| !wants.exact.contains(&d.name.to_lowercase()))
+            .filter_map(|d| Some((d.name.clone(), d.active().ok()? as f64)))
+            .collect::<Vec<_>>()
+    };
+    let mut seen = HashMap::new();
+    for (name, v) in unwatched(&Bucket::Queues, queues) {
+        seen.insert(exact(Entity::Queue(name)), v);
+    }
+    for (lower, w) in topics {
+        for (name, v) in unwatched(&Bucket::Topic(lower.clone()), w) {
+            let entity = Entity::Subscription {
+                topic: w.name.clone(),
+                subscription: name,
+            };
+            seen.insert(exact(entity), v);
+        }
+    }
+    seen
+}
+
 fn not_found(what: String) -> SignalError {
     SignalError::NotFound(what)
 }
@@ -614,6 +653,7 @@ impl Upstream for ServiceBusUpstream {
         GroupRead {
             values,
             retry_after: gate.retry_after(),
+            seen_in_passing: seen_in_passing(&fetched, &queues, &topics),
         }
     }
 }
