@@ -2,30 +2,27 @@
 //! kind, upstream kind, outcome class, RPC method and status code; never URLs, queries,
 //! error strings or secrets.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
 
 use crate::signal::SignalKind;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// A ScaledObject as KEDA names it, the labels of its series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ObjectLabels {
     pub scaledobject_namespace: String,
     pub scaledobject: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SignalLabels {
-    pub scaledobject_namespace: String,
-    pub scaledobject: String,
-    pub signal: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,8 +47,6 @@ pub struct MethodLabels {
     pub method: &'static str,
 }
 
-type FloatGauge = Gauge<f64, AtomicU64>;
-
 fn latency_histogram() -> Histogram {
     // 1 ms to ~16 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
@@ -63,10 +58,7 @@ pub struct Metrics(Arc<Inner>);
 
 struct Inner {
     registry: Registry,
-    desired_replicas: Family<ObjectLabels, FloatGauge>,
-    signal_value: Family<SignalLabels, FloatGauge>,
-    signal_replicas: Family<SignalLabels, FloatGauge>,
-    signal_age: Family<SignalLabels, FloatGauge>,
+    objects: Arc<ObjectSeries>,
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_duration: Family<UpstreamKindLabels, Histogram, fn() -> Histogram>,
     grpc_requests: Family<GrpcLabels, Counter>,
@@ -83,36 +75,14 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("blend_scaler");
-        let desired_replicas = Family::default();
-        let signal_value = Family::default();
-        let signal_replicas = Family::default();
-        let signal_age = Family::default();
+        let objects = Arc::new(ObjectSeries::default());
+        registry.register_collector(Box::new(objects.clone()));
         let upstream_requests = Family::default();
         let upstream_duration =
             Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let grpc_requests = Family::default();
         let grpc_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let tracked_objects = Gauge::default();
-        registry.register(
-            "desired_replicas",
-            "Blended replica count last answered for a ScaledObject",
-            desired_replicas.clone(),
-        );
-        registry.register(
-            "signal_value",
-            "Raw value of one signal (active messages, query result, cron replicas)",
-            signal_value.clone(),
-        );
-        registry.register(
-            "signal_replicas",
-            "Replicas one signal asks for on its own",
-            signal_replicas.clone(),
-        );
-        registry.register(
-            "signal_age_seconds",
-            "Age of the value a signal was last decided with",
-            signal_age.clone(),
-        );
         registry.register(
             "upstream_requests",
             "Requests to upstreams by outcome",
@@ -140,10 +110,7 @@ impl Metrics {
         );
         Self(Arc::new(Inner {
             registry,
-            desired_replicas,
-            signal_value,
-            signal_replicas,
-            signal_age,
+            objects,
             upstream_requests,
             upstream_duration,
             grpc_requests,
@@ -186,55 +153,122 @@ impl Metrics {
         self.0.tracked_objects.set(n as i64);
     }
 
+    /// Records a ScaledObject's decision: the answer (when there is one) and each usable
+    /// signal's figures. A signal missing from this decision keeps its last figures.
     pub fn record_decision(
         &self,
         object: &ObjectLabels,
         replicas: Option<u32>,
         signals: &[(SignalKind, f64, u32, Option<Duration>)],
     ) {
+        let mut objects = self.0.objects.0.lock();
+        let series = match objects.get_mut(object) {
+            Some(series) => series,
+            None => objects.entry(object.clone()).or_default(),
+        };
         if let Some(r) = replicas {
-            self.0
-                .desired_replicas
-                .get_or_create(object)
-                .set(f64::from(r));
+            series.desired = Some(f64::from(r));
         }
-        for (kind, value, reps, age) in signals {
-            let labels = SignalLabels {
-                scaledobject_namespace: object.scaledobject_namespace.clone(),
-                scaledobject: object.scaledobject.clone(),
-                signal: kind.as_str(),
-            };
-            self.0.signal_value.get_or_create(&labels).set(*value);
-            self.0
-                .signal_replicas
-                .get_or_create(&labels)
-                .set(f64::from(*reps));
-            if let Some(age) = age {
-                self.0
-                    .signal_age
-                    .get_or_create(&labels)
-                    .set(age.as_secs_f64());
-            }
+        for &(kind, value, replicas, age) in signals {
+            series.signals[kind as usize] = Some(SignalFigures {
+                value,
+                replicas: f64::from(replicas),
+                age: age.map(|a| a.as_secs_f64()),
+            });
         }
     }
 
     /// Drops the series of a ScaledObject no longer tracked, so label sets stay bounded.
     pub fn forget(&self, object: &ObjectLabels) {
-        self.0.desired_replicas.remove(object);
-        for kind in [
-            SignalKind::ServiceBus,
-            SignalKind::Prometheus,
-            SignalKind::Cron,
-        ] {
-            let labels = SignalLabels {
-                scaledobject_namespace: object.scaledobject_namespace.clone(),
-                scaledobject: object.scaledobject.clone(),
-                signal: kind.as_str(),
-            };
-            self.0.signal_value.remove(&labels);
-            self.0.signal_replicas.remove(&labels);
-            self.0.signal_age.remove(&labels);
+        self.0.objects.0.lock().remove(object);
+    }
+}
+
+/// The per-ScaledObject series: the last decision's figures, kept once per object and
+/// written out at scrape time. (A label-keyed family per metric held about 1.6 KB per
+/// object in hash tables and label copies, and allocated labels on every KEDA call.)
+#[derive(Debug, Default)]
+struct ObjectSeries(Mutex<BTreeMap<ObjectLabels, Figures>>);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Figures {
+    desired: Option<f64>,
+    /// By [`SignalKind`], in declaration order.
+    signals: [Option<SignalFigures>; 3],
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SignalFigures {
+    value: f64,
+    replicas: f64,
+    age: Option<f64>,
+}
+
+const SIGNAL_KINDS: [SignalKind; 3] = [
+    SignalKind::ServiceBus,
+    SignalKind::Prometheus,
+    SignalKind::Cron,
+];
+
+type SignalMetric = (
+    &'static str,
+    &'static str,
+    fn(&SignalFigures) -> Option<f64>,
+);
+
+const SIGNAL_METRICS: [SignalMetric; 3] = [
+    (
+        "signal_value",
+        "Raw value of one signal (active messages, query result, cron replicas)",
+        |f| Some(f.value),
+    ),
+    (
+        "signal_replicas",
+        "Replicas one signal asks for on its own",
+        |f| Some(f.replicas),
+    ),
+    (
+        "signal_age_seconds",
+        "Age of the value a signal was last decided with",
+        |f| f.age,
+    ),
+];
+
+impl Collector for ObjectSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let objects = self.0.lock();
+        let mut family = encoder.encode_descriptor(
+            "desired_replicas",
+            "Blended replica count last answered for a ScaledObject",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (o, figures) in objects.iter() {
+            if let Some(d) = figures.desired {
+                let labels = [
+                    ("scaledobject_namespace", o.scaledobject_namespace.as_str()),
+                    ("scaledobject", o.scaledobject.as_str()),
+                ];
+                ConstGauge::new(d).encode(family.encode_family(&labels)?)?;
+            }
         }
+        for (name, help, pick) in SIGNAL_METRICS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (o, figures) in objects.iter() {
+                for (kind, f) in SIGNAL_KINDS.iter().zip(&figures.signals) {
+                    let Some(v) = f.as_ref().and_then(pick) else {
+                        continue;
+                    };
+                    let labels = [
+                        ("scaledobject_namespace", o.scaledobject_namespace.as_str()),
+                        ("scaledobject", o.scaledobject.as_str()),
+                        ("signal", kind.as_str()),
+                    ];
+                    ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -276,5 +310,47 @@ mod tests {
         }
         m.forget(&obj);
         assert!(!m.encode().contains(r#"scaledobject="orders""#));
+    }
+
+    #[test]
+    fn each_object_keeps_its_last_figures_per_signal_until_forgotten() {
+        let m = Metrics::new();
+        let obj = |name: &str| ObjectLabels {
+            scaledobject_namespace: "prod".into(),
+            scaledobject: name.into(),
+        };
+        let sb = (
+            SignalKind::ServiceBus,
+            37.0,
+            4,
+            Some(Duration::from_secs(2)),
+        );
+        let cron = (SignalKind::Cron, 3.0, 3, None);
+        m.record_decision(&obj("orders"), Some(4), &[sb, cron]);
+        m.record_decision(&obj("billing"), None, &[cron]);
+        // Service Bus missing from the next decision: its last figures stay.
+        m.record_decision(&obj("orders"), Some(3), &[(SignalKind::Cron, 3.0, 3, None)]);
+        let text = m.encode();
+        for needle in [
+            "# TYPE blend_scaler_desired_replicas gauge",
+            "# TYPE blend_scaler_signal_age_seconds gauge",
+            r#"blend_scaler_desired_replicas{scaledobject_namespace="prod",scaledobject="orders"} 3"#,
+            r#"blend_scaler_signal_value{scaledobject_namespace="prod",scaledobject="orders",signal="servicebus"} 37"#,
+            r#"blend_scaler_signal_age_seconds{scaledobject_namespace="prod",scaledobject="orders",signal="servicebus"} 2"#,
+            r#"blend_scaler_signal_replicas{scaledobject_namespace="prod",scaledobject="billing",signal="cron"} 3"#,
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        // No answer yet for billing, and cron values have no age.
+        assert!(
+            !text.contains(
+                r#"desired_replicas{scaledobject_namespace="prod",scaledobject="billing"}"#
+            )
+        );
+        assert!(!text.contains(r#"signal_age_seconds{scaledobject_namespace="prod",scaledobject="orders",signal="cron"}"#));
+        m.forget(&obj("orders"));
+        let text = m.encode();
+        assert!(!text.contains(r#"scaledobject="orders""#), "{text}");
+        assert!(text.contains(r#"scaledobject="billing""#), "{text}");
     }
 }
