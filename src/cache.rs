@@ -52,8 +52,8 @@ pub struct GroupRead<I> {
     /// The upstream asked not to be called again before this long (429/503 `Retry-After`).
     pub retry_after: Option<Duration>,
     /// Values the read saw for items nobody asked about (yet): the other entities on a list
-    /// page. An item asked about for the first time is answered from these while they are
-    /// younger than the refresh interval, instead of waking the group for a read of its own.
+    /// page. An item asked about for the first time is answered from these, as fresh as the
+    /// group's own items, instead of waking the group for a read of its own.
     pub seen_in_passing: HashMap<I, f64>,
 }
 
@@ -130,8 +130,8 @@ impl Slot {
 struct Group<U: Upstream> {
     key: U::Group,
     items: Mutex<HashMap<U::Item, Slot>>,
-    /// What reads younger than the interval saw in passing ([`GroupRead::seen_in_passing`]),
-    /// with when each read finished.
+    /// What the latest full read and the wakes since saw in passing
+    /// ([`GroupRead::seen_in_passing`]), with when each read finished.
     seen_in_passing: Mutex<HashMap<U::Item, (f64, Instant)>>,
     /// Bumped after every refresh, so waiters and streams can look again.
     generation: watch::Sender<u64>,
@@ -210,8 +210,7 @@ impl<U: Upstream> Refresher<U> {
     }
 
     /// The current observation of `item`. A never-seen item is answered from what the
-    /// group's last read saw in passing, if it is younger than the refresh interval; otherwise
-    /// it is read at once, and this waits for that first read, shared with every concurrent
+    /// group's latest reads saw in passing, if they saw it; otherwise it is read at once, and this waits for that first read, shared with every concurrent
     /// caller, at most `first_read_timeout`.
     pub async fn observe(&self, key: &U::Group, item: &U::Item) -> Observation {
         let group = self.group(key);
@@ -223,7 +222,6 @@ impl<U: Upstream> Refresher<U> {
             slot.last_asked = Some(now);
             if !slot.attempted
                 && let Some(&(v, at)) = group.seen_in_passing.lock().get(item)
-                && now.saturating_duration_since(at) < self.config.interval
             {
                 // From here on the group's reads include it.
                 slot.attempted = true;
@@ -403,10 +401,12 @@ async fn refresh_loop<U: Upstream>(
             // nothing read earlier stands in for a read of a new item.
             let refused = read.retry_after.is_some() || (full && !any_ok);
             let mut seen = g.seen_in_passing.lock();
-            if refused {
+            // A full read replaces what earlier ones saw, so an item answered from it is as
+            // fresh as the group's own; a wake's read adds to it.
+            if refused || full {
                 seen.clear();
-            } else {
-                seen.retain(|_, (_, t)| finished.saturating_duration_since(*t) < config.interval);
+            }
+            if !refused {
                 seen.extend(
                     read.seen_in_passing
                         .into_iter()
