@@ -376,6 +376,7 @@ async fn refresh_loop<U: Upstream>(
         {
             let mut slots = g.items.lock();
             let mut values = read.values;
+            let mut throttled = None;
             for item in &items {
                 let Some(slot) = slots.get_mut(item) else {
                     continue;
@@ -392,7 +393,23 @@ async fn refresh_loop<U: Upstream>(
                         slot.good = Some((v, finished));
                         slot.error = None;
                     }
-                    Err(e) => slot.error = Some(Arc::new(e)),
+                    Err(e) => {
+                        let e = Arc::new(e);
+                        if e.retry_after().is_some() {
+                            throttled = Some(e.clone());
+                        }
+                        slot.error = Some(e);
+                    }
+                }
+            }
+            // A wake's read throttled holds the whole group back: the items it did not read
+            // say why their values are ageing.
+            if let (false, Some(e)) = (full, throttled) {
+                for slot in slots
+                    .values_mut()
+                    .filter(|s| s.attempted && s.error.is_none())
+                {
+                    slot.error = Some(e.clone());
                 }
             }
         }
