@@ -194,7 +194,22 @@ fn servicebus_page(c: &mut Criterion) {
     g.bench_function("parse_100_queues", |b| {
         b.iter(|| atom::page_from(black_box(&body), "bench").unwrap())
     });
+    // The baseline: quick-xml reading the same page's events and nothing else, the floor
+    // for any parser built on it.
+    g.bench_function("quick_xml_events_only", |b| {
+        b.iter(|| {
+            let mut reader = quick_xml::Reader::from_str(black_box(&body));
+            let mut events = 0usize;
+            loop {
+                match reader.read_event().unwrap() {
+                    quick_xml::events::Event::Eof => break events,
+                    _ => events += 1,
+                }
+            }
+        })
+    });
     g.finish();
+    eprintln!("(the page is {} bytes)", body.len());
 }
 
 criterion_group!(benches, metadata_parsing, blend_decision, servicebus_page);

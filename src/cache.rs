@@ -4,8 +4,8 @@
 //! Prometheus server with its auth), not by ScaledObject. Each group has one background task
 //! that reads all of the group's watched items in one [`Upstream::read`] per refresh, however
 //! many ScaledObjects watch them. A never-seen item wakes its group at once, and concurrent
-//! callers all wait for that same read, unless the group's last read already saw it in
-//! passing (a list page holds every entity on it): then it is answered from that read. Items
+//! callers all wait for that same read, unless the group's latest reads saw it in passing (a
+//! list page holds every entity on it): then it is answered from what they saw. Items
 //! nobody asked about for `idle_ttl` are dropped; a group with none left is dropped too,
 //! which ends its task.
 
@@ -210,8 +210,9 @@ impl<U: Upstream> Refresher<U> {
     }
 
     /// The current observation of `item`. A never-seen item is answered from what the
-    /// group's latest reads saw in passing, if they saw it; otherwise it is read at once, and this waits for that first read, shared with every concurrent
-    /// caller, at most `first_read_timeout`.
+    /// group's latest reads saw in passing, if they saw it; otherwise it is read at once, and
+    /// this waits for that first read, shared with every concurrent caller, at most
+    /// `first_read_timeout`.
     pub async fn observe(&self, key: &U::Group, item: &U::Item) -> Observation {
         let group = self.group(key);
         let mut changes = group.generation.subscribe();
@@ -334,10 +335,10 @@ async fn refresh_loop<U: Upstream>(
 
         let now = Instant::now();
         // A wake before the refresh is due reads only the never-seen items (after the group's
-        // first read, which is all of them): the others keep their schedule, and a Prometheus server is not asked every query again for each
-        // new one. A wake whose new items the last read already covered (they arrived while
-        // it was in flight) needs no read at all; a new stream only brings the next full
-        // read forward.
+        // first read, which is all of them): the others keep their schedule, and a Prometheus
+        // server is not asked every query again for each new one. A wake whose new items the
+        // last read already covered (they arrived while it was in flight) needs no read at
+        // all; a new stream only brings the next full read forward.
         let full = !woken || now >= next_due || last_read.is_none();
         let (items, watched): (Vec<U::Item>, usize) = {
             let mut items = g.items.lock();
