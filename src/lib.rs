@@ -5,6 +5,7 @@ pub mod blend;
 pub mod cache;
 pub mod cli;
 pub mod cron;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod engine;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod secret;
 pub mod server;
 pub mod servicebus;
 pub mod signal;
+#[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod telemetry;
 
