@@ -6,10 +6,10 @@ pub mod cache;
 pub mod cli;
 pub mod cron;
 #[cfg(feature = "demo")]
-pub mod demo;
+mod demo;
 pub mod engine;
-pub mod error;
-pub mod grpc;
+mod error;
+mod grpc;
 pub mod metadata;
 pub mod metrics;
 pub mod prometheus;
@@ -19,7 +19,7 @@ pub mod servicebus;
 pub mod signal;
 #[cfg(feature = "simulate")]
 pub mod simulate;
-pub mod telemetry;
+mod telemetry;
 
 /// KEDA's `externalscaler` protocol, generated from `proto/externalscaler.proto`.
 pub mod proto {
