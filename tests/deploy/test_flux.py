@@ -39,10 +39,11 @@ def test_flux_objects_after_substitution_validate(flux_objects, crd_table):
 def test_kustomization_order():
     cluster = d.flux_cluster_objects()
     ks = {k.name: k for k in d.flux_kustomizations(cluster)}
-    assert set(ks) == {"infra-controllers", "infra-configs", "applications"}
+    assert set(ks) == {"infra-controllers", "infra-configs", "blend-scaler", "applications"}
     assert ks["infra-controllers"].depends_on == []
     assert ks["infra-configs"].depends_on == ["infra-controllers"]
     assert ks["applications"].depends_on == ["infra-configs"]
+    assert ks["blend-scaler"].depends_on == ["infra-controllers"]
     sources = {x["metadata"]["name"] for x in cluster if x["kind"] == "GitRepository"}
     for k in ks.values():
         assert k.source in sources
