@@ -113,3 +113,14 @@ def test_network_policies_present(flux_objects):
     objects, _ = flux_objects
     nps = [x for x in objects["infra-configs"] if x["kind"] == "NetworkPolicy"]
     assert any(x["metadata"]["name"] == "default-deny-ingress" for x in nps)
+
+
+def test_ci_production_values_are_the_helm_release_values(flux_objects):
+    """charts/blend-scaler/ci/production-values.yaml is what the chart is
+    linted and snapshotted with for production: it must not drift from Flux."""
+    import yaml
+
+    objects, _ = flux_objects
+    hr = _find(objects, "HelmRelease", "blend-scaler")
+    ci = yaml.safe_load((d.CHART_CI / "production-values.yaml").read_text())
+    assert ci == hr["spec"]["values"]

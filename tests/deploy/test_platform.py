@@ -271,3 +271,16 @@ def test_deploy_doc_walks_from_bicep_to_a_scaling_order_processor_in_order():
     assert "order-processor-scaler" in (d.FLUX / "apps" / "base" / "order-processor" / "scaledobject.yaml").read_text()
     for k in ("infra-controllers", "infra-configs", "blend-scaler", "applications"):
         assert k in walk
+
+
+def test_deploy_doc_covers_the_aks_specifics():
+    doc = (d.REPO / "docs" / "deploy.md").read_text()
+    aks = doc.split("## AKS specifics", 1)[1].split("\n## ", 1)[0]
+    # The add-on: its namespace, the chart value, the versions that refuse fallback with cpu/memory.
+    assert "kube-system" in aks and "networkPolicy.keda.namespace" in aks and "2.14 to 2.16" in aks and "2.17" in aks
+    # UDR egress: the hosts the platform itself needs beyond AKS's own list.
+    for host in ("servicebus.windows.net", "login.microsoftonline.com", "ghcr.io", "docker.io", "quay.io", "applicationinsights.azure.com"):
+        assert host in aks, host
+    assert "Network Contributor" in aks and "network-roles.bicep" in aks
+    assert "multiTenancy.enforce=false" in aks
+    assert (d.CHART_CI / "aks-keda-addon-values.yaml").is_file()
