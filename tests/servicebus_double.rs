@@ -17,7 +17,8 @@ use blend_scaler::servicebus::client::{Client, ClientOptions, Connection};
 use blend_scaler::servicebus::{NamespaceKey, ServiceBusUpstream, Watched};
 use blend_scaler::signal::SignalError;
 use blend_scaler_testkit::servicebus::{
-    ApiVersion, Counts, CountsPrefix, Fault, RetryAfter, ServiceBusDouble, verify_sas,
+    ApiVersion, Counts, CountsPrefix, DoubleOptions, Fault, RetryAfter, ServiceBusDouble,
+    verify_sas,
 };
 
 fn connect(double: &ServiceBusDouble, key: &str) -> Connection {
@@ -241,6 +242,35 @@ async fn workload_identity_exchanges_once_and_reads_with_the_bearer_token() {
         .clone()
         .unwrap_err();
     assert!(e.to_string().contains("AZURE_CLIENT_ID"), "{e}");
+}
+
+#[tokio::test]
+async fn a_token_endpoint_claiming_an_absurd_lifetime_does_not_break_reads() {
+    let double = ServiceBusDouble::start_with(DoubleOptions {
+        token_lifetime: Duration::from_secs(u64::MAX),
+        ..DoubleOptions::default()
+    })
+    .await
+    .unwrap();
+    double.set_queue("orders", 5);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, &double.options().federated_token).unwrap();
+    let upstream = ServiceBusUpstream::with_options(
+        Metrics::new(),
+        ClientOptions::default(),
+        Ok(keda::workload_identity(&double, file)),
+    );
+    let ns = namespace(&double, ServiceBusAuth::WorkloadIdentity);
+    for _ in 0..2 {
+        let read = upstream.read(&ns, &[queue("orders")]).await;
+        assert_eq!(read.values[&queue("orders")], Ok(5.0));
+    }
+    assert_eq!(
+        double.token_requests(),
+        1,
+        "the token is kept, renewed later"
+    );
 }
 
 #[tokio::test]

@@ -245,7 +245,12 @@ impl WorkloadIdentity {
         let (token, lifetime) = result?;
         // Renew RENEW_BEFORE ahead, or at half-life for short-lived tokens.
         let margin = RENEW_BEFORE.min(lifetime / 2);
-        *cached = Some((token.clone(), Instant::now() + lifetime - margin));
+        // (Checked: a token endpoint's absurd `expires_in` means "renew much later", never
+        // a panic inside a refresh.)
+        let renew_at = Instant::now()
+            .checked_add(lifetime.saturating_sub(margin))
+            .unwrap_or_else(Instant::now);
+        *cached = Some((token.clone(), renew_at));
         Ok(token)
     }
 
@@ -324,7 +329,11 @@ impl WorkloadIdentity {
             .as_u64()
             .or_else(|| json["expires_in"].as_str().and_then(|s| s.parse().ok()))
             .unwrap_or(300);
-        Ok((Secret::new(token), Duration::from_secs(lifetime.max(1))))
+        // Azure AD access tokens live at most a day; anything claiming longer is renewed daily.
+        Ok((
+            Secret::new(token),
+            Duration::from_secs(lifetime.clamp(1, 24 * 3600)),
+        ))
     }
 }
 

@@ -13,20 +13,28 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::FutureExt;
 use parking_lot::Mutex;
-use rand::RngExt;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::signal::{Observation, SignalError};
 
+mod schedule;
+
+use schedule::{Action, Outcome, Pending, Schedule, after};
+
 /// How long a wake waits for more never-seen items before reading.
 const COALESCE: Duration = Duration::from_millis(5);
+
+/// moka refuses idle times past 1,000 years; a group idle for ten is gone anyway.
+const MAX_TIME_TO_IDLE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// An upstream that can read several items of one group in one go.
 pub trait Upstream: Send + Sync + 'static {
@@ -166,7 +174,12 @@ impl<U: Upstream> Refresher<U> {
         // A group lives while its task holds it; the map only finds it. Its own idle timer
         // is a backstop for a task that ended.
         let groups = moka::sync::Cache::builder()
-            .time_to_idle(config.idle_ttl + config.interval * 2)
+            .time_to_idle(
+                config
+                    .idle_ttl
+                    .saturating_add(config.interval.saturating_mul(2))
+                    .min(MAX_TIME_TO_IDLE),
+            )
             .build();
         Self {
             upstream,
@@ -199,12 +212,20 @@ impl<U: Upstream> Refresher<U> {
                 wake: Notify::new(),
                 fast_watchers: AtomicUsize::new(0),
             });
-            tokio::spawn(refresh_loop(
+            let (weak, upstream, config, groups) = (
                 Arc::downgrade(&group),
                 self.upstream.clone(),
                 self.config.clone(),
                 self.groups.clone(),
-            ));
+            );
+            tokio::spawn(supervise(key.clone(), self.config.interval, move || {
+                refresh_loop(
+                    weak.clone(),
+                    upstream.clone(),
+                    config.clone(),
+                    groups.clone(),
+                )
+            }));
             group
         })
     }
@@ -233,7 +254,7 @@ impl<U: Upstream> Refresher<U> {
             }
         }
         group.wake.notify_one();
-        let deadline = Instant::now() + self.config.first_read_timeout;
+        let deadline = after(Instant::now(), self.config.first_read_timeout);
         loop {
             let done = tokio::time::timeout_at(deadline, changes.changed()).await;
             let items = group.items.lock();
@@ -297,123 +318,104 @@ impl<U: Upstream, P: Send + Sync + 'static> SignalSource<P> for Keyed<U, P> {
     }
 }
 
+/// Runs a group's refresh task and starts it again if it panics, so a group never stays
+/// registered without a task refreshing it (every ScaledObject on it would answer
+/// `UNAVAILABLE` for good). A task that ends normally (its group dropped) is not restarted.
+async fn supervise<F, Fut>(what: impl Debug, pause: Duration, mut start: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match tokio::spawn(start()).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                tracing::error!(group = ?what, "a refresh task panicked; restarting it");
+                tokio::time::sleep(pause).await;
+            }
+            // Cancelled: the runtime is shutting down.
+            Err(_) => return,
+        }
+    }
+}
+
+/// One read, with a panic inside the upstream turned into an error for every item: the
+/// task carries on and the values say why they are missing.
+async fn read_guarded<U: Upstream>(
+    upstream: &U,
+    group: &U::Group,
+    items: &[U::Item],
+) -> GroupRead<U::Item> {
+    match AssertUnwindSafe(upstream.read(group, items))
+        .catch_unwind()
+        .await
+    {
+        Ok(read) => read,
+        Err(_) => {
+            tracing::error!(group = ?group, "an upstream read panicked");
+            GroupRead::all_failed(
+                items,
+                SignalError::Other("the upstream read failed unexpectedly".into()),
+            )
+        }
+    }
+}
+
+/// The thin driver of a group's [`Schedule`]: sleeps until it says, reads what it says,
+/// reports how the read went.
 async fn refresh_loop<U: Upstream>(
     group: Weak<Group<U>>,
     upstream: Arc<U>,
     config: RefreshConfig,
     groups: moka::sync::Cache<U::Group, Arc<Group<U>>>,
 ) {
-    let mut failures: u32 = 0;
-    let mut not_before = Instant::now();
-    // The first read comes from the wake of whoever created the group.
-    let mut next_due = Instant::now() + config.interval;
-    let mut last_read: Option<Instant> = None;
-    let mut last_started: Option<Instant> = None;
-    // Wakes read a group at most this often: see below.
-    let wake_spacing = config.interval.min(config.fast_interval);
+    let mut schedule = Schedule::new(&config, Instant::now());
     loop {
         let Some(g) = group.upgrade() else { return };
-        // Wait until due, or until a new item or stream wakes the group; never before the
-        // upstream's own Retry-After or our backoff.
-        let wait_until = next_due.max(not_before);
         let woken = tokio::select! {
-            _ = tokio::time::sleep_until(wait_until) => false,
+            _ = tokio::time::sleep_until(schedule.sleep_until()) => false,
             _ = g.wake.notified() => {
-                // KEDA asks about many ScaledObjects at once after a restart: a moment's
-                // pause lets one read cover the whole burst of never-seen items. KEDA's
-                // polls also come spread over its polling interval, each bringing one
-                // never-seen item: within `wake_spacing` of the last read's start they wait
-                // for the next wake read together, so a namespace is read once a second at
-                // most, not once per new ScaledObject (SPEC 5), and a first answer still
-                // comes within about a second plus the read (SPEC 4).
-                let spaced = last_started.map_or(not_before, |t| t + wake_spacing);
-                let until = not_before.max(Instant::now() + COALESCE).max(spaced);
-                tokio::time::sleep_until(until).await;
+                tokio::time::sleep_until(schedule.wake_read_at(Instant::now(), COALESCE)).await;
                 true
             }
         };
 
         let now = Instant::now();
-        // A wake before the refresh is due reads only the never-seen items (after the group's
-        // first read, which is all of them): the others keep their schedule, and a Prometheus
-        // server is not asked every query again for each new one. A wake whose new items the
-        // last read already covered (they arrived while it was in flight) needs no read at
-        // all; a new stream only brings the next full read forward.
-        let full = !woken || now >= next_due || last_read.is_none();
-        let (items, watched): (Vec<U::Item>, usize) = {
+        let streaming = || g.fast_watchers.load(Ordering::SeqCst) > 0;
+        let (action, items) = {
             let mut items = g.items.lock();
             items.retain(|_, slot| {
                 slot.last_asked
                     .is_some_and(|t| now.saturating_duration_since(t) < config.idle_ttl)
             });
-            let read = items
-                .iter()
-                .filter(|(_, slot)| full || !slot.attempted)
-                .map(|(item, _)| item.clone())
-                .collect();
-            (read, items.len())
+            let pending = Pending {
+                watched: items.len(),
+                new: items.values().filter(|slot| !slot.attempted).count(),
+                streaming: streaming(),
+            };
+            let action = schedule.decide(now, woken, pending);
+            let read: Vec<U::Item> = match action {
+                Action::Read { full } => items
+                    .iter()
+                    .filter(|(_, slot)| full || !slot.attempted)
+                    .map(|(item, _)| item.clone())
+                    .collect(),
+                Action::Wait | Action::Drop => Vec::new(),
+            };
+            (action, read)
         };
-        if !full && items.is_empty() {
-            if g.fast_watchers.load(Ordering::SeqCst) > 0 {
-                let fast = last_read.map_or(now, |t| t + config.fast_interval);
-                next_due = next_due.min(fast);
+        let full = match action {
+            Action::Read { full } => full,
+            Action::Wait => continue,
+            Action::Drop => {
+                groups.invalidate(&g.key);
+                return;
             }
-            continue;
-        }
-        if watched == 0 && g.fast_watchers.load(Ordering::SeqCst) == 0 {
-            // Nobody asks any more: drop the group and end the task.
-            groups.invalidate(&g.key);
-            return;
-        }
-        if items.is_empty() {
-            next_due = now + config.fast_interval;
-            continue;
-        }
+        };
 
-        last_started = Some(now);
-        let read = upstream.read(&g.key, &items).await;
+        let read = read_guarded(&*upstream, &g.key, &items).await;
         let finished = Instant::now();
-        let mut any_ok = false;
-        {
-            let mut slots = g.items.lock();
-            let mut values = read.values;
-            let mut throttled = None;
-            for item in &items {
-                let Some(slot) = slots.get_mut(item) else {
-                    continue;
-                };
-                slot.attempted = true;
-                match values.remove(item).unwrap_or_else(|| {
-                    Err(SignalError::Other(
-                        "the upstream did not report this item".into(),
-                    ))
-                }) {
-                    Ok(v) => {
-                        any_ok = true;
-                        slot.previous_good = slot.good;
-                        slot.good = Some((v, finished));
-                        slot.error = None;
-                    }
-                    Err(e) => {
-                        let e = Arc::new(e);
-                        if e.retry_after().is_some() {
-                            throttled = Some(e.clone());
-                        }
-                        slot.error = Some(e);
-                    }
-                }
-            }
-            // A wake's read throttled holds the whole group back: the items it did not read
-            // say why their values are ageing.
-            if let (false, Some(e)) = (full, throttled) {
-                for slot in slots
-                    .values_mut()
-                    .filter(|s| s.attempted && s.error.is_none())
-                {
-                    slot.error = Some(e.clone());
-                }
-            }
-        }
+        let any_ok = store(&g, &items, read.values, full, finished);
         {
             // Throttled, or a full read failing throughout: the upstream refuses us now, and
             // nothing read earlier stands in for a read of a new item.
@@ -433,37 +435,61 @@ async fn refresh_loop<U: Upstream>(
             }
         }
         g.generation.send_modify(|n| *n += 1);
-
-        if full {
-            last_read = Some(finished);
-            let interval = if g.fast_watchers.load(Ordering::SeqCst) > 0 {
-                config.interval.min(config.fast_interval)
-            } else {
-                config.interval
-            };
-            next_due = finished + interval;
-        }
-        if let Some(pause) = read.retry_after {
-            not_before = finished + pause;
-            failures = failures.saturating_add(1);
-        } else if any_ok {
-            failures = 0;
-            not_before = finished;
-        } else if full {
-            // (A wake's read of new items failing alone, a misspelt queue say, says nothing
-            // about the upstream: it does not hold the others' refresh back.)
-            failures = failures.saturating_add(1);
-            not_before = finished + backoff(&config, failures);
-        }
+        let outcome = Outcome {
+            retry_after: read.retry_after,
+            any_ok,
+        };
+        schedule.read_done(finished, full, outcome, streaming());
     }
 }
 
-/// Exponential backoff with full jitter above the normal interval: 1, 2, 4… intervals, capped.
-fn backoff(config: &RefreshConfig, failures: u32) -> Duration {
-    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
-    let ceiling = (config.interval * factor).min(config.max_backoff);
-    let extra = ceiling.saturating_sub(config.interval);
-    config.interval + extra.mul_f64(rand::rng().random_range(0.0..=1.0))
+/// Stores one read's values in the group's slots; whether any item got a value.
+fn store<U: Upstream>(
+    g: &Group<U>,
+    items: &[U::Item],
+    mut values: HashMap<U::Item, Result<f64, SignalError>>,
+    full: bool,
+    finished: Instant,
+) -> bool {
+    let mut any_ok = false;
+    let mut slots = g.items.lock();
+    let mut throttled = None;
+    for item in items {
+        let Some(slot) = slots.get_mut(item) else {
+            continue;
+        };
+        slot.attempted = true;
+        match values.remove(item).unwrap_or_else(|| {
+            Err(SignalError::Other(
+                "the upstream did not report this item".into(),
+            ))
+        }) {
+            Ok(v) => {
+                any_ok = true;
+                slot.previous_good = slot.good;
+                slot.good = Some((v, finished));
+                slot.error = None;
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                if e.retry_after().is_some() {
+                    throttled = Some(e.clone());
+                }
+                slot.error = Some(e);
+            }
+        }
+    }
+    // A wake's read throttled holds the whole group back: the items it did not read say why
+    // their values are ageing.
+    if let (false, Some(e)) = (full, throttled) {
+        for slot in slots
+            .values_mut()
+            .filter(|s| s.attempted && s.error.is_none())
+        {
+            slot.error = Some(e.clone());
+        }
+    }
+    any_ok
 }
 
 #[cfg(test)]
@@ -482,6 +508,8 @@ mod tests {
         list: Mutex<bool>,
         /// The items of every read, sorted.
         batches: Mutex<Vec<Vec<&'static str>>>,
+        /// Reads panic (a bug in an upstream client, an absurd token lifetime).
+        panic: Mutex<bool>,
     }
 
     impl Upstream for Table {
@@ -499,6 +527,9 @@ mod tests {
             self.batches.lock().push(batch);
             let delay = *self.delay.lock();
             tokio::time::sleep(delay).await;
+            if *self.panic.lock() {
+                panic!("the upstream client hit a bug");
+            }
             if let Some(pause) = *self.retry_after.lock() {
                 return GroupRead::all_failed(
                     items,
@@ -768,12 +799,39 @@ mod tests {
         assert_eq!(t.reads.load(Ordering::SeqCst), reads, "the task ended");
     }
 
-    #[test]
-    fn backoff_grows_and_stays_capped() {
-        let c = config();
-        for failures in 1..40 {
-            let b = backoff(&c, failures);
-            assert!(b >= c.interval && b <= c.max_backoff, "{failures}: {b:?}");
-        }
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_read_reports_an_error_and_the_group_keeps_being_refreshed() {
+        let t = table(&[("orders", 4.0)]);
+        *t.panic.lock() = true;
+        let r = Refresher::from_arc(t.clone(), config());
+        let obs = r.observe(&"ns", &"orders").await;
+        assert_eq!(obs.value, None);
+        assert!(
+            matches!(obs.error.as_deref(), Some(SignalError::Other(_))),
+            "{obs:?}"
+        );
+        // The bug goes away (a token endpoint answers sensibly again): the next refresh,
+        // backed off like any failure, reads the value.
+        *t.panic.lock() = false;
+        tokio::time::sleep(Duration::from_millis(5_100)).await;
+        assert_eq!(r.observe(&"ns", &"orders").await.value, Some(4.0));
+        assert_eq!(t.reads.load(Ordering::SeqCst), 2);
+        assert_eq!(r.group_count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_task_that_panics_is_started_again_and_one_that_ends_is_not() {
+        let starts = Arc::new(AtomicU32::new(0));
+        let counted = starts.clone();
+        supervise("ns", Duration::from_secs(5), move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    panic!("a bug in the task");
+                }
+            }
+        })
+        .await;
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
     }
 }
