@@ -4,10 +4,12 @@
 pub mod blend;
 pub mod cache;
 pub mod cli;
+pub mod crd;
 pub mod cron;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod external_metrics;
 pub mod grpc;
 pub mod metadata;
 pub mod metrics;
