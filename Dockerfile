@@ -15,11 +15,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY . .
 # Registry and target caches survive between builds; the binary is copied out
-# of the cache mount so the next stage can see it.
+# of the cache mount so the next stage can see it. Only `serve`'s features: no
+# demo upstreams or simulator (scripts/check-serve-binary checks this line's build).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin blend-scaler \
+    cargo build --release --locked --bin blend-scaler --no-default-features --features otlp \
  && install -D -m 0755 target/release/blend-scaler /out/blend-scaler \
  && strip /out/blend-scaler
 

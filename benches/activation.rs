@@ -18,7 +18,7 @@ use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{IsActiveResponse, ScaledObjectRef};
 use blend_scaler::server::{self, ServerConfig};
-use blend_scaler::servicebus::double::ServiceBusDouble;
+use blend_scaler_testkit::servicebus::ServiceBusDouble;
 use support::{Args, Rng};
 use tokio::time::Instant;
 

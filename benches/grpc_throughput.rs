@@ -26,7 +26,7 @@ use blend_scaler::proto::{
     GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
     MetricValue, ScaledObjectRef,
 };
-use blend_scaler::servicebus::double::ServiceBusDouble;
+use blend_scaler_testkit::servicebus::ServiceBusDouble;
 use futures::StreamExt;
 use support::Args;
 use tonic::transport::{Channel, Endpoint, Server};

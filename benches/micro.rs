@@ -143,7 +143,7 @@ fn blend_decision(c: &mut Criterion) {
 fn list_page() -> String {
     use blend_scaler::secret::Secret;
     use blend_scaler::servicebus::auth::sas_token;
-    use blend_scaler::servicebus::double::ServiceBusDouble;
+    use blend_scaler_testkit::servicebus::ServiceBusDouble;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

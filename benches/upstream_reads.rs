@@ -43,7 +43,7 @@ use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use blend_scaler::server::{self, ServerConfig};
-use blend_scaler::servicebus::double::ServiceBusDouble;
+use blend_scaler_testkit::servicebus::ServiceBusDouble;
 use support::{Args, Rng};
 use tokio::time::{Instant, MissedTickBehavior};
 use tonic::transport::Channel;

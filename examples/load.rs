@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
-use blend_scaler::servicebus::double::ServiceBusDouble;
+use blend_scaler_testkit::servicebus::ServiceBusDouble;
 use tonic::transport::{Channel, Endpoint};
 
 struct Args {

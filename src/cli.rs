@@ -38,8 +38,10 @@ pub enum Command {
     /// Validate, read the live upstreams once, and show how the answer is made.
     Explain(InputArgs),
     /// Run the real server against simulated upstreams and print a scripted day.
+    #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
     /// Replay a traffic trace through blend-scaler and KEDA's built-in triggers, side by side.
+    #[cfg(feature = "simulate")]
     Simulate(crate::simulate::SimulateArgs),
 }
 
@@ -83,7 +85,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check(&args),
         Command::Serve(args) => runtime()?.block_on(serve(args)),
         Command::Explain(args) => runtime()?.block_on(explain(&args)),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
+        #[cfg(feature = "simulate")]
         Command::Simulate(args) => crate::simulate::run(args),
     }
 }

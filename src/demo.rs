@@ -3,9 +3,10 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use blend_scaler_testkit::{ServiceBusDouble, StaticPrometheus};
 use chrono::{DateTime, TimeZone, Utc};
 use clap::Args;
 
@@ -14,7 +15,6 @@ use crate::engine::EngineConfig;
 use crate::proto::external_scaler_client::ExternalScalerClient;
 use crate::proto::{GetMetricsRequest, ScaledObjectRef};
 use crate::server::{self, ServerConfig};
-use crate::servicebus::double::ServiceBusDouble;
 use crate::signal::SignalKind;
 
 #[derive(Args, Debug)]
@@ -97,7 +97,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         },
         ..ServerConfig::loopback()
     };
-    let prometheus = FakePrometheus::start().await?;
+    let prometheus = StaticPrometheus::start().await?;
     let bus = ServiceBusDouble::start().await?;
     bus.set_queue("order-processing", 0);
     let running = server::start_with_default_sources(config).await?;
@@ -207,44 +207,4 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     running.shutdown().await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// A Prometheus HTTP API that answers every instant query with one settable value.
-struct FakePrometheus {
-    addr: std::net::SocketAddr,
-    value: Arc<AtomicU64>,
-}
-
-impl FakePrometheus {
-    async fn start() -> anyhow::Result<Self> {
-        let value = Arc::new(AtomicU64::new(0f64.to_bits()));
-        let shared = value.clone();
-        let app = axum::Router::new().route(
-            "/api/v1/query",
-            axum::routing::get(move || {
-                let v = f64::from_bits(shared.load(Ordering::SeqCst));
-                async move {
-                    let now = Utc::now().timestamp();
-                    axum::Json(serde_json::json!({
-                        "status": "success",
-                        "data": {"resultType": "vector", "result": [
-                            {"metric": {}, "value": [now, v.to_string()]}
-                        ]}
-                    }))
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Self { addr, value })
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn set(&self, v: f64) {
-        self.value.store(v.to_bits(), Ordering::SeqCst);
-    }
 }

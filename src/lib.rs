@@ -6,11 +6,12 @@ pub mod cache;
 pub mod cli;
 pub mod crd;
 pub mod cron;
-pub mod demo;
+#[cfg(feature = "demo")]
+mod demo;
 pub mod engine;
-pub mod error;
+mod error;
 pub mod external_metrics;
-pub mod grpc;
+mod grpc;
 pub mod metadata;
 pub mod metrics;
 pub mod prometheus;
@@ -18,8 +19,9 @@ pub mod secret;
 pub mod server;
 pub mod servicebus;
 pub mod signal;
+#[cfg(feature = "simulate")]
 pub mod simulate;
-pub mod telemetry;
+mod telemetry;
 
 /// KEDA's `externalscaler` protocol, generated from `proto/externalscaler.proto`.
 pub mod proto {

@@ -3,8 +3,11 @@
 
 use std::io::IsTerminal;
 
+#[cfg(feature = "otlp")]
 use opentelemetry::trace::TracerProvider as _;
+#[cfg(feature = "otlp")]
 use opentelemetry_sdk::Resource;
+#[cfg(feature = "otlp")]
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -28,8 +31,9 @@ impl LogFormat {
 }
 
 /// Keeps the trace exporter alive; flushes it when dropped.
-pub struct Telemetry(Option<SdkTracerProvider>);
+pub struct Telemetry(#[cfg(feature = "otlp")] Option<SdkTracerProvider>);
 
+#[cfg(feature = "otlp")]
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
@@ -51,7 +55,39 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+    #[cfg(feature = "otlp")]
+    {
+        let provider = otlp_provider()?;
+        let otel = provider
+            .as_ref()
+            .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("blend-scaler")));
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt)
+            .with(otel)
+            .try_init()?;
+        Ok(Telemetry(provider))
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt)
+            .try_init()?;
+        if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|e| !e.is_empty()) {
+            tracing::warn!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set but this build has no OTLP exporter \
+                 (built without the `otlp` feature); no traces are exported"
+            );
+        }
+        Ok(Telemetry())
+    }
+}
+
+/// A tracer provider exporting over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+#[cfg(feature = "otlp")]
+fn otlp_provider() -> anyhow::Result<Option<SdkTracerProvider>> {
+    Ok(match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {
             // The exporter reads the endpoint and headers from the standard OTEL_* variables.
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -69,14 +105,5 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
             )
         }
         _ => None,
-    };
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("blend-scaler")));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init()?;
-    Ok(Telemetry(provider))
+    })
 }

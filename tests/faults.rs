@@ -14,26 +14,25 @@
 //! Real time throughout (paused time would jump the clock while a request is on a socket),
 //! with a short refresh interval and `staleAfter=3s`.
 
+#[path = "support/keda.rs"]
+mod keda;
 #[path = "support/prometheus.rs"]
 mod prometheus_support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use blend_scaler::cache::RefreshConfig;
 use blend_scaler::engine::{EngineConfig, Sources};
 use blend_scaler::metrics::Metrics;
-use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
-use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
-use blend_scaler::server::{self, Running, ServerConfig};
+use blend_scaler::proto::ScaledObjectRef;
+use blend_scaler::server::{Running, ServerConfig};
 use blend_scaler::servicebus::client::ClientOptions;
-use blend_scaler::servicebus::double::{Fault, RetryAfter, Served, ServiceBusDouble};
 use blend_scaler::servicebus::{self, ServiceBusUpstream};
+use blend_scaler_testkit::servicebus::{Fault, RetryAfter, Served, ServiceBusDouble};
 use parking_lot::Mutex;
 use prometheus_support::{Prometheus, Proxy};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// The refresh interval (and the fast one) of the scaler under test.
@@ -80,7 +79,7 @@ async fn finish(s: Scaler) {
 
 struct Scaler {
     running: Running,
-    client: ExternalScalerClient<Channel>,
+    client: keda::Client,
 }
 
 /// The scaler on loopback with both upstream sources; Service Bus requests time out after
@@ -115,28 +114,14 @@ async fn scaler(servicebus_timeout: Duration) -> Scaler {
         refresh,
         ..EngineConfig::default()
     };
-    let running = server::start(config, sources, metrics)
-        .await
-        .expect("the scaler starts");
-    let client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr))
-        .await
-        .expect("a gRPC connection");
+    let (running, client) = keda::start(config, sources, metrics).await;
     Scaler { running, client }
 }
 
 fn object(name: &str, pairs: &[(&str, String)]) -> ScaledObjectRef {
-    let mut md: HashMap<String, String> = HashMap::from([
-        ("scalerAddress".into(), "blend-scaler.keda:9090".into()),
-        ("staleAfter".into(), STALE_AFTER.into()),
-    ]);
-    for (k, v) in pairs {
-        md.insert(k.to_string(), v.clone());
-    }
-    ScaledObjectRef {
-        name: name.into(),
-        namespace: "faults".into(),
-        scaler_metadata: md,
-    }
+    let mut md = keda::metadata([keda::SCALER_ADDRESS, ("staleAfter", STALE_AFTER)]);
+    md.extend(keda::metadata(pairs.iter().cloned()));
+    keda::object("faults", name, md)
 }
 
 /// A ScaledObject on queue `queue` of the double (`messageCount` 5).
@@ -174,22 +159,12 @@ impl Answer {
 async fn poll(s: &Scaler, obj: &ScaledObjectRef) -> Answer {
     let mut client = s.client.clone();
     let at = Instant::now();
-    let metrics = client
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(obj.clone()),
-            metric_name: "s0-blended-replicas".into(),
-        })
+    let metrics = keda::metric_value(&mut client, obj, keda::METRIC)
         .await
-        .map(|r| {
-            let values = r.into_inner().metric_values;
-            assert_eq!(values.len(), 1, "exactly one metric value");
-            let v = &values[0];
-            assert_eq!(
-                v.metric_value as f64, v.metric_value_float,
-                "int and float agree"
-            );
-            assert!(v.metric_value >= 0, "never negative: {v:?}");
-            v.metric_value
+        .map(|(int, float)| {
+            assert_eq!(int as f64, float, "int and float agree");
+            assert!(int >= 0, "never negative: {int}");
+            int
         });
     let took = at.elapsed();
     assert!(took < ANSWER_BOUND, "GetMetrics took {took:?}: {metrics:?}");

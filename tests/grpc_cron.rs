@@ -1,6 +1,9 @@
 //! The real server on loopback, driven the way KEDA drives an external scaler, with the cron
 //! signal (which needs no upstream).
 
+#[path = "support/keda.rs"]
+mod keda;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -31,31 +34,21 @@ async fn start(clock: Arc<AtomicI64>, tls: Option<TlsFiles>) -> Running {
 }
 
 fn business_hours() -> HashMap<String, String> {
-    [
-        ("scalerAddress", "blend-scaler.keda:9090"),
+    keda::metadata([
+        keda::SCALER_ADDRESS,
         ("timezone", "Europe/Berlin"),
         ("start", "0 8 * * 1-5"),
         ("end", "0 20 * * 1-5"),
         ("desiredReplicas", "4"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    ])
 }
 
 fn object(metadata: HashMap<String, String>) -> ScaledObjectRef {
-    ScaledObjectRef {
-        name: "orders".into(),
-        namespace: "production".into(),
-        scaler_metadata: metadata,
-    }
+    keda::object("production", "orders", metadata)
 }
 
 /// KEDA's sequence: GetMetricSpec once, then GetMetrics and IsActive on each poll.
-async fn keda_poll(
-    client: &mut ExternalScalerClient<Channel>,
-    obj: &ScaledObjectRef,
-) -> (String, i64, f64, bool) {
+async fn keda_poll(client: &mut keda::Client, obj: &ScaledObjectRef) -> (String, i64, f64, bool) {
     let spec = client
         .get_metric_spec(obj.clone())
         .await
@@ -64,28 +57,10 @@ async fn keda_poll(
     assert_eq!(spec.metric_specs.len(), 1, "exactly one metric spec");
     let spec = &spec.metric_specs[0];
     assert_eq!((spec.target_size, spec.target_size_float), (1, 1.0));
-    let values = client
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(obj.clone()),
-            metric_name: format!("s0-{}", spec.metric_name),
-        })
+    let (int, float, active) = keda::poll(client, obj, &format!("s0-{}", spec.metric_name))
         .await
-        .unwrap()
-        .into_inner()
-        .metric_values;
-    assert_eq!(values.len(), 1, "exactly one metric value");
-    let active = client
-        .is_active(obj.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .result;
-    (
-        spec.metric_name.clone(),
-        values[0].metric_value,
-        values[0].metric_value_float,
-        active,
-    )
+        .unwrap();
+    (spec.metric_name.clone(), int, float, active)
 }
 
 #[tokio::test]
@@ -97,9 +72,7 @@ async fn inside_a_window_keda_sees_the_desired_replicas_and_an_active_scaler() {
             .timestamp(),
     ));
     let server = start(clock.clone(), None).await;
-    let mut client = ExternalScalerClient::connect(format!("http://{}", server.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = keda::connect(&server).await;
     let obj = object(business_hours());
 
     let (name, int, float, active) = keda_poll(&mut client, &obj).await;
@@ -122,9 +95,7 @@ async fn inside_a_window_keda_sees_the_desired_replicas_and_an_active_scaler() {
 async fn bad_metadata_is_invalid_argument_naming_the_key() {
     let clock = Arc::new(AtomicI64::new(0));
     let server = start(clock, None).await;
-    let mut client = ExternalScalerClient::connect(format!("http://{}", server.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = keda::connect(&server).await;
     let mut md = business_hours();
     md.insert("desiredReplicas".into(), "many".into());
     md.insert("timezone".into(), "Atlantis/Central".into());
@@ -203,9 +174,7 @@ async fn streams_send_the_current_state_at_once_and_follow_the_window() {
             .timestamp(),
     ));
     let server = start(clock.clone(), None).await;
-    let mut client = ExternalScalerClient::connect(format!("http://{}", server.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = keda::connect(&server).await;
     let obj = object(business_hours());
 
     let mut specs = client
@@ -241,9 +210,7 @@ async fn streams_send_the_current_state_at_once_and_follow_the_window() {
 #[tokio::test]
 async fn metrics_and_probes_are_served_over_http() {
     let server = start(Arc::new(AtomicI64::new(0)), None).await;
-    let mut client = ExternalScalerClient::connect(format!("http://{}", server.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = keda::connect(&server).await;
     keda_poll(&mut client, &object(business_hours())).await;
     let base = format!("http://{}", server.http_addr.unwrap());
     let http = reqwest::Client::new();
@@ -370,17 +337,12 @@ async fn an_upstream_outside_the_allowlist_is_permission_denied() {
     let server = server::start(config, Default::default(), Metrics::new())
         .await
         .unwrap();
-    let mut client = ExternalScalerClient::connect(format!("http://{}", server.grpc_addr))
-        .await
-        .unwrap();
-    let md: HashMap<String, String> = [
+    let mut client = keda::connect(&server).await;
+    let md = keda::metadata([
         ("serverAddress", "http://169.254.169.254:9090"),
         ("query", "up"),
         ("threshold", "1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let status = client.get_metric_spec(object(md)).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(

@@ -4,76 +4,44 @@
 #[path = "support/prometheus.rs"]
 mod prometheus_support;
 
-use std::collections::HashMap;
+#[path = "support/keda.rs"]
+mod keda;
+
 use std::time::Duration;
 
 use blend_scaler::blend::replicas_for;
-use blend_scaler::cache::RefreshConfig;
-use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
-use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
-use blend_scaler::server::{self, Running, ServerConfig};
+use blend_scaler::proto::ScaledObjectRef;
+use blend_scaler::server::{Running, ServerConfig};
+use keda::Client;
 use prometheus_support::Prometheus;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const INTERVAL: Duration = Duration::from_millis(500);
 
 /// The scaler on loopback with `serve`'s sources, refreshing every [`INTERVAL`].
-async fn scaler() -> (Running, ExternalScalerClient<Channel>) {
-    let refresh = RefreshConfig {
-        interval: INTERVAL,
-        fast_interval: INTERVAL,
-        // Short, so the recovery test sees the server again within seconds.
-        max_backoff: Duration::from_secs(1),
-        ..RefreshConfig::default()
-    };
+async fn scaler() -> (Running, Client) {
     let mut config = ServerConfig::loopback();
-    config.engine.refresh = refresh;
-    let running = server::start_with_default_sources(config)
-        .await
-        .expect("the scaler starts");
-    let client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr))
-        .await
-        .expect("a gRPC connection");
-    (running, client)
+    config.engine.refresh = keda::refresh_every(INTERVAL);
+    keda::start_with_default_sources(config).await
 }
 
 fn object(name: &str, prometheus: &str, extra: &[(&str, &str)]) -> ScaledObjectRef {
-    let mut md: HashMap<String, String> = [
-        ("scalerAddress", "blend-scaler.keda:9090"),
+    let mut md = keda::metadata([
+        keda::SCALER_ADDRESS,
         ("serverAddress", prometheus),
         ("query", "sum(http_rps)"),
         ("threshold", "10"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for (k, v) in extra {
-        md.insert(k.to_string(), v.to_string());
-    }
-    ScaledObjectRef {
-        name: name.into(),
-        namespace: "shop".into(),
-        scaler_metadata: md,
-    }
+    ]);
+    md.extend(keda::metadata(extra.iter().copied()));
+    keda::object("shop", name, md)
 }
 
 /// KEDA's poll: GetMetrics with the spec's name, then IsActive.
 async fn poll(
-    client: &mut ExternalScalerClient<Channel>,
+    client: &mut Client,
     obj: &ScaledObjectRef,
 ) -> Result<(i64, f64, bool), tonic::Status> {
-    let values = client
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(obj.clone()),
-            metric_name: "s0-blended-replicas".into(),
-        })
-        .await?
-        .into_inner()
-        .metric_values;
-    assert_eq!(values.len(), 1, "exactly one metric value");
-    let active = client.is_active(obj.clone()).await?.into_inner().result;
-    Ok((values[0].metric_value, values[0].metric_value_float, active))
+    keda::poll(client, obj, keda::METRIC).await
 }
 
 #[tokio::test]

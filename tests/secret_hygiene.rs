@@ -8,6 +8,8 @@
 //! captured at TRACE for every crate (the `log` records of the HTTP stack included) by a
 //! global subscriber: this file is its own test binary for that reason.
 
+#[path = "support/keda.rs"]
+mod keda;
 #[path = "support/prometheus.rs"]
 mod prometheus_support;
 
@@ -16,12 +18,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use blend_scaler::cache::RefreshConfig;
 use blend_scaler::engine::EngineConfig;
-use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
-use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
-use blend_scaler::server::{self, ServerConfig};
-use blend_scaler::servicebus::double::{DoubleOptions, ServiceBusDouble};
+use blend_scaler::proto::ScaledObjectRef;
+use blend_scaler::server::ServerConfig;
+use blend_scaler_testkit::servicebus::{DoubleOptions, ServiceBusDouble};
 use prometheus_support::{Prometheus, Proxy};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -109,18 +109,11 @@ impl Exposed {
 }
 
 fn metadata(pairs: &[(&str, String)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
+    keda::metadata(pairs.iter().cloned())
 }
 
 fn object(name: &str, md: HashMap<String, String>) -> ScaledObjectRef {
-    ScaledObjectRef {
-        name: name.into(),
-        namespace: "secrets".into(),
-        scaler_metadata: md,
-    }
+    keda::object("secrets", name, md)
 }
 
 /// Service Bus with the secret as its key, Prometheus behind a gateway wanting the secret
@@ -185,21 +178,12 @@ async fn one_secret_in_a_connection_string_a_bearer_token_and_a_header_never_lea
     // A gateway that wants another token: it refuses, echoing the header it got.
     let refusing = Proxy::start(&prom.url(), Some("Bearer another-token")).await;
 
-    let refresh = RefreshConfig {
-        interval: Duration::from_millis(250),
-        fast_interval: Duration::from_millis(250),
-        max_backoff: Duration::from_secs(1),
-        ..RefreshConfig::default()
-    };
     let mut config = ServerConfig::loopback();
     config.engine = EngineConfig {
-        refresh: refresh.clone(),
+        refresh: keda::refresh_every(Duration::from_millis(250)),
         ..EngineConfig::default()
     };
-    let running = server::start_with_default_sources(config).await.unwrap();
-    let mut client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr))
-        .await
-        .unwrap();
+    let (running, mut client) = keda::start_with_default_sources(config).await;
 
     // The good path: both upstreams accept the secret; 45 / 10 = 5 beats 12 / 5 = 3.
     let good = object("good", trigger(&double, secret(), &gateway.url()));
@@ -209,18 +193,10 @@ async fn one_secret_in_a_connection_string_a_bearer_token_and_a_header_never_lea
         .unwrap()
         .into_inner();
     exposed.add("GetMetricSpec", format!("{spec:?}"));
-    let value = client
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(good.clone()),
-            metric_name: "s0-blended-replicas".into(),
-        })
+    let (value, _) = keda::metric_value(&mut client, &good, keda::METRIC)
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        value.metric_values[0].metric_value, 5,
-        "the secret was used"
-    );
+        .unwrap();
+    assert_eq!(value, 5, "the secret was used");
     assert!(
         client
             .is_active(good.clone())
@@ -268,11 +244,7 @@ async fn one_secret_in_a_connection_string_a_bearer_token_and_a_header_never_lea
     for (what, md, reason) in &failing {
         let obj = object(&what.replace(' ', "-"), md.clone());
         for _ in 0..2 {
-            let status = client
-                .get_metrics(GetMetricsRequest {
-                    scaled_object_ref: Some(obj.clone()),
-                    metric_name: "s0-blended-replicas".into(),
-                })
+            let status = keda::metric_value(&mut client, &obj, keda::METRIC)
                 .await
                 .expect_err(what);
             assert_eq!(status.code(), Code::Unavailable, "{what}: {status:?}");
@@ -319,11 +291,7 @@ async fn one_secret_in_a_connection_string_a_bearer_token_and_a_header_never_lea
     ];
     for (what, md) in &invalid {
         let obj = object("invalid", md.clone());
-        let status = client
-            .get_metrics(GetMetricsRequest {
-                scaled_object_ref: Some(obj.clone()),
-                metric_name: "s0-blended-replicas".into(),
-            })
+        let status = keda::metric_value(&mut client, &obj, keda::METRIC)
             .await
             .expect_err(what);
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");

@@ -13,8 +13,8 @@ use blend_scaler::secret::Secret;
 use blend_scaler::servicebus::atom::{self, Description, Document, EntityKind};
 use blend_scaler::servicebus::auth::{Credential, SharedKeySigner};
 use blend_scaler::servicebus::client::{Client, ClientOptions, Connection};
-use blend_scaler::servicebus::double::{ApiVersion, CountsPrefix, ServiceBusDouble};
 use blend_scaler::signal::SignalError;
+use blend_scaler_testkit::servicebus::{ApiVersion, CountsPrefix, ServiceBusDouble};
 use quick_xml::NsReader;
 use quick_xml::events::Event;
 

@@ -1,7 +1,10 @@
 //! The client and credentials against the Service Bus double: counts, paging, the not-found
 //! quirk, SAS and workload identity, and every kind of failure the double can inject.
 
-use std::time::Duration;
+#[path = "support/keda.rs"]
+mod keda;
+
+use std::time::{Duration, UNIX_EPOCH};
 
 use blend_scaler::cache::Upstream;
 use blend_scaler::metadata::{
@@ -11,11 +14,11 @@ use blend_scaler::metrics::Metrics;
 use blend_scaler::secret::Secret;
 use blend_scaler::servicebus::auth::{Credential, SharedKeySigner, sas_token};
 use blend_scaler::servicebus::client::{Client, ClientOptions, Connection};
-use blend_scaler::servicebus::double::{
-    ApiVersion, Counts, CountsPrefix, Fault, RetryAfter, ServiceBusDouble,
-};
 use blend_scaler::servicebus::{NamespaceKey, ServiceBusUpstream, Watched};
 use blend_scaler::signal::SignalError;
+use blend_scaler_testkit::servicebus::{
+    ApiVersion, Counts, CountsPrefix, Fault, RetryAfter, ServiceBusDouble, verify_sas,
+};
 
 fn connect(double: &ServiceBusDouble, key: &str) -> Connection {
     let cs = ConnectionString::parse(&double.connection_string_with_key(key)).unwrap();
@@ -196,7 +199,7 @@ async fn workload_identity_exchanges_once_and_reads_with_the_bearer_token() {
     let upstream = ServiceBusUpstream::with_options(
         metrics.clone(),
         ClientOptions::default(),
-        Ok(double.workload_identity(file.clone())),
+        Ok(keda::workload_identity(&double, file.clone())),
     );
     let ns = namespace(&double, ServiceBusAuth::WorkloadIdentity);
     for _ in 0..3 {
@@ -216,7 +219,7 @@ async fn workload_identity_exchanges_once_and_reads_with_the_bearer_token() {
     let fresh = ServiceBusUpstream::with_options(
         Metrics::new(),
         ClientOptions::default(),
-        Ok(double.workload_identity(file.clone())),
+        Ok(keda::workload_identity(&double, file.clone())),
     );
     let read = fresh.read(&ns, &[queue("orders")]).await;
     let e = read.values[&queue("orders")].clone().unwrap_err();
@@ -339,4 +342,40 @@ async fn a_refused_connection_is_a_connect_error_naming_the_host() {
         .unwrap_err();
     assert!(matches!(e, SignalError::Connect(_)), "{e:?}");
     assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+}
+
+#[test]
+fn the_double_verifies_signatures_independently_of_the_signer() {
+    let now = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    let exp = 2_000_000_000 + 600;
+    let token = sas_token("http://127.0.0.1:9/", "root", &Secret::new("k3y"), exp);
+    let t = token.expose().trim_start_matches("SharedAccessSignature ");
+    assert_eq!(
+        verify_sas(t, "root", "k3y", "127.0.0.1:9/orders", now),
+        Ok(())
+    );
+    // Wrong key, wrong key name, expired, another host: all refused.
+    assert!(verify_sas(t, "root", "other", "127.0.0.1:9/orders", now).is_err());
+    assert!(verify_sas(t, "reader", "k3y", "127.0.0.1:9/orders", now).is_err());
+    let later = now + Duration::from_secs(601);
+    assert!(
+        verify_sas(t, "root", "k3y", "127.0.0.1:9/orders", later)
+            .unwrap_err()
+            .contains("Expired")
+    );
+    assert!(verify_sas(t, "root", "k3y", "127.0.0.2:9/orders", now).is_err());
+    // A token for one queue does not open another.
+    let q = sas_token(
+        "http://127.0.0.1:9/orders",
+        "root",
+        &Secret::new("k3y"),
+        exp,
+    );
+    let q = q.expose().trim_start_matches("SharedAccessSignature ");
+    assert_eq!(
+        verify_sas(q, "root", "k3y", "127.0.0.1:9/orders", now),
+        Ok(())
+    );
+    assert!(verify_sas(q, "root", "k3y", "127.0.0.1:9/ordersx", now).is_err());
+    assert!(verify_sas(q, "root", "k3y", "127.0.0.1:9/billing", now).is_err());
 }

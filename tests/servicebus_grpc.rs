@@ -2,34 +2,25 @@
 //! 50 ScaledObjects over 3 queues and 2 subscriptions of one namespace, called the way KEDA
 //! calls an external scaler.
 
+#[path = "support/keda.rs"]
+mod keda;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
-use blend_scaler::cache::RefreshConfig;
-use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
-use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
-use blend_scaler::server::{self, Running, ServerConfig};
-use blend_scaler::servicebus::double::ServiceBusDouble;
+use blend_scaler::proto::ScaledObjectRef;
+use blend_scaler::server::{Running, ServerConfig};
+use blend_scaler_testkit::servicebus::ServiceBusDouble;
+use keda::Client;
 use tokio::time::Instant;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const INTERVAL: Duration = Duration::from_millis(250);
 
-async fn scaler() -> (Running, ExternalScalerClient<Channel>) {
-    let refresh = RefreshConfig {
-        interval: INTERVAL,
-        fast_interval: INTERVAL,
-        max_backoff: Duration::from_secs(1),
-        ..RefreshConfig::default()
-    };
+async fn scaler() -> (Running, Client) {
     let mut config = ServerConfig::loopback();
-    config.engine.refresh = refresh;
-    let running = server::start_with_default_sources(config).await.unwrap();
-    let client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr))
-        .await
-        .unwrap();
-    (running, client)
+    config.engine.refresh = keda::refresh_every(INTERVAL);
+    keda::start_with_default_sources(config).await
 }
 
 /// One ScaledObject: which entity, its messageCount and activationMessageCount.
@@ -49,25 +40,16 @@ fn watch(
     message_count: u32,
     activation: u32,
 ) -> Watch {
-    let mut md: HashMap<String, String> = [
-        ("scalerAddress", "blend-scaler.keda:9090".to_string()),
+    let mut md = keda::metadata([
+        (keda::SCALER_ADDRESS.0, keda::SCALER_ADDRESS.1.to_string()),
         ("endpoint", double.endpoint()),
         ("connectionFromEnv", double.connection_string()),
         ("messageCount", message_count.to_string()),
         ("activationMessageCount", activation.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    for (k, v) in keys {
-        md.insert(k.to_string(), v.to_string());
-    }
+    ]);
+    md.extend(keda::metadata(keys.iter().copied()));
     Watch {
-        object: ScaledObjectRef {
-            name: format!("consumer-{i}"),
-            namespace: "production".into(),
-            scaler_metadata: md,
-        },
+        object: keda::object("production", &format!("consumer-{i}"), md),
         entity,
         message_count: f64::from(message_count),
         activation: f64::from(activation),
@@ -76,25 +58,11 @@ fn watch(
 
 /// KEDA's poll of one ScaledObject: GetMetrics then IsActive, with the spec's metric name.
 async fn poll(
-    mut client: ExternalScalerClient<Channel>,
+    mut client: Client,
     w: &Watch,
     metric: &str,
 ) -> Result<(i64, f64, bool), tonic::Status> {
-    let values = client
-        .get_metrics(GetMetricsRequest {
-            scaled_object_ref: Some(w.object.clone()),
-            metric_name: metric.to_string(),
-        })
-        .await?
-        .into_inner()
-        .metric_values;
-    assert_eq!(values.len(), 1, "exactly one metric value");
-    let active = client
-        .is_active(w.object.clone())
-        .await?
-        .into_inner()
-        .result;
-    Ok((values[0].metric_value, values[0].metric_value_float, active))
+    keda::poll(&mut client, &w.object, metric).await
 }
 
 fn expected(w: &Watch, counts: &HashMap<&str, u64>) -> (i64, bool) {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use blend_scaler::cache::{RefreshConfig, SignalSource};
 use blend_scaler::metadata::{self, Credentials, ServiceBusPlan, Source};
 use blend_scaler::metrics::Metrics;
-use blend_scaler::servicebus::double::{Fault, RetryAfter, ServiceBusDouble};
 use blend_scaler::servicebus::{self, ServiceBusUpstream};
 use blend_scaler::signal::SignalError;
+use blend_scaler_testkit::servicebus::{Fault, RetryAfter, ServiceBusDouble};
 use tokio::time::Instant;
 
 const INTERVAL: Duration = Duration::from_millis(250);

@@ -3,25 +3,26 @@
 //! stream is open, and only at the normal interval once it is closed. Over the real server
 //! and the Service Bus double, with the default refresh settings (5 s, 1 s while streamed).
 
-use std::collections::HashMap;
+#[path = "support/keda.rs"]
+mod keda;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use blend_scaler::cache::RefreshConfig;
 use blend_scaler::engine::EngineConfig;
-use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{IsActiveResponse, ScaledObjectRef};
-use blend_scaler::server::{self, Running, ServerConfig};
-use blend_scaler::servicebus::double::{Fault, ServiceBusDouble};
+use blend_scaler::server::{Running, ServerConfig};
+use blend_scaler_testkit::servicebus::{Fault, ServiceBusDouble};
+use keda::Client;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 /// How late a read or a message may come on a busy machine.
 const JITTER: Duration = Duration::from_millis(300);
 
-async fn scaler() -> (Running, ExternalScalerClient<Channel>) {
+async fn scaler() -> (Running, Client) {
     let refresh = RefreshConfig::default();
     assert_eq!(refresh.interval, Duration::from_secs(5));
     assert_eq!(refresh.fast_interval, Duration::from_secs(1));
@@ -30,30 +31,19 @@ async fn scaler() -> (Running, ExternalScalerClient<Channel>) {
         refresh: refresh.clone(),
         ..EngineConfig::default()
     };
-    let running = server::start_with_default_sources(config).await.unwrap();
-    let client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr))
-        .await
-        .unwrap();
-    (running, client)
+    keda::start_with_default_sources(config).await
 }
 
 fn consumer(double: &ServiceBusDouble) -> ScaledObjectRef {
-    let md: HashMap<String, String> = [
-        ("scalerAddress", "blend-scaler.keda:9090".to_string()),
+    let md = keda::metadata([
+        (keda::SCALER_ADDRESS.0, keda::SCALER_ADDRESS.1.to_string()),
         ("endpoint", double.endpoint()),
         ("connectionFromEnv", double.connection_string()),
         ("queueName", "orders".into()),
         ("messageCount", "5".into()),
         ("staleAfter", "3s".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    ScaledObjectRef {
-        name: "consumer".into(),
-        namespace: "streams".into(),
-        scaler_metadata: md,
-    }
+    ]);
+    keda::object("streams", "consumer", md)
 }
 
 /// When each management request reached the double (as the double recorded it).

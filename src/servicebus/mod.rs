@@ -19,7 +19,6 @@
 pub mod atom;
 pub mod auth;
 pub mod client;
-pub mod double;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

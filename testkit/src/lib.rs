@@ -1,0 +1,13 @@
+//! The test kit: upstream doubles the tests, benchmarks and the `demo` command run on
+//! loopback. Not part of the scaler: the `serve` build (the container image) is compiled
+//! without it, and `scripts/check-serve-binary` proves that no symbol or fake credential of
+//! this crate reaches that binary.
+//!
+//! The crate knows nothing of the scaler: it speaks the upstreams' wire formats only, so a
+//! scaler that misreads them fails against it instead of agreeing with itself.
+
+pub mod prometheus;
+pub mod servicebus;
+
+pub use prometheus::StaticPrometheus;
+pub use servicebus::ServiceBusDouble;
