@@ -11,12 +11,12 @@ pub fn from_milli(milli: i64) -> String {
     }
     let sign = if milli < 0 { "-" } else { "" };
     let mut v = milli.unsigned_abs();
-    if v % 1000 != 0 {
+    if !v.is_multiple_of(1000) {
         return format!("{sign}{v}m");
     }
     v /= 1000;
     for suffix in ["", "k", "M", "G", "T", "P"] {
-        if v % 1000 != 0 {
+        if !v.is_multiple_of(1000) {
             return format!("{sign}{v}{suffix}");
         }
         v /= 1000;
