@@ -10,6 +10,7 @@ mod demo;
 pub mod engine;
 mod error;
 mod grpc;
+mod http;
 pub mod metadata;
 pub mod metrics;
 pub mod prometheus;

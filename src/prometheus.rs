@@ -26,12 +26,13 @@ use futures::StreamExt;
 use prometheus_http_query::error::{PrometheusError, PrometheusErrorType};
 use prometheus_http_query::response::{Data, PromqlResult};
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName};
 use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
 use crate::cache::{self, GroupRead, Keyed, Refresher, SignalSource, Upstream};
+use crate::http::{self, Limits};
 use crate::metadata::{Aggregation, PrometheusAuth, PrometheusPlan};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -49,9 +50,6 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Distinct queries against one server in flight at once during a refresh.
 const MAX_CONCURRENT_QUERIES: usize = 16;
-
-/// The longest `Retry-After` honoured; a server asking for more is retried after this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// How much of an error body is quoted in an error message.
 const MAX_DETAIL_CHARS: usize = 300;
@@ -257,17 +255,15 @@ impl PrometheusUpstream {
     pub async fn query(&self, server: &Server, query: &Query) -> Result<f64, SignalError> {
         let connection = self.connection(server)?;
         let started = Instant::now();
-        let (result, outcome) = match send(&connection, server, query).await {
-            Ok(data) => (interpret(data, query), "ok"),
-            Err((e, outcome)) => (Err(e), outcome),
-        };
-        self.metrics
-            .upstream_request(UPSTREAM, outcome, started.elapsed());
+        let answer = send(&connection, server, query).await;
+        // The request's outcome: an answer that then reads as no value was still answered.
+        http::record(&self.metrics, UPSTREAM, started, &answer);
+        let result = answer.and_then(|data| interpret(data, query));
         if let Err(e) = &result {
             tracing::debug!(
                 upstream = UPSTREAM,
                 server = %server.label(),
-                outcome,
+                outcome = e.outcome(),
                 error = %e,
                 "prometheus query gave no value"
             );
@@ -313,7 +309,7 @@ impl Upstream for PrometheusUpstream {
 /// client certificate and CA for `tls`, and the timeout for each whole request.
 fn connect(server: &Server) -> Result<Connection, SignalError> {
     let config_error = |what: &str| {
-        SignalError::Other(format!(
+        SignalError::Setup(format!(
             "the Prometheus client for {} could not be set up: {what}",
             server.label()
         ))
@@ -329,7 +325,7 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
             .map_err(|_| config_error(&format!("`{name}` is not a header name")))?;
         headers.append(
             name.clone(),
-            sensitive(value.expose())
+            http::sensitive(value.expose())
                 .ok_or_else(|| config_error(&format!("the value of header `{name}` is invalid")))?,
         );
     }
@@ -346,7 +342,8 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
     if let Some(value) = authorization {
         headers.insert(
             AUTHORIZATION,
-            sensitive(&value).ok_or_else(|| config_error("the credentials are not header-safe"))?,
+            http::sensitive(&value)
+                .ok_or_else(|| config_error("the credentials are not header-safe"))?,
         );
     }
     if let Some((name, value)) = &server.auth.custom {
@@ -354,17 +351,14 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
             .map_err(|_| config_error("`customAuthHeader` is not a header name"))?;
         headers.insert(
             name,
-            sensitive(value.expose())
+            http::sensitive(value.expose())
                 .ok_or_else(|| config_error("`customAuthValueFromEnv` is not header-safe"))?,
         );
     }
 
-    let mut builder = reqwest::Client::builder()
+    let mut builder = http::client_builder(server.timeout)
         .default_headers(headers)
-        .redirect(same_origin_redirects())
-        .timeout(server.timeout)
-        .connect_timeout(server.timeout)
-        .user_agent(concat!("blend-scaler/", env!("CARGO_PKG_VERSION")));
+        .redirect(same_origin_redirects());
     if let Some(tls) = &server.auth.tls {
         // reqwest wants the certificate chain and its key in one PEM buffer.
         let pem = format!("{}\n{}\n", tls.cert.expose(), tls.key.expose());
@@ -384,7 +378,7 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
     }
     let http = builder
         .build()
-        .map_err(|e| config_error(&error_chain(&e.without_url())))?;
+        .map_err(|e| config_error(&http::error_chain(&e.without_url())))?;
     Ok(Connection {
         http,
         query_url: url,
@@ -409,13 +403,6 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
     })
 }
 
-/// A header value that is never printed by reqwest's or hyper's debug output.
-fn sensitive(value: &str) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(value).ok()?;
-    v.set_sensitive(true);
-    Some(v)
-}
-
 fn basic_token(user: &str, pass: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
@@ -429,10 +416,12 @@ enum Envelope {
     Error(PrometheusError),
 }
 
-type Failure = (SignalError, &'static str);
-
-/// One GET of `/api/v1/query`; the decoded data, or the error and the metric outcome.
-async fn send(connection: &Connection, server: &Server, query: &Query) -> Result<Data, Failure> {
+/// One GET of `/api/v1/query`: the decoded data, or what the answer means as an error.
+async fn send(
+    connection: &Connection,
+    server: &Server,
+    query: &Query,
+) -> Result<Data, SignalError> {
     let mut params: Vec<(&str, &str)> = vec![("query", &query.query)];
     if let Some(ns) = &server.namespace {
         params.push(("namespace", ns));
@@ -444,21 +433,29 @@ async fn send(connection: &Connection, server: &Server, query: &Query) -> Result
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
 
-    let response = connection
+    let request = connection
         .http
         .get(connection.query_url.clone())
-        .query(&params)
-        .send()
-        .await
-        .map_err(|e| transport_error(e, server))?;
-    let status = response.status();
-    let retry_after = retry_after(response.headers());
-    let is_json = response
-        .headers()
+        .query(&params);
+    let limits = Limits {
+        timeout: server.timeout,
+        max_body_bytes: MAX_BODY_BYTES,
+    };
+    let answer = http::exchange(
+        request,
+        &format!("Prometheus at {}", server.label()),
+        limits,
+    )
+    .await
+    .map_err(|e| e.map_text(|t| server.scrub(t)))?;
+    let status = answer.status;
+    let retry_after = answer.retry_after;
+    let body = answer.body;
+    let is_json = answer
+        .headers
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("application/json"));
-    let body = read_body(response, server).await?;
 
     let decoded = if is_json {
         Some(serde_json::from_slice::<Envelope>(&body))
@@ -468,22 +465,16 @@ async fn send(connection: &Connection, server: &Server, query: &Query) -> Result
     match decoded {
         Some(Ok(Envelope::Success { data })) if status.is_success() => Ok(data.into_inner().0),
         Some(Ok(Envelope::Error(e))) => Err(api_error(status, &e, retry_after, server)),
-        Some(Err(e)) if status.is_success() => Err((
-            SignalError::Malformed(format!(
-                "Prometheus at {} sent an answer that is not a query result: {}",
-                server.label(),
-                server.scrub(&e.to_string())
-            )),
-            "error",
-        )),
-        _ if status.is_success() => Err((
-            SignalError::Malformed(format!(
-                "Prometheus at {} answered HTTP {} without JSON",
-                server.label(),
-                status.as_u16()
-            )),
-            "error",
-        )),
+        Some(Err(e)) if status.is_success() => Err(SignalError::Malformed(format!(
+            "Prometheus at {} sent an answer that is not a query result: {}",
+            server.label(),
+            server.scrub(&e.to_string())
+        ))),
+        _ if status.is_success() => Err(SignalError::Malformed(format!(
+            "Prometheus at {} answered HTTP {} without JSON",
+            server.label(),
+            status.as_u16()
+        ))),
         _ => Err(http_error(
             status,
             &String::from_utf8_lossy(&body),
@@ -493,29 +484,6 @@ async fn send(connection: &Connection, server: &Server, query: &Query) -> Result
     }
 }
 
-/// Reads the body, refusing one larger than [`MAX_BODY_BYTES`].
-async fn read_body(mut response: reqwest::Response, server: &Server) -> Result<Vec<u8>, Failure> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport_error(e, server))?
-    {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err((
-                SignalError::Malformed(format!(
-                    "Prometheus at {} sent more than {} MiB; narrow the query",
-                    server.label(),
-                    MAX_BODY_BYTES / (1024 * 1024)
-                )),
-                "error",
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 /// A Prometheus `{"status":"error"}` answer. `bad_data` is the query (or a query parameter)
 /// being refused: a metadata problem the operator must fix, not an outage.
 fn api_error(
@@ -523,18 +491,15 @@ fn api_error(
     e: &PrometheusError,
     retry_after: Option<Duration>,
     server: &Server,
-) -> Failure {
+) -> SignalError {
     let detail = server.scrub(&format!("{}: {}", e.error_type(), e.message()));
-    if e.error_type() == PrometheusErrorType::BadData {
-        return (SignalError::InvalidQuery(detail), "bad_query");
+    match e.error_type() {
+        PrometheusErrorType::BadData => SignalError::InvalidQuery(detail),
+        PrometheusErrorType::Timeout => {
+            SignalError::QueryTimeout(format!("Prometheus at {}: {detail}", server.label()))
+        }
+        _ => http_error(status, &detail, retry_after, server),
     }
-    let (error, outcome) = http_error(status, &detail, retry_after, server);
-    let outcome = if e.error_type() == PrometheusErrorType::Timeout {
-        "timeout"
-    } else {
-        outcome
-    };
-    (error, outcome)
 }
 
 /// A non-2xx answer that is not a Prometheus error (a proxy's page, an auth gateway).
@@ -543,76 +508,25 @@ fn http_error(
     body: &str,
     retry_after: Option<Duration>,
     server: &Server,
-) -> Failure {
+) -> SignalError {
     let code = status.as_u16();
     let detail = format!("Prometheus at {}: {}", server.label(), server.scrub(body));
     match code {
         // Prometheus itself only answers 400 for a query it cannot parse or evaluate as asked.
-        400 => (SignalError::InvalidQuery(detail), "bad_query"),
-        401 | 403 => (
-            SignalError::Unauthorized {
-                status: code,
-                detail,
-            },
-            "error",
-        ),
-        429 | 503 if retry_after.is_some() || code == 429 => (
-            SignalError::Throttled {
-                status: code,
-                retry_after,
-            },
-            "error",
-        ),
-        _ => (
-            SignalError::Http {
-                status: code,
-                detail,
-            },
-            "error",
-        ),
+        400 => SignalError::InvalidQuery(detail),
+        401 | 403 => SignalError::Unauthorized {
+            status: code,
+            detail,
+        },
+        429 | 503 if retry_after.is_some() || code == 429 => SignalError::Throttled {
+            status: code,
+            retry_after,
+        },
+        _ => SignalError::Http {
+            status: code,
+            detail,
+        },
     }
-}
-
-/// A request that got no answer: refused, timed out, reset.
-fn transport_error(e: reqwest::Error, server: &Server) -> Failure {
-    if e.is_timeout() {
-        return (SignalError::Timeout(server.timeout), "timeout");
-    }
-    let detail = format!(
-        "Prometheus at {}: {}",
-        server.label(),
-        server.scrub(&error_chain(&e.without_url()))
-    );
-    (SignalError::Connect(detail), "error")
-}
-
-/// "error sending request: client error (Connect): tcp connect error: Connection refused":
-/// reqwest's own message says little without its sources.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
-/// `Retry-After` as seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let wait = if let Ok(secs) = text.parse::<u64>() {
-        Duration::from_secs(secs)
-    } else {
-        let at = chrono::DateTime::parse_from_rfc2822(text).ok()?;
-        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// One number from an answered query (KEDA's rules, plus `seriesAggregation`):
@@ -880,8 +794,8 @@ mod tests {
             panic!("expected an error envelope")
         };
         let server = key(&plan(&[])).0;
-        let (err, outcome) = api_error(StatusCode::BAD_REQUEST, &e, None, &server);
-        assert_eq!(outcome, "bad_query");
+        let err = api_error(StatusCode::BAD_REQUEST, &e, None, &server);
+        assert_eq!(err.outcome(), "bad_query");
         assert_eq!(
             err,
             SignalError::InvalidQuery("bad_data: parse error".into())
@@ -892,7 +806,7 @@ mod tests {
     fn http_failures_map_to_distinct_errors() {
         let server = key(&plan(&[])).0;
         let e = |code: u16, retry: Option<Duration>| {
-            http_error(StatusCode::from_u16(code).unwrap(), "nope", retry, &server).0
+            http_error(StatusCode::from_u16(code).unwrap(), "nope", retry, &server)
         };
         assert!(matches!(
             e(401, None),
@@ -906,6 +820,9 @@ mod tests {
             e(429, Some(Duration::from_secs(7))).retry_after(),
             Some(Duration::from_secs(7))
         );
+        // Counted as the Service Bus client counts them.
+        assert_eq!(e(429, None).outcome(), "throttled");
+        assert_eq!(e(401, None).outcome(), "unauthorized");
         assert!(matches!(
             e(503, None),
             SignalError::Http { status: 503, .. }
@@ -923,19 +840,6 @@ mod tests {
                 .to_string()
                 .contains("prometheus.monitoring:9090")
         );
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates_and_is_capped() {
-        let h = |v: &str| {
-            let mut m = HeaderMap::new();
-            m.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
-            retry_after(&m)
-        };
-        assert_eq!(h("12"), Some(Duration::from_secs(12)));
-        assert_eq!(h("999999"), Some(MAX_RETRY_AFTER));
-        assert_eq!(h("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
-        assert_eq!(h("soon"), None);
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl ServiceBusUpstream {
             return Ok(c);
         }
         if key.endpoint.is_empty() {
-            return Err(SignalError::Other(
+            return Err(SignalError::Setup(
                 "no Service Bus endpoint: set `namespace`, `endpoint`, or a connection string \
                  with `Endpoint`"
                     .into(),
@@ -206,7 +206,9 @@ impl Name {
         }
         ServiceBusPlan::name_pattern(text)
             .map(Name::Pattern)
-            .map_err(|e| SignalError::Other(format!("`{text}` is not a valid pattern: {e}")))
+            .map_err(|e| {
+                SignalError::InvalidEntity(format!("`{text}` is not a valid pattern: {e}"))
+            })
     }
 
     /// A pattern without regex syntax names exactly one entity: no list of its kind needed.
@@ -336,7 +338,7 @@ impl ServiceBusUpstream {
                 let r = match bucket {
                     Bucket::Queues => self.client.queue(conn, &name).await,
                     Bucket::Topic(_) => self.client.subscription(conn, topic_name, &name).await,
-                    Bucket::Topics => Err(SignalError::Other("topics are only listed".into())),
+                    Bucket::Topics => Err(SignalError::Unreported("topics are only listed")),
                 };
                 gate.observe(r).map(|d| vec![d])
             }
@@ -372,7 +374,7 @@ impl ServiceBusUpstream {
                         return Ok(all);
                     }
                 }
-                Err(SignalError::Other(format!(
+                Err(SignalError::OverLimit(format!(
                     "more than {} entities to list; the namespace limit is exceeded",
                     MAX_PAGES * PAGE_SIZE
                 )))
@@ -445,7 +447,7 @@ fn entries<'a>(fetched: &'a Fetched, bucket: &Bucket) -> Result<&'a [Description
     match fetched.get(bucket) {
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) => Err(e.clone()),
-        None => Err(SignalError::Other("the namespace was not read".into())),
+        None => Err(SignalError::Unreported("the namespace was not read")),
     }
 }
 
