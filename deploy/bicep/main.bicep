@@ -43,9 +43,23 @@ param acrName string = 'acrcloudnativeprod'
 param scalerNamespace string = 'blend-scaler'
 param scalerServiceAccount string = 'blend-scaler'
 
-@description('Namespace and ServiceAccount of the applications that read Key Vault through Dapr.')
+@description('Namespace and ServiceAccounts of the applications (deploy/flux/apps/base/<app>): each gets a federated credential on the applications\' identity.')
 param appNamespace string = 'production'
-param appServiceAccount string = 'order-service'
+param appServiceAccounts array = [
+  'order-service'
+  'order-processor'
+  'api-gateway'
+  'shipping-service'
+  'dlq-processor'
+]
+
+@description('Cosmos DB account of the Dapr state store (globally unique).')
+param cosmosAccountName string = 'cloudnative-cosmos'
+
+@description('Storage account of the Dapr blob binding (globally unique, 3-24 lowercase letters and digits).')
+@minLength(3)
+@maxLength(24)
+param storageAccountName string = 'cloudnativedocs'
 
 @description('Also create a SAS rule with Manage rights and store its connection string in Key Vault, for the chart\'s credentials.source=keyVault path. Off: the scaler uses its workload identity.')
 param createScalerSasCredential bool = false
@@ -74,9 +88,31 @@ module monitoring 'modules/monitoring.bicep' = {
   }
 }
 
+// The cluster's control-plane identity, user-assigned so that it can hold
+// Network Contributor on the BYO subnet and route table before AKS is created.
+resource aksControlPlaneIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-${clusterName}-control-plane'
+  location: location
+  tags: tags
+}
+
+module networkRoles 'modules/network-roles.bicep' = {
+  name: 'network-roles'
+  params: {
+    vnetName: network.outputs.vnetName
+    subnetName: network.outputs.nodeSubnetName
+    routeTableName: network.outputs.routeTableName
+    principalId: aksControlPlaneIdentity.properties.principalId
+  }
+}
+
 module aks 'modules/aks.bicep' = {
   name: 'aks'
+  dependsOn: [
+    networkRoles
+  ]
   params: {
+    controlPlaneIdentityId: aksControlPlaneIdentity.id
     location: location
     clusterName: clusterName
     kubernetesVersion: kubernetesVersion
@@ -130,8 +166,28 @@ module identities 'modules/identity.bicep' = {
     scalerNamespace: scalerNamespace
     scalerServiceAccount: scalerServiceAccount
     appNamespace: appNamespace
-    appServiceAccount: appServiceAccount
+    appServiceAccounts: appServiceAccounts
     tags: tags
+  }
+}
+
+module data 'modules/data.bicep' = {
+  name: 'data'
+  params: {
+    location: location
+    cosmosAccountName: cosmosAccountName
+    storageAccountName: storageAccountName
+    tags: tags
+  }
+}
+
+module keyVaultSecrets 'modules/keyvault-secrets.bicep' = {
+  name: 'keyvault-secrets'
+  params: {
+    keyVaultName: keyVault.outputs.keyVaultName
+    serviceBusDaprRuleId: serviceBus.outputs.daprRuleId
+    cosmosAccountName: data.outputs.cosmosAccountName
+    storageAccountName: data.outputs.storageAccountName
   }
 }
 
@@ -153,3 +209,5 @@ output keyVaultAddonClientId string = aks.outputs.keyVaultAddonClientId
 output keyVaultName string = keyVault.outputs.keyVaultName
 output serviceBusNamespaceName string = serviceBus.outputs.namespaceName
 output acrLoginServer string = acr.outputs.loginServer
+output cosmosAccountEndpoint string = data.outputs.cosmosAccountEndpoint
+output storageAccountName string = data.outputs.storageAccountName

@@ -249,3 +249,184 @@ def test_readme_documents_every_top_level_value():
     values = yaml.safe_load((d.CHART / "values.yaml").read_text())
     for key in values:
         assert f"`{key}" in readme, f"charts/blend-scaler/README.md values table lacks {key}"
+
+
+# ---- chart conventions (issue 14.9) and stable pod templates (14.5) ------------
+
+
+PER_REVISION_LABELS = ("helm.sh/chart", "app.kubernetes.io/version")
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_pod_template_carries_no_per_revision_label(renders, name):
+    labels = one(d.manifests_of(renders[name]), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert not set(PER_REVISION_LABELS) & set(labels), labels
+
+
+def _render_with_chart_version(tmp_path, version):
+    import shutil
+
+    chart = tmp_path / version.replace("+", "_") / "blend-scaler"
+    shutil.copytree(d.CHART, chart)
+    meta = (chart / "Chart.yaml").read_text().replace("version: 0.1.0\n", f"version: {version}\n", 1)
+    (chart / "Chart.yaml").write_text(meta)
+    return one(d.manifests_of(d.helm_render({}, chart)), "Deployment")
+
+
+def test_a_new_git_revision_does_not_change_the_pod_template(tmp_path):
+    """Flux reconcileStrategy: Revision builds the chart as <version>+<git sha>."""
+    a = _render_with_chart_version(tmp_path, "0.1.0+a96eff73a282")
+    b = _render_with_chart_version(tmp_path, "0.1.0+0123456789ab")
+    assert a["metadata"]["labels"]["helm.sh/chart"] != b["metadata"]["labels"]["helm.sh/chart"]
+    assert a["spec"]["template"] == b["spec"]["template"]
+
+
+def test_chart_readme_is_generated_from_values_comments():
+    import chart_readme
+
+    assert (d.CHART / "README.md.gotmpl").is_file()
+    assert (d.CHART / "README.md").read_text() == chart_readme.generate(), (
+        "charts/blend-scaler/README.md is stale: run scripts/validate-deploy --update"
+    )
+
+
+def test_readme_generator_reads_helm_docs_comments():
+    import chart_readme
+
+    text = (
+        "# -- top level\nreplicas: 2\nimage:\n  # -- the repo\n  # continued\n  repository: x\n  tag: ''\n"
+        "# -- one row for the map\nresources:\n  limits: {memory: 1Gi}\nitems:\n  - name: a\n    # -- not a chart value\n    key: b\n"
+    )
+    docs = chart_readme.documented_keys(text)
+    assert docs[("replicas",)] == "top level"
+    assert docs[("image", "repository")] == "the repo continued"
+    assert ("items", "key") not in docs and ("key",) not in docs
+    table = chart_readme.values_table(text)
+    assert "| `replicas` | int | `2` | top level |" in table
+    assert "| `image.tag` | string | `\"\"` |  |" in table
+    assert '| `resources` | object | `{"limits":{"memory":"1Gi"}}` | one row for the map |' in table
+    assert "resources.limits" not in table
+
+
+def test_license_is_apache_2_and_matches_the_labels():
+    text = (d.REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert 'org.opencontainers.image.licenses="Apache-2.0"' in (d.REPO / "Dockerfile").read_text()
+    import yaml
+
+    meta = yaml.safe_load((d.CHART / "Chart.yaml").read_text())
+    assert meta["annotations"]["artifacthub.io/license"] == "Apache-2.0"
+
+
+def test_chart_metadata_for_artifact_hub():
+    import yaml
+
+    meta = yaml.safe_load((d.CHART / "Chart.yaml").read_text())
+    assert meta["home"].startswith("https://")
+    assert meta["sources"] and all(s.startswith("https://") for s in meta["sources"])
+    assert meta["icon"].endswith("/charts/blend-scaler/icon.svg") and (d.CHART / "icon.svg").is_file()
+    assert meta["maintainers"]
+    ann = meta["annotations"]
+    links = yaml.safe_load(ann["artifacthub.io/links"])
+    assert links and all({"name", "url"} <= set(x) for x in links)
+    images = yaml.safe_load(ann["artifacthub.io/images"])
+    assert images[0]["image"].endswith(":" + str(meta["appVersion"]))
+
+
+def test_helm_lint_has_no_info_messages():
+    import helm_python as helm
+
+    report = helm.lint(str(d.CHART), {}, strict=True, namespace=d.RELEASE_NAMESPACE, kube_version=f"v{d.KUBE_VERSION}.0")
+    assert [m for m in report.get("messages") or [] if m.get("severity", 0) >= 1] == []
+
+
+def test_schema_takes_the_convention_keys_and_refuses_bad_ones():
+    good = {
+        "commonLabels": {"team": "x"},
+        "strategy": {"type": "Recreate"},
+        "revisionHistoryLimit": 1,
+        "extraVolumes": [{"name": "v", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "v", "mountPath": "/v"}],
+        "extraObjects": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}],
+        "podDisruptionBudget": {"maxUnavailable": "50%"},
+        "metrics": {
+            "serviceMonitor": {"interval": "", "relabelings": [{"action": "drop"}], "metricRelabelings": []},
+            "podMonitor": {"enabled": True, "namespace": "monitoring"},
+        },
+        "networkPolicy": {"keda": {"namespace": "kube-system", "namespaceSelector": {"matchLabels": {"a": "b"}}}},
+    }
+    assert d.schema_errors(good) == []
+    for bad in (
+        {"strategy": {"type": "BlueGreen"}},
+        {"extraVolumeMounts": [{"name": "v"}]},
+        {"commonLabels": {"team": 1}},
+        {"podDisruptionBudget": {"maxUnavailable": "half"}},
+        {"metrics": {"podMonitor": {"interval": "soon"}}},
+        {"networkPolicy": {"keda": {"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}}},
+    ):
+        assert d.schema_errors(bad), f"values.schema.json accepted {bad}"
+
+
+@pytest.mark.parametrize(
+    "pdb, match",
+    [
+        ({"minAvailable": 2}, "not below replicaCount"),
+        ({"minAvailable": 3}, "not below replicaCount"),
+        ({"minAvailable": "100%"}, "block every node drain"),
+        ({"maxUnavailable": 0}, "block every node drain"),
+    ],
+)
+def test_pdb_that_blocks_every_drain_is_refused(pdb, match):
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match=match):
+        d.helm_render({"replicaCount": 2, "podDisruptionBudget": {"enabled": True, **pdb}})
+
+
+def test_pdb_max_unavailable_replaces_min_available(renders):
+    pdb = one(d.manifests_of(renders["conventions-values"]), "PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb
+
+
+def test_convention_values_reach_the_objects(renders):
+    docs = d.manifests_of(renders["conventions-values"])
+    for doc in docs:
+        if doc["kind"] != "ConfigMap":  # extraObjects are rendered as given
+            assert doc["metadata"]["labels"]["team"] == "platform", d.ident(doc)
+    dep = one(docs, "Deployment")
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    assert dep["spec"]["revisionHistoryLimit"] == 2
+    assert dep["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
+    pod = dep["spec"]["template"]["spec"]
+    assert {"name": "corp-ca", "configMap": {"name": "corp-ca-bundle"}} in pod["volumes"]
+    assert {"name": "corp-ca", "mountPath": "/etc/ssl/corp", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    cms = {c["metadata"]["name"]: c for c in by_kind(docs, "ConfigMap")}
+    assert cms["corp-ca-bundle"]["metadata"]["namespace"] == d.RELEASE_NAMESPACE
+    assert cms["blend-scaler-extra-note"]["data"] == {"note": "rendered through tpl"}
+    ep = one(docs, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert "interval" not in ep and "scrapeTimeout" not in ep
+    assert ep["relabelings"][0]["targetLabel"] == "node" and ep["metricRelabelings"][0]["action"] == "drop"
+    pm = one(docs, "PodMonitor")
+    assert pm["metadata"]["labels"]["release"] == "prometheus"
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "http-metrics"
+    assert pm["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_keda_namespace_is_configurable_for_the_aks_add_on(renders):
+    def grpc_peer(name):
+        np = one(d.manifests_of(renders[name]), "NetworkPolicy")
+        return next(r for r in np["spec"]["ingress"] if r["ports"][0]["port"] == "grpc")["from"][0]
+
+    assert grpc_peer("aks-keda-addon-values")["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+    }
+    peer = grpc_peer("conventions-values")
+    assert peer["namespaceSelector"] == {"matchLabels": {"platform.example.com/keda": "true"}}
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "keda-operator"}}
+    assert 'namespaces matching {"matchLabels"' in d.notes_of(renders["conventions-values"])
+
+
+def test_default_spread_counts_only_the_new_replica_set(renders):
+    spread = one(d.manifests_of(renders["default"]), "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    assert all(c["matchLabelKeys"] == ["pod-template-hash"] for c in spread)

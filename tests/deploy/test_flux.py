@@ -39,10 +39,11 @@ def test_flux_objects_after_substitution_validate(flux_objects, crd_table):
 def test_kustomization_order():
     cluster = d.flux_cluster_objects()
     ks = {k.name: k for k in d.flux_kustomizations(cluster)}
-    assert set(ks) == {"infra-controllers", "infra-configs", "applications"}
+    assert set(ks) == {"infra-controllers", "infra-configs", "blend-scaler", "applications"}
     assert ks["infra-controllers"].depends_on == []
     assert ks["infra-configs"].depends_on == ["infra-controllers"]
     assert ks["applications"].depends_on == ["infra-configs"]
+    assert ks["blend-scaler"].depends_on == ["infra-controllers"]
     sources = {x["metadata"]["name"] for x in cluster if x["kind"] == "GitRepository"}
     for k in ks.values():
         assert k.source in sources
@@ -112,3 +113,14 @@ def test_network_policies_present(flux_objects):
     objects, _ = flux_objects
     nps = [x for x in objects["infra-configs"] if x["kind"] == "NetworkPolicy"]
     assert any(x["metadata"]["name"] == "default-deny-ingress" for x in nps)
+
+
+def test_ci_production_values_are_the_helm_release_values(flux_objects):
+    """charts/blend-scaler/ci/production-values.yaml is what the chart is
+    linted and snapshotted with for production: it must not drift from Flux."""
+    import yaml
+
+    objects, _ = flux_objects
+    hr = _find(objects, "HelmRelease", "blend-scaler")
+    ci = yaml.safe_load((d.CHART_CI / "production-values.yaml").read_text())
+    assert ci == hr["spec"]["values"]

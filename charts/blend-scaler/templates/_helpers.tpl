@@ -33,6 +33,22 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/component: external-scaler
 app.kubernetes.io/part-of: keda
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Pod template labels: only what stays the same across chart revisions.
+helm.sh/chart and app.kubernetes.io/version change with every Flux
+`reconcileStrategy: Revision` build (0.1.0+<git sha>), and a changed pod
+template rolls every pod: on each Git commit, caches cold. */}}
+{{- define "blend-scaler.podLabels" -}}
+{{ include "blend-scaler.selectorLabels" . }}
+app.kubernetes.io/component: external-scaler
+app.kubernetes.io/part-of: keda
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "blend-scaler.serviceAccountName" -}}
@@ -113,6 +129,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- if and $pdb.enabled (gt (int .Values.replicaCount) 1) (eq (toString $pdb.maxUnavailable) "") }}
+{{- $min := toString $pdb.minAvailable }}
+{{- if hasSuffix "%" $min }}
+{{- if ge (int (trimSuffix "%" $min)) 100 }}
+{{- fail (printf "podDisruptionBudget.minAvailable=%s would block every node drain; use less than 100%% or set podDisruptionBudget.maxUnavailable" $min) }}
+{{- end }}
+{{- else if ge (int $min) (int .Values.replicaCount) }}
+{{- fail (printf "podDisruptionBudget.minAvailable=%s is not below replicaCount=%d, so no node could be drained; lower it or set podDisruptionBudget.maxUnavailable" $min (int .Values.replicaCount)) }}
+{{- end }}
+{{- end }}
+{{- if and $pdb.enabled (ne (toString $pdb.maxUnavailable) "") (or (eq (toString $pdb.maxUnavailable) "0") (eq (toString $pdb.maxUnavailable) "0%")) }}
+{{- fail "podDisruptionBudget.maxUnavailable=0 would block every node drain" }}
+{{- end }}
 {{- if and .Values.workloadIdentity.enabled (not .Values.workloadIdentity.clientId) }}
 {{- fail "workloadIdentity.enabled needs workloadIdentity.clientId (or set workloadIdentity.enabled=false)" }}
 {{- end }}
@@ -123,4 +153,27 @@ initialDelaySeconds: {{ .initialDelaySeconds }}
 periodSeconds: {{ .periodSeconds }}
 timeoutSeconds: {{ .timeoutSeconds }}
 failureThreshold: {{ .failureThreshold }}
+{{- end }}
+
+{{/* One scrape endpoint of /metrics, shared by the ServiceMonitor and the
+PodMonitor; `.` is metrics.serviceMonitor or metrics.podMonitor. Empty
+interval/scrapeTimeout fall back to Prometheus' global settings. */}}
+{{- define "blend-scaler.scrapeEndpoint" -}}
+- port: http-metrics
+  path: /metrics
+  scheme: http
+  {{- with .interval }}
+  interval: {{ . }}
+  {{- end }}
+  {{- with .scrapeTimeout }}
+  scrapeTimeout: {{ . }}
+  {{- end }}
+  {{- with .relabelings }}
+  relabelings:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .metricRelabelings }}
+  metricRelabelings:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 {{- end }}

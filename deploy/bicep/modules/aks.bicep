@@ -7,6 +7,8 @@ param kubernetesVersion string
 param adminGroupObjectIds array
 param nodeSubnetId string
 param logAnalyticsWorkspaceId string
+@description('User-assigned control-plane identity, granted Network Contributor on the subnet and route table before the cluster exists (network-roles.bicep).')
+param controlPlaneIdentityId string
 param tags object
 
 resource aksCluster 'Microsoft.ContainerService/managedClusters@2024-01-01' = {
@@ -14,7 +16,10 @@ resource aksCluster 'Microsoft.ContainerService/managedClusters@2024-01-01' = {
   location: location
   tags: tags
   identity: {
-    type: 'SystemAssigned'
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${controlPlaneIdentityId}': {}
+    }
   }
   properties: {
     kubernetesVersion: kubernetesVersion

@@ -6,7 +6,8 @@ param serviceBusNamespaceName string
 param scalerNamespace string
 param scalerServiceAccount string
 param appNamespace string
-param appServiceAccount string
+@description('ServiceAccounts in appNamespace bound to the applications\' identity (deploy/flux/apps/base/<app>/serviceaccount.yaml).')
+param appServiceAccounts array
 param tags object
 
 resource serviceBusNamespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' existing = {
@@ -60,17 +61,43 @@ resource workloadIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023
   tags: tags
 }
 
-resource workloadFederatedCredential 'Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials@2023-01-31' = {
+// One credential per app ServiceAccount. Azure refuses concurrent writes of
+// federated credentials on one identity, hence batchSize 1.
+@batchSize(1)
+resource workloadFederatedCredentials 'Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials@2023-01-31' = [for sa in appServiceAccounts: {
   parent: workloadIdentity
-  name: 'aks-${appNamespace}-${appServiceAccount}'
+  name: 'aks-${appNamespace}-${sa}'
   properties: {
     issuer: oidcIssuerUrl
-    subject: 'system:serviceaccount:${appNamespace}:${appServiceAccount}'
+    subject: 'system:serviceaccount:${appNamespace}:${sa}'
     audiences: [
       'api://AzureADTokenExchange'
     ]
   }
+}]
+
+resource orderProcessingQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' existing = {
+  parent: serviceBusNamespace
+  name: 'order-processing'
 }
+
+// The apps' identity (order-processor receives, the dead-letter processor
+// receives from the DLQ and re-sends): data-plane roles on this queue only.
+var serviceBusDataReceiver = '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
+var serviceBusDataSender = '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
+
+resource queueRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in [
+  serviceBusDataReceiver
+  serviceBusDataSender
+]: {
+  name: guid(orderProcessingQueue.id, workloadIdentity.id, role)
+  scope: orderProcessingQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role)
+    principalId: workloadIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}]
 
 output scalerIdentityClientId string = scalerIdentity.properties.clientId
 output scalerIdentityPrincipalId string = scalerIdentity.properties.principalId

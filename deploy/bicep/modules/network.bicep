@@ -52,3 +52,6 @@ resource vnet 'Microsoft.Network/virtualNetworks@2023-09-01' = {
 }
 
 output nodeSubnetId string = vnet.properties.subnets[0].id
+output vnetName string = vnet.name
+output nodeSubnetName string = vnet.properties.subnets[0].name
+output routeTableName string = routeTable.name

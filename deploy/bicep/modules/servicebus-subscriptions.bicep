@@ -12,7 +12,8 @@ resource subscriptions 'Microsoft.ServiceBus/namespaces/topics/subscriptions@202
   parent: topic
   name: name
   properties: {
-    lockDuration: 'PT1M'
+    // 2 minutes against Dapr's lockRenewalInSec of 20 (order-pubsub).
+    lockDuration: 'PT2M'
     maxDeliveryCount: 10
     deadLetteringOnMessageExpiration: true
     deadLetteringOnFilterEvaluationExceptions: true

@@ -42,15 +42,38 @@ resource orderProcessingQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01
   parent: serviceBusNamespace
   name: 'order-processing'
   properties: {
-    // Matches Dapr's lockRenewalInSec of 60.
-    lockDuration: 'PT1M'
+    // Two minutes, renewed every 20 s (Dapr lockRenewalInSec, the SDK
+    // processors' auto-renewal): five renewals can fail before the lock
+    // expires and the message is redelivered.
+    lockDuration: 'PT2M'
     maxDeliveryCount: 10
     deadLetteringOnMessageExpiration: true
     defaultMessageTimeToLive: 'P14D'
-    requiresDuplicateDetection: true
-    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    // Off on purpose: the dead-letter processor (apps/base/dlq-processor, the
+    // seed's ServiceBusDeadLetterProcessor) re-sends a retryable message with
+    // its original MessageId, then completes the dead-lettered copy. With
+    // duplicate detection on, a re-send inside the history window (a message
+    // that fails fast exhausts maxDeliveryCount in seconds) is silently
+    // discarded as a duplicate, and the order is lost. Consumers are
+    // idempotent on the order ID instead (docs/deploy.md, "Dead-letter
+    // pattern"). This cannot be changed on an existing queue: recreate it.
+    requiresDuplicateDetection: false
     enableBatchedOperations: true
     maxSizeInMegabytes: 5120
+  }
+}
+
+// Dapr's pub/sub component still authenticates with a connection string (the
+// seed's servicebus secret): a rule with Listen and Send only, no Manage, since
+// the component runs with disableEntityManagement.
+resource daprRule 'Microsoft.ServiceBus/namespaces/AuthorizationRules@2022-10-01-preview' = {
+  parent: serviceBusNamespace
+  name: 'dapr-pubsub'
+  properties: {
+    rights: [
+      'Listen'
+      'Send'
+    ]
   }
 }
 
@@ -79,3 +102,4 @@ module subscriptions 'servicebus-subscriptions.bicep' = [for (topicName, i) in o
 output namespaceName string = serviceBusNamespace.name
 output namespaceId string = serviceBusNamespace.id
 output queueName string = orderProcessingQueue.name
+output daprRuleId string = daprRule.id
