@@ -1,6 +1,5 @@
 //! KEDA's `ExternalScaler` service over the engine.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -218,14 +217,4 @@ async fn any_changed(receivers: &mut [watch::Receiver<u64>]) {
         // The group is gone; the tick keeps the stream going.
         std::future::pending::<()>().await;
     }
-}
-
-/// Metadata from `k=v` strings, for tests and the CLI.
-pub fn metadata_from_pairs<'a>(
-    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> HashMap<String, String> {
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
