@@ -11,7 +11,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use crate::engine::{Engine, ObjectRef, unavailable};
-use crate::error::code_label;
+use crate::grpc_status::code_label;
 use crate::metrics::Metrics;
 use crate::proto::external_scaler_server::ExternalScaler;
 use crate::proto::{
