@@ -1,4 +1,4 @@
-//! The command line (SPEC section 2). `main.rs` only calls [`run`].
+//! The command line (README, "Commands and flags"). `main.rs` only calls [`run`].
 
 use std::collections::HashMap;
 use std::io::Read;

@@ -1,4 +1,5 @@
-//! The `prometheus` signal: one PromQL instant query against one server (SPEC 3 and 5).
+//! The `prometheus` signal: one PromQL instant query against one server (README, "Trigger
+//! metadata"; docs/prometheus.md).
 //!
 //! Reads are shared through the [`cache`](crate::cache): the group is the *server as reached*
 //! (address, auth, headers, namespace, timeout), the item is the *question asked* (query,

@@ -1,6 +1,6 @@
 //! The `servicebus` signal: `ActiveMessageCount` of a queue or topic subscription, read from
 //! the management (ATOM) API, one read per namespace per refresh shared by every ScaledObject
-//! that watches it (SPEC 5).
+//! that watches it (docs/servicebus.md).
 //!
 //! The cache groups by [`NamespaceKey`] (endpoint + credentials) and keeps one [`Watched`]
 //! item per distinct entity (or pattern). Each refresh of a namespace plans its requests:
