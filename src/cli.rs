@@ -345,7 +345,7 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
             name: &t.name,
             metadata: &t.metadata,
         };
-        match engine.decide(obj).await {
+        match engine.answer(obj).await {
             Err(e) => {
                 failed = true;
                 println!("  error: {e}");

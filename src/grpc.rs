@@ -117,7 +117,7 @@ impl ExternalScaler for ScalerService {
             let mut tick = tokio::time::interval(STREAM_TICK);
             let mut last = None;
             loop {
-                let decision = engine.evaluate(&tracked).await;
+                let decision = engine.peek(&tracked).await;
                 // Unknown (a signal missing and none active) is not sent: KEDA would act on it.
                 if let Ok(active) = decision.active()
                     && last != Some(active)
