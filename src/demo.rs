@@ -164,7 +164,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .metric_value;
         let (_, decision) = running
             .engine
-            .decide(crate::engine::ObjectRef {
+            .answer(crate::engine::ObjectRef {
                 namespace: &object.namespace,
                 name: &object.name,
                 metadata: &object.scaler_metadata,

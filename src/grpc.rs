@@ -11,7 +11,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use crate::engine::{Engine, ObjectRef, unavailable};
-use crate::error::code_label;
+use crate::grpc_status::code_label;
 use crate::metrics::Metrics;
 use crate::proto::external_scaler_server::ExternalScaler;
 use crate::proto::{
@@ -117,7 +117,7 @@ impl ExternalScaler for ScalerService {
             let mut tick = tokio::time::interval(STREAM_TICK);
             let mut last = None;
             loop {
-                let decision = engine.evaluate(&tracked).await;
+                let decision = engine.peek(&tracked).await;
                 // Unknown (a signal missing and none active) is not sent: KEDA would act on it.
                 if let Ok(active) = decision.active()
                     && last != Some(active)

@@ -10,8 +10,8 @@ pub mod cron;
 #[cfg(feature = "demo")]
 mod demo;
 pub mod engine;
-mod error;
 mod grpc;
+mod grpc_status;
 mod http;
 pub mod metadata;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! Trigger metadata (SPEC section 3) parsed into a typed [`Plan`].
+//! Trigger metadata (README, "Trigger metadata") parsed into a typed [`Plan`].
 //!
 //! One parser serves `serve`, `check` and `explain`. It collects every error rather than
 //! stopping at the first, each naming its key, and never puts a secret value in a message.
