@@ -2,7 +2,6 @@
 //! certificate, `X-Remote-*` headers, the HPA's Accept header; and the value KEDA's gRPC path
 //! gives for the same metadata.
 
-#[allow(dead_code)]
 #[path = "support/keda.rs"]
 mod keda;
 
