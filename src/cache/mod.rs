@@ -355,7 +355,7 @@ async fn read_guarded<U: Upstream>(
             tracing::error!(group = ?group, "an upstream read panicked");
             GroupRead::all_failed(
                 items,
-                SignalError::Other("the upstream read failed unexpectedly".into()),
+                SignalError::Unreported("the upstream read failed unexpectedly"),
             )
         }
     }
@@ -459,11 +459,9 @@ fn store<U: Upstream>(
             continue;
         };
         slot.attempted = true;
-        match values.remove(item).unwrap_or_else(|| {
-            Err(SignalError::Other(
-                "the upstream did not report this item".into(),
-            ))
-        }) {
+        match values.remove(item).unwrap_or(Err(SignalError::Unreported(
+            "the upstream did not report this item",
+        ))) {
             Ok(v) => {
                 any_ok = true;
                 slot.previous_good = slot.good;
@@ -807,7 +805,7 @@ mod tests {
         let obs = r.observe(&"ns", &"orders").await;
         assert_eq!(obs.value, None);
         assert!(
-            matches!(obs.error.as_deref(), Some(SignalError::Other(_))),
+            matches!(obs.error.as_deref(), Some(SignalError::Unreported(_))),
             "{obs:?}"
         );
         // The bug goes away (a token endpoint answers sensibly again): the next refresh,
