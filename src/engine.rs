@@ -92,7 +92,9 @@ pub struct Engine {
     allow: Option<GlobSet>,
     sources: Sources,
     metrics: Metrics,
-    objects: moka::sync::Cache<(String, String), Arc<Tracked>>,
+    /// Keyed by namespace, name and metric name: a ScaledObject with two `external` triggers has
+    /// two plans and two answers, which must not share a held answer.
+    objects: moka::sync::Cache<(String, String, String), Arc<Tracked>>,
 }
 
 impl Engine {
@@ -142,7 +144,15 @@ impl Engine {
     /// The parsed plan of `obj`, parsed again only when its metadata changed.
     pub fn track(&self, obj: ObjectRef<'_>) -> Result<Arc<Tracked>, EngineError> {
         let fingerprint = fingerprint(obj.metadata);
-        let key = (obj.namespace.to_string(), obj.name.to_string());
+        let metric_name = obj
+            .metadata
+            .get(metadata::keys::METRIC_NAME)
+            .map_or(metadata::DEFAULT_METRIC_NAME, String::as_str);
+        let key = (
+            obj.namespace.to_string(),
+            obj.name.to_string(),
+            metric_name.to_string(),
+        );
         if let Some(t) = self.objects.get(&key)
             && t.fingerprint == fingerprint
         {
@@ -155,7 +165,6 @@ impl Engine {
         )?;
         self.check_allowed(&plan)?;
         self.check_enabled(&plan)?;
-        let previous = self.objects.get(&key).and_then(|t| t.previous());
         let tracked = Arc::new(Tracked {
             fingerprint,
             plan: Arc::new(plan),
@@ -163,7 +172,9 @@ impl Engine {
                 scaledobject_namespace: obj.namespace.to_string(),
                 scaledobject: obj.name.to_string(),
             },
-            previous: Mutex::new(previous),
+            // A new plan starts without a held answer: the old plan's answer (its `maxReplicas`,
+            // its signals, or a caller's spoofed metadata) must not hold the new one up.
+            previous: Mutex::new(None),
         });
         self.objects.insert(key, tracked.clone());
         self.metrics.set_tracked(self.objects.entry_count());
