@@ -1,4 +1,4 @@
-//! The command line (SPEC section 2). `main.rs` only calls [`run`].
+//! The command line (README, "Commands and flags"). `main.rs` only calls [`run`].
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -144,7 +144,7 @@ pub fn load_triggers(args: &InputArgs) -> anyhow::Result<(Vec<Trigger>, Source)>
     let triggers = triggers_in_yaml(&text)?;
     if triggers.is_empty() {
         bail!(
-            "no `external` or `external-push` trigger found in {}",
+            "no `external` or `external-push` trigger, nor a BlendedMetric, found in {}",
             path.display()
         );
     }
@@ -159,6 +159,10 @@ pub fn triggers_in_yaml(text: &str) -> anyhow::Result<Vec<Trigger>> {
         let doc =
             Value::deserialize(doc).with_context(|| format!("YAML document {}", doc_index + 1))?;
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        if kind == "BlendedMetric" {
+            out.push(blended_metric_trigger(&doc));
+            continue;
+        }
         if !matches!(kind, "ScaledObject" | "ScaledJob") {
             continue;
         }
@@ -187,24 +191,7 @@ pub fn triggers_in_yaml(text: &str) -> anyhow::Result<Vec<Trigger>> {
             if !matches!(ty, "external" | "external-push") {
                 continue;
             }
-            let mut metadata = HashMap::new();
-            let mut problems = Vec::new();
-            if let Some(map) = trigger.get("metadata").and_then(Value::as_mapping) {
-                for (k, v) in map {
-                    let Some(k) = k.as_str() else {
-                        problems.push("a metadata key is not a string".to_string());
-                        continue;
-                    };
-                    match v {
-                        Value::String(s) => {
-                            metadata.insert(k.to_string(), s.clone());
-                        }
-                        _ => problems.push(format!(
-                            "metadata key `{k}`: KEDA takes only strings; quote the value"
-                        )),
-                    }
-                }
-            }
+            let (metadata, problems) = string_map(trigger.get("metadata"));
             out.push(Trigger {
                 label: format!("{kind} {namespace}/{name} trigger {} ({ty})", i + 1),
                 namespace: namespace.clone(),
@@ -215,6 +202,54 @@ pub fn triggers_in_yaml(text: &str) -> anyhow::Result<Vec<Trigger>> {
         }
     }
     Ok(out)
+}
+
+/// A metadata mapping's string pairs, and a problem for each value that is not a string.
+fn string_map(map: Option<&serde_yaml::Value>) -> (HashMap<String, String>, Vec<String>) {
+    let mut metadata = HashMap::new();
+    let mut problems = Vec::new();
+    if let Some(map) = map.and_then(serde_yaml::Value::as_mapping) {
+        for (k, v) in map {
+            let Some(k) = k.as_str() else {
+                problems.push("a metadata key is not a string".to_string());
+                continue;
+            };
+            match v {
+                serde_yaml::Value::String(s) => {
+                    metadata.insert(k.to_string(), s.clone());
+                }
+                _ => problems.push(format!(
+                    "metadata key `{k}`: KEDA takes only strings; quote the value"
+                )),
+            }
+        }
+    }
+    (metadata, problems)
+}
+
+/// A `BlendedMetric`'s `spec.metadata`, with its `*FromEnv` keys refused.
+fn blended_metric_trigger(doc: &serde_yaml::Value) -> Trigger {
+    let meta = doc.get("metadata");
+    let field = |f: &str, default: &str| {
+        meta.and_then(|m| m.get(f))
+            .and_then(serde_yaml::Value::as_str)
+            .unwrap_or(default)
+            .to_string()
+    };
+    let (name, namespace) = (field("name", "(unnamed)"), field("namespace", "default"));
+    let (metadata, mut problems) = string_map(doc.get("spec").and_then(|s| s.get("metadata")));
+    problems.extend(
+        crate::crd::from_env_errors(metadata.keys())
+            .iter()
+            .map(ToString::to_string),
+    );
+    Trigger {
+        label: format!("BlendedMetric {namespace}/{name}"),
+        namespace,
+        name,
+        metadata,
+        problems,
+    }
 }
 
 use serde::Deserialize as _;
@@ -345,7 +380,7 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
             name: &t.name,
             metadata: &t.metadata,
         };
-        match engine.decide(obj).await {
+        match engine.answer(obj).await {
             Err(e) => {
                 failed = true;
                 println!("  error: {e}");

@@ -1,15 +1,19 @@
 //! blend-scaler: a KEDA external scaler that blends Service Bus backlog, a Prometheus query
 //! and cron windows into one replica count, answering KEDA from a background-refreshed cache.
 
+#![forbid(unsafe_code)]
+
 pub mod blend;
 pub mod cache;
 pub mod cli;
+pub mod crd;
 pub mod cron;
 #[cfg(feature = "demo")]
 mod demo;
 pub mod engine;
-mod error;
+pub mod external_metrics;
 mod grpc;
+mod grpc_status;
 mod http;
 pub mod metadata;
 pub mod metrics;

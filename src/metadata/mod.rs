@@ -1,4 +1,4 @@
-//! Trigger metadata (SPEC section 3) parsed into a typed [`Plan`].
+//! Trigger metadata (README, "Trigger metadata") parsed into a typed [`Plan`].
 //!
 //! One parser serves `serve`, `check` and `explain`. It collects every error rather than
 //! stopping at the first, each naming its key, and never puts a secret value in a message.
@@ -170,7 +170,14 @@ impl Parser<'_> {
         };
         // A bare number is read in `bare` units (KEDA's `timeout` is milliseconds).
         let parsed = match text.parse::<u64>() {
-            Ok(n) => Some(bare * n as u32),
+            // Refused rather than wrapped: `5000000000` must not read as 705032704.
+            Ok(n) => match u32::try_from(n).ok().and_then(|n| bare.checked_mul(n)) {
+                Some(d) => Some(d),
+                None => {
+                    self.err(key, format!("`{text}` is too large"));
+                    return None;
+                }
+            },
             Err(_) => humantime::parse_duration(text).ok(),
         };
         match parsed {

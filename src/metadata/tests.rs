@@ -313,6 +313,20 @@ fn prometheus_keys_parse_with_kedas_defaults() {
 }
 
 #[test]
+fn a_bare_duration_too_large_for_its_unit_is_refused_naming_the_key() {
+    // 5000000000 ms would wrap to 705032704 ms as a u32.
+    let errs = keda(&[
+        ("serverAddress", "http://prometheus:9090"),
+        ("query", "up"),
+        ("threshold", "1"),
+        ("timeout", "5000000000"),
+    ])
+    .unwrap_err();
+    assert_eq!(keys(&errs), ["timeout"]);
+    assert!(errs.to_string().contains("too large"), "{errs}");
+}
+
+#[test]
 fn prometheus_auth_modes_need_their_keys() {
     let base = [
         ("serverAddress", "http://p:9090"),
