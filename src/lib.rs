@@ -1,6 +1,7 @@
 //! blend-scaler: a KEDA external scaler that blends Service Bus backlog, a Prometheus query
 //! and cron windows into one replica count, answering KEDA from a background-refreshed cache.
 
+pub mod binding;
 pub mod blend;
 pub mod cache;
 pub mod cli;

@@ -354,7 +354,12 @@ pub struct PrometheusPlan {
 pub struct Credentials {
     servicebus: HashMap<String, Secret>,
     prometheus: HashMap<String, Secret>,
+    /// `BLEND_SCALER_PROMETHEUS_CREDENTIAL_<NAME>_SERVERS`: the only servers it is sent to.
+    prometheus_servers: HashMap<String, Vec<String>>,
 }
+
+/// The suffix of the variable listing a Prometheus credential's servers.
+pub const SERVERS_SUFFIX: &str = "_SERVERS";
 
 pub const SERVICEBUS_CREDENTIAL_PREFIX: &str = "BLEND_SCALER_CREDENTIAL_";
 pub const PROMETHEUS_CREDENTIAL_PREFIX: &str = "BLEND_SCALER_PROMETHEUS_CREDENTIAL_";
@@ -370,6 +375,15 @@ impl Credentials {
         let mut creds = Self::default();
         for (name, value) in vars {
             if let Some(n) = name.strip_prefix(PROMETHEUS_CREDENTIAL_PREFIX) {
+                if let Some(n) = n.strip_suffix(SERVERS_SUFFIX) {
+                    let servers = value
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    creds.prometheus_servers.insert(n.to_string(), servers);
+                    continue;
+                }
                 creds.prometheus.insert(n.to_string(), Secret::new(value));
             } else if let Some(n) = name.strip_prefix(SERVICEBUS_CREDENTIAL_PREFIX) {
                 creds.servicebus.insert(n.to_string(), Secret::new(value));
@@ -389,6 +403,13 @@ impl Credentials {
 
     fn prometheus(&self, name: &str) -> Option<&Secret> {
         self.prometheus.get(&Self::env_name(name))
+    }
+
+    /// The servers Prometheus credential `name` may be sent to; none when not configured.
+    pub fn prometheus_servers(&self, name: &str) -> &[String] {
+        self.prometheus_servers
+            .get(&Self::env_name(name))
+            .map_or(&[], Vec::as_slice)
     }
 }
 
@@ -756,8 +777,19 @@ impl Parser<'_> {
                     self.err(key, format!("is not a valid regular expression: {e}"));
                 }
             }
-        } else if self.m.contains_key("operation") {
-            self.err("operation", "is only used with `useRegex: true`");
+        } else {
+            if self.m.contains_key("operation") {
+                self.err("operation", "is only used with `useRegex: true`");
+            }
+            for key in ["queueName", "topicName", "subscriptionName"] {
+                if self.get(key).is_some_and(|n| !is_entity_name(n)) {
+                    self.err(
+                        key,
+                        "must be a Service Bus entity name: letters, digits, `.`, `-`, `_` \
+                         (no `/`, `..`, `?`, `#`), at most 260 characters",
+                    );
+                }
+            }
         }
         let operation = self.aggregation("operation").unwrap_or(Aggregation::Sum);
         let message_count = self.number("messageCount", Some(5.0), true);
@@ -1156,6 +1188,16 @@ impl Parser<'_> {
     }
 }
 
+/// A name that stays one URL path segment: a tenant cannot pick the request path.
+fn is_entity_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 260
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
 fn parse_prometheus_credential(text: &str) -> Result<PrometheusAuth, String> {
     let mut auth = PrometheusAuth::default();
     if let Some(token) = text.strip_prefix("bearer:") {
@@ -1542,6 +1584,38 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(plan.servicebus.unwrap().endpoint, "https://ns.sb.local");
+    }
+
+    #[test]
+    fn entity_names_cannot_choose_the_request_path() {
+        for (key, name) in [
+            ("queueName", "latest/meta-data/iam"),
+            ("queueName", ".."),
+            ("queueName", "a..b"),
+            ("queueName", "q?x=1"),
+            ("queueName", "q#f"),
+            ("queueName", "q%2F"),
+        ] {
+            let errs = keda(&[(key, name), ("namespace", "ns")]).unwrap_err();
+            assert_eq!(keys(&errs), [key], "{name}");
+        }
+        let errs = keda(&[
+            ("topicName", "t/../x"),
+            ("subscriptionName", "s?"),
+            ("namespace", "ns"),
+        ])
+        .unwrap_err();
+        assert_eq!(keys(&errs), ["subscriptionName", "topicName"]);
+        assert!(keda(&[("queueName", "orders.v2_x-1"), ("namespace", "ns")]).is_ok());
+        // A regex is matched against listed names, never put in a path.
+        assert!(
+            keda(&[
+                ("queueName", "q.*"),
+                ("useRegex", "true"),
+                ("namespace", "ns")
+            ])
+            .is_ok()
+        );
     }
 
     #[test]
