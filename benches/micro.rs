@@ -134,7 +134,7 @@ fn blend_decision(c: &mut Criterion) {
         metadata: &m,
     };
     c.bench_function("engine_cached_decision/cron_windows", |b| {
-        b.iter(|| rt.block_on(engine.decide(black_box(obj))).unwrap())
+        b.iter(|| rt.block_on(engine.answer(black_box(obj))).unwrap())
     });
 }
 

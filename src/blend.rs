@@ -596,7 +596,7 @@ mod tests {
             let sb_obs = Observation {
                 value: Some(sb),
                 age: Some(Duration::from_secs(5)),
-                error: stale.then(|| Arc::new(SignalError::Other("down".into()))),
+                error: stale.then(|| Arc::new(SignalError::Connect("down".into()))),
                 rate: None,
             };
             let d = decide(Inputs {

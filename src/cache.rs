@@ -383,11 +383,9 @@ async fn refresh_loop<U: Upstream>(
                     continue;
                 };
                 slot.attempted = true;
-                match values.remove(item).unwrap_or_else(|| {
-                    Err(SignalError::Other(
-                        "the upstream did not report this item".into(),
-                    ))
-                }) {
+                match values.remove(item).unwrap_or(Err(SignalError::Unreported(
+                    "the upstream did not report this item",
+                ))) {
                     Ok(v) => {
                         any_ok = true;
                         slot.previous_good = slot.good;

@@ -1,4 +1,4 @@
-//! The command line (SPEC section 2). `main.rs` only calls [`run`].
+//! The command line (README, "Commands and flags"). `main.rs` only calls [`run`].
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -375,7 +375,7 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
             name: &t.name,
             metadata: &t.metadata,
         };
-        match engine.decide(obj).await {
+        match engine.answer(obj).await {
             Err(e) => {
                 failed = true;
                 println!("  error: {e}");

@@ -109,7 +109,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let running = server::start_with_default_sources(config).await?;
     let mut client = ExternalScalerClient::connect(format!("http://{}", running.grpc_addr)).await?;
 
-    let mut scaler_metadata = crate::grpc::metadata_from_pairs(Script::METADATA.iter().copied());
+    let mut scaler_metadata: std::collections::HashMap<String, String> = Script::METADATA
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     scaler_metadata.insert("serverAddress".into(), prometheus.url());
     scaler_metadata.insert("endpoint".into(), bus.endpoint());
     // In a cluster KEDA resolves this from the workload's environment; the double checks the
@@ -167,7 +170,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .metric_value;
         let (_, decision) = running
             .engine
-            .decide(crate::engine::ObjectRef {
+            .answer(crate::engine::ObjectRef {
                 namespace: &object.namespace,
                 name: &object.name,
                 metadata: &object.scaler_metadata,

@@ -211,8 +211,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Reads the signals from the cache and decides, without recording anything.
-    pub async fn evaluate(&self, tracked: &Tracked) -> Decision {
+    /// Reads the signals from the cache and decides, without recording anything (a look at
+    /// the answer; [`Engine::answer`] is the one that counts).
+    pub async fn peek(&self, tracked: &Tracked) -> Decision {
         let plan = &tracked.plan;
         let sb = async {
             match (&plan.servicebus, &self.sources.servicebus) {
@@ -237,13 +238,14 @@ impl Engine {
         })
     }
 
-    /// Decides, records the answer as the object's previous one, and logs a change once.
-    pub async fn decide(
+    /// The answer to a caller: decides, records it as the object's previous answer, and logs
+    /// a change once.
+    pub async fn answer(
         &self,
         obj: ObjectRef<'_>,
     ) -> Result<(Arc<Tracked>, Decision), EngineError> {
         let tracked = self.track(obj)?;
-        let decision = self.evaluate(&tracked).await;
+        let decision = self.peek(&tracked).await;
         self.record(&tracked, &decision);
         Ok((tracked, decision))
     }
@@ -288,13 +290,13 @@ impl Engine {
     }
 
     pub async fn replicas(&self, obj: ObjectRef<'_>) -> Result<(Arc<Tracked>, u32), EngineError> {
-        let (tracked, d) = self.decide(obj).await?;
+        let (tracked, d) = self.answer(obj).await?;
         let r = d.replicas().map_err(unavailable)?;
         Ok((tracked, r))
     }
 
     pub async fn is_active(&self, obj: ObjectRef<'_>) -> Result<bool, EngineError> {
-        let (_, d) = self.decide(obj).await?;
+        let (_, d) = self.answer(obj).await?;
         d.active().map_err(unavailable)
     }
 

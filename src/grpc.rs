@@ -1,6 +1,5 @@
 //! KEDA's `ExternalScaler` service over the engine.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use crate::engine::{Engine, ObjectRef, unavailable};
-use crate::error::code_label;
+use crate::grpc_status::code_label;
 use crate::metrics::Metrics;
 use crate::proto::external_scaler_server::ExternalScaler;
 use crate::proto::{
@@ -118,7 +117,7 @@ impl ExternalScaler for ScalerService {
             let mut tick = tokio::time::interval(STREAM_TICK);
             let mut last = None;
             loop {
-                let decision = engine.evaluate(&tracked).await;
+                let decision = engine.peek(&tracked).await;
                 // Unknown (a signal missing and none active) is not sent: KEDA would act on it.
                 if let Ok(active) = decision.active()
                     && last != Some(active)
@@ -218,14 +217,4 @@ async fn any_changed(receivers: &mut [watch::Receiver<u64>]) {
         // The group is gone; the tick keeps the stream going.
         std::future::pending::<()>().await;
     }
-}
-
-/// Metadata from `k=v` strings, for tests and the CLI.
-pub fn metadata_from_pairs<'a>(
-    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> HashMap<String, String> {
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }

@@ -1,6 +1,8 @@
 //! blend-scaler: a KEDA external scaler that blends Service Bus backlog, a Prometheus query
 //! and cron windows into one replica count, answering KEDA from a background-refreshed cache.
 
+#![forbid(unsafe_code)]
+
 pub mod binding;
 pub mod blend;
 pub mod cache;
@@ -9,8 +11,9 @@ pub mod cron;
 #[cfg(feature = "demo")]
 mod demo;
 pub mod engine;
-mod error;
 mod grpc;
+mod grpc_status;
+mod http;
 pub mod metadata;
 pub mod metrics;
 pub mod prometheus;

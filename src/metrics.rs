@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC section 6). Labels stay bounded: ScaledObject identity, signal
+//! Prometheus metrics (README, "Metrics"). Labels stay bounded: ScaledObject identity, signal
 //! kind, upstream kind, outcome class, RPC method and status code; never URLs, queries,
 //! error strings or secrets.
 

@@ -1,4 +1,5 @@
-//! The `prometheus` signal: one PromQL instant query against one server (SPEC 3 and 5).
+//! The `prometheus` signal: one PromQL instant query against one server (README, "Trigger
+//! metadata"; docs/prometheus.md).
 //!
 //! Reads are shared through the [`cache`](crate::cache): the group is the *server as reached*
 //! (address, auth, headers, namespace, timeout), the item is the *question asked* (query,
@@ -26,12 +27,13 @@ use futures::StreamExt;
 use prometheus_http_query::error::{PrometheusError, PrometheusErrorType};
 use prometheus_http_query::response::{Data, PromqlResult};
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName};
 use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
 use crate::cache::{self, GroupRead, Keyed, Refresher, SignalSource, Upstream};
+use crate::http::{self, Limits};
 use crate::metadata::{Aggregation, PrometheusAuth, PrometheusPlan};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -49,9 +51,6 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Distinct queries against one server in flight at once during a refresh.
 const MAX_CONCURRENT_QUERIES: usize = 16;
-
-/// The longest `Retry-After` honoured; a server asking for more is retried after this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// How much of an error body is quoted in an error message.
 const MAX_DETAIL_CHARS: usize = 300;
@@ -257,17 +256,15 @@ impl PrometheusUpstream {
     pub async fn query(&self, server: &Server, query: &Query) -> Result<f64, SignalError> {
         let connection = self.connection(server)?;
         let started = Instant::now();
-        let (result, outcome) = match send(&connection, server, query).await {
-            Ok(data) => (interpret(data, query), "ok"),
-            Err((e, outcome)) => (Err(e), outcome),
-        };
-        self.metrics
-            .upstream_request(UPSTREAM, outcome, started.elapsed());
+        let answer = send(&connection, server, query).await;
+        // The request's outcome: an answer that then reads as no value was still answered.
+        http::record(&self.metrics, UPSTREAM, started, &answer);
+        let result = answer.and_then(|data| interpret(data, query));
         if let Err(e) = &result {
             tracing::debug!(
                 upstream = UPSTREAM,
                 server = %server.label(),
-                outcome,
+                outcome = e.outcome(),
                 error = %e,
                 "prometheus query gave no value"
             );
@@ -313,7 +310,7 @@ impl Upstream for PrometheusUpstream {
 /// client certificate and CA for `tls`, and the timeout for each whole request.
 fn connect(server: &Server) -> Result<Connection, SignalError> {
     let config_error = |what: &str| {
-        SignalError::Other(format!(
+        SignalError::Setup(format!(
             "the Prometheus client for {} could not be set up: {what}",
             server.label()
         ))
@@ -329,7 +326,7 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
             .map_err(|_| config_error(&format!("`{name}` is not a header name")))?;
         headers.append(
             name.clone(),
-            sensitive(value.expose())
+            http::sensitive(value.expose())
                 .ok_or_else(|| config_error(&format!("the value of header `{name}` is invalid")))?,
         );
     }
@@ -346,7 +343,8 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
     if let Some(value) = authorization {
         headers.insert(
             AUTHORIZATION,
-            sensitive(&value).ok_or_else(|| config_error("the credentials are not header-safe"))?,
+            http::sensitive(&value)
+                .ok_or_else(|| config_error("the credentials are not header-safe"))?,
         );
     }
     if let Some((name, value)) = &server.auth.custom {
@@ -354,17 +352,14 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
             .map_err(|_| config_error("`customAuthHeader` is not a header name"))?;
         headers.insert(
             name,
-            sensitive(value.expose())
+            http::sensitive(value.expose())
                 .ok_or_else(|| config_error("`customAuthValueFromEnv` is not header-safe"))?,
         );
     }
 
-    let mut builder = reqwest::Client::builder()
+    let mut builder = http::client_builder(server.timeout)
         .default_headers(headers)
-        .redirect(same_origin_redirects())
-        .timeout(server.timeout)
-        .connect_timeout(server.timeout)
-        .user_agent(concat!("blend-scaler/", env!("CARGO_PKG_VERSION")));
+        .redirect(same_origin_redirects());
     if let Some(tls) = &server.auth.tls {
         // reqwest wants the certificate chain and its key in one PEM buffer.
         let pem = format!("{}\n{}\n", tls.cert.expose(), tls.key.expose());
@@ -384,7 +379,7 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
     }
     let http = builder
         .build()
-        .map_err(|e| config_error(&error_chain(&e.without_url())))?;
+        .map_err(|e| config_error(&http::error_chain(&e.without_url())))?;
     Ok(Connection {
         http,
         query_url: url,
@@ -409,13 +404,6 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
     })
 }
 
-/// A header value that is never printed by reqwest's or hyper's debug output.
-fn sensitive(value: &str) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(value).ok()?;
-    v.set_sensitive(true);
-    Some(v)
-}
-
 fn basic_token(user: &str, pass: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
@@ -429,10 +417,12 @@ enum Envelope {
     Error(PrometheusError),
 }
 
-type Failure = (SignalError, &'static str);
-
-/// One GET of `/api/v1/query`; the decoded data, or the error and the metric outcome.
-async fn send(connection: &Connection, server: &Server, query: &Query) -> Result<Data, Failure> {
+/// One GET of `/api/v1/query`: the decoded data, or what the answer means as an error.
+async fn send(
+    connection: &Connection,
+    server: &Server,
+    query: &Query,
+) -> Result<Data, SignalError> {
     let mut params: Vec<(&str, &str)> = vec![("query", &query.query)];
     if let Some(ns) = &server.namespace {
         params.push(("namespace", ns));
@@ -444,21 +434,29 @@ async fn send(connection: &Connection, server: &Server, query: &Query) -> Result
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
 
-    let response = connection
+    let request = connection
         .http
         .get(connection.query_url.clone())
-        .query(&params)
-        .send()
-        .await
-        .map_err(|e| transport_error(e, server))?;
-    let status = response.status();
-    let retry_after = retry_after(response.headers());
-    let is_json = response
-        .headers()
+        .query(&params);
+    let limits = Limits {
+        timeout: server.timeout,
+        max_body_bytes: MAX_BODY_BYTES,
+    };
+    let answer = http::exchange(
+        request,
+        &format!("Prometheus at {}", server.label()),
+        limits,
+    )
+    .await
+    .map_err(|e| e.map_text(|t| server.scrub(t)))?;
+    let status = answer.status;
+    let retry_after = answer.retry_after;
+    let body = answer.body;
+    let is_json = answer
+        .headers
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("application/json"));
-    let body = read_body(response, server).await?;
 
     let decoded = if is_json {
         Some(serde_json::from_slice::<Envelope>(&body))
@@ -468,22 +466,16 @@ async fn send(connection: &Connection, server: &Server, query: &Query) -> Result
     match decoded {
         Some(Ok(Envelope::Success { data })) if status.is_success() => Ok(data.into_inner().0),
         Some(Ok(Envelope::Error(e))) => Err(api_error(status, &e, retry_after, server)),
-        Some(Err(e)) if status.is_success() => Err((
-            SignalError::Malformed(format!(
-                "Prometheus at {} sent an answer that is not a query result: {}",
-                server.label(),
-                server.scrub(&e.to_string())
-            )),
-            "error",
-        )),
-        _ if status.is_success() => Err((
-            SignalError::Malformed(format!(
-                "Prometheus at {} answered HTTP {} without JSON",
-                server.label(),
-                status.as_u16()
-            )),
-            "error",
-        )),
+        Some(Err(e)) if status.is_success() => Err(SignalError::Malformed(format!(
+            "Prometheus at {} sent an answer that is not a query result: {}",
+            server.label(),
+            server.scrub(&e.to_string())
+        ))),
+        _ if status.is_success() => Err(SignalError::Malformed(format!(
+            "Prometheus at {} answered HTTP {} without JSON",
+            server.label(),
+            status.as_u16()
+        ))),
         _ => Err(http_error(
             status,
             &String::from_utf8_lossy(&body),
@@ -493,29 +485,6 @@ async fn send(connection: &Connection, server: &Server, query: &Query) -> Result
     }
 }
 
-/// Reads the body, refusing one larger than [`MAX_BODY_BYTES`].
-async fn read_body(mut response: reqwest::Response, server: &Server) -> Result<Vec<u8>, Failure> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport_error(e, server))?
-    {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err((
-                SignalError::Malformed(format!(
-                    "Prometheus at {} sent more than {} MiB; narrow the query",
-                    server.label(),
-                    MAX_BODY_BYTES / (1024 * 1024)
-                )),
-                "error",
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 /// A Prometheus `{"status":"error"}` answer. `bad_data` is the query (or a query parameter)
 /// being refused: a metadata problem the operator must fix, not an outage.
 fn api_error(
@@ -523,18 +492,15 @@ fn api_error(
     e: &PrometheusError,
     retry_after: Option<Duration>,
     server: &Server,
-) -> Failure {
+) -> SignalError {
     let detail = server.scrub(&format!("{}: {}", e.error_type(), e.message()));
-    if e.error_type() == PrometheusErrorType::BadData {
-        return (SignalError::InvalidQuery(detail), "bad_query");
+    match e.error_type() {
+        PrometheusErrorType::BadData => SignalError::InvalidQuery(detail),
+        PrometheusErrorType::Timeout => {
+            SignalError::QueryTimeout(format!("Prometheus at {}: {detail}", server.label()))
+        }
+        _ => http_error(status, &detail, retry_after, server),
     }
-    let (error, outcome) = http_error(status, &detail, retry_after, server);
-    let outcome = if e.error_type() == PrometheusErrorType::Timeout {
-        "timeout"
-    } else {
-        outcome
-    };
-    (error, outcome)
 }
 
 /// A non-2xx answer that is not a Prometheus error (a proxy's page, an auth gateway).
@@ -543,76 +509,25 @@ fn http_error(
     body: &str,
     retry_after: Option<Duration>,
     server: &Server,
-) -> Failure {
+) -> SignalError {
     let code = status.as_u16();
     let detail = format!("Prometheus at {}: {}", server.label(), server.scrub(body));
     match code {
         // Prometheus itself only answers 400 for a query it cannot parse or evaluate as asked.
-        400 => (SignalError::InvalidQuery(detail), "bad_query"),
-        401 | 403 => (
-            SignalError::Unauthorized {
-                status: code,
-                detail,
-            },
-            "error",
-        ),
-        429 | 503 if retry_after.is_some() || code == 429 => (
-            SignalError::Throttled {
-                status: code,
-                retry_after,
-            },
-            "error",
-        ),
-        _ => (
-            SignalError::Http {
-                status: code,
-                detail,
-            },
-            "error",
-        ),
+        400 => SignalError::InvalidQuery(detail),
+        401 | 403 => SignalError::Unauthorized {
+            status: code,
+            detail,
+        },
+        429 | 503 if retry_after.is_some() || code == 429 => SignalError::Throttled {
+            status: code,
+            retry_after,
+        },
+        _ => SignalError::Http {
+            status: code,
+            detail,
+        },
     }
-}
-
-/// A request that got no answer: refused, timed out, reset.
-fn transport_error(e: reqwest::Error, server: &Server) -> Failure {
-    if e.is_timeout() {
-        return (SignalError::Timeout(server.timeout), "timeout");
-    }
-    let detail = format!(
-        "Prometheus at {}: {}",
-        server.label(),
-        server.scrub(&error_chain(&e.without_url()))
-    );
-    (SignalError::Connect(detail), "error")
-}
-
-/// "error sending request: client error (Connect): tcp connect error: Connection refused":
-/// reqwest's own message says little without its sources.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
-/// `Retry-After` as seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let wait = if let Ok(secs) = text.parse::<u64>() {
-        Duration::from_secs(secs)
-    } else {
-        let at = chrono::DateTime::parse_from_rfc2822(text).ok()?;
-        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// One number from an answered query (KEDA's rules, plus `seriesAggregation`):
@@ -660,296 +575,4 @@ fn interpret(data: Data, query: &Query) -> Result<f64, SignalError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::metadata::{Credentials, Source, parse};
-
-    fn plan(extra: &[(&str, &str)]) -> PrometheusPlan {
-        let mut md: HashMap<String, String> = [
-            ("serverAddress", "http://prometheus.monitoring:9090"),
-            ("query", "sum(rate(http_requests_total[2m]))"),
-            ("threshold", "10"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        for (k, v) in extra {
-            md.insert(k.to_string(), v.to_string());
-        }
-        parse(&md, Source::Keda, &Credentials::default())
-            .expect("valid metadata")
-            .prometheus
-            .expect("a prometheus plan")
-    }
-
-    fn data(json: &str) -> Data {
-        serde_json::from_str::<PromqlResult>(json)
-            .expect("a query result")
-            .into_inner()
-            .0
-    }
-
-    fn vector(values: &[&str]) -> Data {
-        let series: Vec<String> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| format!(r#"{{"metric":{{"pod":"p{i}"}},"value":[1700000000.1,"{v}"]}}"#))
-            .collect();
-        data(&format!(
-            r#"{{"resultType":"vector","result":[{}]}}"#,
-            series.join(",")
-        ))
-    }
-
-    fn query(ignore_null_values: bool, series_aggregation: Option<Aggregation>) -> Query {
-        Query {
-            query: "q".into(),
-            parameters: vec![],
-            ignore_null_values,
-            series_aggregation,
-        }
-    }
-
-    #[test]
-    fn plans_that_differ_only_in_threshold_share_one_read() {
-        let a = key(&plan(&[("threshold", "10"), ("activationThreshold", "2")]));
-        let b = key(&plan(&[("threshold", "250")]));
-        assert_eq!(a, b);
-    }
-
-    #[test]
-    fn header_and_parameter_order_do_not_split_a_group() {
-        let a = key(&plan(&[
-            ("customHeaders", "X-Scope-OrgID=t1,X-Other=2"),
-            ("queryParameters", "dedup=true,partial_response=false"),
-        ]));
-        let b = key(&plan(&[
-            ("customHeaders", "X-Other=2,X-Scope-OrgID=t1"),
-            ("queryParameters", "partial_response=false,dedup=true"),
-        ]));
-        assert_eq!(a, b);
-    }
-
-    #[test]
-    fn server_identity_includes_auth_headers_namespace_and_timeout() {
-        let base = key(&plan(&[])).0;
-        for extra in [
-            &[("authModes", "bearer"), ("bearerTokenFromEnv", "t")][..],
-            &[("customHeaders", "X-Scope-OrgID=a")],
-            &[("prometheusNamespace", "team-a")],
-            &[("timeout", "500")],
-        ] {
-            assert_ne!(key(&plan(extra)).0, base, "{extra:?}");
-        }
-        assert_eq!(base.timeout(), DEFAULT_TIMEOUT);
-    }
-
-    #[test]
-    fn query_identity_includes_null_handling_and_aggregation() {
-        let base = key(&plan(&[])).1;
-        for extra in [
-            &[("ignoreNullValues", "false")][..],
-            &[("seriesAggregation", "sum")],
-            &[("queryParameters", "dedup=true")],
-        ] {
-            assert_ne!(key(&plan(extra)).1, base, "{extra:?}");
-        }
-    }
-
-    #[test]
-    fn debug_output_of_a_server_shows_no_secret() {
-        let p = plan(&[
-            ("serverAddress", "http://admin:url-pass@prom:9090"),
-            ("authModes", "basic,custom"),
-            ("usernameFromEnv", "user-secret"),
-            ("passwordFromEnv", "pass-secret"),
-            ("customAuthHeader", "X-Api-Key"),
-            ("customAuthValueFromEnv", "key-secret"),
-            ("customHeaders", "X-Scope-OrgID=header-secret"),
-        ]);
-        let (server, query) = key(&p);
-        let text = format!("{server:?} {query:?} {}", server.label());
-        for secret in [
-            "url-pass",
-            "admin",
-            "user-secret",
-            "pass-secret",
-            "key-secret",
-            "header-secret",
-        ] {
-            assert!(!text.contains(secret), "{secret} in {text}");
-        }
-        assert!(text.contains("X-Scope-OrgID") && text.contains("prom:9090"));
-    }
-
-    #[test]
-    fn scrubbing_removes_every_credential_from_server_text() {
-        let p = plan(&[
-            ("authModes", "bearer"),
-            ("bearerTokenFromEnv", "tok-abc"),
-            ("customHeaders", "X-Scope-OrgID=tenant-secret"),
-        ]);
-        let (server, _) = key(&p);
-        let scrubbed = server.scrub("denied: Bearer tok-abc for tenant-secret");
-        assert_eq!(scrubbed, "denied: Bearer <redacted> for <redacted>");
-        let long = "x".repeat(1000);
-        assert!(server.scrub(&long).chars().count() <= MAX_DETAIL_CHARS + 1);
-    }
-
-    #[test]
-    fn one_series_gives_its_value() {
-        assert_eq!(interpret(vector(&["123.4"]), &query(true, None)), Ok(123.4));
-        assert_eq!(interpret(vector(&["-2"]), &query(true, None)), Ok(-2.0));
-    }
-
-    #[test]
-    fn a_scalar_counts_as_one_series() {
-        let d = data(r#"{"resultType":"scalar","result":[1700000000,"42"]}"#);
-        assert_eq!(interpret(d, &query(false, None)), Ok(42.0));
-    }
-
-    #[test]
-    fn an_empty_result_is_zero_or_an_error_by_ignore_null_values() {
-        assert_eq!(interpret(vector(&[]), &query(true, None)), Ok(0.0));
-        assert_eq!(
-            interpret(vector(&[]), &query(false, Some(Aggregation::Sum))),
-            Err(SignalError::NullResult)
-        );
-    }
-
-    #[test]
-    fn nan_and_infinity_are_zero_or_an_error_by_ignore_null_values() {
-        for v in ["NaN", "+Inf", "-Inf"] {
-            assert_eq!(interpret(vector(&[v]), &query(true, None)), Ok(0.0), "{v}");
-            assert_eq!(
-                interpret(vector(&[v]), &query(false, None)),
-                Err(SignalError::NullResult),
-                "{v}"
-            );
-        }
-        // With aggregation a NaN series counts as 0, as a lone NaN does.
-        assert_eq!(
-            interpret(vector(&["10", "NaN"]), &query(true, Some(Aggregation::Avg))),
-            Ok(5.0)
-        );
-    }
-
-    #[test]
-    fn several_series_need_an_aggregation() {
-        let d = || vector(&["10", "20", "60"]);
-        assert_eq!(
-            interpret(d(), &query(true, None)),
-            Err(SignalError::MultipleSeries(3))
-        );
-        assert_eq!(
-            interpret(d(), &query(true, Some(Aggregation::Sum))),
-            Ok(90.0)
-        );
-        assert_eq!(
-            interpret(d(), &query(true, Some(Aggregation::Max))),
-            Ok(60.0)
-        );
-        assert_eq!(
-            interpret(d(), &query(true, Some(Aggregation::Avg))),
-            Ok(30.0)
-        );
-    }
-
-    #[test]
-    fn a_range_vector_is_a_query_problem() {
-        let d =
-            data(r#"{"resultType":"matrix","result":[{"metric":{},"values":[[1700000000,"1"]]}]}"#);
-        assert!(matches!(
-            interpret(d, &query(true, None)),
-            Err(SignalError::InvalidQuery(_))
-        ));
-    }
-
-    #[test]
-    fn the_api_envelope_decodes_success_and_bad_data() {
-        let ok: Envelope = serde_json::from_str(
-            r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
-        )
-        .unwrap();
-        assert!(matches!(ok, Envelope::Success { .. }));
-        let bad: Envelope = serde_json::from_str(
-            r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#,
-        )
-        .unwrap();
-        let Envelope::Error(e) = bad else {
-            panic!("expected an error envelope")
-        };
-        let server = key(&plan(&[])).0;
-        let (err, outcome) = api_error(StatusCode::BAD_REQUEST, &e, None, &server);
-        assert_eq!(outcome, "bad_query");
-        assert_eq!(
-            err,
-            SignalError::InvalidQuery("bad_data: parse error".into())
-        );
-    }
-
-    #[test]
-    fn http_failures_map_to_distinct_errors() {
-        let server = key(&plan(&[])).0;
-        let e = |code: u16, retry: Option<Duration>| {
-            http_error(StatusCode::from_u16(code).unwrap(), "nope", retry, &server).0
-        };
-        assert!(matches!(
-            e(401, None),
-            SignalError::Unauthorized { status: 401, .. }
-        ));
-        assert!(matches!(
-            e(403, None),
-            SignalError::Unauthorized { status: 403, .. }
-        ));
-        assert_eq!(
-            e(429, Some(Duration::from_secs(7))).retry_after(),
-            Some(Duration::from_secs(7))
-        );
-        assert!(matches!(
-            e(503, None),
-            SignalError::Http { status: 503, .. }
-        ));
-        assert!(matches!(
-            e(503, Some(Duration::from_secs(1))),
-            SignalError::Throttled { status: 503, .. }
-        ));
-        assert!(matches!(
-            e(502, None),
-            SignalError::Http { status: 502, .. }
-        ));
-        assert!(
-            e(502, None)
-                .to_string()
-                .contains("prometheus.monitoring:9090")
-        );
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates_and_is_capped() {
-        let h = |v: &str| {
-            let mut m = HeaderMap::new();
-            m.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
-            retry_after(&m)
-        };
-        assert_eq!(h("12"), Some(Duration::from_secs(12)));
-        assert_eq!(h("999999"), Some(MAX_RETRY_AFTER));
-        assert_eq!(h("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
-        assert_eq!(h("soon"), None);
-    }
-
-    #[test]
-    fn bad_tls_material_is_a_setup_error_that_names_no_secret() {
-        let p = plan(&[
-            ("authModes", "tls"),
-            ("certFromEnv", "not-a-pem-cert-secret"),
-            ("keyFromEnv", "not-a-pem-key-secret"),
-        ]);
-        let Err(e) = connect(&key(&p).0) else {
-            panic!("garbage PEM must not build a client")
-        };
-        let text = e.to_string();
-        assert!(text.contains("certFromEnv"), "{text}");
-        assert!(!text.contains("secret"), "{text}");
-    }
-}
+mod tests;

@@ -57,11 +57,73 @@ pub enum SignalError {
     NullResult,
     #[error("the query returned {0} series; set `seriesAggregation` (sum, max or avg)")]
     MultipleSeries(usize),
+    /// The query timed out on the upstream itself (Prometheus's `timeout` error type).
+    #[error("the query timed out upstream: {0}")]
+    QueryTimeout(String),
+    #[error("the response is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The client for an upstream cannot be set up from the plan (endpoint, headers, TLS).
     #[error("{0}")]
-    Other(String),
+    Setup(String),
+    /// No credential to send: not configured, unreadable, or not resolved.
+    #[error("{0}")]
+    Credential(String),
+    /// An entity name or pattern that cannot be read, or names another kind of entity.
+    #[error("{0}")]
+    InvalidEntity(String),
+    /// More to read than the scaler's limits allow.
+    #[error("{0}")]
+    OverLimit(String),
+    /// A read that did not report an item it was asked for: a bookkeeping gap, not an outage.
+    #[error("{0}")]
+    Unreported(&'static str),
 }
 
 impl SignalError {
+    /// The `outcome` label of `blend_scaler_upstream_requests_total`: a small fixed set, the
+    /// same for every upstream.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            SignalError::NotFound(_) => "not_found",
+            SignalError::Unauthorized { .. } => "unauthorized",
+            SignalError::Throttled { .. } => "throttled",
+            SignalError::Timeout(_) | SignalError::QueryTimeout(_) => "timeout",
+            SignalError::InvalidQuery(_) => "bad_query",
+            _ => "error",
+        }
+    }
+
+    /// The same error with `f` applied to every free text it carries (to scrub a secret an
+    /// upstream echoed).
+    pub fn map_text(self, f: impl Fn(&str) -> String) -> SignalError {
+        use SignalError::*;
+        match self {
+            NotFound(m) => NotFound(f(&m)),
+            Unauthorized { status, detail } => Unauthorized {
+                status,
+                detail: f(&detail),
+            },
+            Http { status, detail } => Http {
+                status,
+                detail: f(&detail),
+            },
+            Connect(m) => Connect(f(&m)),
+            Malformed(m) => Malformed(f(&m)),
+            InvalidQuery(m) => InvalidQuery(f(&m)),
+            QueryTimeout(m) => QueryTimeout(f(&m)),
+            Setup(m) => Setup(f(&m)),
+            Credential(m) => Credential(f(&m)),
+            InvalidEntity(m) => InvalidEntity(f(&m)),
+            OverLimit(m) => OverLimit(f(&m)),
+            other @ (Throttled { .. }
+            | Timeout(_)
+            | NullResult
+            | MultipleSeries(_)
+            | TooLarge { .. }
+            | Unreported(_)) => other,
+        }
+    }
+
     /// How long the upstream asked us to wait, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -4,9 +4,10 @@
 #[path = "support/prometheus.rs"]
 mod prometheus_support;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use blend_scaler::blend::{Inputs, decide, replicas_for};
@@ -83,7 +84,7 @@ fn captured_logs() -> String {
         tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
         buffer
     });
-    String::from_utf8_lossy(&buffer.lock().expect("log buffer")).into_owned()
+    String::from_utf8_lossy(&buffer.lock()).into_owned()
 }
 
 #[derive(Clone)]
@@ -91,7 +92,7 @@ struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
 
 impl Write for SharedBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        self.0.lock().extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -635,7 +636,7 @@ async fn redirects_are_followed_within_the_server_only_so_headers_never_reach_an
             get({
                 let hits = hits.clone();
                 move |headers: HeaderMap| async move {
-                    hits.lock().unwrap().push(headers);
+                    hits.lock().push(headers);
                     (
                         [(header::CONTENT_TYPE, "application/json")],
                         r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"3"]}]}}"#,
@@ -666,11 +667,7 @@ async fn redirects_are_followed_within_the_server_only_so_headers_never_reach_an
         &[("query", "up"), headers],
     );
     assert_eq!(read(&upstream, &moved).await, Ok(3.0));
-    assert_eq!(
-        hits.lock().unwrap().len(),
-        1,
-        "a same-origin redirect is followed"
-    );
+    assert_eq!(hits.lock().len(), 1, "a same-origin redirect is followed");
 
     let elsewhere = plan(
         &format!("http://127.0.0.1:{port}/elsewhere"),
@@ -682,7 +679,7 @@ async fn redirects_are_followed_within_the_server_only_so_headers_never_reach_an
         "{refused:?}"
     );
     assert_eq!(
-        hits.lock().unwrap().len(),
+        hits.lock().len(),
         1,
         "the other origin never saw the request"
     );

@@ -86,14 +86,6 @@ fn value(v: &Value) -> String {
     }
 }
 
-const SECRET_KEYS: &[&str] = &[
-    "bearerTokenFromEnv",
-    "passwordFromEnv",
-    "usernameFromEnv",
-    "customAuthValueFromEnv",
-    "keyFromEnv",
-];
-
 /// The secret parts of the metadata that are distinctive enough to look for, each with
 /// everything else (keys, other values, the non-secret parts of the same value) they must
 /// not be part of.
@@ -103,8 +95,8 @@ fn secrets(m: &HashMap<String, String>) -> Vec<String> {
     for (k, v) in m {
         public.push(k.clone());
         match k.as_str() {
-            k if SECRET_KEYS.contains(&k) => secret.push(v.clone()),
-            "connectionFromEnv" => {
+            k if metadata::keys::SECRET.contains(&k) => secret.push(v.clone()),
+            metadata::keys::CONNECTION_FROM_ENV => {
                 for part in v.split(';') {
                     match part.split_once('=') {
                         Some((name, val))

@@ -15,6 +15,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 use sha2::Sha256;
 use tokio::time::Instant;
 
+use crate::http::{self, Limits};
 use crate::metadata::{ConnectionAuth, ServiceBusAuth};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -31,6 +32,10 @@ pub const RENEW_BEFORE: Duration = Duration::from_secs(300);
 pub const AAD_SCOPE: &str = "https://servicebus.azure.net/.default";
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The `upstream` label of the token exchange's request metrics.
+const UPSTREAM: &str = "azure_ad";
+/// A token response is a few KiB of JSON; anything much larger is not one.
+const MAX_TOKEN_BODY_BYTES: usize = 64 * 1024;
 
 /// What `sr`, `sig` and `skn` are encoded with: everything but unreserved characters, the
 /// way `HttpUtility.UrlEncode`, `quote_plus` and `url.QueryEscape` agree on for URIs.
@@ -227,7 +232,7 @@ impl WorkloadIdentity {
         let config = self
             .config
             .as_ref()
-            .map_err(|e| SignalError::Other(e.clone()))?;
+            .map_err(|e| SignalError::Credential(e.clone()))?;
         let mut cached = self.cached.lock().await;
         if let Some((token, renew_at)) = cached.as_ref()
             && Instant::now() < *renew_at
@@ -236,12 +241,7 @@ impl WorkloadIdentity {
         }
         let started = Instant::now();
         let result = self.exchange(config).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => super::client::outcome(e),
-        };
-        self.metrics
-            .upstream_request("azure_ad", outcome, started.elapsed());
+        http::record(&self.metrics, UPSTREAM, started, &result);
         let (token, lifetime) = result?;
         // Renew RENEW_BEFORE ahead, or at half-life for short-lived tokens.
         let margin = RENEW_BEFORE.min(lifetime / 2);
@@ -256,7 +256,7 @@ impl WorkloadIdentity {
         let assertion = tokio::fs::read_to_string(&config.token_file)
             .await
             .map_err(|e| {
-                SignalError::Other(format!(
+                SignalError::Credential(format!(
                     "cannot read the federated token file `{}`: {e}",
                     config.token_file.display()
                 ))
@@ -277,21 +277,14 @@ impl WorkloadIdentity {
                 "application/x-www-form-urlencoded",
             )
             .header(reqwest::header::ACCEPT, "application/json")
-            .body(body)
-            .send();
-        let response = tokio::time::timeout(self.timeout, async {
-            let response = request.await?;
-            let status = response.status().as_u16();
-            let retry = super::client::retry_after(response.headers());
-            let bytes = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, retry, bytes))
-        })
-        .await
-        .map_err(|_| SignalError::Timeout(self.timeout))?
-        .map_err(|e| {
-            super::client::transport_error(&e, "the Azure AD token endpoint", self.timeout)
-        })?;
-        let (status, retry_after, bytes) = response;
+            .body(body);
+        let limits = Limits {
+            timeout: self.timeout,
+            max_body_bytes: MAX_TOKEN_BODY_BYTES,
+        };
+        let answer = http::exchange(request, "the Azure AD token endpoint", limits).await?;
+        let (status, retry_after, bytes) =
+            (answer.status.as_u16(), answer.retry_after, answer.body);
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         if status != 200 {
             let code = json["error"].as_str().unwrap_or("no error code");
@@ -361,10 +354,10 @@ impl Credential {
                 ConnectionAuth::Signature(sig) => Credential::Signature(sig.clone()),
             }),
             ServiceBusAuth::WorkloadIdentity => Ok(Credential::WorkloadIdentity(identity.clone())),
-            ServiceBusAuth::ResolvedByKeda { variable } => Err(SignalError::Other(format!(
+            ServiceBusAuth::ResolvedByKeda { variable } => Err(SignalError::Credential(format!(
                 "the connection string in `{variable}` has not been resolved"
             ))),
-            ServiceBusAuth::NamedCredential(name) => Err(SignalError::Other(format!(
+            ServiceBusAuth::NamedCredential(name) => Err(SignalError::Credential(format!(
                 "the scaler credential `{name}` has not been resolved"
             ))),
         }

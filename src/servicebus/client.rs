@@ -2,13 +2,12 @@
 //! reports message counts without receiving messages. No maintained Rust crate reads them
 //! (`azure_messaging_servicebus` speaks AMQP), so the few GETs needed are written here.
 
-use std::error::Error as _;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::HeaderMap;
 use tokio::time::Instant;
 
+use crate::http::{self, Limits};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::signal::SignalError;
@@ -22,9 +21,6 @@ pub const API_VERSION: &str = "2021-05";
 pub const PAGE_SIZE: usize = 100;
 /// The `upstream` label of request metrics.
 pub const UPSTREAM: &str = "servicebus";
-/// A `Retry-After` longer than this is read as this: a namespace is never parked for hours by
-/// one odd header.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// Entity names are sent as path segments; only unreserved characters stay as they are.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -64,12 +60,12 @@ impl Connection {
     pub fn new(endpoint: &str, credential: Credential) -> Result<Self, SignalError> {
         let endpoint = endpoint.trim().trim_end_matches('/');
         let url = url::Url::parse(endpoint).map_err(|_| {
-            SignalError::Other(format!(
+            SignalError::Setup(format!(
                 "the Service Bus endpoint `{endpoint}` is not a URL"
             ))
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(SignalError::Other(format!(
+            return Err(SignalError::Setup(format!(
                 "the Service Bus endpoint `{endpoint}` is not an http(s) URL"
             )));
         }
@@ -97,71 +93,6 @@ impl Connection {
     }
 }
 
-/// The outcome label of a request's metric: a small fixed set.
-pub fn outcome(error: &SignalError) -> &'static str {
-    match error {
-        SignalError::NotFound(_) => "not_found",
-        SignalError::Unauthorized { .. } => "unauthorized",
-        SignalError::Throttled { .. } => "throttled",
-        SignalError::Timeout(_) => "timeout",
-        _ => "error",
-    }
-}
-
-/// `Retry-After` (seconds or an HTTP date), or Azure's `retry-after-ms`/`x-ms-retry-after-ms`.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    retry_after_at(headers, SystemTime::now())
-}
-
-pub(crate) fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    let millis = ["retry-after-ms", "x-ms-retry-after-ms"]
-        .into_iter()
-        .find_map(|n| text(n).and_then(|v| v.parse::<u64>().ok()))
-        .map(Duration::from_millis);
-    let wait = millis.or_else(|| {
-        let v = text("retry-after")?;
-        if let Ok(secs) = v.parse::<f64>() {
-            return (secs.is_finite() && secs >= 0.0)
-                .then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())));
-        }
-        let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-        let at = SystemTime::from(at);
-        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-    })?;
-    Some(wait.min(MAX_RETRY_AFTER))
-}
-
-/// A transport failure as a [`SignalError`]: the root cause, never the URL's query.
-pub(crate) fn transport_error(e: &reqwest::Error, whom: &str, timeout: Duration) -> SignalError {
-    if e.is_timeout() {
-        return SignalError::Timeout(timeout);
-    }
-    let mut cause = String::new();
-    let mut source: Option<&dyn std::error::Error> = e.source();
-    while let Some(s) = source {
-        cause = s.to_string();
-        source = s.source();
-    }
-    if cause.is_empty() {
-        // The URL carries no secret, but its query is noise in a message.
-        cause = match e.url() {
-            Some(url) => e.to_string().replace(url.as_str(), "the endpoint"),
-            None => e.to_string(),
-        };
-    }
-    if e.is_connect() {
-        SignalError::Connect(format!("{whom}: {cause}"))
-    } else {
-        SignalError::Other(format!("request to {whom} failed: {cause}"))
-    }
-}
-
 /// Reads queues, subscriptions and their lists.
 #[derive(Clone)]
 pub struct Client {
@@ -172,11 +103,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(metrics: Metrics, options: ClientOptions) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(options.timeout)
-            // The management API does not redirect; following one could carry a request to
-            // a host the allowlist never saw.
-            .redirect(reqwest::redirect::Policy::none())
+        // The management API does not redirect: the layer's default of following none holds.
+        let http = http::client_builder(options.timeout)
             .build()
             // Only fails when the compiled-in TLS backend cannot initialise: a broken build.
             .expect("the HTTP client builds with the compiled-in TLS backend");
@@ -292,12 +220,7 @@ impl Client {
             Ok(body) => parse(&body),
             Err(e) => Err(e),
         };
-        let label = match &result {
-            Ok(_) => "ok",
-            Err(e) => outcome(e),
-        };
-        self.metrics
-            .upstream_request(UPSTREAM, label, started.elapsed());
+        http::record(&self.metrics, UPSTREAM, started, &result);
         result.map_err(|e| scrub(e, conn.credential.key()))
     }
 
@@ -312,13 +235,11 @@ impl Client {
         let resource = format!("{}/{path}", conn.endpoint);
         let authorization = conn.credential.authorization(&resource).await?;
         // Marked sensitive, so HTTP debug output never prints it.
-        let mut authorization = reqwest::header::HeaderValue::from_str(authorization.expose())
-            .map_err(|_| {
-                SignalError::Other(
-                    "the credential contains characters not allowed in a header".into(),
-                )
-            })?;
-        authorization.set_sensitive(true);
+        let authorization = http::sensitive(authorization.expose()).ok_or_else(|| {
+            SignalError::Credential(
+                "the credential contains characters not allowed in a header".into(),
+            )
+        })?;
         let mut url = format!("{resource}?api-version={API_VERSION}");
         for (k, v) in query {
             url.push('&');
@@ -326,27 +247,20 @@ impl Client {
             url.push('=');
             url.push_str(&utf8_percent_encode(v, SEGMENT).to_string());
         }
-        let timeout = self.options.timeout;
-        let exchange = async {
-            let response = self
-                .http
-                .get(&url)
-                .header(reqwest::header::AUTHORIZATION, authorization)
-                .header(
-                    reqwest::header::ACCEPT,
-                    "application/atom+xml, application/xml",
-                )
-                .send()
-                .await
-                .map_err(|e| transport_error(&e, &format!("namespace `{}`", conn.host), timeout))?;
-            let status = response.status().as_u16();
-            let wait = retry_after(response.headers());
-            let body = self.body(response, &conn.host, timeout).await?;
-            Ok::<_, SignalError>((status, wait, body))
+        let request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::AUTHORIZATION, authorization)
+            .header(
+                reqwest::header::ACCEPT,
+                "application/atom+xml, application/xml",
+            );
+        let limits = Limits {
+            timeout: self.options.timeout,
+            max_body_bytes: self.options.max_body_bytes,
         };
-        let (status, wait, body) = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| SignalError::Timeout(timeout))??;
+        let answer = http::exchange(request, &format!("namespace `{}`", conn.host), limits).await?;
+        let (status, wait, body) = (answer.status.as_u16(), answer.retry_after, answer.body);
         if status == 200 {
             let text = String::from_utf8(body)
                 .map_err(|_| SignalError::Malformed(format!("{what}: the body is not UTF-8")))?;
@@ -361,37 +275,6 @@ impl Client {
             other => other,
         })
     }
-
-    async fn body(
-        &self,
-        mut response: reqwest::Response,
-        host: &str,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, SignalError> {
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > self.options.max_body_bytes {
-                        return Err(SignalError::Malformed(format!(
-                            "the response is larger than {} bytes",
-                            self.options.max_body_bytes
-                        )));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Ok(body),
-                // A connection cut mid-body: what came is not a document.
-                Err(e) if !e.is_timeout() => {
-                    return Err(SignalError::Malformed(format!(
-                        "the response from `{host}` was cut off after {} bytes",
-                        body.len()
-                    )));
-                }
-                Err(e) => return Err(transport_error(&e, host, timeout)),
-            }
-        }
-    }
 }
 
 /// An entity name as URL path segments. Names may contain `/` (nested paths); empty, `.` and
@@ -401,7 +284,7 @@ fn entity_path(names: &[&str]) -> Result<String, SignalError> {
     for name in names {
         for segment in name.split('/') {
             if segment.is_empty() || segment == "." || segment == ".." {
-                return Err(SignalError::Other(format!(
+                return Err(SignalError::InvalidEntity(format!(
                     "`{name}` is not a valid Service Bus entity name"
                 )));
             }
@@ -421,7 +304,7 @@ fn expect_kind(
     if d.kind == kind {
         Ok(d)
     } else {
-        Err(SignalError::Other(format!(
+        Err(SignalError::InvalidEntity(format!(
             "`{name}` is a {}, not a {}",
             d.kind.as_str(),
             kind.as_str()
@@ -431,54 +314,15 @@ fn expect_kind(
 
 /// Removes a key or token from an upstream's error text, should it ever echo one.
 fn scrub(error: SignalError, key: Option<&Secret>) -> SignalError {
-    let Some(key) = key.map(Secret::expose).filter(|k| k.len() >= 4) else {
-        return error;
-    };
-    let clean = |s: String| s.replace(key, "<redacted>");
-    match error {
-        SignalError::Unauthorized { status, detail } => SignalError::Unauthorized {
-            status,
-            detail: clean(detail),
-        },
-        SignalError::Http { status, detail } => SignalError::Http {
-            status,
-            detail: clean(detail),
-        },
-        SignalError::Malformed(m) => SignalError::Malformed(clean(m)),
-        SignalError::Other(m) => SignalError::Other(clean(m)),
-        other => other,
+    match key.map(Secret::expose).filter(|k| k.len() >= 4) {
+        Some(key) => error.map_text(|s| s.replace(key, "<redacted>")),
+        None => error,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
-
-    #[test]
-    fn retry_after_reads_seconds_dates_and_milliseconds() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 21 Oct 2015 07:28:00
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after_at(&h, now), None);
-        h.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(7)));
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:30 GMT"),
-        );
-        assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(30)));
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:00:00 GMT"),
-        );
-        assert_eq!(retry_after_at(&h, now), Some(Duration::ZERO));
-        h.insert("retry-after", HeaderValue::from_static("999999"));
-        assert_eq!(retry_after_at(&h, now), Some(MAX_RETRY_AFTER));
-        h.insert("retry-after", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after_at(&h, now), None);
-        h.insert("x-ms-retry-after-ms", HeaderValue::from_static("1500"));
-        assert_eq!(retry_after_at(&h, now), Some(Duration::from_millis(1500)));
-    }
 
     #[test]
     fn entity_names_become_safe_path_segments() {

@@ -6,6 +6,8 @@
 //! The crate knows nothing of the scaler: it speaks the upstreams' wire formats only, so a
 //! scaler that misreads them fails against it instead of agreeing with itself.
 
+#![forbid(unsafe_code)]
+
 pub mod prometheus;
 pub mod servicebus;
 

@@ -1,6 +1,6 @@
 //! A Service Bus management API double on loopback, for tests and the `demo` command.
 //!
-//! Written from the wire format (see `research/servicebus.md`): entries and feeds carry the
+//! Written from the wire format (see docs/servicebus.md, "The test double"): entries and feeds carry the
 //! elements, namespaces and prefixes Service Bus sends, in both the 2017-04 and 2021-05
 //! shapes. It also reproduces the service's habits that matter to a scaler: the HTTP 200
 //! "Publicly Listed Services" feed for a missing entity, `<Error>` bodies, SAS signature
@@ -27,9 +27,9 @@ use quick_xml::escape::escape;
 use rand::RngExt;
 use sha2::Sha256;
 
-// The wire names, written here from `research/servicebus.md` rather than imported from the
-// scaler, so a mistake in the scaler's copy shows up as a failing test instead of agreeing
-// with itself.
+// The wire names, written here from the recorded responses (docs/servicebus.md) rather than
+// imported from the scaler, so a mistake in the scaler's copy shows up as a failing test
+// instead of agreeing with itself.
 const ATOM_NS: &str = "http://www.w3.org/2005/Atom";
 const CONNECT_NS: &str = "http://schemas.microsoft.com/netservices/2010/10/servicebus/connect";
 const COUNTS_NS: &str = "http://schemas.microsoft.com/netservices/2011/06/servicebus";

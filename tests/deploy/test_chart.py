@@ -424,3 +424,16 @@ def test_keda_namespace_is_configurable_for_the_aks_add_on(renders):
     assert peer["namespaceSelector"] == {"matchLabels": {"platform.example.com/keda": "true"}}
     assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "keda-operator"}}
     assert 'namespaces matching {"matchLabels"' in d.notes_of(renders["conventions-values"])
+
+
+def test_default_spread_counts_only_the_new_replica_set(renders):
+    spread = one(d.manifests_of(renders["default"]), "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    assert all(c["matchLabelKeys"] == ["pod-template-hash"] for c in spread)
+
+
+def test_extra_ingress_rules_are_appended(renders):
+    rules = one(d.manifests_of(renders["conventions-values"]), "NetworkPolicy")["spec"]["ingress"]
+    assert rules[-1] == {"ports": [{"port": 6443, "protocol": "TCP"}]}
+    assert len(one(d.manifests_of(renders["default"]), "NetworkPolicy")["spec"]["ingress"]) == 2
+    assert d.schema_errors({"networkPolicy": {"extraIngress": [{"to": []}]}}), "an egress-shaped rule is refused"

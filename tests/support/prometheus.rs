@@ -16,13 +16,14 @@
 //! command: these tests fail loudly rather than skip.
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -483,7 +484,7 @@ impl Proxy {
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.state.requests.lock().expect("proxy state").clone()
+        self.state.requests.lock().clone()
     }
 
     /// Instant queries seen so far.
@@ -496,7 +497,7 @@ impl Proxy {
 
     /// Answer every request with `status` (and `Retry-After`), or forward again with `None`.
     pub fn fail_with(&self, failure: Option<(u16, Option<u64>)>) {
-        *self.state.failure.lock().expect("proxy state") = failure;
+        *self.state.failure.lock() = failure;
     }
 }
 
@@ -529,7 +530,7 @@ async fn forward(
         })
         .collect();
     let authorization = headers.get("authorization").cloned();
-    state.requests.lock().expect("proxy state").push(Recorded {
+    state.requests.lock().push(Recorded {
         path: path.clone(),
         query,
         headers,
@@ -552,7 +553,7 @@ async fn forward(
             format!("unauthorized: got {authorization:?}\n"),
         );
     }
-    let failure = *state.failure.lock().expect("proxy state");
+    let failure = *state.failure.lock();
     if let Some((status, retry_after)) = failure {
         let mut h = vec![("content-type", "text/plain".to_string())];
         if let Some(secs) = retry_after {

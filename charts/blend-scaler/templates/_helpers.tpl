@@ -154,3 +154,26 @@ periodSeconds: {{ .periodSeconds }}
 timeoutSeconds: {{ .timeoutSeconds }}
 failureThreshold: {{ .failureThreshold }}
 {{- end }}
+
+{{/* One scrape endpoint of /metrics, shared by the ServiceMonitor and the
+PodMonitor; `.` is metrics.serviceMonitor or metrics.podMonitor. Empty
+interval/scrapeTimeout fall back to Prometheus' global settings. */}}
+{{- define "blend-scaler.scrapeEndpoint" -}}
+- port: http-metrics
+  path: /metrics
+  scheme: http
+  {{- with .interval }}
+  interval: {{ . }}
+  {{- end }}
+  {{- with .scrapeTimeout }}
+  scrapeTimeout: {{ . }}
+  {{- end }}
+  {{- with .relabelings }}
+  relabelings:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .metricRelabelings }}
+  metricRelabelings:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}

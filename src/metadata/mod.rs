@@ -1,0 +1,380 @@
+//! Trigger metadata (README, "Trigger metadata") parsed into a typed [`Plan`].
+//!
+//! One parser serves `serve`, `check` and `explain`. It collects every error rather than
+//! stopping at the first, each naming its key, and never puts a secret value in a message.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+
+use crate::cron::CronPlan;
+use crate::secret::Secret;
+
+mod cron;
+pub mod keys;
+mod plan;
+mod prometheus;
+mod servicebus;
+#[cfg(test)]
+mod tests;
+
+pub use keys::known_keys;
+pub use plan::*;
+
+/// At most this many keys in one trigger's metadata.
+pub const MAX_KEYS: usize = 64;
+/// At most this many bytes in one value.
+pub const MAX_VALUE_BYTES: usize = 8 * 1024;
+
+/// A plan from `(key, value)` pairs as KEDA sends them, for tests; panics on invalid metadata.
+#[cfg(test)]
+pub(crate) fn test_plan(pairs: &[(&str, &str)]) -> Plan {
+    let m: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    parse(&m, Source::Keda, &Credentials::default()).expect("valid metadata")
+}
+
+pub const DEFAULT_METRIC_NAME: &str = "blended-replicas";
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// One problem with one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for MetadataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "metadata key `{}`: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in one trigger's metadata, in key order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct MetadataErrors(pub Vec<MetadataError>);
+
+impl fmt::Display for MetadataErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Parses one trigger's metadata.
+pub fn parse(
+    metadata: &HashMap<String, String>,
+    source: Source,
+    credentials: &Credentials,
+) -> Result<Plan, MetadataErrors> {
+    let mut p = Parser {
+        m: metadata,
+        source,
+        credentials,
+        errors: Vec::new(),
+    };
+    let plan = p.plan();
+    if p.errors.is_empty() {
+        Ok(plan.expect("a plan exists when no error was found"))
+    } else {
+        p.errors.sort_by(|a, b| a.key.cmp(&b.key));
+        p.errors.dedup();
+        Err(MetadataErrors(p.errors))
+    }
+}
+
+struct Parser<'a> {
+    m: &'a HashMap<String, String>,
+    source: Source,
+    credentials: &'a Credentials,
+    errors: Vec<MetadataError>,
+}
+
+impl Parser<'_> {
+    fn err(&mut self, key: &str, message: impl Into<String>) {
+        self.errors.push(MetadataError {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// The trimmed value, `None` when absent or blank.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.m.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    fn required(&mut self, key: &str, why: &str) -> Option<String> {
+        let v = self.get(key).map(str::to_string);
+        if v.is_none() {
+            self.err(key, format!("is required {why}"));
+        }
+        v
+    }
+
+    fn number(&mut self, key: &str, default: Option<f64>, positive: bool) -> Option<f64> {
+        let Some(text) = self.get(key) else {
+            return default;
+        };
+        match text.parse::<f64>() {
+            Ok(v) if !v.is_finite() => self.err(key, format!("`{text}` is not a finite number")),
+            Ok(v) if positive && v <= 0.0 => {
+                self.err(key, format!("must be greater than 0, got `{text}`"))
+            }
+            Ok(v) if v < 0.0 => self.err(key, format!("must not be negative, got `{text}`")),
+            Ok(v) => return Some(v),
+            Err(_) => self.err(key, format!("`{text}` is not a number")),
+        }
+        None
+    }
+
+    fn whole(&mut self, key: &str) -> Option<u32> {
+        let text = self.get(key)?;
+        match text.parse::<u32>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.err(key, format!("`{text}` is not a whole number >= 0"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str, default: bool) -> bool {
+        match self.get(key).map(str::to_ascii_lowercase).as_deref() {
+            None => default,
+            Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                let msg = format!("`{other}` is not `true` or `false`");
+                self.err(key, msg);
+                default
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        default: Option<Duration>,
+        bare: Duration,
+    ) -> Option<Duration> {
+        let Some(text) = self.get(key) else {
+            return default;
+        };
+        // A bare number is read in `bare` units (KEDA's `timeout` is milliseconds).
+        let parsed = match text.parse::<u64>() {
+            // Refused rather than wrapped: `5000000000` must not read as 705032704.
+            Ok(n) => match u32::try_from(n).ok().and_then(|n| bare.checked_mul(n)) {
+                Some(d) => Some(d),
+                None => {
+                    self.err(key, format!("`{text}` is too large"));
+                    return None;
+                }
+            },
+            Err(_) => humantime::parse_duration(text).ok(),
+        };
+        match parsed {
+            Some(d) if d.is_zero() => self.err(key, "must be longer than 0"),
+            Some(d) => return Some(d),
+            None => self.err(
+                key,
+                format!("`{text}` is not a duration such as `30s` or `2m`"),
+            ),
+        }
+        None
+    }
+
+    fn aggregation(&mut self, key: &str) -> Option<Aggregation> {
+        match self.get(key)?.to_ascii_lowercase().as_str() {
+            "sum" => Some(Aggregation::Sum),
+            "max" => Some(Aggregation::Max),
+            "avg" => Some(Aggregation::Avg),
+            other => {
+                let msg = format!("`{other}` is not one of `sum`, `max`, `avg`");
+                self.err(key, msg);
+                None
+            }
+        }
+    }
+
+    fn url(&mut self, key: &str, text: &str) -> Option<String> {
+        match url::Url::parse(text) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                Some(text.trim_end_matches('/').to_string())
+            }
+            _ => {
+                self.err(key, format!("`{text}` is not an http(s) URL with a host"));
+                None
+            }
+        }
+    }
+
+    /// A `*FromEnv` value: the secret itself from KEDA, a variable name in a file.
+    fn secret(&self, key: &str) -> Option<Secret> {
+        let v = self.get(key)?;
+        Some(Secret::new(v))
+    }
+
+    fn plan(&mut self) -> Option<Plan> {
+        self.check_shape();
+
+        let metric_name = self
+            .get(keys::METRIC_NAME)
+            .unwrap_or(DEFAULT_METRIC_NAME)
+            .to_string();
+        if metric_name.len() > 63
+            || !metric_name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            self.err(
+                keys::METRIC_NAME,
+                "must be at most 63 characters of lowercase letters, digits and `-`",
+            );
+        }
+        let min_replicas = self.whole(keys::MIN_REPLICAS);
+        let max_replicas = self.whole(keys::MAX_REPLICAS);
+        if let (Some(lo), Some(hi)) = (min_replicas, max_replicas)
+            && lo > hi
+        {
+            self.err(
+                keys::MIN_REPLICAS,
+                format!("{lo} is more than maxReplicas {hi}"),
+            );
+        }
+        let stale_after = self.duration(
+            keys::STALE_AFTER,
+            Some(DEFAULT_STALE_AFTER),
+            Duration::from_secs(1),
+        );
+        let policy = self.policy();
+
+        let servicebus = (self.has(keys::QUEUE_NAME) || self.has(keys::TOPIC_NAME))
+            .then(|| self.servicebus())
+            .flatten();
+        let prometheus = self
+            .has(keys::SERVER_ADDRESS)
+            .then(|| self.prometheus())
+            .flatten();
+        let cron = (self.has(keys::START) || self.has(keys::WINDOWS))
+            .then(|| self.cron())
+            .flatten();
+
+        let sb_on = self.has(keys::QUEUE_NAME) || self.has(keys::TOPIC_NAME);
+        let prom_on = self.has(keys::SERVER_ADDRESS);
+        let cron_on = self.has(keys::START) || self.has(keys::WINDOWS);
+        self.refuse_orphans(
+            keys::SERVICEBUS,
+            sb_on,
+            "the Service Bus signal (set `queueName` or `topicName`)",
+        );
+        self.refuse_orphans(
+            keys::PROMETHEUS,
+            prom_on,
+            "the Prometheus signal (set `serverAddress`)",
+        );
+        self.refuse_orphans(
+            keys::CRON,
+            cron_on,
+            "the cron signal (set `start` or `windows`)",
+        );
+        if !(sb_on || prom_on || cron_on) {
+            self.err(
+                keys::QUEUE_NAME,
+                "no signal is configured: set `queueName` or `topicName` (Service Bus), \
+                 `serverAddress` (Prometheus), or `start` or `windows` (cron)",
+            );
+        }
+        if matches!(policy, Some(Policy::DrainTime { .. })) && !sb_on {
+            self.err(keys::POLICY, "`drainTime` needs the Service Bus signal");
+        }
+
+        if !self.errors.is_empty() {
+            return None;
+        }
+        Some(Plan {
+            metric_name,
+            policy: policy?,
+            min_replicas,
+            max_replicas,
+            stale_after: stale_after?,
+            servicebus,
+            prometheus,
+            cron,
+        })
+    }
+
+    /// Size limits and unknown keys, before anything is read.
+    fn check_shape(&mut self) {
+        if self.m.len() > MAX_KEYS {
+            let n = self.m.len();
+            self.err(
+                "metadata",
+                format!("has {n} keys; at most {MAX_KEYS} are accepted"),
+            );
+        }
+        let mut keys: Vec<&String> = self.m.keys().collect();
+        keys.sort();
+        for key in keys {
+            if !keys::is_known(key) {
+                let shown: String = key.chars().take(64).collect();
+                let hint = keys::suggestion(key)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                self.err(&shown, format!("is not a known key{hint}"));
+            } else if self.m[key].len() > MAX_VALUE_BYTES {
+                self.err(key, format!("is longer than {MAX_VALUE_BYTES} bytes"));
+            }
+        }
+    }
+
+    fn refuse_orphans(&mut self, keys: &[&str], on: bool, signal: &str) {
+        if on {
+            return;
+        }
+        for key in keys {
+            if self.m.contains_key(*key) {
+                self.err(key, format!("is only used with {signal}"));
+            }
+        }
+    }
+
+    fn policy(&mut self) -> Option<Policy> {
+        let name = self.get(keys::POLICY).unwrap_or("max").to_string();
+        let policy = match name.as_str() {
+            "max" => Some(Policy::Max),
+            "sum" => Some(Policy::Sum),
+            "drainTime" => {
+                let t = self.number(keys::TARGET_DRAIN_SECONDS, None, true);
+                let r = self.number(keys::MESSAGES_PER_SECOND_PER_REPLICA, None, true);
+                for key in keys::DRAIN {
+                    if !self.has(key) {
+                        self.err(key, "is required with policy `drainTime`");
+                    }
+                }
+                return Some(Policy::DrainTime {
+                    target_drain_seconds: t?,
+                    messages_per_second_per_replica: r?,
+                });
+            }
+            other => {
+                let msg = format!("`{other}` is not one of `max`, `sum`, `drainTime`");
+                self.err(keys::POLICY, msg);
+                None
+            }
+        };
+        for key in keys::DRAIN {
+            if self.m.contains_key(*key) {
+                self.err(key, "is only used with policy `drainTime`");
+            }
+        }
+        policy
+    }
+}

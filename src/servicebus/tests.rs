@@ -1,0 +1,90 @@
+use super::*;
+use crate::metadata::ConnectionString;
+
+fn plan(endpoint: &str, entity: Entity, use_regex: bool, op: Aggregation) -> ServiceBusPlan {
+    ServiceBusPlan {
+        endpoint: endpoint.into(),
+        entity,
+        use_regex,
+        operation: op,
+        message_count: 5.0,
+        activation_message_count: 0.0,
+        auth: ServiceBusAuth::ConnectionString(
+            ConnectionString::parse("SharedAccessKeyName=a;SharedAccessKey=b").unwrap(),
+        ),
+    }
+}
+
+#[test]
+fn plans_on_one_namespace_share_a_group_and_equal_entities_share_an_item() {
+    let a = key(&plan(
+        "https://NS.servicebus.windows.net/",
+        Entity::Queue("orders".into()),
+        false,
+        Aggregation::Max,
+    ));
+    let b = key(&plan(
+        "https://ns.servicebus.windows.net",
+        Entity::Queue("orders".into()),
+        false,
+        Aggregation::Sum,
+    ));
+    assert_eq!(a, b);
+    let c = key(&plan(
+        "https://ns.servicebus.windows.net",
+        Entity::Queue("orders".into()),
+        true,
+        Aggregation::Max,
+    ));
+    assert_eq!(a.0, c.0);
+    assert_ne!(a.1, c.1);
+}
+
+#[test]
+fn one_exact_name_is_a_get_and_more_or_a_pattern_is_a_list() {
+    let mut w = Wants::default();
+    w.add(&Name::Exact("Orders".into()));
+    assert!(matches!(w.fetch(), Fetch::Get(n) if n == "Orders"));
+    w.add(&Name::Exact("orders".into()));
+    assert!(matches!(w.fetch(), Fetch::Get(_)), "same name, other case");
+    w.add(&Name::Exact("billing".into()));
+    assert!(matches!(w.fetch(), Fetch::List(Some(s)) if s.len() == 2));
+    w.add(&Name::new("b.*", true).unwrap());
+    assert!(matches!(w.fetch(), Fetch::List(None)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_host_holds_back_every_group_on_it_until_the_time_is_up() {
+    let up = ServiceBusUpstream::with_options(
+        Metrics::new(),
+        ClientOptions::default(),
+        Err("none".into()),
+    );
+    assert!(up.quiet_for("ns:443").is_none());
+    up.hold_quiet("ns:443".into(), Duration::from_secs(10), 429);
+    // A shorter Retry-After later does not cut the longer one short.
+    up.hold_quiet("ns:443".into(), Duration::from_secs(2), 503);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    match up.quiet_for("ns:443") {
+        Some(SignalError::Throttled {
+            status: 429,
+            retry_after: Some(left),
+        }) => assert_eq!(left, Duration::from_secs(6)),
+        other => panic!("{other:?}"),
+    }
+    assert!(up.quiet_for("other:443").is_none(), "per host");
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(up.quiet_for("ns:443").is_none());
+    assert!(up.quiet.lock().is_empty(), "expired entries are dropped");
+}
+
+#[test]
+fn nothing_matching_is_not_found_never_zero() {
+    let item = Watched {
+        entity: Entity::Queue("x.*".into()),
+        use_regex: true,
+        operation: Aggregation::Avg,
+    };
+    let r = combine(&item, &[], || "a queue matching `x.*`".into());
+    assert!(matches!(r, Err(SignalError::NotFound(_))));
+}
