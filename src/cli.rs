@@ -159,7 +159,7 @@ pub fn load_triggers(args: &InputArgs) -> anyhow::Result<(Vec<Trigger>, Source)>
     let triggers = triggers_in_yaml(&text)?;
     if triggers.is_empty() {
         bail!(
-            "no `external` or `external-push` trigger found in {}",
+            "no `external` or `external-push` trigger, nor a BlendedMetric, found in {}",
             path.display()
         );
     }
@@ -174,6 +174,10 @@ pub fn triggers_in_yaml(text: &str) -> anyhow::Result<Vec<Trigger>> {
         let doc =
             Value::deserialize(doc).with_context(|| format!("YAML document {}", doc_index + 1))?;
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        if kind == "BlendedMetric" {
+            out.push(blended_metric_trigger(&doc));
+            continue;
+        }
         if !matches!(kind, "ScaledObject" | "ScaledJob") {
             continue;
         }
@@ -202,24 +206,7 @@ pub fn triggers_in_yaml(text: &str) -> anyhow::Result<Vec<Trigger>> {
             if !matches!(ty, "external" | "external-push") {
                 continue;
             }
-            let mut metadata = HashMap::new();
-            let mut problems = Vec::new();
-            if let Some(map) = trigger.get("metadata").and_then(Value::as_mapping) {
-                for (k, v) in map {
-                    let Some(k) = k.as_str() else {
-                        problems.push("a metadata key is not a string".to_string());
-                        continue;
-                    };
-                    match v {
-                        Value::String(s) => {
-                            metadata.insert(k.to_string(), s.clone());
-                        }
-                        _ => problems.push(format!(
-                            "metadata key `{k}`: KEDA takes only strings; quote the value"
-                        )),
-                    }
-                }
-            }
+            let (metadata, problems) = string_map(trigger.get("metadata"));
             out.push(Trigger {
                 label: format!("{kind} {namespace}/{name} trigger {} ({ty})", i + 1),
                 namespace: namespace.clone(),
@@ -230,6 +217,54 @@ pub fn triggers_in_yaml(text: &str) -> anyhow::Result<Vec<Trigger>> {
         }
     }
     Ok(out)
+}
+
+/// A metadata mapping's string pairs, and a problem for each value that is not a string.
+fn string_map(map: Option<&serde_yaml::Value>) -> (HashMap<String, String>, Vec<String>) {
+    let mut metadata = HashMap::new();
+    let mut problems = Vec::new();
+    if let Some(map) = map.and_then(serde_yaml::Value::as_mapping) {
+        for (k, v) in map {
+            let Some(k) = k.as_str() else {
+                problems.push("a metadata key is not a string".to_string());
+                continue;
+            };
+            match v {
+                serde_yaml::Value::String(s) => {
+                    metadata.insert(k.to_string(), s.clone());
+                }
+                _ => problems.push(format!(
+                    "metadata key `{k}`: KEDA takes only strings; quote the value"
+                )),
+            }
+        }
+    }
+    (metadata, problems)
+}
+
+/// A `BlendedMetric`'s `spec.metadata`, with its `*FromEnv` keys refused.
+fn blended_metric_trigger(doc: &serde_yaml::Value) -> Trigger {
+    let meta = doc.get("metadata");
+    let field = |f: &str, default: &str| {
+        meta.and_then(|m| m.get(f))
+            .and_then(serde_yaml::Value::as_str)
+            .unwrap_or(default)
+            .to_string()
+    };
+    let (name, namespace) = (field("name", "(unnamed)"), field("namespace", "default"));
+    let (metadata, mut problems) = string_map(doc.get("spec").and_then(|s| s.get("metadata")));
+    problems.extend(
+        crate::crd::from_env_errors(metadata.keys())
+            .iter()
+            .map(ToString::to_string),
+    );
+    Trigger {
+        label: format!("BlendedMetric {namespace}/{name}"),
+        namespace,
+        name,
+        metadata,
+        problems,
+    }
 }
 
 use serde::Deserialize as _;

@@ -7,10 +7,12 @@ pub mod binding;
 pub mod blend;
 pub mod cache;
 pub mod cli;
+pub mod crd;
 pub mod cron;
 #[cfg(feature = "demo")]
 mod demo;
 pub mod engine;
+pub mod external_metrics;
 mod grpc;
 mod grpc_status;
 mod http;
