@@ -11,6 +11,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use crate::binding::HostRules;
 use crate::blend::{self, Decision, Inputs, Missing};
 use crate::cache::{RefreshConfig, SignalSource};
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
@@ -47,6 +48,8 @@ pub struct EngineConfig {
     pub refresh: RefreshConfig,
     /// Host globs that metadata may point at; `None` allows all.
     pub allow_upstream: Option<Vec<String>>,
+    /// Where credentials may be sent beyond their own hosts (loopback doubles, private clouds).
+    pub hosts: HostRules,
     /// ScaledObjects KEDA stopped asking about for this long are forgotten.
     pub object_idle_ttl: Duration,
     pub credentials: Credentials,
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
         Self {
             refresh: RefreshConfig::default(),
             allow_upstream: None,
+            hosts: HostRules::default(),
             object_idle_ttl: Duration::from_secs(600),
             credentials: Credentials::default(),
             clock: Arc::new(Utc::now),
@@ -163,6 +167,9 @@ impl Engine {
             metadata::Source::Keda,
             &self.config.credentials,
         )?;
+        self.config
+            .hosts
+            .check(obj.metadata, &plan, &self.config.credentials)?;
         self.check_allowed(&plan)?;
         self.check_enabled(&plan)?;
         let tracked = Arc::new(Tracked {

@@ -622,7 +622,7 @@ async fn a_refused_connection_is_unavailable_at_once_and_holds_a_known_value_unt
             (
                 "connectionFromEnv",
                 format!(
-                    "Endpoint=sb://127.0.0.1:{port}/;SharedAccessKeyName=k;SharedAccessKey=a2V5"
+                    "Endpoint=http://127.0.0.1:{port}/;SharedAccessKeyName=k;SharedAccessKey=a2V5"
                 ),
             ),
             ("queueName", "orders".into()),

@@ -141,7 +141,8 @@ fn trigger(double: &ServiceBusDouble, key: &str, prometheus: &str) -> HashMap<St
 /// Runs the binary with `--metadata` pairs; its stdout and stderr.
 async fn cli(command: &str, md: &HashMap<String, String>) -> (bool, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_blend-scaler"));
-    cmd.arg(command);
+    // The doubles listen on loopback over plain http.
+    cmd.arg(command).arg("--allow-loopback-upstreams");
     let mut pairs: Vec<_> = md.iter().collect();
     pairs.sort();
     for (k, v) in pairs {

@@ -4,6 +4,7 @@
 pub mod documents;
 pub mod quantity;
 pub mod selector;
+pub mod server;
 
 use serde_json::Value;
 
