@@ -246,7 +246,14 @@ fn entity_names_cannot_choose_the_request_path() {
     assert_eq!(keys(&errs), ["subscriptionName", "topicName"]);
     assert!(keda(&[("queueName", "orders.v2_x-1"), ("namespace", "ns")]).is_ok());
     // A regex is matched against listed names, never put in a path.
-    assert!(keda(&[("queueName", "q.*"), ("useRegex", "true"), ("namespace", "ns")]).is_ok());
+    assert!(
+        keda(&[
+            ("queueName", "q.*"),
+            ("useRegex", "true"),
+            ("namespace", "ns")
+        ])
+        .is_ok()
+    );
 }
 
 #[test]
