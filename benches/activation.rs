@@ -63,7 +63,14 @@ async fn run(trials: usize) -> Vec<Duration> {
     let double = ServiceBusDouble::start().await.unwrap();
     double.set_queue("orders", 0);
     let metrics = Metrics::new();
-    let engine = EngineConfig::default();
+    let engine = EngineConfig {
+        // The double listens on loopback over plain http.
+        hosts: blend_scaler::binding::HostRules {
+            allow_loopback: true,
+            ..Default::default()
+        },
+        ..EngineConfig::default()
+    };
     let sources = Sources {
         servicebus: Some(blend_scaler::servicebus::source(
             engine.refresh.clone(),

@@ -233,6 +233,11 @@ async fn scenario(signal: &str, n: usize, scale: f64, minutes: f64) -> Counts {
             http_addr: None,
             engine: EngineConfig {
                 refresh,
+                // The double listens on loopback over plain http.
+                hosts: blend_scaler::binding::HostRules {
+                    allow_loopback: true,
+                    ..Default::default()
+                },
                 ..EngineConfig::default()
             },
             ..ServerConfig::loopback()

@@ -60,21 +60,37 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The replica count, or the first signal that makes it unknowable.
+    /// The replica count from the signals that have a usable value (SPEC 4: a partial outage is
+    /// not a full one). Unknowable only when no configured signal has a value, or when one is
+    /// missing because its metadata is wrong: a refused query is a configuration error that must
+    /// reach the ScaledObject's author, not an outage to decide around.
     pub fn replicas(&self) -> Result<u32, &Missing> {
+        if let Some(m) = self.misconfigured() {
+            return Err(m);
+        }
         match self.missing.first() {
-            Some(m) => Err(m),
-            None => Ok(self.replicas),
+            Some(m) if self.signals.is_empty() => Err(m),
+            _ => Ok(self.replicas),
         }
     }
 
-    /// Active if any usable signal is active; a missing signal cannot make it inactive.
+    /// Active if any usable signal is active; a missing signal cannot make it inactive, so
+    /// with one missing and none of the rest active the state is unknown.
     pub fn active(&self) -> Result<bool, &Missing> {
+        if let Some(m) = self.misconfigured() {
+            return Err(m);
+        }
         match (self.any_active, self.missing.first()) {
             (true, _) => Ok(true),
             (false, Some(m)) => Err(m),
             (false, None) => Ok(false),
         }
+    }
+
+    fn misconfigured(&self) -> Option<&Missing> {
+        self.missing
+            .iter()
+            .find(|m| matches!(m.error.as_deref(), Some(SignalError::InvalidQuery(_))))
     }
 }
 
@@ -251,13 +267,15 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
         replicas = replicas.min(hi);
     }
 
-    // A value kept only because its upstream is failing may hold the answer, never lower it.
+    // A value kept only because its upstream is failing may hold the answer, never lower it;
+    // the held answer still obeys `maxReplicas`, which may have been lowered since.
     let mut held = false;
     if signals.iter().any(|s| s.stale)
         && let Some(prev) = inputs.previous
-        && prev > replicas
+        && let held_at = plan.max_replicas.map_or(prev, |hi| prev.min(hi))
+        && held_at > replicas
     {
-        replicas = prev;
+        replicas = held_at;
         held = true;
         decided_by = signals.iter().find(|s| s.stale).map(|s| s.kind);
     }
@@ -352,26 +370,89 @@ mod tests {
         assert_eq!(run(&p, night(), 1000.0, 0.0, None).replicas, 4);
     }
 
-    #[test]
-    fn a_value_older_than_stale_after_is_missing_and_says_why() {
-        let p = all_three("max");
-        let old = Observation {
-            value: Some(100.0),
-            age: Some(Duration::from_secs(61)),
+    fn timed_out(value: f64, age_secs: u64) -> Observation {
+        Observation {
+            value: Some(value),
+            age: Some(Duration::from_secs(age_secs)),
             error: Some(Arc::new(SignalError::Timeout(Duration::from_secs(2)))),
             rate: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_value_older_than_stale_after_drops_out_and_the_healthy_signals_decide() {
+        let p = all_three("max");
         let d = decide(Inputs {
             plan: &p,
-            now: night(),
-            servicebus: Some(&old),
-            prometheus: Some(&Observation::fresh(0.0)),
+            now: noon(),
+            servicebus: Some(&timed_out(100.0, 61)),
+            prometheus: Some(&Observation::fresh(450.0)),
+            previous: Some(10),
+        });
+        // Prometheus (ceil(450/200) = 3) and the business-hours floor (3) still decide; the
+        // stale backlog's 10 no longer counts, and the missing signal still says why.
+        assert_eq!(d.replicas(), Ok(3));
+        assert!(!d.held);
+        assert_eq!(d.missing.len(), 1);
+        assert_eq!(d.missing[0].kind, SignalKind::ServiceBus);
+        assert!(matches!(
+            d.missing[0].error.as_deref(),
+            Some(SignalError::Timeout(_))
+        ));
+        assert_eq!(d.active(), Ok(true));
+    }
+
+    #[test]
+    fn within_stale_after_a_failing_signals_last_value_is_a_floor() {
+        let p = all_three("max");
+        let d = decide(Inputs {
+            plan: &p,
+            now: noon(),
+            servicebus: Some(&timed_out(100.0, 20)),
+            prometheus: Some(&Observation::fresh(450.0)),
+            previous: Some(10),
+        });
+        assert_eq!(d.replicas(), Ok(10));
+        assert_eq!(d.decided_by, Some(SignalKind::ServiceBus));
+    }
+
+    #[test]
+    fn only_when_every_configured_signal_is_missing_is_the_answer_unknown() {
+        let p = plan(&[
+            ("queueName", "orders"),
+            ("namespace", "bus"),
+            ("serverAddress", "http://prometheus:9090"),
+            ("query", "up"),
+            ("threshold", "1"),
+        ]);
+        let d = decide(Inputs {
+            plan: &p,
+            now: noon(),
+            servicebus: Some(&timed_out(100.0, 61)),
+            prometheus: Some(&Observation::default()),
             previous: Some(4),
         });
         let m = d.replicas().unwrap_err();
         assert_eq!(m.kind, SignalKind::ServiceBus);
-        assert!(matches!(m.error.as_deref(), Some(SignalError::Timeout(_))));
-        // Nothing usable is active, and the missing signal might be: unknown, not false.
+        // Nothing usable is active, and the missing signals might be: unknown, not false.
+        assert!(d.active().is_err());
+    }
+
+    #[test]
+    fn a_refused_query_is_an_error_even_while_other_signals_are_healthy() {
+        let p = all_three("max");
+        let refused = Observation {
+            error: Some(Arc::new(SignalError::InvalidQuery("parse error".into()))),
+            ..Observation::default()
+        };
+        let d = decide(Inputs {
+            plan: &p,
+            now: noon(),
+            servicebus: Some(&Observation::fresh(40.0)),
+            prometheus: Some(&refused),
+            previous: None,
+        });
+        assert_eq!(d.replicas().unwrap_err().kind, SignalKind::Prometheus);
         assert!(d.active().is_err());
     }
 
@@ -387,7 +468,23 @@ mod tests {
             previous: None,
         });
         assert_eq!(d.active(), Ok(true));
-        assert!(d.replicas().is_err());
+        // The business-hours window decides while the backlog has no value yet.
+        assert_eq!(d.replicas(), Ok(3));
+    }
+
+    #[test]
+    fn a_held_answer_still_obeys_max_replicas() {
+        let mut p = all_three("max");
+        p.max_replicas = Some(2);
+        let d = decide(Inputs {
+            plan: &p,
+            now: night(),
+            servicebus: Some(&timed_out(0.0, 20)),
+            prometheus: Some(&Observation::fresh(0.0)),
+            previous: Some(u32::MAX),
+        });
+        assert_eq!(d.replicas(), Ok(2));
+        assert!(d.held);
     }
 
     #[test]

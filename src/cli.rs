@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
 use crate::engine::{Engine, EngineConfig, ObjectRef, unavailable};
 use crate::metadata::{self, Credentials, Source};
@@ -66,6 +67,17 @@ pub struct ServeArgs {
     /// Host globs metadata may point at (Service Bus endpoints, Prometheus servers).
     #[arg(long, env = "BLEND_SCALER_ALLOW_UPSTREAM", value_delimiter = ',')]
     pub allow_upstream: Vec<String>,
+    /// Let upstreams on loopback addresses be reached, over plain http even with a credential
+    /// (local test doubles and demos only).
+    #[arg(long, env = "BLEND_SCALER_ALLOW_LOOPBACK_UPSTREAMS")]
+    pub allow_loopback_upstreams: bool,
+    /// Private-cloud Service Bus DNS suffixes the scaler's workload identity may be sent to.
+    #[arg(
+        long,
+        env = "BLEND_SCALER_SERVICEBUS_PRIVATE_SUFFIXES",
+        value_delimiter = ','
+    )]
+    pub servicebus_private_suffix: Vec<String>,
     /// `json` (default when stderr is not a terminal) or `text`.
     #[arg(long, env = "BLEND_SCALER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -78,6 +90,9 @@ pub struct InputArgs {
     /// Trigger metadata given directly, repeated: `--metadata queueName=orders`.
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     pub metadata: Vec<String>,
+    /// As `serve --allow-loopback-upstreams`: loopback upstreams over plain http (test doubles).
+    #[arg(long, env = "BLEND_SCALER_ALLOW_LOOPBACK_UPSTREAMS")]
+    pub allow_loopback_upstreams: bool,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -259,7 +274,14 @@ fn check(args: &InputArgs) -> anyhow::Result<ExitCode> {
     let credentials = Credentials::from_env();
     let mut failed = false;
     for t in &triggers {
-        let parsed = metadata::parse(&t.metadata, source, &credentials);
+        let hosts = HostRules {
+            allow_loopback: args.allow_loopback_upstreams,
+            ..HostRules::default()
+        };
+        let parsed = metadata::parse(&t.metadata, source, &credentials).and_then(|plan| {
+            hosts.check(&t.metadata, &plan, &credentials)?;
+            Ok(plan)
+        });
         match (parsed, t.problems.is_empty()) {
             (Ok(plan), true) => {
                 println!("{}: ok", t.label);
@@ -305,6 +327,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         engine: EngineConfig {
             refresh,
             allow_upstream: (!args.allow_upstream.is_empty()).then_some(args.allow_upstream),
+            hosts: HostRules {
+                allow_loopback: args.allow_loopback_upstreams,
+                private_suffixes: args.servicebus_private_suffix,
+            },
             credentials: Credentials::from_env(),
             ..EngineConfig::default()
         },
@@ -355,6 +381,10 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
         EngineConfig {
             refresh: refresh.clone(),
             credentials: Credentials::from_env(),
+            hosts: HostRules {
+                allow_loopback: args.allow_loopback_upstreams,
+                ..HostRules::default()
+            },
             ..EngineConfig::default()
         },
         server::default_sources(&refresh, &metrics),

@@ -10,6 +10,7 @@ use blend_scaler_testkit::{ServiceBusDouble, StaticPrometheus};
 use chrono::{DateTime, TimeZone, Utc};
 use clap::Args;
 
+use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
 use crate::engine::EngineConfig;
 use crate::proto::external_scaler_client::ExternalScalerClient;
@@ -93,6 +94,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     .single()
                     .unwrap_or_default()
             }),
+            // The simulated upstreams listen on loopback over plain http.
+            hosts: HostRules {
+                allow_loopback: true,
+                ..HostRules::default()
+            },
             ..EngineConfig::default()
         },
         ..ServerConfig::loopback()

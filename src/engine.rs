@@ -11,6 +11,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use crate::binding::HostRules;
 use crate::blend::{self, Decision, Inputs, Missing};
 use crate::cache::{RefreshConfig, SignalSource};
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
@@ -47,6 +48,8 @@ pub struct EngineConfig {
     pub refresh: RefreshConfig,
     /// Host globs that metadata may point at; `None` allows all.
     pub allow_upstream: Option<Vec<String>>,
+    /// Where credentials may be sent beyond their own hosts (loopback doubles, private clouds).
+    pub hosts: HostRules,
     /// ScaledObjects KEDA stopped asking about for this long are forgotten.
     pub object_idle_ttl: Duration,
     pub credentials: Credentials,
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
         Self {
             refresh: RefreshConfig::default(),
             allow_upstream: None,
+            hosts: HostRules::default(),
             object_idle_ttl: Duration::from_secs(600),
             credentials: Credentials::default(),
             clock: Arc::new(Utc::now),
@@ -92,7 +96,9 @@ pub struct Engine {
     allow: Option<GlobSet>,
     sources: Sources,
     metrics: Metrics,
-    objects: moka::sync::Cache<(String, String), Arc<Tracked>>,
+    /// Keyed by namespace, name and metric name: a ScaledObject with two `external` triggers has
+    /// two plans and two answers, which must not share a held answer.
+    objects: moka::sync::Cache<(String, String, String), Arc<Tracked>>,
 }
 
 impl Engine {
@@ -142,7 +148,15 @@ impl Engine {
     /// The parsed plan of `obj`, parsed again only when its metadata changed.
     pub fn track(&self, obj: ObjectRef<'_>) -> Result<Arc<Tracked>, EngineError> {
         let fingerprint = fingerprint(obj.metadata);
-        let key = (obj.namespace.to_string(), obj.name.to_string());
+        let metric_name = obj
+            .metadata
+            .get(metadata::keys::METRIC_NAME)
+            .map_or(metadata::DEFAULT_METRIC_NAME, String::as_str);
+        let key = (
+            obj.namespace.to_string(),
+            obj.name.to_string(),
+            metric_name.to_string(),
+        );
         if let Some(t) = self.objects.get(&key)
             && t.fingerprint == fingerprint
         {
@@ -153,9 +167,11 @@ impl Engine {
             metadata::Source::Keda,
             &self.config.credentials,
         )?;
+        self.config
+            .hosts
+            .check(obj.metadata, &plan, &self.config.credentials)?;
         self.check_allowed(&plan)?;
         self.check_enabled(&plan)?;
-        let previous = self.objects.get(&key).and_then(|t| t.previous());
         let tracked = Arc::new(Tracked {
             fingerprint,
             plan: Arc::new(plan),
@@ -163,7 +179,9 @@ impl Engine {
                 scaledobject_namespace: obj.namespace.to_string(),
                 scaledobject: obj.name.to_string(),
             },
-            previous: Mutex::new(previous),
+            // A new plan starts without a held answer: the old plan's answer (its `maxReplicas`,
+            // its signals, or a caller's spoofed metadata) must not hold the new one up.
+            previous: Mutex::new(None),
         });
         self.objects.insert(key, tracked.clone());
         self.metrics.set_tracked(self.objects.entry_count());

@@ -42,18 +42,34 @@ async fn stopped(mut stopping: watch::Receiver<bool>) {
 }
 
 fn object(r: &ScaledObjectRef) -> Result<ObjectRef<'_>, Status> {
-    for (field, value) in [("namespace", &r.namespace), ("name", &r.name)] {
-        if value.is_empty() || value.len() > MAX_NAME {
-            return Err(Status::invalid_argument(format!(
-                "ScaledObjectRef.{field} must be 1 to {MAX_NAME} characters"
-            )));
-        }
+    // Kubernetes names, as the API server validates them: the names become metric labels and
+    // log fields, so nothing else (control characters, bidi marks, `/`) may pass.
+    if !is_dns1123_label(&r.namespace) {
+        return Err(Status::invalid_argument(
+            "ScaledObjectRef.namespace must be a Kubernetes namespace name (RFC 1123 label: \
+             at most 63 lowercase letters, digits and `-`, starting and ending alphanumeric)",
+        ));
+    }
+    if r.name.len() > MAX_NAME || !r.name.split('.').all(is_dns1123_label) {
+        return Err(Status::invalid_argument(format!(
+            "ScaledObjectRef.name must be a Kubernetes object name (RFC 1123 subdomain: at most \
+             {MAX_NAME} lowercase letters, digits, `-` and `.`)"
+        )));
     }
     Ok(ObjectRef {
         namespace: &r.namespace,
         name: &r.name,
         metadata: &r.scaler_metadata,
     })
+}
+
+fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&b.len())
+        && b.first().is_some_and(alnum)
+        && b.last().is_some_and(alnum)
+        && b.iter().all(|c| alnum(c) || *c == b'-')
 }
 
 /// Counts and times one call for `/metrics`.

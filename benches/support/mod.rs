@@ -118,6 +118,8 @@ pub fn start_scaler(extra_env: &[(&str, &str)]) -> Proc {
         "127.0.0.1:0",
         "--log-format",
         "json",
+        // The doubles listen on loopback over plain http.
+        "--allow-loopback-upstreams",
     ])
     .env("RUST_LOG", "info")
     .stdin(Stdio::null())

@@ -243,7 +243,12 @@ pub struct PrometheusPlan {
 pub struct Credentials {
     servicebus: HashMap<String, Secret>,
     prometheus: HashMap<String, Secret>,
+    /// `BLEND_SCALER_PROMETHEUS_CREDENTIAL_<NAME>_SERVERS`: the only servers it is sent to.
+    prometheus_servers: HashMap<String, Vec<String>>,
 }
+
+/// The suffix of the variable listing a Prometheus credential's servers.
+pub const SERVERS_SUFFIX: &str = "_SERVERS";
 
 pub const SERVICEBUS_CREDENTIAL_PREFIX: &str = "BLEND_SCALER_CREDENTIAL_";
 pub const PROMETHEUS_CREDENTIAL_PREFIX: &str = "BLEND_SCALER_PROMETHEUS_CREDENTIAL_";
@@ -259,6 +264,15 @@ impl Credentials {
         let mut creds = Self::default();
         for (name, value) in vars {
             if let Some(n) = name.strip_prefix(PROMETHEUS_CREDENTIAL_PREFIX) {
+                if let Some(n) = n.strip_suffix(SERVERS_SUFFIX) {
+                    let servers = value
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    creds.prometheus_servers.insert(n.to_string(), servers);
+                    continue;
+                }
                 creds.prometheus.insert(n.to_string(), Secret::new(value));
             } else if let Some(n) = name.strip_prefix(SERVICEBUS_CREDENTIAL_PREFIX) {
                 creds.servicebus.insert(n.to_string(), Secret::new(value));
@@ -278,6 +292,13 @@ impl Credentials {
 
     pub(super) fn prometheus(&self, name: &str) -> Option<&Secret> {
         self.prometheus.get(&Self::env_name(name))
+    }
+
+    /// The servers Prometheus credential `name` may be sent to; none when not configured.
+    pub fn prometheus_servers(&self, name: &str) -> &[String] {
+        self.prometheus_servers
+            .get(&Self::env_name(name))
+            .map_or(&[], Vec::as_slice)
     }
 }
 

@@ -44,8 +44,19 @@ impl Parser<'_> {
                     self.err(key, format!("is not a valid regular expression: {e}"));
                 }
             }
-        } else if self.m.contains_key(keys::OPERATION) {
-            self.err(keys::OPERATION, "is only used with `useRegex: true`");
+        } else {
+            if self.m.contains_key(keys::OPERATION) {
+                self.err(keys::OPERATION, "is only used with `useRegex: true`");
+            }
+            for key in [keys::QUEUE_NAME, keys::TOPIC_NAME, keys::SUBSCRIPTION_NAME] {
+                if self.get(key).is_some_and(|n| !is_entity_name(n)) {
+                    self.err(
+                        key,
+                        "must be a Service Bus entity name: letters, digits, `.`, `-`, `_` \
+                         (no `/`, `..`, `?`, `#`), at most 260 characters",
+                    );
+                }
+            }
         }
         let operation = self
             .aggregation(keys::OPERATION)
@@ -193,4 +204,14 @@ impl Parser<'_> {
             }
         }
     }
+}
+
+/// A name that stays one URL path segment: a tenant cannot pick the request path.
+fn is_entity_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 260
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }

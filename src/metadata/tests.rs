@@ -225,6 +225,38 @@ fn clouds_pick_their_suffix_and_private_needs_one() {
 }
 
 #[test]
+fn entity_names_cannot_choose_the_request_path() {
+    for (key, name) in [
+        ("queueName", "latest/meta-data/iam"),
+        ("queueName", ".."),
+        ("queueName", "a..b"),
+        ("queueName", "q?x=1"),
+        ("queueName", "q#f"),
+        ("queueName", "q%2F"),
+    ] {
+        let errs = keda(&[(key, name), ("namespace", "ns")]).unwrap_err();
+        assert_eq!(keys(&errs), [key], "{name}");
+    }
+    let errs = keda(&[
+        ("topicName", "t/../x"),
+        ("subscriptionName", "s?"),
+        ("namespace", "ns"),
+    ])
+    .unwrap_err();
+    assert_eq!(keys(&errs), ["subscriptionName", "topicName"]);
+    assert!(keda(&[("queueName", "orders.v2_x-1"), ("namespace", "ns")]).is_ok());
+    // A regex is matched against listed names, never put in a path.
+    assert!(
+        keda(&[
+            ("queueName", "q.*"),
+            ("useRegex", "true"),
+            ("namespace", "ns")
+        ])
+        .is_ok()
+    );
+}
+
+#[test]
 fn a_topic_needs_a_subscription() {
     let errs = keda(&[("topicName", "t"), ("namespace", "ns")]).unwrap_err();
     assert_eq!(keys(&errs), ["subscriptionName"]);

@@ -65,7 +65,15 @@ pub async fn connect(running: &Running) -> Client {
 }
 
 /// The scaler on loopback with these sources, and a client connected to it.
-pub async fn start(config: ServerConfig, sources: Sources, metrics: Metrics) -> (Running, Client) {
+///
+/// The test doubles listen on loopback over plain http, so the scaler runs with
+/// `--allow-loopback-upstreams`, as a local test setup would.
+pub async fn start(
+    mut config: ServerConfig,
+    sources: Sources,
+    metrics: Metrics,
+) -> (Running, Client) {
+    config.engine.hosts.allow_loopback = true;
     let running = server::start(config, sources, metrics)
         .await
         .expect("the scaler starts");
@@ -74,7 +82,8 @@ pub async fn start(config: ServerConfig, sources: Sources, metrics: Metrics) -> 
 }
 
 /// The scaler on loopback with `serve`'s sources, and a client connected to it.
-pub async fn start_with_default_sources(config: ServerConfig) -> (Running, Client) {
+pub async fn start_with_default_sources(mut config: ServerConfig) -> (Running, Client) {
+    config.engine.hosts.allow_loopback = true;
     let running = server::start_with_default_sources(config)
         .await
         .expect("the scaler starts");
