@@ -122,21 +122,7 @@ pub async fn start(
             .await;
     }
 
-    let mut builder = Server::builder()
-        // KEDA keeps one connection per scaler address; a bounded age makes it reconnect,
-        // so a headless Service spreads KEDA across replicas.
-        .max_connection_age(Duration::from_secs(300))
-        .max_connection_age_grace(Duration::from_secs(30))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        // tonic leaves these unset, which means no limit (see docs/security.md).
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
-        .http2_max_pending_accept_reset_streams(Some(limits.http2_max_pending_accept_reset_streams))
-        .http2_max_header_list_size(16 * 1024)
-        .concurrency_limit_per_connection(limits.max_concurrent_requests)
-        .load_shed(true)
-        .timeout(limits.request_timeout);
+    let mut builder = grpc_server(limits);
 
     let ready = Arc::new(AtomicBool::new(false));
     let http = match config.http_addr {
@@ -190,6 +176,26 @@ pub async fn start(
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// tonic's server with `serve`'s transport settings (connection age, keepalive, the HTTP/2
+/// and gRPC limits); also the benchmarks' baseline, so only the work behind it differs.
+pub fn grpc_server(limits: &TransportLimits) -> Server {
+    Server::builder()
+        // KEDA keeps one connection per scaler address; a bounded age makes it reconnect,
+        // so a headless Service spreads KEDA across replicas.
+        .max_connection_age(Duration::from_secs(300))
+        .max_connection_age_grace(Duration::from_secs(30))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // tonic leaves these unset, which means no limit (see docs/security.md).
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
+        .http2_max_pending_accept_reset_streams(Some(limits.http2_max_pending_accept_reset_streams))
+        .http2_max_header_list_size(16 * 1024)
+        .concurrency_limit_per_connection(limits.max_concurrent_requests)
+        .load_shed(true)
+        .timeout(limits.request_timeout)
 }
 
 async fn serve_grpc<T>(
