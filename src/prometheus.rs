@@ -32,6 +32,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
+use crate::binding::HostRules;
 use crate::cache::{self, GroupRead, Keyed, Refresher, SignalSource, Upstream};
 use crate::http::{self, Limits};
 use crate::metadata::{Aggregation, PrometheusAuth, PrometheusPlan};
@@ -216,9 +217,10 @@ pub fn key(plan: &PrometheusPlan) -> (Server, Query) {
 pub fn source(
     config: cache::RefreshConfig,
     metrics: Metrics,
+    hosts: &HostRules,
 ) -> Arc<dyn SignalSource<PrometheusPlan>> {
     Arc::new(Keyed::new(
-        Refresher::new(PrometheusUpstream::new(metrics), config),
+        Refresher::new(PrometheusUpstream::new(metrics, hosts), config),
         key,
     ))
 }
@@ -233,15 +235,18 @@ struct Connection {
 /// Reads instant queries from Prometheus servers.
 pub struct PrometheusUpstream {
     metrics: Metrics,
+    /// Which addresses the clients connect to.
+    hosts: HostRules,
     /// Clients are built once per server: building one loads TLS material and opens a new
     /// connection pool. A server nobody reads for a while is forgotten (and so is its pool).
     connections: moka::sync::Cache<Server, Result<Connection, SignalError>>,
 }
 
 impl PrometheusUpstream {
-    pub fn new(metrics: Metrics) -> Self {
+    pub fn new(metrics: Metrics, hosts: &HostRules) -> Self {
         Self {
             metrics,
+            hosts: hosts.clone(),
             connections: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(15 * 60))
                 .build(),
@@ -249,7 +254,8 @@ impl PrometheusUpstream {
     }
 
     fn connection(&self, server: &Server) -> Result<Connection, SignalError> {
-        self.connections.get_with_by_ref(server, || connect(server))
+        self.connections
+            .get_with_by_ref(server, || connect(server, &self.hosts))
     }
 
     /// Sends one query and turns the answer into one number; records the request.
@@ -308,7 +314,7 @@ impl Upstream for PrometheusUpstream {
 
 /// Builds the HTTP client for one server: auth and custom headers on every request, the
 /// client certificate and CA for `tls`, and the timeout for each whole request.
-fn connect(server: &Server) -> Result<Connection, SignalError> {
+fn connect(server: &Server, hosts: &HostRules) -> Result<Connection, SignalError> {
     let config_error = |what: &str| {
         SignalError::Setup(format!(
             "the Prometheus client for {} could not be set up: {what}",
@@ -357,7 +363,7 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
         );
     }
 
-    let mut builder = http::client_builder(server.timeout)
+    let mut builder = http::client_builder(server.timeout, hosts)
         .default_headers(headers)
         .redirect(same_origin_redirects());
     if let Some(tls) = &server.auth.tls {
@@ -466,11 +472,14 @@ async fn send(
     match decoded {
         Some(Ok(Envelope::Success { data })) if status.is_success() => Ok(data.into_inner().0),
         Some(Ok(Envelope::Error(e))) => Err(api_error(status, &e, retry_after, server)),
-        Some(Err(e)) if status.is_success() => Err(SignalError::Malformed(format!(
-            "Prometheus at {} sent an answer that is not a query result: {}",
-            server.label(),
-            server.scrub(&e.to_string())
-        ))),
+        Some(Err(e)) if status.is_success() => {
+            // serde's message can quote the body: it goes to the log only.
+            log_detail(server, status, &e.to_string());
+            Err(SignalError::Malformed(format!(
+                "Prometheus at {} sent an answer that is not a query result",
+                server.label()
+            )))
+        }
         _ if status.is_success() => Err(SignalError::Malformed(format!(
             "Prometheus at {} answered HTTP {} without JSON",
             server.label(),
@@ -493,14 +502,34 @@ fn api_error(
     retry_after: Option<Duration>,
     server: &Server,
 ) -> SignalError {
-    let detail = server.scrub(&format!("{}: {}", e.error_type(), e.message()));
+    log_detail(
+        server,
+        status,
+        &format!("{}: {}", e.error_type(), e.message()),
+    );
     match e.error_type() {
-        PrometheusErrorType::BadData => SignalError::InvalidQuery(detail),
+        PrometheusErrorType::BadData => SignalError::InvalidQuery(format!(
+            "Prometheus at {} refused it as bad_data (its message is in the scaler's log)",
+            server.label()
+        )),
         PrometheusErrorType::Timeout => {
-            SignalError::QueryTimeout(format!("Prometheus at {}: {detail}", server.label()))
+            SignalError::QueryTimeout(format!("Prometheus at {}", server.label()))
         }
-        _ => http_error(status, &detail, retry_after, server),
+        _ => http_status(status, retry_after, server),
     }
+}
+
+/// The text of an error answer goes to the scaler's log, scrubbed of the server's secrets and
+/// cut short; never into an error a caller sees (audit finding H2: an internal host's page
+/// read back through error text).
+fn log_detail(server: &Server, status: StatusCode, text: &str) {
+    tracing::warn!(
+        upstream = UPSTREAM,
+        server = %server.label(),
+        status = status.as_u16(),
+        detail = %server.scrub(text),
+        "Prometheus answered an error"
+    );
 }
 
 /// A non-2xx answer that is not a Prometheus error (a proxy's page, an auth gateway).
@@ -510,8 +539,16 @@ fn http_error(
     retry_after: Option<Duration>,
     server: &Server,
 ) -> SignalError {
+    if !body.trim().is_empty() {
+        log_detail(server, status, body);
+    }
+    http_status(status, retry_after, server)
+}
+
+/// The error for a status code alone: a fixed cause naming the server.
+fn http_status(status: StatusCode, retry_after: Option<Duration>, server: &Server) -> SignalError {
     let code = status.as_u16();
-    let detail = format!("Prometheus at {}: {}", server.label(), server.scrub(body));
+    let detail = format!("Prometheus at {}", server.label());
     match code {
         // Prometheus itself only answers 400 for a query it cannot parse or evaluate as asked.
         400 => SignalError::InvalidQuery(detail),

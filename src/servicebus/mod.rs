@@ -30,6 +30,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use regex::Regex;
 
+use crate::binding::HostRules;
 use crate::cache::{GroupRead, Keyed, RefreshConfig, Refresher, SignalSource, Upstream};
 use crate::metadata::{Aggregation, Entity, ServiceBusAuth, ServiceBusPlan};
 use crate::metrics::Metrics;
@@ -92,8 +93,12 @@ fn normalise_endpoint(endpoint: &str) -> String {
 
 /// The Service Bus signal as the engine uses it: a background-refreshed cache over a
 /// [`ServiceBusUpstream`] that reads workload identity settings from the environment.
-pub fn source(config: RefreshConfig, metrics: Metrics) -> Arc<dyn SignalSource<ServiceBusPlan>> {
-    source_from(ServiceBusUpstream::new(metrics), config)
+pub fn source(
+    config: RefreshConfig,
+    metrics: Metrics,
+    hosts: &HostRules,
+) -> Arc<dyn SignalSource<ServiceBusPlan>> {
+    source_from(ServiceBusUpstream::new(metrics, hosts), config)
 }
 
 /// Like [`source`], over a given upstream (tests, `demo`).
@@ -117,11 +122,14 @@ pub struct ServiceBusUpstream {
 }
 
 impl ServiceBusUpstream {
-    /// Default client options; workload identity from `AZURE_*` variables.
-    pub fn new(metrics: Metrics) -> Self {
+    /// Default client options with `hosts`; workload identity from `AZURE_*` variables.
+    pub fn new(metrics: Metrics, hosts: &HostRules) -> Self {
         Self::with_options(
             metrics,
-            ClientOptions::default(),
+            ClientOptions {
+                hosts: hosts.clone(),
+                ..ClientOptions::default()
+            },
             WorkloadIdentityConfig::from_env(),
         )
     }

@@ -57,7 +57,7 @@ fn one_exact_name_is_a_get_and_more_or_a_pattern_is_a_list() {
 async fn a_throttled_host_holds_back_every_group_on_it_until_the_time_is_up() {
     let up = ServiceBusUpstream::with_options(
         Metrics::new(),
-        ClientOptions::default(),
+        ClientOptions::loopback(),
         Err("none".into()),
     );
     assert!(up.quiet_for("ns:443").is_none());
