@@ -6,6 +6,7 @@
 pub mod binding;
 pub mod blend;
 pub mod cache;
+pub mod capacity;
 pub mod cli;
 pub mod crd;
 pub mod cron;
@@ -18,6 +19,7 @@ mod grpc_status;
 mod http;
 pub mod metadata;
 pub mod metrics;
+pub mod offload;
 pub mod prometheus;
 pub mod secret;
 pub mod server;

@@ -95,6 +95,11 @@ pub struct RefreshConfig {
     pub idle_ttl: Duration,
     /// The longest exponential backoff after repeated failures.
     pub max_backoff: Duration,
+    /// Groups (upstream identities) kept at once; each has a task and its items.
+    pub max_groups: usize,
+    /// Items (entities, queries) one group reads; each costs its upstream a read or a share
+    /// of one every refresh.
+    pub max_items_per_group: usize,
 }
 
 impl Default for RefreshConfig {
@@ -105,6 +110,8 @@ impl Default for RefreshConfig {
             first_read_timeout: Duration::from_secs(2),
             idle_ttl: Duration::from_secs(600),
             max_backoff: Duration::from_secs(120),
+            max_groups: 1_000,
+            max_items_per_group: 2_000,
         }
     }
 }
@@ -145,6 +152,14 @@ struct Group<U: Upstream> {
     generation: watch::Sender<u64>,
     wake: Notify,
     fast_watchers: AtomicUsize,
+    /// The refresher's count of live groups, which this one leaves when dropped.
+    live: Arc<AtomicUsize>,
+}
+
+impl<U: Upstream> Drop for Group<U> {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Keeps one group re-read at the fast interval while it lives.
@@ -163,6 +178,8 @@ pub struct Refresher<U: Upstream> {
     upstream: Arc<U>,
     config: RefreshConfig,
     groups: moka::sync::Cache<U::Group, Arc<Group<U>>>,
+    /// Groups alive (in the map, or still held by a stream's guard), for `max_groups`.
+    live: Arc<AtomicUsize>,
 }
 
 impl<U: Upstream> Refresher<U> {
@@ -185,6 +202,7 @@ impl<U: Upstream> Refresher<U> {
             upstream,
             config,
             groups,
+            live: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -202,32 +220,45 @@ impl<U: Upstream> Refresher<U> {
         self.groups.entry_count()
     }
 
-    fn group(&self, key: &U::Group) -> Arc<Group<U>> {
-        self.groups.get_with_by_ref(key, || {
-            let group = Arc::new(Group {
-                key: key.clone(),
-                items: Mutex::new(HashMap::new()),
-                seen_in_passing: Mutex::new(HashMap::new()),
-                generation: watch::channel(0).0,
-                wake: Notify::new(),
-                fast_watchers: AtomicUsize::new(0),
-            });
-            let (weak, upstream, config, groups) = (
-                Arc::downgrade(&group),
-                self.upstream.clone(),
-                self.config.clone(),
-                self.groups.clone(),
-            );
-            tokio::spawn(supervise(key.clone(), self.config.interval, move || {
-                refresh_loop(
-                    weak.clone(),
-                    upstream.clone(),
-                    config.clone(),
-                    groups.clone(),
-                )
-            }));
-            group
-        })
+    /// The group of `key`, started if new, unless `max_groups` are alive.
+    fn group(&self, key: &U::Group) -> Result<Arc<Group<U>>, SignalError> {
+        self.groups
+            .try_get_with_by_ref(key, || {
+                let max = self.config.max_groups;
+                if self.live.fetch_add(1, Ordering::SeqCst) >= max {
+                    self.live.fetch_sub(1, Ordering::SeqCst);
+                    return Err(SignalError::Capacity(format!(
+                        "the scaler reads {max} distinct upstreams of this kind, its limit \
+                         (--max-upstream-groups); share a server or namespace (and its \
+                         credentials) with other triggers"
+                    )));
+                }
+                let group = Arc::new(Group {
+                    key: key.clone(),
+                    items: Mutex::new(HashMap::new()),
+                    seen_in_passing: Mutex::new(HashMap::new()),
+                    generation: watch::channel(0).0,
+                    wake: Notify::new(),
+                    fast_watchers: AtomicUsize::new(0),
+                    live: self.live.clone(),
+                });
+                let (weak, upstream, config, groups) = (
+                    Arc::downgrade(&group),
+                    self.upstream.clone(),
+                    self.config.clone(),
+                    self.groups.clone(),
+                );
+                tokio::spawn(supervise(key.clone(), self.config.interval, move || {
+                    refresh_loop(
+                        weak.clone(),
+                        upstream.clone(),
+                        config.clone(),
+                        groups.clone(),
+                    )
+                }));
+                Ok(group)
+            })
+            .map_err(|e: Arc<SignalError>| (*e).clone())
     }
 
     /// The current observation of `item`. A never-seen item is answered from what the
@@ -235,10 +266,20 @@ impl<U: Upstream> Refresher<U> {
     /// this waits for that first read, shared with every concurrent caller, at most
     /// `first_read_timeout`.
     pub async fn observe(&self, key: &U::Group, item: &U::Item) -> Observation {
-        let group = self.group(key);
+        let group = match self.group(key) {
+            Ok(g) => g,
+            Err(e) => return Observation::failed(e),
+        };
         let mut changes = group.generation.subscribe();
         {
             let mut items = group.items.lock();
+            let max = self.config.max_items_per_group;
+            if items.len() >= max && !items.contains_key(item) {
+                return Observation::failed(SignalError::Capacity(format!(
+                    "this upstream already has {max} distinct entities or queries watched, \
+                     the limit per upstream (--max-items-per-group)"
+                )));
+            }
             let slot = items.entry(item.clone()).or_default();
             let now = Instant::now();
             slot.last_asked = Some(now);
@@ -266,12 +307,12 @@ impl<U: Upstream> Refresher<U> {
     }
 
     /// A receiver that changes after every refresh of `key`'s group, and a guard that keeps
-    /// the group at the fast interval until dropped.
-    pub fn watch(&self, key: &U::Group) -> (watch::Receiver<u64>, FastWatch<U>) {
-        let group = self.group(key);
+    /// the group at the fast interval until dropped; `None` past `max_groups`.
+    pub fn watch(&self, key: &U::Group) -> Option<(watch::Receiver<u64>, FastWatch<U>)> {
+        let group = self.group(key).ok()?;
         group.fast_watchers.fetch_add(1, Ordering::SeqCst);
         group.wake.notify_one();
-        (group.generation.subscribe(), FastWatch { group })
+        Some((group.generation.subscribe(), FastWatch { group }))
     }
 }
 
@@ -313,8 +354,12 @@ impl<U: Upstream, P: Send + Sync + 'static> SignalSource<P> for Keyed<U, P> {
 
     fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {
         let (group, _) = (self.key)(plan);
-        let (rx, guard) = self.refresher.watch(&group);
-        (rx, Box::new(guard))
+        match self.refresher.watch(&group) {
+            Some((rx, guard)) => (rx, Box::new(guard)),
+            // Past the group cap: a receiver that never changes (its sender is gone); the
+            // stream's own reads report the refusal.
+            None => (watch::channel(0).1, Box::new(())),
+        }
     }
 }
 
@@ -770,7 +815,7 @@ mod tests {
         let t = table(&[("orders", 0.0)]);
         let r = Refresher::from_arc(t.clone(), config());
         r.observe(&"ns", &"orders").await;
-        let (mut changes, guard) = r.watch(&"ns");
+        let (mut changes, guard) = r.watch(&"ns").unwrap();
         let before = t.reads.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(5_500)).await;
         let fast = t.reads.load(Ordering::SeqCst) - before;
