@@ -173,8 +173,7 @@ async fn flood(channels: &[Channel], objects: Vec<ScaledObjectRef>) -> BTreeMap<
         .buffer_unordered(64)
         .collect::<Vec<_>>()
         .await;
-    let out = counts.lock().clone();
-    out
+    counts.lock().clone()
 }
 
 /// Repeats `attack` from `workers` tasks until `stop`, counting codes.
@@ -211,9 +210,11 @@ async fn hammer(
     for t in tasks {
         let _ = t.await;
     }
-    let out = counts.lock().clone();
-    out
+    counts.lock().clone()
 }
+
+/// p50, p99 and max in ms, the number of calls and errors.
+type VictimStats = (f64, f64, f64, usize, u64);
 
 /// The victim's latencies since the last [`Victim::take`].
 struct Victim {
@@ -249,8 +250,7 @@ impl Victim {
         }
     }
 
-    /// p50, p99 and max in ms, the number of calls and errors.
-    fn take(&self) -> (f64, f64, f64, usize, u64) {
+    fn take(&self) -> VictimStats {
         let mut v = std::mem::take(&mut *self.latencies.lock());
         v.sort();
         let errors = self.errors.swap(0, Ordering::Relaxed);
@@ -360,7 +360,7 @@ async fn main() {
     let rss = Rss::start(pid);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let mut rows: Vec<(String, String, u64, (f64, f64, f64, usize, u64))> = Vec::new();
+    let mut rows: Vec<(String, String, u64, VictimStats)> = Vec::new();
     let mut row = |name: &str, got: String, rss: &Rss, victim: &Victim| {
         let peak = rss.take(pid);
         let v = victim.take();

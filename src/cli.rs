@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::access::Access;
 use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
 use crate::capacity::Capacity;
@@ -34,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the scaler.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate trigger metadata without calling any upstream.
     Check(InputArgs),
     /// Validate, read the live upstreams once, and show how the answer is made.
@@ -82,6 +83,8 @@ pub struct ServeArgs {
     /// `json` (default when stderr is not a terminal) or `text`.
     #[arg(long, env = "BLEND_SCALER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub transport: crate::transport::TransportLimits,
     #[command(flatten)]
     pub capacity: CapacityArgs,
 }
@@ -149,7 +152,7 @@ pub struct InputArgs {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check(&args),
-        Command::Serve(args) => runtime()?.block_on(serve(args)),
+        Command::Serve(args) => runtime()?.block_on(serve(*args)),
         Command::Explain(args) => runtime()?.block_on(explain(&args)),
         #[cfg(feature = "demo")]
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
@@ -367,6 +370,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_items_per_group: args.capacity.max_items_per_group,
         ..RefreshConfig::default()
     };
+    let credentials = Credentials::from_env();
+    let access = Access::from_env()?;
+    for warning in access.warnings(&credentials) {
+        tracing::warn!("{warning}");
+    }
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         http_addr: Some(args.http_addr),
@@ -377,6 +385,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .expect("clap requires --tls-key with --tls-cert"),
             client_ca: args.tls_client_ca,
         }),
+        transport: args.transport,
         engine: EngineConfig {
             refresh,
             allow_upstream: (!args.allow_upstream.is_empty()).then_some(args.allow_upstream),
@@ -384,7 +393,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 allow_loopback: args.allow_loopback_upstreams,
                 private_suffixes: args.servicebus_private_suffix,
             },
-            credentials: Credentials::from_env(),
+            credentials,
+            access,
             capacity: args.capacity.capacity(),
             ..EngineConfig::default()
         },
@@ -435,6 +445,9 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
         EngineConfig {
             refresh: refresh.clone(),
             credentials: Credentials::from_env(),
+            // The same namespace rules as `serve`, so a trigger `serve` would refuse for its
+            // namespace is refused here too.
+            access: Access::from_env()?,
             hosts: HostRules {
                 allow_loopback: args.allow_loopback_upstreams,
                 ..HostRules::default()

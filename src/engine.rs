@@ -11,6 +11,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use crate::access::{Access, Refused};
 use crate::binding::HostRules;
 use crate::blend::{self, Decision, Inputs, Missing};
 use crate::cache::{RefreshConfig, SignalSource};
@@ -26,6 +27,9 @@ pub enum EngineError {
     Metadata(#[from] MetadataErrors),
     #[error("metadata key `{key}`: upstream host `{host}` is not allowed by --allow-upstream")]
     NotAllowed { key: &'static str, host: String },
+    /// Not for the caller's Kubernetes namespace (a credential, the scaler's identity, a server).
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("metadata key `query`: {0}")]
     InvalidQuery(String),
     #[error("{signal} signal has no usable value: {reason}")]
@@ -57,6 +61,8 @@ pub struct EngineConfig {
     /// ScaledObjects KEDA stopped asking about for this long are forgotten.
     pub object_idle_ttl: Duration,
     pub credentials: Credentials,
+    /// Which namespaces may use the scaler's identity and which Prometheus servers.
+    pub access: Access,
     pub clock: Clock,
     pub capacity: Capacity,
 }
@@ -69,6 +75,7 @@ impl Default for EngineConfig {
             hosts: HostRules::default(),
             object_idle_ttl: Duration::from_secs(600),
             credentials: Credentials::default(),
+            access: Access::default(),
             clock: Arc::new(Utc::now),
             capacity: Capacity::default(),
         }
@@ -297,13 +304,18 @@ impl Engine {
         {
             return Ok(t.clone());
         }
+        let access = &self.config.access;
+        access.check_names(obj.metadata, obj.namespace, &self.config.credentials)?;
         let weight = weight(obj.metadata);
         let reservation =
             self.reserve(obj.namespace, weight, current.as_ref().map(|t| t.weight))?;
-        let plan = self.parse(obj.metadata).await?;
+        let mut plan = self.parse(obj.metadata).await?;
         self.config
             .hosts
             .check(obj.metadata, &plan, &self.config.credentials)?;
+        // After the host rules: the headers the scaler adds for a server are its own, not a
+        // tenant's secret that would need https.
+        access.apply(&mut plan, obj.namespace)?;
         self.check_allowed(&plan)?;
         self.check_enabled(&plan)?;
         if plan.cron.is_some() {

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod binding;
 pub mod blend;
 pub mod cache;
@@ -28,6 +29,8 @@ pub mod signal;
 #[cfg(feature = "simulate")]
 pub mod simulate;
 mod telemetry;
+pub mod tls;
+pub mod transport;
 
 /// KEDA's `externalscaler` protocol, generated from `proto/externalscaler.proto`.
 pub mod proto {
