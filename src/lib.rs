@@ -8,6 +8,7 @@ pub mod allowlist;
 pub mod binding;
 pub mod blend;
 pub mod cache;
+pub mod capacity;
 pub mod cli;
 pub mod crd;
 pub mod cron;
@@ -20,6 +21,7 @@ mod grpc_status;
 mod http;
 pub mod metadata;
 pub mod metrics;
+pub mod offload;
 pub mod prometheus;
 pub mod secret;
 pub mod server;
@@ -28,6 +30,8 @@ pub mod signal;
 #[cfg(feature = "simulate")]
 pub mod simulate;
 mod telemetry;
+pub mod tls;
+pub mod transport;
 
 /// KEDA's `externalscaler` protocol, generated from `proto/externalscaler.proto`.
 pub mod proto {
