@@ -19,6 +19,7 @@ mod http;
 pub mod metadata;
 pub mod metrics;
 pub mod prometheus;
+pub mod scaledobject;
 pub mod secret;
 pub mod server;
 pub mod servicebus;
