@@ -83,6 +83,8 @@ pub struct ServeArgs {
     /// `json` (default when stderr is not a terminal) or `text`.
     #[arg(long, env = "BLEND_SCALER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub transport: crate::transport::TransportLimits,
 }
 
 #[derive(Args, Debug)]
@@ -274,6 +276,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .expect("clap requires --tls-key with --tls-cert"),
             client_ca: args.tls_client_ca,
         }),
+        transport: args.transport,
         engine: EngineConfig {
             refresh,
             allow_upstream: (!args.allow_upstream.is_empty()).then_some(args.allow_upstream),
