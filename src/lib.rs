@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod crd;
 pub mod cron;
+pub mod decisions;
 #[cfg(feature = "demo")]
 mod demo;
 pub mod engine;

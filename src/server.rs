@@ -18,6 +18,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::cache::RefreshConfig;
+use crate::decisions::{self, DecisionsOptions};
 use crate::engine::{Engine, EngineConfig, Sources};
 use crate::grpc::ScalerService;
 use crate::metrics::Metrics;
@@ -33,10 +34,12 @@ pub struct TlsFiles {
 
 pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
-    /// `/metrics`, `/livez`, `/readyz`; `None` runs no HTTP listener.
+    /// `/metrics`, `/livez`, `/readyz`, `/decisions`; `None` runs no HTTP listener.
     pub http_addr: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
     pub engine: EngineConfig,
+    /// `/decisions` on the HTTP port.
+    pub decisions: DecisionsOptions,
 }
 
 impl ServerConfig {
@@ -47,6 +50,7 @@ impl ServerConfig {
             http_addr: Some(([127, 0, 0, 1], 0).into()),
             tls: None,
             engine: EngineConfig::default(),
+            decisions: DecisionsOptions::default(),
         }
     }
 }
@@ -135,7 +139,8 @@ pub async fn start(
                 .await
                 .with_context(|| format!("binding HTTP address {addr}"))?;
             let http_addr = listener.local_addr()?;
-            let app = http_router(metrics.clone(), ready.clone());
+            let app = http_router(metrics.clone(), ready.clone())
+                .merge(decisions::router(engine.clone(), config.decisions.clone()));
             let task = tokio::spawn(async move { axum::serve(listener, app).await });
             Some((http_addr, task))
         }

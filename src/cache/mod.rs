@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::signal::{Observation, SignalError};
+use crate::signal::{EntityCounts, Observation, SignalError};
 
 mod schedule;
 
@@ -282,6 +282,11 @@ pub trait SignalSource<P>: Send + Sync + 'static {
     -> Pin<Box<dyn Future<Output = Observation> + Send + 'a>>;
     /// Change notifications for `plan`'s group, and a guard that keeps it at the fast interval.
     fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>);
+    /// The message counts the latest read returned beside `plan`'s value, for sources whose
+    /// reads carry them (Service Bus); shown and exported, never decided on.
+    fn counts(&self, _plan: &P) -> Option<EntityCounts> {
+        None
+    }
 }
 
 /// Adapts a [`Refresher`] to a plan type through a function from plan to (group, item).

@@ -27,13 +27,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use futures::StreamExt as _;
 use regex::Regex;
 
 use crate::cache::{GroupRead, Keyed, RefreshConfig, Refresher, SignalSource, Upstream};
 use crate::metadata::{Aggregation, Entity, ServiceBusAuth, ServiceBusPlan};
 use crate::metrics::Metrics;
-use crate::signal::SignalError;
+use crate::signal::{EntityCounts, Observation, SignalError};
 
 use self::atom::Description;
 use self::auth::{Credential, WorkloadIdentity, WorkloadIdentityConfig};
@@ -101,7 +104,51 @@ pub fn source_from(
     upstream: ServiceBusUpstream,
     config: RefreshConfig,
 ) -> Arc<dyn SignalSource<ServiceBusPlan>> {
-    Arc::new(Keyed::new(Refresher::new(upstream, config), key))
+    let upstream = Arc::new(upstream);
+    Arc::new(Source {
+        keyed: Keyed::new(Refresher::from_arc(upstream.clone(), config), key),
+        upstream,
+    })
+}
+
+/// The cache over the upstream, and the upstream itself for the counts its reads kept.
+struct Source {
+    keyed: Keyed<ServiceBusUpstream, ServiceBusPlan>,
+    upstream: Arc<ServiceBusUpstream>,
+}
+
+impl SignalSource<ServiceBusPlan> for Source {
+    fn observe<'a>(
+        &'a self,
+        plan: &'a ServiceBusPlan,
+    ) -> Pin<Box<dyn Future<Output = Observation> + Send + 'a>> {
+        self.keyed.observe(plan)
+    }
+
+    fn watch(
+        &self,
+        plan: &ServiceBusPlan,
+    ) -> (tokio::sync::watch::Receiver<u64>, Box<dyn Send + Sync>) {
+        self.keyed.watch(plan)
+    }
+
+    fn counts(&self, plan: &ServiceBusPlan) -> Option<EntityCounts> {
+        self.upstream.counts.get(&key(plan))
+    }
+}
+
+/// How long the counts of an entity no read returns any more are kept (the cache drops an
+/// item nobody asks about after its idle time; this only bounds the table).
+const COUNTS_KEPT: Duration = Duration::from_secs(3600);
+
+fn entity_counts(c: &atom::CountDetails) -> EntityCounts {
+    EntityCounts {
+        active: c.active,
+        dead_letter: c.dead_letter,
+        scheduled: c.scheduled,
+        transfer: c.transfer,
+        transfer_dead_letter: c.transfer_dead_letter,
+    }
 }
 
 /// Reads namespaces for the cache.
@@ -114,6 +161,9 @@ pub struct ServiceBusUpstream {
     /// Throttling is per namespace, so it holds back every group on the host, whatever
     /// its credential (entity-scoped SAS rules give one namespace several groups).
     quiet: parking_lot::Mutex<HashMap<String, (tokio::time::Instant, u16)>>,
+    /// The other counts of each watched item's entities, from the same reads that gave its
+    /// value (`blend_scaler_servicebus_*_messages`, `/decisions`): no read of their own.
+    counts: moka::sync::Cache<(NamespaceKey, Watched), EntityCounts>,
 }
 
 impl ServiceBusUpstream {
@@ -144,6 +194,9 @@ impl ServiceBusUpstream {
             client,
             identity,
             quiet: parking_lot::Mutex::new(HashMap::new()),
+            counts: moka::sync::Cache::builder()
+                .time_to_live(COUNTS_KEPT)
+                .build(),
             connections: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
@@ -454,12 +507,14 @@ fn entries<'a>(fetched: &'a Fetched, bucket: &Bucket) -> Result<&'a [Description
     }
 }
 
+/// The item's value, and the other counts of the entities it came from (summed over a
+/// `useRegex` match).
 fn value(
     item: &Watched,
     compiled: &Compiled,
     fetched: &Fetched,
     host: &str,
-) -> Result<f64, SignalError> {
+) -> Result<(f64, EntityCounts), SignalError> {
     let found: Vec<&Description> = match compiled {
         Compiled::Queue(name) => entries(fetched, &Bucket::Queues)?
             .iter()
@@ -485,7 +540,14 @@ fn value(
             found
         }
     };
-    combine(item, &found, || describe(item, host))
+    let v = combine(item, &found, || describe(item, host))?;
+    let counts = if item.use_regex {
+        let each: Vec<EntityCounts> = found.iter().map(|d| entity_counts(&d.counts)).collect();
+        EntityCounts::sum(&each)
+    } else {
+        entity_counts(&found[0].counts)
+    };
+    Ok((v, counts))
 }
 
 /// How a not-found message names what was watched.
@@ -646,9 +708,13 @@ impl Upstream for ServiceBusUpstream {
         fetched.extend(self.fetch_all(&conn, &gate, plan).await);
 
         for (item, c) in &compiled {
-            let v = value(item, c, &fetched, conn.host());
+            let v = value(item, c, &fetched, conn.host()).map(|(v, counts)| {
+                self.counts.insert((group.clone(), (*item).clone()), counts);
+                v
+            });
             values.insert((*item).clone(), v);
         }
+
         if let Some(wait) = gate.retry_after()
             && let Some(SignalError::Throttled { status, .. }) = &*gate.throttled.lock()
         {
@@ -657,6 +723,8 @@ impl Upstream for ServiceBusUpstream {
         GroupRead {
             values,
             retry_after: gate.retry_after(),
+            // Their counts are kept from the first read that watches them: a page holds up
+            // to a hundred entities nobody may ever ask about.
             seen_in_passing: seen_in_passing(&fetched, &queues, &topics),
         }
     }
