@@ -5,6 +5,7 @@
 //! outputs. See `docs/simulate.md`.
 
 pub mod generate;
+pub mod hpa;
 pub mod model;
 pub mod report;
 pub mod trace;
@@ -19,7 +20,8 @@ use serde::Deserialize as _;
 use serde_yaml::Value;
 
 use crate::metadata::{self, Credentials, Plan, Policy, Source};
-use model::{BlendSettings, Hpa, Keda, Outcome, Settings, Workload};
+use hpa::{Behavior, Hpa};
+use model::{BlendSettings, Keda, Outcome, Settings, Workload};
 use report::Summary;
 use trace::Trace;
 
@@ -164,29 +166,24 @@ impl Scenario {
         let behavior = spec
             .and_then(|s| s.get("advanced"))
             .and_then(|a| a.get("horizontalPodAutoscalerConfig"))
-            .and_then(|h| h.get("behavior"));
+            .and_then(|h| h.get("behavior"))
+            .filter(|b| !b.is_null());
         let hpa_default = Hpa::default();
-        let window = |dir: &str, default: u64| -> anyhow::Result<u64> {
-            whole(
-                behavior.and_then(|b| b.get(dir)),
-                "stabilizationWindowSeconds",
-                default,
-            )
-            .with_context(|| format!("advanced.horizontalPodAutoscalerConfig.behavior.{dir}"))
-        };
         let hpa = Hpa {
-            scale_down_window: window("scaleDown", hpa_default.scale_down_window)?,
-            scale_up_window: window("scaleUp", hpa_default.scale_up_window)?,
+            behavior: behavior
+                .map(|b| Behavior::from_yaml(b, hpa_default.downscale_stabilization))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("spec.advanced.horizontalPodAutoscalerConfig.{e}"))?,
             ..hpa_default
         };
         for dir in ["scaleUp", "scaleDown"] {
             if behavior
                 .and_then(|b| b.get(dir))
-                .and_then(|d| d.get("policies"))
+                .and_then(|d| d.get("tolerance"))
                 .is_some()
             {
                 notes.push(format!(
-                    "behavior.{dir}.policies are not modelled; the HPA's defaults are used"
+                    "behavior.{dir}.tolerance (alpha) is not modelled; the controller's 10% is used"
                 ));
             }
         }
@@ -316,8 +313,7 @@ pub fn report(
     let mut text = format!(
         "{} ({}) on {trace_name}: {} to {} {}\n\
          pods: {} messages/s each, ready {} s after creation; KEDA: polling {} s, cooldown {} s, \
-         replicas {}..{}; HPA: sync {} s, tolerance {}%, scale-down window {} s; \
-         blend-scaler refresh {} s\n",
+         replicas {}..{}; HPA: {}; blend-scaler refresh {} s\n",
         scenario.name,
         scenario.trigger_type,
         local(0),
@@ -329,9 +325,7 @@ pub fn report(
         s.keda.cooldown_period,
         s.keda.min_replicas,
         s.keda.max_replicas,
-        s.hpa.sync_period,
-        s.hpa.tolerance * 100.0,
-        s.hpa.scale_down_window,
+        s.hpa.describe(),
         if s.blend.push {
             1
         } else {
@@ -533,13 +527,14 @@ spec:
         assert_eq!(s.name, "default/worker");
         assert_eq!(s.settings.keda.polling_interval, 10);
         assert_eq!(s.settings.keda.cooldown_period, 300);
-        assert_eq!(s.settings.hpa.scale_down_window, 60);
+        let behavior = s.settings.hpa.behavior.as_ref().unwrap();
+        assert_eq!(behavior.scale_down.stabilization_window, 60);
+        assert_eq!(behavior.scale_up, Behavior::default_scale_up());
         assert_eq!(s.settings.workload.messages_per_second_per_replica, 7.5);
         assert_eq!(s.settings.workload.pod_start_seconds, 45);
         assert_eq!(s.settings.blend.refresh_interval, 2);
         assert_eq!(s.blend_label(), "blend-scaler (max)");
         let notes = s.notes.join("\n");
-        assert!(notes.contains("scaleDown.policies"), "{notes}");
         assert!(notes.contains("1 other trigger"), "{notes}");
     }
 

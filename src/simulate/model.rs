@@ -21,6 +21,7 @@ use crate::cron::CronPlan;
 use crate::metadata::Plan;
 use crate::signal::Observation;
 
+use super::hpa::{Controller, Hpa, Metric};
 use super::trace::Trace;
 
 /// KEDA's ScaledObject settings (`spec.*`).
@@ -39,36 +40,6 @@ impl Default for Keda {
             cooldown_period: 300,
             min_replicas: 0,
             max_replicas: 100,
-        }
-    }
-}
-
-/// The HPA's controller settings and the default `behavior`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Hpa {
-    /// `--horizontal-pod-autoscaler-sync-period`.
-    pub sync_period: u64,
-    /// `--horizontal-pod-autoscaler-tolerance`.
-    pub tolerance: f64,
-    /// `behavior.scaleDown.stabilizationWindowSeconds`.
-    pub scale_down_window: u64,
-    /// `behavior.scaleUp.stabilizationWindowSeconds`.
-    pub scale_up_window: u64,
-    /// The default scale-up policies: this many pods or this percentage, per sync, whichever is
-    /// more.
-    pub scale_up_pods: u32,
-    pub scale_up_percent: u32,
-}
-
-impl Default for Hpa {
-    fn default() -> Self {
-        Self {
-            sync_period: 15,
-            tolerance: 0.1,
-            scale_down_window: 300,
-            scale_up_window: 0,
-            scale_up_pods: 4,
-            scale_up_percent: 100,
         }
     }
 }
@@ -150,13 +121,6 @@ pub struct World {
     pub now: DateTime<Utc>,
     pub backlog: u64,
     pub requests: f64,
-}
-
-/// One HPA metric: its value and its `AverageValue` target.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Metric {
-    pub value: f64,
-    pub target: f64,
 }
 
 /// A trigger configuration as KEDA and the HPA see it.
@@ -477,88 +441,6 @@ impl Deployment {
     }
 }
 
-/// The HPA's replica count for one `AverageValue` metric, in the HPA's milli-units: within
-/// the tolerance of the current count it stays; otherwise `ceil(value / target)`.
-pub fn hpa_proposal(metric: Metric, current: u32, tolerance: f64) -> u32 {
-    // KEDA hands the HPA milli-quantities, truncated (`int64(value * 1000)`).
-    let value = (metric.value * 1000.0) as i64;
-    let target = ((metric.target * 1000.0) as i64).max(1);
-    let ratio = value as f64 / (target as f64 * f64::from(current.max(1)));
-    if (1.0 - ratio).abs() <= tolerance {
-        return current;
-    }
-    let value = value.max(0);
-    let r = value / target + i64::from(value % target != 0);
-    r.min(i64::from(u32::MAX)) as u32
-}
-
-/// The HPA controller's memory between syncs.
-#[derive(Clone, Debug, Default)]
-pub struct HpaState {
-    /// Raw recommendations with their time, for the stabilization windows.
-    recommendations: VecDeque<(u64, u32)>,
-}
-
-impl HpaState {
-    /// One sync: the replica count the HPA sets, or `None` when it has no metric to act on.
-    pub fn sync(
-        &mut self,
-        t: u64,
-        current: u32,
-        metrics: &[Result<Metric, ()>],
-        hpa: &Hpa,
-        keda: &Keda,
-    ) -> Option<u32> {
-        let proposals: Vec<u32> = metrics
-            .iter()
-            .filter_map(|m| m.ok())
-            .map(|m| hpa_proposal(m, current, hpa.tolerance))
-            .collect();
-        let mut desired = *proposals.iter().max()?;
-        // With a metric missing, the HPA scales up on the rest but never down.
-        if proposals.len() < metrics.len() && desired < current {
-            desired = current;
-        }
-        let min = keda.min_replicas.max(1);
-        let max = keda.max_replicas.max(min);
-
-        // Stabilization: the lowest recommendation of the scale-up window, the highest of
-        // the scale-down window, this one included.
-        let (mut up, mut down) = (desired, desired);
-        for &(at, rec) in &self.recommendations {
-            if at + hpa.scale_up_window > t {
-                up = up.min(rec);
-            }
-            if at + hpa.scale_down_window > t {
-                down = down.max(rec);
-            }
-        }
-        let keep = hpa.scale_up_window.max(hpa.scale_down_window);
-        while self
-            .recommendations
-            .front()
-            .is_some_and(|&(at, _)| at + keep <= t)
-        {
-            self.recommendations.pop_front();
-        }
-        self.recommendations.push_back((t, desired));
-        let stabilized = current.max(up).min(down);
-
-        // Rate limits: scale up by at most max(+pods, +percent) per period; the default
-        // scale-down policy (100% per 15 s) does not limit.
-        let (lo, hi) = if stabilized > current {
-            let by_pods = current.saturating_add(hpa.scale_up_pods);
-            let by_percent = (u64::from(current) * u64::from(100 + hpa.scale_up_percent))
-                .div_ceil(100)
-                .min(u64::from(u32::MAX)) as u32;
-            (min, max.min(by_pods.max(by_percent).max(current)))
-        } else {
-            (min, max)
-        };
-        Some(stabilized.clamp(lo, hi))
-    }
-}
-
 /// KEDA's activation: the time a trigger was last seen active.
 #[derive(Clone, Debug, Default)]
 struct Activation {
@@ -601,7 +483,9 @@ pub fn run(trace: &Trace, settings: &Settings, scaler: &mut dyn Scaler) -> Run {
     // The deployment starts at its floor, its pods ready.
     deployment.scale(keda.min_replicas, 0, 0);
     let mut activation = Activation::default();
-    let mut hpa_state = HpaState::default();
+    let mut hpa_controller = Controller::default();
+    let hpa_min = keda.min_replicas.max(1);
+    let hpa_max = keda.max_replicas.max(hpa_min);
     let polling = keda.polling_interval.max(1);
     let sync = hpa.sync_period.max(1);
 
@@ -630,7 +514,7 @@ pub fn run(trace: &Trace, settings: &Settings, scaler: &mut dyn Scaler) -> Run {
         if (t + sync - HPA_PHASE % sync).is_multiple_of(sync) && deployment.replicas() > 0 {
             let (metrics, _) = scaler.read(t, &world);
             let current = deployment.replicas();
-            let target = hpa_state.sync(t, current, &metrics, hpa, keda);
+            let target = hpa_controller.sync(t, current, &metrics, hpa, hpa_min, hpa_max);
             if target.is_none() {
                 out.metric_errors += 1;
             }
@@ -661,113 +545,6 @@ mod tests {
 
     fn m(value: f64, target: f64) -> Result<Metric, ()> {
         Ok(Metric { value, target })
-    }
-
-    #[test]
-    fn a_queue_of_20_with_a_target_of_5_gives_4_replicas() {
-        // KEDA's documented example for an AverageValue target.
-        assert_eq!(
-            hpa_proposal(
-                Metric {
-                    value: 20.0,
-                    target: 5.0
-                },
-                1,
-                0.1
-            ),
-            4
-        );
-        let mut hpa = HpaState::default();
-        let r = hpa.sync(0, 1, &[m(20.0, 5.0)], &Hpa::default(), &Keda::default());
-        assert_eq!(r, Some(4));
-    }
-
-    #[test]
-    fn a_metric_within_the_10_percent_tolerance_keeps_the_current_count() {
-        // Current 4; the metric suggests 4.3 (ratio 1.075): stays 4.
-        assert_eq!(
-            hpa_proposal(
-                Metric {
-                    value: 4.3,
-                    target: 1.0
-                },
-                4,
-                0.1
-            ),
-            4
-        );
-        // 4.5 (ratio 1.125) is outside: ceil -> 5.
-        assert_eq!(
-            hpa_proposal(
-                Metric {
-                    value: 4.5,
-                    target: 1.0
-                },
-                4,
-                0.1
-            ),
-            5
-        );
-        // Milli-units: 1.1 / 0.1 is 11, not 12 from floating-point error.
-        assert_eq!(
-            hpa_proposal(
-                Metric {
-                    value: 1.1,
-                    target: 0.1
-                },
-                1,
-                0.1
-            ),
-            11
-        );
-    }
-
-    #[test]
-    fn the_hpa_takes_the_largest_proposal_over_its_metrics() {
-        let mut hpa = HpaState::default();
-        let metrics = [m(20.0, 5.0), m(450.0, 200.0), m(3.0, 1.0)];
-        assert_eq!(
-            hpa.sync(0, 2, &metrics, &Hpa::default(), &Keda::default()),
-            Some(4)
-        );
-    }
-
-    #[test]
-    fn scale_up_is_limited_to_4_pods_or_double_per_sync() {
-        let (h, k) = (Hpa::default(), Keda::default());
-        let mut hpa = HpaState::default();
-        assert_eq!(hpa.sync(0, 1, &[m(100.0, 1.0)], &h, &k), Some(5));
-        assert_eq!(hpa.sync(15, 5, &[m(100.0, 1.0)], &h, &k), Some(10));
-        assert_eq!(hpa.sync(30, 10, &[m(100.0, 1.0)], &h, &k), Some(20));
-        // maxReplicaCount still caps it.
-        let k = Keda {
-            max_replicas: 30,
-            ..Keda::default()
-        };
-        assert_eq!(hpa.sync(45, 20, &[m(100.0, 1.0)], &h, &k), Some(30));
-    }
-
-    #[test]
-    fn scale_down_waits_for_the_highest_recommendation_of_the_last_300_seconds() {
-        let (h, k) = (Hpa::default(), Keda::default());
-        let mut hpa = HpaState::default();
-        assert_eq!(hpa.sync(0, 8, &[m(8.0, 1.0)], &h, &k), Some(8));
-        assert_eq!(hpa.sync(15, 8, &[m(2.0, 1.0)], &h, &k), Some(8));
-        assert_eq!(hpa.sync(285, 8, &[m(2.0, 1.0)], &h, &k), Some(8));
-        assert_eq!(hpa.sync(300, 8, &[m(2.0, 1.0)], &h, &k), Some(2));
-        // The recommendation of 2 made at 300 s holds until 600 s; then the HPA's floor of 1,
-        // even when KEDA's minimum is 0.
-        assert_eq!(hpa.sync(450, 2, &[m(0.0, 1.0)], &h, &k), Some(2));
-        assert_eq!(hpa.sync(600, 2, &[m(0.0, 1.0)], &h, &k), Some(1));
-    }
-
-    #[test]
-    fn a_missing_metric_blocks_scale_down_but_not_scale_up() {
-        let (h, k) = (Hpa::default(), Keda::default());
-        let mut hpa = HpaState::default();
-        assert_eq!(hpa.sync(0, 6, &[m(1.0, 1.0), Err(())], &h, &k), Some(6));
-        assert_eq!(hpa.sync(15, 6, &[m(9.0, 1.0), Err(())], &h, &k), Some(9));
-        assert_eq!(hpa.sync(30, 9, &[Err(())], &h, &k), None);
     }
 
     #[test]
@@ -846,20 +623,14 @@ mod tests {
             backlog: 6,
             requests: 0.0,
         };
-        let mut hpa = HpaState::default();
+        let mut hpa = Controller::default();
         let (metrics, active) = b.read(0, &at(9));
         assert!(active);
         // 6 messages ask for 2; the window's floor of 3 wins.
-        assert_eq!(
-            hpa.sync(0, 1, &metrics, &Hpa::default(), &Keda::default()),
-            Some(3)
-        );
+        assert_eq!(hpa.sync(0, 1, &metrics, &Hpa::default(), 1, 100), Some(3));
         // Outside the window the cron trigger reports 1 and the queue decides.
         let (metrics, _) = b.read(0, &at(21));
-        assert_eq!(
-            hpa.sync(0, 1, &metrics, &Hpa::default(), &Keda::default()),
-            Some(2)
-        );
+        assert_eq!(hpa.sync(600, 1, &metrics, &Hpa::default(), 1, 100), Some(2));
     }
 
     #[test]
