@@ -108,8 +108,11 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     out
 }
 
-/// `name{labels} value` lines of an exposition, as (name, labels, value).
-fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One exposition line: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// The `name{labels} value` lines of an exposition.
+fn samples(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text
         .lines()
