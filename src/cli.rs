@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::access::Access;
 use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
 use crate::decisions::{self, DecisionsOptions};
@@ -333,6 +334,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         interval: args.refresh_interval,
         ..RefreshConfig::default()
     };
+    let credentials = Credentials::from_env();
+    let access = Access::from_env()?;
+    for warning in access.warnings(&credentials) {
+        tracing::warn!("{warning}");
+    }
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         http_addr: Some(args.http_addr),
@@ -350,7 +356,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 allow_loopback: args.allow_loopback_upstreams,
                 private_suffixes: args.servicebus_private_suffix,
             },
-            credentials: Credentials::from_env(),
+            credentials,
+            access,
             ..EngineConfig::default()
         },
         decisions: DecisionsOptions {
@@ -404,6 +411,9 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
         EngineConfig {
             refresh: refresh.clone(),
             credentials: Credentials::from_env(),
+            // The same namespace rules as `serve`, so a trigger `serve` would refuse for its
+            // namespace is refused here too.
+            access: Access::from_env()?,
             hosts: HostRules {
                 allow_loopback: args.allow_loopback_upstreams,
                 ..HostRules::default()

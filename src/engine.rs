@@ -11,6 +11,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use crate::access::{Access, Refused};
 use crate::binding::HostRules;
 use crate::blend::{self, Decision, Inputs, Missing};
 use crate::cache::{RefreshConfig, SignalSource};
@@ -25,6 +26,9 @@ pub enum EngineError {
     Metadata(#[from] MetadataErrors),
     #[error("metadata key `{key}`: upstream host `{host}` is not allowed by --allow-upstream")]
     NotAllowed { key: &'static str, host: String },
+    /// Not for the caller's Kubernetes namespace (a credential, the scaler's identity, a server).
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("metadata key `query`: {0}")]
     InvalidQuery(String),
     #[error("{signal} signal has no usable value: {reason}")]
@@ -53,6 +57,8 @@ pub struct EngineConfig {
     /// ScaledObjects KEDA stopped asking about for this long are forgotten.
     pub object_idle_ttl: Duration,
     pub credentials: Credentials,
+    /// Which namespaces may use the scaler's identity and which Prometheus servers.
+    pub access: Access,
     pub clock: Clock,
 }
 
@@ -64,6 +70,7 @@ impl Default for EngineConfig {
             hosts: HostRules::default(),
             object_idle_ttl: Duration::from_secs(600),
             credentials: Credentials::default(),
+            access: Access::default(),
             clock: Arc::new(Utc::now),
         }
     }
@@ -179,7 +186,9 @@ impl Engine {
         {
             return Ok(t);
         }
-        let plan = metadata::parse(
+        let access = &self.config.access;
+        access.check_names(obj.metadata, obj.namespace, &self.config.credentials)?;
+        let mut plan = metadata::parse(
             obj.metadata,
             metadata::Source::Keda,
             &self.config.credentials,
@@ -187,6 +196,9 @@ impl Engine {
         self.config
             .hosts
             .check(obj.metadata, &plan, &self.config.credentials)?;
+        // After the host rules: the headers the scaler adds for a server are its own, not a
+        // tenant's secret that would need https.
+        access.apply(&mut plan, obj.namespace)?;
         self.check_allowed(&plan)?;
         self.check_enabled(&plan)?;
         let tracked = Arc::new(Tracked {

@@ -8,7 +8,7 @@ impl From<EngineError> for Status {
     fn from(e: EngineError) -> Self {
         let code = match &e {
             EngineError::Metadata(_) | EngineError::InvalidQuery(_) => Code::InvalidArgument,
-            EngineError::NotAllowed { .. } => Code::PermissionDenied,
+            EngineError::NotAllowed { .. } | EngineError::Refused(_) => Code::PermissionDenied,
             // KEDA's `fallback` engages on this.
             EngineError::Unavailable { .. } => Code::Unavailable,
             EngineError::NotEnabled(_) => Code::Unimplemented,

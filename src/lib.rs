@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod binding;
 pub mod blend;
 pub mod cache;

@@ -62,6 +62,16 @@ async fn no_credential_of_the_scaler_or_a_tenant_reaches_a_host_the_tenant_names
             "BLEND_SCALER_CREDENTIAL_TENANT_B".to_string(),
             double.connection_string(),
         ),
+        // Every namespace may use both: this test is about hosts, tests/namespace_access.rs
+        // about namespaces.
+        (
+            "BLEND_SCALER_CREDENTIAL_TENANT_B_NAMESPACES".to_string(),
+            "*".to_string(),
+        ),
+        (
+            "BLEND_SCALER_PROMETHEUS_CREDENTIAL_CENTRAL_NAMESPACES".to_string(),
+            "*".to_string(),
+        ),
         (
             "BLEND_SCALER_PROMETHEUS_CREDENTIAL_CENTRAL".to_string(),
             "bearer:PROM-CENTRAL-BEARER-SECRET".to_string(),

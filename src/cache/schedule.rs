@@ -1,6 +1,6 @@
 //! When one group is read: a pure schedule, events in and the next action out.
 //!
-//! The refresh task ([`super::refresh_loop`]) only sleeps, reads and reports back here, so every
+//! The refresh task ([`super::task::refresh_loop`]) only sleeps, reads and reports back here, so every
 //! rule about timing (the interval, the fast interval while a stream is open, spacing wakes,
 //! Retry-After, backoff) is decided by plain functions of the instants given to them and is
 //! tested without a clock. All instant arithmetic saturates: a huge `--refresh-interval` or

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
+use crate::access::{NAMESPACES_SUFFIX, Namespaces};
 use crate::cron::CronPlan;
 use crate::secret::Secret;
 
@@ -245,6 +246,11 @@ pub struct Credentials {
     prometheus: HashMap<String, Secret>,
     /// `BLEND_SCALER_PROMETHEUS_CREDENTIAL_<NAME>_SERVERS`: the only servers it is sent to.
     prometheus_servers: HashMap<String, Vec<String>>,
+    /// `BLEND_SCALER_CREDENTIAL_<NAME>_NAMESPACES`: the only Kubernetes namespaces that may
+    /// use it. A credential without the variable is usable by none.
+    servicebus_namespaces: HashMap<String, Namespaces>,
+    /// `BLEND_SCALER_PROMETHEUS_CREDENTIAL_<NAME>_NAMESPACES`, likewise.
+    prometheus_namespaces: HashMap<String, Namespaces>,
 }
 
 /// The suffix of the variable listing a Prometheus credential's servers.
@@ -264,6 +270,13 @@ impl Credentials {
         let mut creds = Self::default();
         for (name, value) in vars {
             if let Some(n) = name.strip_prefix(PROMETHEUS_CREDENTIAL_PREFIX) {
+                if let Some(n) = n.strip_suffix(NAMESPACES_SUFFIX) {
+                    let namespaces = Namespaces::parse(&value);
+                    creds
+                        .prometheus_namespaces
+                        .insert(n.to_string(), namespaces);
+                    continue;
+                }
                 if let Some(n) = n.strip_suffix(SERVERS_SUFFIX) {
                     let servers = value
                         .split(',')
@@ -275,6 +288,13 @@ impl Credentials {
                 }
                 creds.prometheus.insert(n.to_string(), Secret::new(value));
             } else if let Some(n) = name.strip_prefix(SERVICEBUS_CREDENTIAL_PREFIX) {
+                if let Some(n) = n.strip_suffix(NAMESPACES_SUFFIX) {
+                    let namespaces = Namespaces::parse(&value);
+                    creds
+                        .servicebus_namespaces
+                        .insert(n.to_string(), namespaces);
+                    continue;
+                }
                 creds.servicebus.insert(n.to_string(), Secret::new(value));
             }
         }
@@ -292,6 +312,52 @@ impl Credentials {
 
     pub(super) fn prometheus(&self, name: &str) -> Option<&Secret> {
         self.prometheus.get(&Self::env_name(name))
+    }
+
+    /// True when Service Bus credential `name` exists and `namespace` may use it.
+    pub fn servicebus_usable_by(&self, name: &str, namespace: &str) -> bool {
+        let key = Self::env_name(name);
+        self.servicebus.contains_key(&key)
+            && self
+                .servicebus_namespaces
+                .get(&key)
+                .is_some_and(|n| n.allows(namespace))
+    }
+
+    /// True when Prometheus credential `name` exists and `namespace` may use it.
+    pub fn prometheus_usable_by(&self, name: &str, namespace: &str) -> bool {
+        let key = Self::env_name(name);
+        self.prometheus.contains_key(&key)
+            && self
+                .prometheus_namespaces
+                .get(&key)
+                .is_some_and(|n| n.allows(namespace))
+    }
+
+    /// The variables of credentials no namespace may use (no `_NAMESPACES`, or an empty one),
+    /// for `serve`'s startup warnings.
+    pub fn without_namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (prefix, secrets, namespaces) in [
+            (
+                SERVICEBUS_CREDENTIAL_PREFIX,
+                &self.servicebus,
+                &self.servicebus_namespaces,
+            ),
+            (
+                PROMETHEUS_CREDENTIAL_PREFIX,
+                &self.prometheus,
+                &self.prometheus_namespaces,
+            ),
+        ] {
+            for name in secrets.keys() {
+                if namespaces.get(name).is_none_or(Namespaces::is_empty) {
+                    out.push(format!("{prefix}{name}"));
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// The servers Prometheus credential `name` may be sent to; none when not configured.

@@ -1,5 +1,11 @@
+use std::time::Duration;
+
+use super::client::ClientOptions;
+use super::read_plan::{Fetch, Name, Wants};
+use super::values::combine;
 use super::*;
 use crate::metadata::ConnectionString;
+use crate::signal::SignalError;
 
 fn plan(endpoint: &str, entity: Entity, use_regex: bool, op: Aggregation) -> ServiceBusPlan {
     ServiceBusPlan {

@@ -192,6 +192,24 @@ def test_tls_from_secret(renders):
         "key": "orders-connection",
     }
     assert env["BLEND_SCALER_CREDENTIAL_PAYMENTS"]["valueFrom"]["secretKeyRef"]["key"] == "payments"
+    # Who may use each credential: listed namespaces only, none when not listed.
+    assert env["BLEND_SCALER_CREDENTIAL_ORDERS_NAMESPACES"]["value"] == "orders,payments"
+    assert "BLEND_SCALER_CREDENTIAL_PAYMENTS_NAMESPACES" not in env
+
+
+def test_namespace_access_settings(renders):
+    prod = env_of(d.manifests_of(renders["production-values"]))
+    assert prod["BLEND_SCALER_WORKLOAD_IDENTITY_NAMESPACES"]["value"] == "production"
+    default = env_of(d.manifests_of(renders["default"]))
+    # Workload identity is opt-in per namespace: nobody by default.
+    assert "BLEND_SCALER_WORKLOAD_IDENTITY_NAMESPACES" not in default
+    # The in-cluster Prometheus is the one server, for every namespace, with no headers.
+    assert default["BLEND_SCALER_PROMETHEUS_SERVER_IN_CLUSTER"]["value"] == "http://prometheus-server.monitoring:9090"
+    assert default["BLEND_SCALER_PROMETHEUS_SERVER_IN_CLUSTER_NAMESPACES"]["value"] == "*"
+    assert "BLEND_SCALER_PROMETHEUS_SERVER_IN_CLUSTER_HEADERS" not in default
+    mimir = env_of(d.manifests_of(renders["keyvault-credentials-values"]))
+    assert mimir["BLEND_SCALER_PROMETHEUS_SERVER_MIMIR_NAMESPACES"]["value"] == "orders,payments"
+    assert mimir["BLEND_SCALER_PROMETHEUS_SERVER_MIMIR_HEADERS"]["value"] == "X-Scope-OrgID={namespace}"
 
 
 def test_tls_from_cert_manager_csi(renders):

@@ -1,0 +1,347 @@
+//! The cache against a table upstream, on a paused clock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::task::supervise;
+use super::*;
+use crate::signal::SignalError;
+
+/// Counts reads and serves values from a table; fails items it has no value for.
+#[derive(Default)]
+struct Table {
+    values: Mutex<HashMap<&'static str, f64>>,
+    reads: AtomicU32,
+    retry_after: Mutex<Option<Duration>>,
+    delay: Mutex<Duration>,
+    /// Reads see the whole table, as a list does, and report the rest in passing.
+    list: Mutex<bool>,
+    /// The items of every read, sorted.
+    batches: Mutex<Vec<Vec<&'static str>>>,
+    /// Reads panic (a bug in an upstream client, an absurd token lifetime).
+    panic: Mutex<bool>,
+}
+
+impl Upstream for Table {
+    type Group = &'static str;
+    type Item = &'static str;
+
+    async fn read(&self, _group: &&'static str, items: &[&'static str]) -> GroupRead<&'static str> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let mut batch = items.to_vec();
+        batch.sort();
+        self.batches.lock().push(batch);
+        let delay = *self.delay.lock();
+        tokio::time::sleep(delay).await;
+        if *self.panic.lock() {
+            panic!("the upstream client hit a bug");
+        }
+        if let Some(pause) = *self.retry_after.lock() {
+            return GroupRead::all_failed(
+                items,
+                SignalError::Throttled {
+                    status: 429,
+                    retry_after: Some(pause),
+                },
+            );
+        }
+        let values = self.values.lock();
+        GroupRead {
+            values: items
+                .iter()
+                .map(|i| {
+                    let v = values
+                        .get(i)
+                        .copied()
+                        .ok_or_else(|| SignalError::NotFound(i.to_string()));
+                    (*i, v)
+                })
+                .collect(),
+            retry_after: None,
+            seen_in_passing: if *self.list.lock() {
+                values
+                    .iter()
+                    .filter(|(k, _)| !items.contains(k))
+                    .map(|(k, v)| (*k, *v))
+                    .collect()
+            } else {
+                HashMap::new()
+            },
+        }
+    }
+}
+
+fn config() -> RefreshConfig {
+    RefreshConfig {
+        interval: Duration::from_secs(5),
+        idle_ttl: Duration::from_secs(60),
+        ..RefreshConfig::default()
+    }
+}
+
+fn table(pairs: &[(&'static str, f64)]) -> Arc<Table> {
+    let t = Table::default();
+    t.values.lock().extend(pairs.iter().copied());
+    Arc::new(t)
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_first_callers_share_one_read() {
+    let t = table(&[("orders", 12.0), ("billing", 3.0)]);
+    let r = Arc::new(Refresher::from_arc(t.clone(), config()));
+    let mut joins = Vec::new();
+    for i in 0..50 {
+        let r = r.clone();
+        let item = if i % 2 == 0 { "orders" } else { "billing" };
+        joins.push(tokio::spawn(async move { r.observe(&"ns", &item).await }));
+    }
+    for (i, j) in joins.into_iter().enumerate() {
+        let obs = j.await.unwrap();
+        assert_eq!(obs.value, Some(if i % 2 == 0 { 12.0 } else { 3.0 }));
+    }
+    assert_eq!(
+        t.reads.load(Ordering::SeqCst),
+        1,
+        "one read for the whole burst"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_group_is_refreshed_in_the_background_once_per_interval() {
+    let t = table(&[("orders", 1.0)]);
+    let r = Refresher::from_arc(t.clone(), config());
+    assert_eq!(r.observe(&"ns", &"orders").await.value, Some(1.0));
+    let after_first = t.reads.load(Ordering::SeqCst);
+    t.values.lock().insert("orders", 9.0);
+    for _ in 0..100 {
+        // KEDA calls far more often than the refresh interval: all from the cache.
+        r.observe(&"ns", &"orders").await;
+    }
+    assert_eq!(t.reads.load(Ordering::SeqCst), after_first);
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    let obs = r.observe(&"ns", &"orders").await;
+    assert_eq!(obs.value, Some(9.0));
+    assert_eq!(obs.rate, Some(8.0 / 5.0));
+    assert_eq!(t.reads.load(Ordering::SeqCst), after_first + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_seen_items_arriving_one_by_one_share_a_read_per_second() {
+    // KEDA's polls after a scaler restart: thirty never-seen items, one every 100 ms.
+    let names: Vec<&'static str> = (0..30)
+        .map(|i| &*Box::leak(format!("queue-{i}").into_boxed_str()))
+        .collect();
+    let pairs: Vec<(&'static str, f64)> = names.iter().map(|n| (*n, 1.0)).collect();
+    let t = table(&pairs);
+    let r = Arc::new(Refresher::from_arc(t.clone(), config()));
+    let mut callers = Vec::new();
+    for name in names {
+        let r = r.clone();
+        callers.push(tokio::spawn(async move {
+            let asked = Instant::now();
+            let obs = r.observe(&"ns", &name).await;
+            (obs, asked.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in callers {
+        let (obs, waited) = c.await.unwrap();
+        assert_eq!(obs.value, Some(1.0));
+        assert!(waited <= Duration::from_millis(1_010), "waited {waited:?}");
+    }
+    // Three seconds of arrivals: the first read, then one a second (not thirty).
+    assert_eq!(t.reads.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_item_is_read_alone_and_the_others_keep_their_schedule() {
+    let t = table(&[("orders", 1.0), ("billing", 2.0)]);
+    let r = Refresher::from_arc(t.clone(), config());
+    r.observe(&"ns", &"orders").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(r.observe(&"ns", &"billing").await.value, Some(2.0));
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    assert_eq!(
+        *t.batches.lock(),
+        [vec!["orders"], vec!["billing"], vec!["billing", "orders"]],
+        "the first read, the wake for billing, the refresh due 5 s after the first"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_item_failing_alone_does_not_hold_the_others_back() {
+    let t = table(&[("orders", 1.0)]);
+    let r = Refresher::from_arc(t.clone(), config());
+    r.observe(&"ns", &"orders").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let typo = r.observe(&"ns", &"ordres").await;
+    assert!(matches!(
+        typo.error.as_deref(),
+        Some(SignalError::NotFound(_))
+    ));
+    t.values.lock().insert("orders", 6.0);
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    // Refreshed on time, 5 s after the first read, not backed off after the typo's.
+    assert_eq!(t.reads.load(Ordering::SeqCst), 3);
+    assert_eq!(r.observe(&"ns", &"orders").await.value, Some(6.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn items_a_list_saw_in_passing_are_answered_without_a_read_of_their_own() {
+    let t = table(&[("orders", 12.0), ("billing", 3.0), ("audit", 0.0)]);
+    *t.list.lock() = true;
+    let r = Refresher::from_arc(t.clone(), config());
+    assert_eq!(r.observe(&"ns", &"orders").await.value, Some(12.0));
+    assert_eq!(t.reads.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let billing = r.observe(&"ns", &"billing").await;
+    assert_eq!(billing.value, Some(3.0));
+    assert_eq!(
+        billing.age,
+        Some(Duration::from_secs(2)),
+        "as old as the read"
+    );
+    assert_eq!(r.observe(&"ns", &"audit").await.value, Some(0.0));
+    assert_eq!(t.reads.load(Ordering::SeqCst), 1, "no read for either");
+    // Both are the group's own items from now on.
+    t.values.lock().insert("billing", 8.0);
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    assert_eq!(r.observe(&"ns", &"billing").await.value, Some(8.0));
+    assert_eq!(t.reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_a_failed_read_saw_in_passing_is_not_kept() {
+    let t = table(&[("orders", 12.0), ("billing", 3.0)]);
+    *t.list.lock() = true;
+    let r = Refresher::from_arc(t.clone(), config());
+    r.observe(&"ns", &"orders").await;
+    // An item the list does not hold wakes the group; that read is throttled.
+    *t.retry_after.lock() = Some(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(r.observe(&"ns", &"ghost").await.value, None);
+    assert_eq!(t.reads.load(Ordering::SeqCst), 2);
+    // The first read's page is younger than the interval, but the latest read saw
+    // nothing: billing waits for a read of its own, which Retry-After holds back past
+    // the first-read bound.
+    assert_eq!(r.observe(&"ns", &"billing").await.value, None);
+    assert_eq!(t.reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_first_read_is_cut_off_at_the_bound() {
+    let t = table(&[("orders", 1.0)]);
+    *t.delay.lock() = Duration::from_secs(10);
+    let r = Refresher::from_arc(t.clone(), config());
+    let started = Instant::now();
+    let obs = r.observe(&"ns", &"orders").await;
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(obs.value, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_keeps_the_last_good_value_and_reports_the_error() {
+    let t = table(&[("orders", 4.0)]);
+    let r = Refresher::from_arc(t.clone(), config());
+    r.observe(&"ns", &"orders").await;
+    t.values.lock().clear();
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    let obs = r.observe(&"ns", &"orders").await;
+    assert_eq!(obs.value, Some(4.0));
+    assert!(obs.age.unwrap() >= Duration::from_secs(5));
+    assert!(matches!(
+        obs.error.as_deref(),
+        Some(SignalError::NotFound(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_even_when_new_items_arrive() {
+    let t = table(&[("orders", 4.0), ("billing", 1.0)]);
+    *t.retry_after.lock() = Some(Duration::from_secs(30));
+    let r = Refresher::from_arc(t.clone(), config());
+    r.observe(&"ns", &"orders").await;
+    assert_eq!(t.reads.load(Ordering::SeqCst), 1);
+    // A new item wakes the group, but the namespace asked for 30 s of quiet.
+    // (this first read of billing waits its 2 s bound)
+    r.observe(&"ns", &"billing").await;
+    tokio::time::sleep(Duration::from_secs(27)).await;
+    assert_eq!(t.reads.load(Ordering::SeqCst), 1);
+    *t.retry_after.lock() = None;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(t.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(r.observe(&"ns", &"billing").await.value, Some(1.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_speeds_its_group_up_until_it_ends() {
+    let t = table(&[("orders", 0.0)]);
+    let r = Refresher::from_arc(t.clone(), config());
+    r.observe(&"ns", &"orders").await;
+    let (mut changes, guard) = r.watch(&"ns");
+    let before = t.reads.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let fast = t.reads.load(Ordering::SeqCst) - before;
+    assert!(fast >= 4, "reads while streaming: {fast}");
+    assert!(changes.has_changed().unwrap());
+    changes.mark_unchanged();
+    drop(guard);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = t.reads.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(9_900)).await;
+    assert!(t.reads.load(Ordering::SeqCst) - before <= 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn items_nobody_asks_about_are_dropped_with_their_group() {
+    let t = table(&[("orders", 1.0)]);
+    let r = Refresher::from_arc(t.clone(), config());
+    r.observe(&"ns", &"orders").await;
+    assert_eq!(r.group_count(), 1);
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    assert_eq!(r.group_count(), 0);
+    let reads = t.reads.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(t.reads.load(Ordering::SeqCst), reads, "the task ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_read_reports_an_error_and_the_group_keeps_being_refreshed() {
+    let t = table(&[("orders", 4.0)]);
+    *t.panic.lock() = true;
+    let r = Refresher::from_arc(t.clone(), config());
+    let obs = r.observe(&"ns", &"orders").await;
+    assert_eq!(obs.value, None);
+    assert!(
+        matches!(obs.error.as_deref(), Some(SignalError::Unreported(_))),
+        "{obs:?}"
+    );
+    // The bug goes away (a token endpoint answers sensibly again): the next refresh,
+    // backed off like any failure, reads the value.
+    *t.panic.lock() = false;
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    assert_eq!(r.observe(&"ns", &"orders").await.value, Some(4.0));
+    assert_eq!(t.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(r.group_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_task_that_panics_is_started_again_and_one_that_ends_is_not() {
+    let starts = Arc::new(AtomicU32::new(0));
+    let counted = starts.clone();
+    supervise("ns", Duration::from_secs(5), move || {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n < 2 {
+                panic!("a bug in the task");
+            }
+        }
+    })
+    .await;
+    assert_eq!(starts.load(Ordering::SeqCst), 3);
+}
