@@ -88,6 +88,8 @@ pub struct ServeArgs {
     /// not every reader of the HTTP port should see).
     #[arg(long, env = "BLEND_SCALER_DECISIONS_SHOW_QUERIES")]
     pub decisions_show_queries: bool,
+    #[command(flatten)]
+    pub transport: crate::transport::TransportLimits,
 }
 
 #[derive(Args, Debug)]
@@ -349,6 +351,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .expect("clap requires --tls-key with --tls-cert"),
             client_ca: args.tls_client_ca,
         }),
+        transport: args.transport,
         engine: EngineConfig {
             refresh,
             allow_upstream: (!args.allow_upstream.is_empty()).then_some(args.allow_upstream),

@@ -28,6 +28,8 @@ pub mod signal;
 #[cfg(feature = "simulate")]
 pub mod simulate;
 mod telemetry;
+pub mod tls;
+pub mod transport;
 
 /// KEDA's `externalscaler` protocol, generated from `proto/externalscaler.proto`.
 pub mod proto {
