@@ -51,7 +51,11 @@ impl<U: Upstream, P: Send + Sync + 'static> SignalSource<P> for Keyed<U, P> {
 
     fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {
         let (group, _) = (self.key)(plan);
-        let (rx, guard) = self.refresher.watch(&group);
-        (rx, Box::new(guard))
+        match self.refresher.watch(&group) {
+            Some((rx, guard)) => (rx, Box::new(guard)),
+            // Past the group cap: a receiver that never changes (its sender is gone); the
+            // stream's own reads report the refusal.
+            None => (watch::channel(0).1, Box::new(())),
+        }
     }
 }
