@@ -19,6 +19,7 @@ use crate::decisions::{self, DecisionsOptions};
 use crate::engine::{Engine, EngineConfig, ObjectRef};
 use crate::metadata::{self, Credentials, Source};
 use crate::metrics::Metrics;
+use crate::scaledobject;
 use crate::server::{self, ServerConfig, TlsFiles};
 use crate::telemetry::{self, LogFormat};
 
@@ -241,91 +242,36 @@ pub fn load_triggers(args: &InputArgs) -> anyhow::Result<(Vec<Trigger>, Source)>
 
 /// Every `external`/`external-push` trigger of every ScaledObject or ScaledJob in `text`.
 pub fn triggers_in_yaml(text: &str) -> anyhow::Result<Vec<Trigger>> {
-    use serde_yaml::Value;
     let mut out = Vec::new();
-    for (doc_index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let doc =
-            Value::deserialize(doc).with_context(|| format!("YAML document {}", doc_index + 1))?;
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
-        if kind == "BlendedMetric" {
+    for doc in scaledobject::documents(text)? {
+        if doc.kind == "BlendedMetric" {
             out.push(blended_metric_trigger(&doc));
             continue;
         }
-        if !matches!(kind, "ScaledObject" | "ScaledJob") {
+        if !doc.is_scaled() {
             continue;
         }
-        let meta = doc.get("metadata");
-        let name = meta
-            .and_then(|m| m.get("name"))
-            .and_then(Value::as_str)
-            .unwrap_or("(unnamed)")
-            .to_string();
-        let namespace = meta
-            .and_then(|m| m.get("namespace"))
-            .and_then(Value::as_str)
-            .unwrap_or("default")
-            .to_string();
-        let triggers = doc
-            .get("spec")
-            .and_then(|s| s.get("triggers"))
-            .and_then(Value::as_sequence)
-            .cloned()
-            .unwrap_or_default();
-        for (i, trigger) in triggers.iter().enumerate() {
-            let ty = trigger
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            if !matches!(ty, "external" | "external-push") {
-                continue;
-            }
-            let (metadata, problems) = string_map(trigger.get("metadata"));
+        for t in doc.triggers().into_iter().filter(|t| t.is_external()) {
             out.push(Trigger {
-                label: format!("{kind} {namespace}/{name} trigger {} ({ty})", i + 1),
-                namespace: namespace.clone(),
-                name: name.clone(),
-                metadata,
-                problems,
+                label: format!(
+                    "{} {}/{} trigger {} ({})",
+                    doc.kind, doc.namespace, doc.name, t.position, t.kind
+                ),
+                namespace: doc.namespace.clone(),
+                name: doc.name.clone(),
+                metadata: t.metadata,
+                problems: t.problems,
             });
         }
     }
     Ok(out)
 }
 
-/// A metadata mapping's string pairs, and a problem for each value that is not a string.
-fn string_map(map: Option<&serde_yaml::Value>) -> (HashMap<String, String>, Vec<String>) {
-    let mut metadata = HashMap::new();
-    let mut problems = Vec::new();
-    if let Some(map) = map.and_then(serde_yaml::Value::as_mapping) {
-        for (k, v) in map {
-            let Some(k) = k.as_str() else {
-                problems.push("a metadata key is not a string".to_string());
-                continue;
-            };
-            match v {
-                serde_yaml::Value::String(s) => {
-                    metadata.insert(k.to_string(), s.clone());
-                }
-                _ => problems.push(format!(
-                    "metadata key `{k}`: KEDA takes only strings; quote the value"
-                )),
-            }
-        }
-    }
-    (metadata, problems)
-}
-
 /// A `BlendedMetric`'s `spec.metadata`, with its `*FromEnv` keys refused.
-fn blended_metric_trigger(doc: &serde_yaml::Value) -> Trigger {
-    let meta = doc.get("metadata");
-    let field = |f: &str, default: &str| {
-        meta.and_then(|m| m.get(f))
-            .and_then(serde_yaml::Value::as_str)
-            .unwrap_or(default)
-            .to_string()
-    };
-    let (name, namespace) = (field("name", "(unnamed)"), field("namespace", "default"));
-    let (metadata, mut problems) = string_map(doc.get("spec").and_then(|s| s.get("metadata")));
+fn blended_metric_trigger(doc: &scaledobject::Document) -> Trigger {
+    let (name, namespace) = (doc.name.clone(), doc.namespace.clone());
+    let (metadata, mut problems) =
+        scaledobject::string_map(doc.spec().and_then(|s| s.get("metadata")));
     problems.extend(
         crate::crd::from_env_errors(metadata.keys())
             .iter()
@@ -339,8 +285,6 @@ fn blended_metric_trigger(doc: &serde_yaml::Value) -> Trigger {
         problems,
     }
 }
-
-use serde::Deserialize as _;
 
 fn check(args: &InputArgs) -> anyhow::Result<ExitCode> {
     let (triggers, source) = load_triggers(args)?;

@@ -23,6 +23,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod offload;
 pub mod prometheus;
+pub mod scaledobject;
 pub mod secret;
 pub mod server;
 pub mod servicebus;
