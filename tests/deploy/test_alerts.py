@@ -137,3 +137,14 @@ def test_the_dashboard_configmap_carries_the_chart_file_unchanged():
     assert d.validate_docs(docs) == []
     defaults = d.manifests_of(d.helm_render({}))
     assert not [x for x in defaults if x.get("kind") == "ConfigMap"], "the dashboard is off by default"
+
+
+def test_decisions_show_no_query_text_unless_the_value_is_set():
+    def env(values):
+        docs = d.manifests_of(d.helm_render(values))
+        deploy = [x for x in docs if x.get("kind") == "Deployment"][0]
+        return {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+
+    assert "BLEND_SCALER_DECISIONS_SHOW_QUERIES" not in env({})
+    assert env({"scaler": {"decisionsShowQueries": True}})["BLEND_SCALER_DECISIONS_SHOW_QUERIES"] == "true"
+    assert d.schema_errors({"scaler": {"decisionsShowQueries": "yes"}}), "a non-boolean is refused"
