@@ -17,8 +17,8 @@ use crate::blend::{self, Decision, Inputs, Missing};
 use crate::cache::{RefreshConfig, SignalSource};
 use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
-use crate::metrics::{Metrics, ObjectLabels};
-use crate::signal::{SignalError, SignalKind};
+use crate::metrics::{AnswerFigures, Metrics, ObjectLabels};
+use crate::signal::{EntityCounts, SignalError, SignalKind};
 
 /// Errors of the engine layer; `error.rs` maps them to gRPC codes.
 #[derive(Debug, thiserror::Error)]
@@ -110,13 +110,30 @@ pub struct Tracked {
     weight: usize,
     pub plan: Arc<Plan>,
     pub labels: ObjectLabels,
+    /// The trigger's `metricName` (one ScaledObject may have several triggers).
+    pub metric_name: String,
     previous: Mutex<Option<u32>>,
+    /// The last decision given to a caller, for `/decisions`; outside the decision itself.
+    last: Mutex<Option<Arc<LastAnswer>>>,
 }
 
 impl Tracked {
     pub fn previous(&self) -> Option<u32> {
         *self.previous.lock()
     }
+
+    /// The last decision given to a caller, if any.
+    pub fn last(&self) -> Option<Arc<LastAnswer>> {
+        self.last.lock().clone()
+    }
+}
+
+/// A decision as it was given: when, and the Service Bus entity's other counts then.
+#[derive(Clone, Debug)]
+pub struct LastAnswer {
+    pub at: DateTime<Utc>,
+    pub decision: Decision,
+    pub servicebus: Option<EntityCounts>,
 }
 
 pub struct Engine {
@@ -347,6 +364,8 @@ impl Engine {
                 scaledobject_namespace: obj.namespace.to_string(),
                 scaledobject: obj.name.to_string(),
             },
+            metric_name: metric_name.to_string(),
+            last: Mutex::new(None),
             // A new plan starts without a held answer: the old plan's answer (its `maxReplicas`,
             // its signals, or a caller's spoofed metadata) must not hold the new one up.
             previous: Mutex::new(None),
@@ -443,6 +462,13 @@ impl Engine {
         Ok(())
     }
 
+    /// Every tracked ScaledObject, by namespace, name and metric name.
+    pub fn tracked(&self) -> Vec<Arc<Tracked>> {
+        let mut all: Vec<Arc<Tracked>> = self.objects.iter().map(|(_, t)| t).collect();
+        all.sort_by(|a, b| (&a.labels, &a.metric_name).cmp(&(&b.labels, &b.metric_name)));
+        all
+    }
+
     /// Reads the signals from the cache and decides, without recording anything (a look at
     /// the answer; [`Engine::answer`] is the one that counts).
     pub async fn peek(&self, tracked: &Tracked) -> Decision {
@@ -504,8 +530,27 @@ impl Engine {
             .iter()
             .map(|s| (s.kind, s.value, s.replicas, s.age))
             .collect();
-        self.metrics
-            .record_decision(&tracked.labels, replicas, &signals);
+        let missing: Vec<_> = d.missing.iter().map(|m| (m.kind, m.age)).collect();
+        let servicebus = match (&tracked.plan.servicebus, &self.sources.servicebus) {
+            (Some(p), Some(src)) => src.counts(p),
+            _ => None,
+        };
+        self.metrics.record_answer(
+            &tracked.labels,
+            &AnswerFigures {
+                replicas,
+                signals: &signals,
+                missing: &missing,
+                max_replicas: tracked.plan.max_replicas,
+                stale_after: tracked.plan.stale_after,
+                servicebus,
+            },
+        );
+        *tracked.last.lock() = Some(Arc::new(LastAnswer {
+            at: (self.config.clock)(),
+            decision: d.clone(),
+            servicebus,
+        }));
         let Some(replicas) = replicas else { return };
         let previous = tracked.previous.lock().replace(replicas);
         if previous != Some(replicas) {

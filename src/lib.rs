@@ -12,6 +12,7 @@ pub mod capacity;
 pub mod cli;
 pub mod crd;
 pub mod cron;
+pub mod decisions;
 #[cfg(feature = "demo")]
 mod demo;
 pub mod engine;
