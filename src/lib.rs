@@ -4,12 +4,15 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod allowlist;
 pub mod binding;
 pub mod blend;
 pub mod cache;
+pub mod capacity;
 pub mod cli;
 pub mod crd;
 pub mod cron;
+pub mod decisions;
 #[cfg(feature = "demo")]
 mod demo;
 pub mod engine;
@@ -19,7 +22,9 @@ mod grpc_status;
 mod http;
 pub mod metadata;
 pub mod metrics;
+pub mod offload;
 pub mod prometheus;
+pub mod scaledobject;
 pub mod secret;
 pub mod server;
 pub mod servicebus;
