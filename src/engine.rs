@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::access::{Access, Refused};
 use crate::binding::HostRules;
-use crate::blend::{self, Decision, Inputs, Missing};
+use crate::blend::{self, Decision, Inputs, LastAnswer, Missing};
 use crate::cache::{RefreshConfig, SignalSource};
 use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
@@ -97,12 +97,12 @@ pub struct Tracked {
     weight: usize,
     pub plan: Arc<Plan>,
     pub labels: ObjectLabels,
-    previous: Mutex<Option<u32>>,
+    previous: Mutex<LastAnswer>,
 }
 
 impl Tracked {
     pub fn previous(&self) -> Option<u32> {
-        *self.previous.lock()
+        self.previous.lock().get()
     }
 }
 
@@ -340,7 +340,7 @@ impl Engine {
             },
             // A new plan starts without a held answer: the old plan's answer (its `maxReplicas`,
             // its signals, or a caller's spoofed metadata) must not hold the new one up.
-            previous: Mutex::new(None),
+            previous: Mutex::new(LastAnswer::default()),
         });
         if current.is_some() {
             // The eviction listener gives back the replaced plan's weight.
@@ -477,8 +477,9 @@ impl Engine {
             .collect();
         self.metrics
             .record_decision(&tracked.labels, replicas, &signals);
-        let Some(replicas) = replicas else { return };
-        let previous = tracked.previous.lock().replace(replicas);
+        let Some((previous, replicas)) = tracked.previous.lock().record(d) else {
+            return;
+        };
         if previous != Some(replicas) {
             let detail: Vec<String> = d
                 .signals
