@@ -13,8 +13,10 @@
 //!
 //! So reads per namespace per refresh stay within `ceil(entities / 100)` plus one per
 //! watched topic. A 429/503 stops the refresh's remaining requests and hands `Retry-After`
-//! to the cache, which holds the whole namespace back that long; the host is remembered, so
-//! groups on the same namespace with other credentials (entity-scoped SAS rules) wait too.
+//! to the cache, which holds the group back that long. The host is remembered too, so groups
+//! on the same namespace with other credentials (entity-scoped SAS rules, other tenants) wait
+//! as well, but at most [`CROSS_CREDENTIAL_HOLD`]: one tenant's throttling must not park the
+//! others for the ten minutes a `Retry-After` may ask.
 
 pub mod atom;
 pub mod auth;
@@ -29,7 +31,7 @@ use crate::cache::{Keyed, RefreshConfig, Refresher, SignalSource};
 use crate::metadata::{Aggregation, Entity, ServiceBusAuth, ServiceBusPlan};
 use crate::metrics::Metrics;
 
-pub use self::upstream::ServiceBusUpstream;
+pub use self::upstream::{CROSS_CREDENTIAL_HOLD, ServiceBusUpstream};
 
 /// One namespace as the cache groups it: where it is and who reads it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
