@@ -103,9 +103,9 @@ impl Decision {
 /// What the engine remembers of its answers for one ScaledObject between calls (the
 /// [`Inputs::previous`] of the next decision); the simulator keeps one per run the same way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LastAnswer(Option<u32>);
+pub struct PreviousAnswer(Option<u32>);
 
-impl LastAnswer {
+impl PreviousAnswer {
     pub fn get(&self) -> Option<u32> {
         self.0
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::blend::{self, Inputs, LastAnswer};
+use crate::blend::{self, Inputs, PreviousAnswer};
 use crate::cron::CronPlan;
 use crate::metadata::Plan;
 use crate::signal::GoodReads;
@@ -268,7 +268,7 @@ fn secs(t: u64) -> Duration {
 
 /// blend-scaler as one `external` (or `external-push`) trigger: a cache refreshed in the
 /// background, kept in the cache's own [`GoodReads`], and the real [`blend::decide`] on every
-/// call, each call recorded in the engine's own [`LastAnswer`].
+/// call, each call recorded in the engine's own [`PreviousAnswer`].
 pub struct Blend<'p> {
     plan: &'p Plan,
     interval: u64,
@@ -276,7 +276,7 @@ pub struct Blend<'p> {
     push: bool,
     servicebus: GoodReads<Duration>,
     prometheus: GoodReads<Duration>,
-    previous: LastAnswer,
+    previous: PreviousAnswer,
     pushed: Option<bool>,
 }
 
@@ -295,7 +295,7 @@ impl<'p> Blend<'p> {
             push: settings.push,
             servicebus: GoodReads::default(),
             prometheus: GoodReads::default(),
-            previous: LastAnswer::default(),
+            previous: PreviousAnswer::default(),
             pushed: None,
         }
     }
