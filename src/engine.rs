@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::access::{Access, Refused};
 use crate::binding::HostRules;
 use crate::blend::{self, Decision, Inputs, Missing};
-use crate::cache::{RefreshConfig, SignalSource};
+use crate::cache::{CacheEntry, RefreshConfig, SignalCache};
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
 use crate::metrics::{Metrics, ObjectLabels};
 use crate::signal::{SignalError, SignalKind};
@@ -37,11 +37,11 @@ pub enum EngineError {
     NotEnabled(SignalKind),
 }
 
-/// The upstream sources, one per signal kind that needs one.
+/// The signal caches, one per signal kind that reads an upstream.
 #[derive(Clone, Default)]
-pub struct Sources {
-    pub servicebus: Option<Arc<dyn SignalSource<ServiceBusPlan>>>,
-    pub prometheus: Option<Arc<dyn SignalSource<PrometheusPlan>>>,
+pub struct SignalCaches {
+    pub servicebus: Option<Arc<dyn SignalCache<ServiceBusPlan>>>,
+    pub prometheus: Option<Arc<dyn SignalCache<PrometheusPlan>>>,
 }
 
 /// Where wall-clock time comes from (cron windows); `demo` runs a faster one.
@@ -84,11 +84,15 @@ pub struct ObjectRef<'a> {
     pub metadata: &'a HashMap<String, String>,
 }
 
-/// One ScaledObject the engine knows: its plan and its last answer.
+/// One ScaledObject the engine knows: its plan, where its signals are in their caches, and its
+/// last answer.
 pub struct Tracked {
     fingerprint: u64,
     pub plan: Arc<Plan>,
     pub labels: ObjectLabels,
+    /// The plan's entries in the signal caches, keyed once here rather than on every call.
+    servicebus: Option<Arc<dyn CacheEntry>>,
+    prometheus: Option<Arc<dyn CacheEntry>>,
     previous: Mutex<Option<u32>>,
 }
 
@@ -101,7 +105,7 @@ impl Tracked {
 pub struct Engine {
     config: EngineConfig,
     allow: Option<GlobSet>,
-    sources: Sources,
+    caches: SignalCaches,
     metrics: Metrics,
     /// Keyed by namespace, name and metric name: a ScaledObject with two `external` triggers has
     /// two plans and two answers, which must not share a held answer.
@@ -109,7 +113,11 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: EngineConfig, sources: Sources, metrics: Metrics) -> anyhow::Result<Self> {
+    pub fn new(
+        config: EngineConfig,
+        caches: SignalCaches,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
         let allow = match &config.allow_upstream {
             None => None,
             Some(patterns) => {
@@ -133,7 +141,7 @@ impl Engine {
         Ok(Self {
             config,
             allow,
-            sources,
+            caches,
             metrics,
             objects,
         })
@@ -173,7 +181,7 @@ impl Engine {
         access.check_names(obj.metadata, obj.namespace, &self.config.credentials)?;
         let mut plan = metadata::parse(
             obj.metadata,
-            metadata::Source::Keda,
+            metadata::Origin::Keda,
             &self.config.credentials,
         )?;
         self.config
@@ -186,6 +194,8 @@ impl Engine {
         self.check_enabled(&plan)?;
         let tracked = Arc::new(Tracked {
             fingerprint,
+            servicebus: entry(&self.caches.servicebus, &plan.servicebus),
+            prometheus: entry(&self.caches.prometheus, &plan.prometheus),
             plan: Arc::new(plan),
             labels: ObjectLabels {
                 scaledobject_namespace: obj.namespace.to_string(),
@@ -225,10 +235,10 @@ impl Engine {
     }
 
     fn check_enabled(&self, plan: &Plan) -> Result<(), EngineError> {
-        if plan.servicebus.is_some() && self.sources.servicebus.is_none() {
+        if plan.servicebus.is_some() && self.caches.servicebus.is_none() {
             return Err(EngineError::NotEnabled(SignalKind::ServiceBus));
         }
-        if plan.prometheus.is_some() && self.sources.prometheus.is_none() {
+        if plan.prometheus.is_some() && self.caches.prometheus.is_none() {
             return Err(EngineError::NotEnabled(SignalKind::Prometheus));
         }
         Ok(())
@@ -239,15 +249,15 @@ impl Engine {
     pub async fn peek(&self, tracked: &Tracked) -> Decision {
         let plan = &tracked.plan;
         let sb = async {
-            match (&plan.servicebus, &self.sources.servicebus) {
-                (Some(p), Some(src)) => Some(src.observe(p).await),
-                _ => None,
+            match &tracked.servicebus {
+                Some(entry) => Some(entry.observe().await),
+                None => None,
             }
         };
         let prom = async {
-            match (&plan.prometheus, &self.sources.prometheus) {
-                (Some(p), Some(src)) => Some(src.observe(p).await),
-                _ => None,
+            match &tracked.prometheus {
+                Some(entry) => Some(entry.observe().await),
+                None => None,
             }
         };
         // Both first reads run at once, so a never-seen object waits for the slower only.
@@ -326,15 +336,11 @@ impl Engine {
     /// Change notifications for every upstream group `tracked` reads, each held at the fast
     /// interval while the returned guards live.
     pub fn watch(&self, tracked: &Tracked) -> Vec<(watch::Receiver<u64>, Box<dyn Send + Sync>)> {
-        let plan = &tracked.plan;
-        let mut out = Vec::new();
-        if let (Some(p), Some(src)) = (&plan.servicebus, &self.sources.servicebus) {
-            out.push(src.watch(p));
-        }
-        if let (Some(p), Some(src)) = (&plan.prometheus, &self.sources.prometheus) {
-            out.push(src.watch(p));
-        }
-        out
+        [&tracked.servicebus, &tracked.prometheus]
+            .into_iter()
+            .flatten()
+            .map(|entry| entry.watch())
+            .collect()
     }
 }
 
@@ -359,6 +365,14 @@ pub fn unavailable(m: &Missing) -> EngineError {
         signal: m.kind,
         reason,
     }
+}
+
+/// `plan`'s entry in `cache`, when the plan has that signal and the scaler that cache.
+fn entry<P: 'static>(
+    cache: &Option<Arc<dyn SignalCache<P>>>,
+    plan: &Option<P>,
+) -> Option<Arc<dyn CacheEntry>> {
+    cache.as_ref().zip(plan.as_ref()).map(|(c, p)| c.entry(p))
 }
 
 fn fingerprint(metadata: &HashMap<String, String>) -> u64 {

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::cache::{self, GroupRead, Keyed, Refresher, SignalSource, Upstream};
+use crate::cache::{self, GroupRead, Keyed, Refresher, SignalCache, Upstream};
 use crate::http::{self, Limits};
 use crate::metadata::{Aggregation, PrometheusAuth, PrometheusPlan};
 use crate::metrics::Metrics;
@@ -216,7 +216,7 @@ pub fn key(plan: &PrometheusPlan) -> (Server, Query) {
 pub fn source(
     config: cache::RefreshConfig,
     metrics: Metrics,
-) -> Arc<dyn SignalSource<PrometheusPlan>> {
+) -> Arc<dyn SignalCache<PrometheusPlan>> {
     Arc::new(Keyed::new(
         Refresher::new(PrometheusUpstream::new(metrics), config),
         key,

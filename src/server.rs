@@ -18,7 +18,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::cache::RefreshConfig;
-use crate::engine::{Engine, EngineConfig, Sources};
+use crate::engine::{Engine, EngineConfig, SignalCaches};
 use crate::grpc::ScalerService;
 use crate::metrics::Metrics;
 use crate::proto::external_scaler_server::ExternalScalerServer;
@@ -52,8 +52,8 @@ impl ServerConfig {
 }
 
 /// The signal sources this build has, sharing one metrics registry.
-pub fn default_sources(refresh: &RefreshConfig, metrics: &Metrics) -> Sources {
-    Sources {
+pub fn default_sources(refresh: &RefreshConfig, metrics: &Metrics) -> SignalCaches {
+    SignalCaches {
         servicebus: Some(crate::servicebus::source(refresh.clone(), metrics.clone())),
         prometheus: Some(crate::prometheus::source(refresh.clone(), metrics.clone())),
     }
@@ -99,7 +99,7 @@ impl Running {
 /// Binds both listeners and starts serving.
 pub async fn start(
     config: ServerConfig,
-    sources: Sources,
+    sources: SignalCaches,
     metrics: Metrics,
 ) -> anyhow::Result<Running> {
     let engine = Arc::new(Engine::new(config.engine, sources, metrics.clone())?);

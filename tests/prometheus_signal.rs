@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use blend_scaler::blend::{Inputs, decide, replicas_for};
 use blend_scaler::cache::{RefreshConfig, Refresher, Upstream};
-use blend_scaler::metadata::{Credentials, Plan, PrometheusPlan, Source, parse};
+use blend_scaler::metadata::{Credentials, Origin, Plan, PrometheusPlan, parse};
 use blend_scaler::metrics::Metrics;
 use blend_scaler::prometheus::{self, PrometheusUpstream, key};
 use blend_scaler::signal::{Observation, SignalError, SignalKind};
@@ -26,7 +26,7 @@ fn plan(server: &str, extra: &[(&str, &str)]) -> Plan {
     for (k, v) in extra {
         md.insert(k.to_string(), v.to_string());
     }
-    parse(&md, Source::Keda, &Credentials::default()).expect("valid metadata")
+    parse(&md, Origin::Keda, &Credentials::default()).expect("valid metadata")
 }
 
 fn prom(plan: &Plan) -> &PrometheusPlan {

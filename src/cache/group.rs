@@ -12,8 +12,10 @@ use tokio::time::Instant;
 use super::Upstream;
 use crate::signal::{Observation, SignalError};
 
+/// What the cache holds for one item: when it was last asked about, whether it was ever read,
+/// its last two good values and the latest error.
 #[derive(Clone, Debug, Default)]
-pub(super) struct Slot {
+pub(super) struct ItemState {
     pub(super) last_asked: Option<Instant>,
     pub(super) attempted: bool,
     pub(super) good: Option<(f64, Instant)>,
@@ -21,7 +23,7 @@ pub(super) struct Slot {
     pub(super) error: Option<Arc<SignalError>>,
 }
 
-impl Slot {
+impl ItemState {
     pub(super) fn observation(&self, now: Instant) -> Observation {
         let rate = match (self.good, self.previous_good) {
             (Some((v1, t1)), Some((v0, t0))) if t1 > t0 => {
@@ -40,7 +42,7 @@ impl Slot {
 
 pub(super) struct Group<U: Upstream> {
     pub(super) key: U::Group,
-    pub(super) items: Mutex<HashMap<U::Item, Slot>>,
+    pub(super) items: Mutex<HashMap<U::Item, ItemState>>,
     /// What the latest full read and the wakes since saw in passing
     /// ([`super::GroupRead::seen_in_passing`]), with when each read finished.
     pub(super) seen_in_passing: Mutex<HashMap<U::Item, (f64, Instant)>>,

@@ -25,7 +25,7 @@ mod task;
 #[cfg(test)]
 mod tests;
 
-pub use keyed::{Keyed, SignalSource};
+pub use keyed::{CacheEntry, Keyed, SignalCache};
 pub use refresher::{FastWatch, Refresher};
 
 /// An upstream that can read several items of one group in one go.

@@ -8,7 +8,7 @@ fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 fn keda(pairs: &[(&str, &str)]) -> Result<Plan, MetadataErrors> {
-    parse(&md(pairs), Source::Keda, &Credentials::default())
+    parse(&md(pairs), Origin::Keda, &Credentials::default())
 }
 
 fn keys(errs: &MetadataErrors) -> Vec<&str> {
@@ -109,7 +109,7 @@ fn size_limits_are_enforced() {
     for i in 0..70 {
         m.insert(format!("k{i}"), "v".into());
     }
-    let errs = parse(&m, Source::Keda, &Credentials::default()).unwrap_err();
+    let errs = parse(&m, Origin::Keda, &Credentials::default()).unwrap_err();
     assert!(keys(&errs).contains(&"metadata"));
     let big = "x".repeat(MAX_VALUE_BYTES + 1);
     let errs = keda(&[("queueName", &big), ("namespace", "ns")]).unwrap_err();
@@ -165,7 +165,7 @@ fn in_a_file_connection_from_env_is_a_variable_name() {
             ("namespace", "bus"),
             ("connectionFromEnv", "SERVICEBUS_CONNECTION"),
         ]),
-        Source::File,
+        Origin::File,
         &Credentials::default(),
     )
     .unwrap();
@@ -180,7 +180,7 @@ fn a_named_credential_is_read_from_the_scaler_environment() {
     )]);
     let plan = parse(
         &md(&[("queueName", "q"), ("credential", "orders-bus")]),
-        Source::Keda,
+        Origin::Keda,
         &creds,
     )
     .unwrap();
@@ -407,7 +407,7 @@ fn a_prometheus_credential_supplies_basic_auth() {
             ("threshold", "1"),
             ("prometheusCredential", "mon"),
         ]),
-        Source::Keda,
+        Origin::Keda,
         &creds,
     )
     .unwrap();

@@ -25,7 +25,7 @@ mod values;
 
 use std::sync::Arc;
 
-use crate::cache::{Keyed, RefreshConfig, Refresher, SignalSource};
+use crate::cache::{Keyed, RefreshConfig, Refresher, SignalCache};
 use crate::metadata::{Aggregation, Entity, ServiceBusAuth, ServiceBusPlan};
 use crate::metrics::Metrics;
 
@@ -79,7 +79,7 @@ fn normalise_endpoint(endpoint: &str) -> String {
 
 /// The Service Bus signal as the engine uses it: a background-refreshed cache over a
 /// [`ServiceBusUpstream`] that reads workload identity settings from the environment.
-pub fn source(config: RefreshConfig, metrics: Metrics) -> Arc<dyn SignalSource<ServiceBusPlan>> {
+pub fn source(config: RefreshConfig, metrics: Metrics) -> Arc<dyn SignalCache<ServiceBusPlan>> {
     source_from(ServiceBusUpstream::new(metrics), config)
 }
 
@@ -87,7 +87,7 @@ pub fn source(config: RefreshConfig, metrics: Metrics) -> Arc<dyn SignalSource<S
 pub fn source_from(
     upstream: ServiceBusUpstream,
     config: RefreshConfig,
-) -> Arc<dyn SignalSource<ServiceBusPlan>> {
+) -> Arc<dyn SignalCache<ServiceBusPlan>> {
     Arc::new(Keyed::new(Refresher::new(upstream, config), key))
 }
 
