@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::access::Access;
 use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
+use crate::capacity::Capacity;
 use crate::engine::{Engine, EngineConfig, ObjectRef, unavailable};
 use crate::metadata::{self, Credentials, Origin};
 use crate::metrics::Metrics;
@@ -34,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the scaler.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate trigger metadata without calling any upstream.
     Check(InputArgs),
     /// Validate, read the live upstreams once, and show how the answer is made.
@@ -82,6 +83,58 @@ pub struct ServeArgs {
     /// `json` (default when stderr is not a terminal) or `text`.
     #[arg(long, env = "BLEND_SCALER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub transport: crate::transport::TransportLimits,
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
+}
+
+/// The capacity limits (docs/security.md, "Capacity"); past one, `RESOURCE_EXHAUSTED`.
+#[derive(Args, Debug)]
+pub struct CapacityArgs {
+    /// ScaledObject triggers tracked at once.
+    #[arg(long, env = "BLEND_SCALER_MAX_SCALEDOBJECTS", default_value_t = Capacity::default().max_objects, value_parser = at_least_one)]
+    pub max_scaledobjects: usize,
+    /// ScaledObject triggers tracked at once in one Kubernetes namespace.
+    #[arg(long, env = "BLEND_SCALER_MAX_SCALEDOBJECTS_PER_NAMESPACE", default_value_t = Capacity::default().max_objects_per_namespace, value_parser = at_least_one)]
+    pub max_scaledobjects_per_namespace: usize,
+    /// Bytes of trigger metadata (keys and values) of all tracked objects together.
+    #[arg(long, env = "BLEND_SCALER_MAX_METADATA_BYTES", default_value_t = Capacity::default().max_metadata_bytes, value_parser = at_least_one)]
+    pub max_metadata_bytes: usize,
+    /// Open StreamIsActive streams of one Kubernetes namespace.
+    #[arg(long, env = "BLEND_SCALER_MAX_STREAMS_PER_NAMESPACE", default_value_t = Capacity::default().max_streams_per_namespace, value_parser = at_least_one)]
+    pub max_streams_per_namespace: usize,
+    /// Distinct cron expressions held (equal ones are shared).
+    #[arg(long, env = "BLEND_SCALER_MAX_CRON_EXPRESSIONS", default_value_t = Capacity::default().max_cron_expressions, value_parser = at_least_one)]
+    pub max_cron_expressions: usize,
+    /// Distinct upstreams read, per signal kind (a Service Bus namespace with its
+    /// credential, a Prometheus server with its auth, headers and timeout).
+    #[arg(long, env = "BLEND_SCALER_MAX_UPSTREAM_GROUPS", default_value_t = RefreshConfig::default().max_groups, value_parser = at_least_one)]
+    pub max_upstream_groups: usize,
+    /// Distinct entities or queries read from one upstream.
+    #[arg(long, env = "BLEND_SCALER_MAX_ITEMS_PER_GROUP", default_value_t = RefreshConfig::default().max_items_per_group, value_parser = at_least_one)]
+    pub max_items_per_group: usize,
+}
+
+impl CapacityArgs {
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            max_objects: self.max_scaledobjects,
+            max_objects_per_namespace: self.max_scaledobjects_per_namespace,
+            max_metadata_bytes: self.max_metadata_bytes,
+            max_streams_per_namespace: self.max_streams_per_namespace,
+            max_cron_expressions: self.max_cron_expressions,
+        }
+    }
+}
+
+/// A limit of 0 would refuse everything: a typo, not a setting.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -99,7 +152,7 @@ pub struct InputArgs {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check(&args),
-        Command::Serve(args) => runtime()?.block_on(serve(args)),
+        Command::Serve(args) => runtime()?.block_on(serve(*args)),
         Command::Explain(args) => runtime()?.block_on(explain(&args)),
         #[cfg(feature = "demo")]
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
@@ -313,6 +366,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _telemetry = telemetry::init(args.log_format.unwrap_or_else(LogFormat::detect))?;
     let refresh = RefreshConfig {
         interval: args.refresh_interval,
+        max_groups: args.capacity.max_upstream_groups,
+        max_items_per_group: args.capacity.max_items_per_group,
         ..RefreshConfig::default()
     };
     let credentials = Credentials::from_env();
@@ -330,6 +385,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .expect("clap requires --tls-key with --tls-cert"),
             client_ca: args.tls_client_ca,
         }),
+        transport: args.transport,
         engine: EngineConfig {
             refresh,
             allow_upstream: (!args.allow_upstream.is_empty()).then_some(args.allow_upstream),
@@ -339,6 +395,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             },
             credentials,
             access,
+            capacity: args.capacity.capacity(),
             ..EngineConfig::default()
         },
     };

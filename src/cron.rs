@@ -4,17 +4,67 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock, Weak};
 
-use chrono::{DateTime, Utc};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use parking_lot::Mutex;
 
+/// At most this many windows in one trigger (SPEC 7): each holds two parsed expressions and
+/// its own remembered search.
+pub const MAX_WINDOWS: usize = 16;
+
+/// An expression must occur within this many days of the parse (two years): one that does
+/// not is a typo (31 February), and searching for it scans every year croner knows, about a
+/// second of CPU on every call that asks.
+const HORIZON_DAYS: u64 = 2 * 365;
+
+/// Parsed expressions alive in this process, however many windows share each one.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// How many distinct parsed expressions the process holds now (the scaler caps it).
+pub fn held_expressions() -> usize {
+    HELD.load(Ordering::SeqCst)
+}
+
+/// A parsed expression, counted in [`held_expressions`] while it lives.
+#[derive(Debug)]
+pub struct Expr(Cron);
+
+impl Expr {
+    fn new(cron: Cron) -> Self {
+        HELD.fetch_add(1, Ordering::SeqCst);
+        Self(cron)
+    }
+}
+
+impl Drop for Expr {
+    fn drop(&mut self) {
+        HELD.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Deref for Expr {
+    type Target = Cron;
+    fn deref(&self) -> &Cron {
+        &self.0
+    }
+}
+
+impl PartialEq for Expr {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
 /// One window: active from each `start` until the following `end`.
 #[derive(Clone, Debug)]
 pub struct Window {
-    start: Arc<Cron>,
-    end: Arc<Cron>,
+    start: Arc<Expr>,
+    end: Arc<Expr>,
     start_text: String,
     end_text: String,
     pub replicas: u32,
@@ -57,27 +107,54 @@ pub struct CronState {
     pub active: bool,
 }
 
-/// Parsed expressions by their text, shared by every window that uses one. A parsed
-/// expression holds about 5 KB (croner keeps a byte for every year it could match), and
-/// thousands of ScaledObjects use the same few expressions: 10,000 business-hours windows
-/// held 100 MB before they shared them. Entries no window holds any more are dropped as the
-/// table grows.
-static PARSED: LazyLock<Mutex<HashMap<String, Weak<Cron>>>> = LazyLock::new(Default::default);
+/// Parsed expressions by their normalised text, shared by every window that uses one. A
+/// parsed expression holds about 5 KB (croner keeps a byte for every year it could match),
+/// and thousands of ScaledObjects use the same few expressions: 10,000 business-hours
+/// windows held 100 MB before they shared them. Entries no window holds any more are dropped
+/// as the table grows.
+static PARSED: LazyLock<Mutex<HashMap<String, Weak<Expr>>>> = LazyLock::new(Default::default);
 
 /// Parses a 5-field cron expression (minute hour day-of-month month day-of-week), the form
 /// KEDA's cron scaler takes. Seconds and years are refused so a 6-field typo is not read as
-/// something else. The same text gives the same shared expression while any window holds it.
-pub fn parse_expression(text: &str) -> Result<Arc<Cron>, String> {
-    if let Some(cron) = PARSED.lock().get(text).and_then(Weak::upgrade) {
+/// something else, and so is an expression that does not occur within two years. Spellings
+/// that differ only in white space or letter case (`0 8 * * mon`, `0  8 * * MON`) give the
+/// same shared expression while any window holds it.
+pub fn parse_expression(text: &str) -> Result<Arc<Expr>, String> {
+    let key = canonical(text);
+    if let Some(cron) = PARSED.lock().get(&key).and_then(Weak::upgrade) {
         return Ok(cron);
     }
-    let cron = Arc::new(parse_new(text)?);
+    let cron = Arc::new(Expr::new(parse_new(&key)?));
     let mut parsed = PARSED.lock();
+    // Two parses of one new text raced: keep the first, so they share it.
+    if let Some(first) = parsed.get(&key).and_then(Weak::upgrade) {
+        return Ok(first);
+    }
     if parsed.len() >= 64 && parsed.len().is_power_of_two() {
         parsed.retain(|_, c| c.strong_count() > 0);
     }
-    parsed.insert(text.to_string(), Arc::downgrade(&cron));
+    parsed.insert(key, Arc::downgrade(&cron));
     Ok(cron)
+}
+
+/// The text an expression is shared by: fields separated by one space, letters upper case
+/// (croner reads names and `L`/`W` in either case).
+fn canonical(text: &str) -> String {
+    normalize(text).to_ascii_uppercase()
+}
+
+/// Whether `cron` matches any minute of the `days` days from `from` on. Every field below the
+/// day has at least one value once parsed, so a matching day is a matching minute: a walk
+/// over days (microseconds) instead of croner's search (which scans to the year 5000).
+fn occurs_within(cron: &Cron, from: NaiveDate, days: u64) -> bool {
+    from.iter_days().take(days as usize).any(|d| {
+        let weekday = croner::Weekday::from_days_from_sunday(d.weekday().num_days_from_sunday());
+        cron.pattern.month_match(d.month()).unwrap_or(false)
+            && cron
+                .pattern
+                .day_match(d.year(), d.month(), d.day(), weekday)
+                .unwrap_or(false)
+    })
 }
 
 fn parse_new(text: &str) -> Result<Cron, String> {
@@ -94,12 +171,21 @@ fn parse_new(text: &str) -> Result<Cron, String> {
             ));
         }
     }
-    CronParser::builder()
+    let cron = CronParser::builder()
         .seconds(Seconds::Disallowed)
         .year(Year::Disallowed)
         .build()
         .parse(text)
-        .map_err(|e| format!("`{text}` is not a 5-field cron expression: {e}"))
+        .map_err(|e| format!("`{text}` is not a 5-field cron expression: {e}"))?;
+    // A day back, so a zone ahead of UTC sees today too.
+    let from = Utc::now().date_naive().pred_opt().unwrap_or(NaiveDate::MIN);
+    if !occurs_within(&cron, from, HORIZON_DAYS + 1) {
+        return Err(format!(
+            "`{text}` does not occur within two years (a date such as 31 February never \
+             comes), so the window would never open"
+        ));
+    }
+    Ok(cron)
 }
 
 impl Window {
@@ -130,7 +216,7 @@ impl Window {
             Some(n) if n.holds_at(now, tz) => n,
             _ => {
                 let local = now.with_timezone(&tz);
-                let find = |c: &Cron| {
+                let find = |c: &Expr| {
                     c.find_next_occurrence(&local, false)
                         .ok()
                         .map(|t| t.with_timezone(&Utc))
@@ -164,6 +250,17 @@ impl fmt::Display for Window {
 }
 
 impl CronPlan {
+    /// Whether [`CronPlan::state`] at `now` has to search for occurrences (some window's
+    /// remembered ones have passed): a search can take milliseconds, so the engine runs it
+    /// off the async workers, and the state after it is a lookup.
+    pub fn needs_search(&self, now: DateTime<Utc>) -> bool {
+        self.windows.iter().any(|w| {
+            !w.next
+                .lock()
+                .is_some_and(|n| n.holds_at(now, self.timezone))
+        })
+    }
+
     pub fn state(&self, now: DateTime<Utc>) -> CronState {
         let replicas = self
             .windows
@@ -189,6 +286,13 @@ pub fn parse_windows(text: &str) -> Result<Vec<Window>, String> {
         .collect();
     if entries.is_empty() {
         return Err("no window given; expected `START -> END = REPLICAS`".into());
+    }
+    // Counted before any is parsed: refused input costs nothing.
+    if entries.len() > MAX_WINDOWS {
+        return Err(format!(
+            "has {} windows; at most {MAX_WINDOWS} are accepted in one trigger",
+            entries.len()
+        ));
     }
     entries
         .iter()
@@ -273,14 +377,61 @@ mod tests {
                     .is_active(from, chrono_tz::UTC)
             );
         }
-        // A start that never comes is searched for once, then remembered.
-        let never = Window::new("0 0 30 2 *", "0 1 1 1 *", 1).unwrap();
-        assert!(!never.is_active(from, tz));
-        let started = std::time::Instant::now();
-        for minute in 0..1_000 {
-            assert!(!never.is_active(from + chrono::Duration::minutes(minute), tz));
+    }
+
+    /// Found by the audit (H4): 260 windows on 31 February made one IsActive search for 77 s.
+    #[test]
+    fn an_expression_that_never_comes_within_two_years_is_refused_at_parse() {
+        for never in ["0 0 30 2 *", "0 0 31 2 *", "0 0 31 4 *", "0 0 31 6,9,11 *"] {
+            let e = parse_expression(never).expect_err(never);
+            assert!(
+                e.contains("does not occur within two years"),
+                "{never}: {e}"
+            );
         }
-        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+        let e = Window::new("0 0 1 1 *", "0 0 31 2 *", 1).unwrap_err();
+        assert!(e.contains("`0 0 31 2 *`"), "{e}");
+        // Rare but real dates are kept: once a year, the last day of February, a fifth Friday.
+        for rare in [
+            "0 0 1 1 *",
+            "0 0 L 2 *",
+            "0 0 * * 5#5",
+            "0 0 31 12 *",
+            "0 0 15W 2 *",
+        ] {
+            assert!(parse_expression(rare).is_ok(), "{rare}");
+        }
+    }
+
+    #[test]
+    fn more_than_sixteen_windows_are_refused_before_any_is_parsed() {
+        let one = "0 8 * * * -> 0 9 * * * = 1";
+        assert!(parse_windows(&vec![one; MAX_WINDOWS].join(";")).is_ok());
+        // The 17th is not even an expression: refused for the count, not for what it says.
+        let mut many = vec![one; MAX_WINDOWS];
+        many.push("0 0 31 2 * -> nonsense = 1");
+        let e = parse_windows(&many.join(";")).unwrap_err();
+        assert!(e.contains("17 windows; at most 16"), "{e}");
+    }
+
+    #[test]
+    fn spellings_of_one_expression_share_one_parse() {
+        let a = parse_expression("0 8 * * mon-fri").unwrap();
+        let b = parse_expression("  0   8 *\t* MON-FRI ").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = parse_expression("0 8 * * 1-5").unwrap();
+        assert_eq!(*a, *c, "the same times");
+    }
+
+    #[test]
+    fn a_plan_needs_a_search_only_when_its_remembered_occurrences_have_passed() {
+        let plan = business_hours(chrono_tz::UTC);
+        let now = Utc.with_ymd_and_hms(2026, 6, 3, 9, 0, 0).unwrap();
+        assert!(plan.needs_search(now));
+        plan.state(now);
+        assert!(!plan.needs_search(now + chrono::Duration::minutes(30)));
+        // Past 20:00 the remembered end has come: searched again.
+        assert!(plan.needs_search(now + chrono::Duration::hours(11)));
     }
 
     #[test]

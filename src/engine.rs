@@ -15,6 +15,7 @@ use crate::access::{Access, Refused};
 use crate::binding::HostRules;
 use crate::blend::{self, Decision, Inputs, Missing};
 use crate::cache::{CacheEntry, RefreshConfig, SignalCache};
+use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
 use crate::metrics::{Metrics, ObjectLabels};
 use crate::signal::{SignalError, SignalKind};
@@ -35,6 +36,9 @@ pub enum EngineError {
     Unavailable { signal: SignalKind, reason: String },
     #[error("the {0} signal is not enabled in this scaler")]
     NotEnabled(SignalKind),
+    /// Past one of the scaler's capacity limits (crate::capacity): nothing was kept.
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 /// The signal caches, one per signal kind that reads an upstream.
@@ -60,6 +64,7 @@ pub struct EngineConfig {
     /// Which namespaces may use the scaler's identity and which Prometheus servers.
     pub access: Access,
     pub clock: Clock,
+    pub capacity: Capacity,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +77,7 @@ impl Default for EngineConfig {
             credentials: Credentials::default(),
             access: Access::default(),
             clock: Arc::new(Utc::now),
+            capacity: Capacity::default(),
         }
     }
 }
@@ -88,6 +94,8 @@ pub struct ObjectRef<'a> {
 /// last answer.
 pub struct Tracked {
     fingerprint: u64,
+    /// Its metadata's size, counted against `Capacity::max_metadata_bytes`.
+    weight: usize,
     pub plan: Arc<Plan>,
     pub labels: ObjectLabels,
     /// The plan's entries in the signal caches, keyed once here rather than on every call.
@@ -109,7 +117,60 @@ pub struct Engine {
     metrics: Metrics,
     /// Keyed by namespace, name and metric name: a ScaledObject with two `external` triggers has
     /// two plans and two answers, which must not share a held answer.
-    objects: moka::sync::Cache<(String, String, String), Arc<Tracked>>,
+    objects: moka::sync::Cache<ObjectKey, Arc<Tracked>>,
+    /// What the tracked objects take of the capacity, kept with every insert and eviction.
+    usage: Arc<Mutex<Usage>>,
+}
+
+type ObjectKey = (String, String, String);
+
+/// Tracked objects by count, per namespace and by metadata size.
+#[derive(Debug, Default)]
+struct Usage {
+    objects: usize,
+    bytes: usize,
+    per_namespace: HashMap<String, usize>,
+}
+
+impl Usage {
+    fn release(&mut self, namespace: &str, bytes: usize, object: bool) {
+        self.bytes = self.bytes.saturating_sub(bytes);
+        if !object {
+            return;
+        }
+        self.objects = self.objects.saturating_sub(1);
+        if let Some(n) = self.per_namespace.get_mut(namespace) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_namespace.remove(namespace);
+            }
+        }
+    }
+}
+
+/// Room taken for one object being parsed; given back unless the object is kept.
+struct Reservation<'a> {
+    usage: &'a Mutex<Usage>,
+    namespace: &'a str,
+    bytes: usize,
+    object: bool,
+    kept: bool,
+}
+
+impl Reservation<'_> {
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.usage
+                .lock()
+                .release(self.namespace, self.bytes, self.object);
+        }
+    }
 }
 
 impl Engine {
@@ -129,13 +190,19 @@ impl Engine {
             }
         };
         let forget_metrics = metrics.clone();
+        let usage = Arc::new(Mutex::new(Usage::default()));
+        let evicted = usage.clone();
         let objects = moka::sync::Cache::builder()
             .time_to_idle(config.object_idle_ttl)
-            .eviction_listener(move |_key, tracked: Arc<Tracked>, cause| {
+            .eviction_listener(move |key: Arc<ObjectKey>, tracked: Arc<Tracked>, cause| {
                 // A replaced entry keeps its labels; only a forgotten object loses its series.
-                if cause != moka::notification::RemovalCause::Replaced {
+                let forgotten = cause != moka::notification::RemovalCause::Replaced;
+                if forgotten {
                     forget_metrics.forget(&tracked.labels);
                 }
+                let mut usage = evicted.lock();
+                usage.release(&key.0, tracked.weight, forgotten);
+                forget_metrics.set_tracked(usage.objects as u64);
             })
             .build();
         Ok(Self {
@@ -144,6 +211,7 @@ impl Engine {
             caches,
             metrics,
             objects,
+            usage,
         })
     }
 
@@ -157,11 +225,77 @@ impl Engine {
 
     pub fn tracked_count(&self) -> u64 {
         self.objects.run_pending_tasks();
-        self.objects.entry_count()
+        self.usage.lock().objects as u64
     }
 
-    /// The parsed plan of `obj`, parsed again only when its metadata changed.
-    pub fn track(&self, obj: ObjectRef<'_>) -> Result<Arc<Tracked>, EngineError> {
+    /// Takes room for a new object in `namespace` (`replacing` the weight of its previous
+    /// plan, if it had one), or says which cap it is past. Idle objects are let go first.
+    fn reserve<'a>(
+        &'a self,
+        namespace: &'a str,
+        bytes: usize,
+        replacing: Option<usize>,
+    ) -> Result<Reservation<'a>, EngineError> {
+        let cap = &self.config.capacity;
+        let object = replacing.is_none();
+        for attempt in 0..2 {
+            {
+                let mut usage = self.usage.lock();
+                let in_namespace = usage.per_namespace.get(namespace).copied().unwrap_or(0);
+                let bytes_after = usage.bytes + bytes - replacing.unwrap_or(0).min(usage.bytes);
+                let refusal = if object && usage.objects >= cap.max_objects {
+                    Some(format!(
+                        "the scaler tracks {} ScaledObjects, its limit (--max-scaledobjects)",
+                        cap.max_objects
+                    ))
+                } else if object && in_namespace >= cap.max_objects_per_namespace {
+                    Some(format!(
+                        "namespace `{namespace}` has {} tracked ScaledObjects, the limit per \
+                         namespace (--max-scaledobjects-per-namespace)",
+                        cap.max_objects_per_namespace
+                    ))
+                } else if bytes_after > cap.max_metadata_bytes {
+                    Some(format!(
+                        "the tracked ScaledObjects' metadata would take more than {} bytes, \
+                         the limit (--max-metadata-bytes)",
+                        cap.max_metadata_bytes
+                    ))
+                } else {
+                    None
+                };
+                match refusal {
+                    None => {
+                        usage.bytes += bytes;
+                        if object {
+                            usage.objects += 1;
+                            *usage
+                                .per_namespace
+                                .entry(namespace.to_string())
+                                .or_insert(0) += 1;
+                        }
+                        return Ok(Reservation {
+                            usage: &self.usage,
+                            namespace,
+                            bytes,
+                            object,
+                            kept: false,
+                        });
+                    }
+                    Some(why) if attempt == 1 => return Err(EngineError::Exhausted(why)),
+                    Some(_) => {}
+                }
+            }
+            // Objects past their idle time still count until moka's housekeeping runs; it
+            // calls the eviction listener, which takes the lock, so not under it.
+            self.objects.run_pending_tasks();
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// The parsed plan of `obj`, parsed again only when its metadata changed. A new object
+    /// past a capacity limit is refused before its metadata is parsed; parsing runs off the
+    /// async workers ([`crate::offload`]).
+    pub async fn track(&self, obj: ObjectRef<'_>) -> Result<Arc<Tracked>, EngineError> {
         let fingerprint = fingerprint(obj.metadata);
         let metric_name = obj
             .metadata
@@ -172,18 +306,18 @@ impl Engine {
             obj.name.to_string(),
             metric_name.to_string(),
         );
-        if let Some(t) = self.objects.get(&key)
+        let current = self.objects.get(&key);
+        if let Some(t) = &current
             && t.fingerprint == fingerprint
         {
-            return Ok(t);
+            return Ok(t.clone());
         }
         let access = &self.config.access;
         access.check_names(obj.metadata, obj.namespace, &self.config.credentials)?;
-        let mut plan = metadata::parse(
-            obj.metadata,
-            metadata::Origin::Keda,
-            &self.config.credentials,
-        )?;
+        let weight = weight(obj.metadata);
+        let reservation =
+            self.reserve(obj.namespace, weight, current.as_ref().map(|t| t.weight))?;
+        let mut plan = self.parse(obj.metadata).await?;
         self.config
             .hosts
             .check(obj.metadata, &plan, &self.config.credentials)?;
@@ -192,10 +326,23 @@ impl Engine {
         access.apply(&mut plan, obj.namespace)?;
         self.check_allowed(&plan)?;
         self.check_enabled(&plan)?;
+        if plan.cron.is_some() {
+            // The plan holds its expressions now: past the cap, dropping it lets its new ones go.
+            let held = crate::cron::held_expressions();
+            if held > self.config.capacity.max_cron_expressions {
+                return Err(EngineError::Exhausted(format!(
+                    "metadata key `windows`: the scaler holds {held} distinct cron expressions, \
+                     over its limit of {} (--max-cron-expressions); reuse expressions other \
+                     triggers use",
+                    self.config.capacity.max_cron_expressions
+                )));
+            }
+        }
         let tracked = Arc::new(Tracked {
             fingerprint,
             servicebus: entry(&self.caches.servicebus, &plan.servicebus),
             prometheus: entry(&self.caches.prometheus, &plan.prometheus),
+            weight,
             plan: Arc::new(plan),
             labels: ObjectLabels {
                 scaledobject_namespace: obj.namespace.to_string(),
@@ -205,9 +352,42 @@ impl Engine {
             // its signals, or a caller's spoofed metadata) must not hold the new one up.
             previous: Mutex::new(None),
         });
+        if current.is_some() {
+            // The eviction listener gives back the replaced plan's weight.
+            self.objects.insert(key, tracked.clone());
+            reservation.keep();
+            return Ok(tracked);
+        }
+        let entry = self
+            .objects
+            .entry(key.clone())
+            .or_insert_with(|| tracked.clone());
+        if entry.is_fresh() {
+            reservation.keep();
+            self.metrics.set_tracked(self.usage.lock().objects as u64);
+            return Ok(tracked);
+        }
+        // A concurrent call tracked the same object first: its room is counted already.
+        drop(reservation);
+        let theirs = entry.into_value();
+        if theirs.fingerprint == fingerprint {
+            return Ok(theirs);
+        }
+        let reservation = self.reserve(obj.namespace, weight, Some(theirs.weight))?;
         self.objects.insert(key, tracked.clone());
-        self.metrics.set_tracked(self.objects.entry_count());
+        reservation.keep();
         Ok(tracked)
+    }
+
+    /// Parses metadata on a blocking thread: how long a parse takes grows with what a caller
+    /// sends (cron windows, patterns), and the async workers serve every tenant.
+    async fn parse(&self, metadata: &HashMap<String, String>) -> Result<Plan, EngineError> {
+        let (metadata, credentials) = (metadata.clone(), self.config.credentials.clone());
+        crate::offload::run(crate::offload::Work::Metadata, move || {
+            metadata::parse(&metadata, metadata::Origin::Keda, &credentials)
+        })
+        .await
+        .map_err(EngineError::from)
     }
 
     fn check_allowed(&self, plan: &Plan) -> Result<(), EngineError> {
@@ -262,9 +442,21 @@ impl Engine {
         };
         // Both first reads run at once, so a never-seen object waits for the slower only.
         let (sb, prom) = tokio::join!(sb, prom);
+        let now = (self.config.clock)();
+        if plan.cron.as_ref().is_some_and(|c| c.needs_search(now)) {
+            // The search fills the windows' remembered occurrences; the decision below reads
+            // them. A search can take milliseconds, too long for an async worker.
+            let searched = tracked.plan.clone();
+            crate::offload::run(crate::offload::Work::Metadata, move || {
+                if let Some(cron) = &searched.cron {
+                    cron.state(now);
+                }
+            })
+            .await;
+        }
         blend::decide(Inputs {
             plan,
-            now: (self.config.clock)(),
+            now,
             servicebus: sb.as_ref(),
             prometheus: prom.as_ref(),
             previous: tracked.previous(),
@@ -277,8 +469,11 @@ impl Engine {
         &self,
         obj: ObjectRef<'_>,
     ) -> Result<(Arc<Tracked>, Decision), EngineError> {
-        let tracked = self.track(obj)?;
+        let tracked = self.track(obj).await?;
         let decision = self.peek(&tracked).await;
+        if let Some(why) = exhausted(&decision) {
+            return Err(EngineError::Exhausted(why));
+        }
         self.record(&tracked, &decision);
         Ok((tracked, decision))
     }
@@ -344,10 +539,23 @@ impl Engine {
     }
 }
 
+/// Why a signal of `d` was refused by a capacity limit, if one was: the caller is told so
+/// (`RESOURCE_EXHAUSTED`), not answered without that signal.
+pub fn exhausted(d: &Decision) -> Option<String> {
+    d.missing.iter().find_map(|m| match m.error.as_deref() {
+        Some(SignalError::Capacity(why)) => Some(why.clone()),
+        _ => None,
+    })
+}
+
 /// Turns a missing signal into the error KEDA sees.
 pub fn unavailable(m: &Missing) -> EngineError {
-    if let Some(SignalError::InvalidQuery(detail)) = m.error.as_deref() {
-        return EngineError::InvalidQuery(detail.clone());
+    match m.error.as_deref() {
+        Some(SignalError::InvalidQuery(detail)) => {
+            return EngineError::InvalidQuery(detail.clone());
+        }
+        Some(SignalError::Capacity(why)) => return EngineError::Exhausted(why.clone()),
+        _ => {}
     }
     let reason = match (&m.error, m.age) {
         (Some(e), Some(age)) => format!(
@@ -373,6 +581,11 @@ fn entry<P: 'static>(
     plan: &Option<P>,
 ) -> Option<Arc<dyn CacheEntry>> {
     cache.as_ref().zip(plan.as_ref()).map(|(c, p)| c.entry(p))
+}
+
+/// What an object's metadata counts against `Capacity::max_metadata_bytes`.
+fn weight(metadata: &HashMap<String, String>) -> usize {
+    metadata.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 
 fn fingerprint(metadata: &HashMap<String, String>) -> u64 {

@@ -10,7 +10,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::engine::{Engine, ObjectRef, unavailable};
+use crate::capacity::PerNamespace;
+use crate::engine::{Engine, EngineError, ObjectRef, exhausted, unavailable};
 use crate::grpc_status::code_label;
 use crate::metrics::Metrics;
 use crate::proto::external_scaler_server::ExternalScaler;
@@ -28,11 +29,18 @@ pub struct ScalerService {
     engine: Arc<Engine>,
     /// Turns true when the server stops, so open streams end instead of holding it up.
     stopping: watch::Receiver<bool>,
+    /// Open `StreamIsActive` streams by Kubernetes namespace: each holds a task, and keeps
+    /// its upstream groups at the fast interval.
+    streams: PerNamespace,
 }
 
 impl ScalerService {
     pub fn new(engine: Arc<Engine>, stopping: watch::Receiver<bool>) -> Self {
-        Self { engine, stopping }
+        Self {
+            engine,
+            stopping,
+            streams: PerNamespace::default(),
+        }
     }
 }
 
@@ -118,14 +126,25 @@ impl ExternalScaler for ScalerService {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let r = request.into_inner();
-        let tracked = observed(self.engine.metrics(), "StreamIsActive", async {
-            Ok(self.engine.track(object(&r)?)?)
+        let max = self.engine.config().capacity.max_streams_per_namespace;
+        let (tracked, place) = observed(self.engine.metrics(), "StreamIsActive", async {
+            let obj = object(&r)?;
+            let place = self.streams.take(obj.namespace, max).ok_or_else(|| {
+                EngineError::Exhausted(format!(
+                    "namespace `{}` has {max} open StreamIsActive streams, the limit per \
+                     namespace (--max-streams-per-namespace)",
+                    obj.namespace
+                ))
+            })?;
+            Ok((self.engine.track(obj).await?, place))
         })
         .await?;
         let engine = self.engine.clone();
         let stopping = self.stopping.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
+            // Counted against the namespace while the stream lives.
+            let _place = place;
             let mut stop = std::pin::pin!(stopped(stopping));
             // The guards keep the upstream groups at the fast interval while the stream lives.
             let (mut changes, _guards): (Vec<_>, Vec<_>) =
@@ -134,6 +153,10 @@ impl ExternalScaler for ScalerService {
             let mut last = None;
             loop {
                 let decision = engine.peek(&tracked).await;
+                if let Some(why) = exhausted(&decision) {
+                    let _ = tx.send(Err(EngineError::Exhausted(why).into())).await;
+                    break;
+                }
                 // Unknown (a signal missing and none active) is not sent: KEDA would act on it.
                 if let Ok(active) = decision.active()
                     && last != Some(active)
@@ -165,7 +188,7 @@ impl ExternalScaler for ScalerService {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
         observed(self.engine.metrics(), "GetMetricSpec", async {
-            let tracked = self.engine.track(object(request.get_ref())?)?;
+            let tracked = self.engine.track(object(request.get_ref())?).await?;
             Ok(Response::new(spec(&tracked.plan.metric_name)))
         })
         .await
@@ -202,7 +225,7 @@ impl ExternalScaler for ScalerService {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
         let tracked = observed(self.engine.metrics(), "StreamMetricSpec", async {
-            Ok(self.engine.track(object(request.get_ref())?)?)
+            Ok(self.engine.track(object(request.get_ref())?).await?)
         })
         .await?;
         // The spec is fixed for a given metadata (target 1); KEDA reopens the stream when the

@@ -12,6 +12,7 @@ impl From<EngineError> for Status {
             // KEDA's `fallback` engages on this.
             EngineError::Unavailable { .. } => Code::Unavailable,
             EngineError::NotEnabled(_) => Code::Unimplemented,
+            EngineError::Exhausted(_) => Code::ResourceExhausted,
         };
         Status::new(code, e.to_string())
     }

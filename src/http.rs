@@ -10,10 +10,12 @@
 //! and the body cap belong here, in one place, for all three.
 
 use std::error::Error as _;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
@@ -22,6 +24,15 @@ use crate::signal::SignalError;
 /// A `Retry-After` longer than this is read as this: an upstream is never parked for hours by
 /// one odd header.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// Bytes of upstream answers the process holds at once, all upstreams together. Each answer
+/// is capped on its own, but a tenant can point a thousand groups at servers that all answer
+/// the cap at once; past this budget a read fails (as a failed read, not a stall) until
+/// answers in flight are done with.
+pub const ANSWER_BUDGET_BYTES: usize = 32 << 20;
+
+static ANSWER_BUDGET: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(ANSWER_BUDGET_BYTES)));
 
 /// The bounds of one exchange.
 #[derive(Clone, Copy, Debug)]
@@ -43,13 +54,15 @@ pub fn client_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
         .user_agent(concat!("blend-scaler/", env!("CARGO_PKG_VERSION")))
 }
 
-/// An upstream's answer: status, `Retry-After`, headers and the capped body.
+/// An upstream's answer: status, `Retry-After`, headers and the capped body. The body's
+/// bytes count against [`ANSWER_BUDGET_BYTES`] until the answer is dropped.
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
     pub retry_after: Option<Duration>,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    pub budget: Option<OwnedSemaphorePermit>,
 }
 
 /// Sends `request` and reads the answer within `limits`. `whom` names the upstream in error
@@ -67,12 +80,13 @@ pub async fn exchange(
         let status = response.status();
         let headers = response.headers().clone();
         let retry_after = retry_after(&headers);
-        let body = read_body(response, whom, limits).await?;
+        let (body, budget) = read_body(response, whom, limits).await?;
         Ok(Answer {
             status,
             retry_after,
             headers,
             body,
+            budget,
         })
     };
     tokio::time::timeout(limits.timeout, exchange)
@@ -94,14 +108,16 @@ pub fn record<T>(
     metrics.upstream_request(upstream, outcome, started.elapsed());
 }
 
-/// The body, refusing one larger than `limits.max_body_bytes`. A connection cut mid-body is
-/// [`SignalError::Malformed`]: what came is not a document.
+/// The body, refusing one larger than `limits.max_body_bytes`, and its share of
+/// [`ANSWER_BUDGET_BYTES`]. A connection cut mid-body is [`SignalError::Malformed`]: what came
+/// is not a document.
 pub async fn read_body(
     mut response: reqwest::Response,
     whom: &str,
     limits: Limits,
-) -> Result<Vec<u8>, SignalError> {
+) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), SignalError> {
     let mut body = Vec::new();
+    let mut budget: Option<OwnedSemaphorePermit> = None;
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
@@ -110,9 +126,23 @@ pub async fn read_body(
                         limit: limits.max_body_bytes,
                     });
                 }
+                let share = u32::try_from(chunk.len())
+                    .ok()
+                    .and_then(|n| ANSWER_BUDGET.clone().try_acquire_many_owned(n).ok())
+                    .ok_or_else(|| {
+                        SignalError::OverLimit(format!(
+                            "the scaler holds {} MiB of upstream answers at once, its limit; \
+                             the answer from {whom} was dropped",
+                            ANSWER_BUDGET_BYTES >> 20
+                        ))
+                    })?;
+                match &mut budget {
+                    Some(held) => held.merge(share),
+                    None => budget = Some(share),
+                }
                 body.extend_from_slice(&chunk);
             }
-            Ok(None) => return Ok(body),
+            Ok(None) => return Ok((body, budget)),
             Err(e) if !e.is_timeout() => {
                 return Err(SignalError::Malformed(format!(
                     "the response from {whom} was cut off after {} bytes",

@@ -7,6 +7,7 @@ pub mod access;
 pub mod binding;
 pub mod blend;
 pub mod cache;
+pub mod capacity;
 pub mod cli;
 pub mod crd;
 pub mod cron;
@@ -19,6 +20,7 @@ mod grpc_status;
 mod http;
 pub mod metadata;
 pub mod metrics;
+pub mod offload;
 pub mod prometheus;
 pub mod secret;
 pub mod server;
@@ -27,6 +29,8 @@ pub mod signal;
 #[cfg(feature = "simulate")]
 pub mod simulate;
 mod telemetry;
+pub mod tls;
+pub mod transport;
 
 /// KEDA's `externalscaler` protocol, generated from `proto/externalscaler.proto`.
 pub mod proto {

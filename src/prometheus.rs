@@ -10,8 +10,9 @@
 //! blend. A failed request is an error, never 0: only an answered query that is empty or NaN
 //! becomes 0, and only with `ignoreNullValues` (KEDA's default).
 //!
-//! The HTTP exchange is done with the `reqwest` client directly, and the answer is decoded into
-//! `prometheus-http-query`'s wire types. The crate's own `InstantQueryBuilder` cannot carry
+//! The HTTP exchange is done with the `reqwest` client directly, and the answer is decoded by
+//! [`wire`] (values only, capped; the crate's types for errors). The crate's own
+//! `InstantQueryBuilder` cannot carry
 //! `queryParameters`: it only takes parameter names as `&'static str`, and these names arrive
 //! at run time in trigger metadata (leaking one string per name a ScaledObject invents would
 //! grow without bound). Its response handling also drops the `Retry-After` header and reads
@@ -25,19 +26,22 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use prometheus_http_query::error::{PrometheusError, PrometheusErrorType};
-use prometheus_http_query::response::{Data, PromqlResult};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName};
-use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
 use crate::cache::{self, GroupRead, Keyed, Refresher, SignalCache, Upstream};
 use crate::http::{self, Limits};
-use crate::metadata::{Aggregation, PrometheusAuth, PrometheusPlan};
+use crate::metadata::{Aggregation, PrometheusAuth, PrometheusPlan, PrometheusTls};
 use crate::metrics::Metrics;
+use crate::offload::{self, Work};
 use crate::secret::Secret;
 use crate::signal::SignalError;
+
+mod wire;
+
+use wire::{Data, Envelope};
 
 /// Per-request timeout when the trigger sets no `timeout` (KEDA's HTTP default as well).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -47,7 +51,19 @@ const UPSTREAM: &str = "prometheus";
 
 /// A larger answer is refused rather than buffered: a query that returns that much is not a
 /// scaling signal, and the scaler must not be pushed out of memory by one.
-const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Answers up to this size are decoded where they arrive (microseconds); larger ones on a
+/// blocking thread ([`offload`]), since decoding 2 MiB takes milliseconds.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
+
+/// Distinct client TLS identities (`authModes: tls`) with an HTTP client at once: each
+/// client holds its own TLS configuration and connection pool.
+const MAX_TLS_CLIENTS: usize = 64;
+
+/// How long a connection to a server may take to open; the whole request is bounded by the
+/// trigger's `timeout` besides.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Distinct queries against one server in flight at once during a refresh.
 const MAX_CONCURRENT_QUERIES: usize = 16;
@@ -223,19 +239,38 @@ pub fn source(
     ))
 }
 
-/// An HTTP client set up for one [`Server`], and where its instant queries go.
+/// How one [`Server`] is reached: the shared HTTP client of its TLS identity, the headers
+/// its requests carry, and where its instant queries go.
 #[derive(Clone)]
 struct Connection {
-    http: reqwest::Client,
+    http: Arc<SharedClient>,
+    headers: HeaderMap,
     query_url: Url,
+}
+
+/// An HTTP client shared by every server reached with one TLS identity (most share the one
+/// without), counted in its upstream's `live_clients` while it lives.
+struct SharedClient {
+    client: reqwest::Client,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for SharedClient {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Reads instant queries from Prometheus servers.
 pub struct PrometheusUpstream {
     metrics: Metrics,
-    /// Clients are built once per server: building one loads TLS material and opens a new
-    /// connection pool. A server nobody reads for a while is forgotten (and so is its pool).
+    /// How each server is reached; a server nobody reads for a while is forgotten.
     connections: moka::sync::Cache<Server, Result<Connection, SignalError>>,
+    /// HTTP clients by TLS identity, not by server: a client loads TLS roots and keeps a
+    /// connection pool (about 130 KB), and two thousand distinct `serverAddress` values
+    /// held 270 MB when each had its own.
+    clients: moka::sync::Cache<Option<PrometheusTls>, Arc<SharedClient>>,
+    live_clients: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl PrometheusUpstream {
@@ -245,11 +280,49 @@ impl PrometheusUpstream {
             connections: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(15 * 60))
                 .build(),
+            clients: moka::sync::Cache::builder()
+                .time_to_idle(Duration::from_secs(15 * 60))
+                .build(),
+            live_clients: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 
+    /// HTTP clients alive now (for tests and the load script).
+    pub fn client_count(&self) -> usize {
+        self.live_clients.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn connection(&self, server: &Server) -> Result<Connection, SignalError> {
-        self.connections.get_with_by_ref(server, || connect(server))
+        self.connections.get_with_by_ref(server, || {
+            let http = self.client(server)?;
+            connect(server, http)
+        })
+    }
+
+    /// The client for `server`'s TLS identity, built when none is alive.
+    fn client(&self, server: &Server) -> Result<Arc<SharedClient>, SignalError> {
+        use std::sync::atomic::Ordering;
+        self.clients
+            .try_get_with_by_ref(&server.auth.tls, || {
+                if self.live_clients.fetch_add(1, Ordering::SeqCst) >= MAX_TLS_CLIENTS {
+                    self.live_clients.fetch_sub(1, Ordering::SeqCst);
+                    return Err(SignalError::Capacity(format!(
+                        "the scaler holds HTTP clients for {MAX_TLS_CLIENTS} distinct TLS client \
+                         identities, its limit"
+                    )));
+                }
+                match build_client(server) {
+                    Ok(client) => Ok(Arc::new(SharedClient {
+                        client,
+                        live: self.live_clients.clone(),
+                    })),
+                    Err(e) => {
+                        self.live_clients.fetch_sub(1, Ordering::SeqCst);
+                        Err(e)
+                    }
+                }
+            })
+            .map_err(|e: Arc<SignalError>| (*e).clone())
     }
 
     /// Sends one query and turns the answer into one number; records the request.
@@ -306,15 +379,17 @@ impl Upstream for PrometheusUpstream {
     }
 }
 
-/// Builds the HTTP client for one server: auth and custom headers on every request, the
-/// client certificate and CA for `tls`, and the timeout for each whole request.
-fn connect(server: &Server) -> Result<Connection, SignalError> {
-    let config_error = |what: &str| {
-        SignalError::Setup(format!(
-            "the Prometheus client for {} could not be set up: {what}",
-            server.label()
-        ))
-    };
+fn config_error(server: &Server, what: &str) -> SignalError {
+    SignalError::Setup(format!(
+        "the Prometheus client for {} could not be set up: {what}",
+        server.label()
+    ))
+}
+
+/// How requests to one server are made on `http`: auth and custom headers on every request,
+/// sent to the server's query URL.
+fn connect(server: &Server, http: Arc<SharedClient>) -> Result<Connection, SignalError> {
+    let config_error = |what: &str| config_error(server, what);
     let mut url = Url::parse(&server.address).map_err(|_| config_error("bad serverAddress"))?;
     let path = url.path().trim_end_matches('/').to_string();
     url.set_path(&format!("{path}/api/v1/query"));
@@ -357,9 +432,18 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
         );
     }
 
-    let mut builder = http::client_builder(server.timeout)
-        .default_headers(headers)
-        .redirect(same_origin_redirects());
+    Ok(Connection {
+        http,
+        headers,
+        query_url: url,
+    })
+}
+
+/// The HTTP client for a TLS identity (`server`'s): its client certificate and CA, if any,
+/// and redirects within a server's own origin.
+fn build_client(server: &Server) -> Result<reqwest::Client, SignalError> {
+    let config_error = |what: &str| config_error(server, what);
+    let mut builder = http::client_builder(CONNECT_TIMEOUT).redirect(same_origin_redirects());
     if let Some(tls) = &server.auth.tls {
         // reqwest wants the certificate chain and its key in one PEM buffer.
         let pem = format!("{}\n{}\n", tls.cert.expose(), tls.key.expose());
@@ -377,13 +461,9 @@ fn connect(server: &Server) -> Result<Connection, SignalError> {
             builder = builder.tls_certs_only(roots);
         }
     }
-    let http = builder
+    builder
         .build()
-        .map_err(|e| config_error(&http::error_chain(&e.without_url())))?;
-    Ok(Connection {
-        http,
-        query_url: url,
-    })
+        .map_err(|e| config_error(&http::error_chain(&e.without_url())))
 }
 
 /// Follows redirects within the server's own origin only. Custom headers and custom auth
@@ -409,14 +489,6 @@ fn basic_token(user: &str, pass: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
 }
 
-/// The envelope of every Prometheus API answer; the crate's own is private.
-#[derive(Deserialize)]
-#[serde(tag = "status", rename_all = "lowercase")]
-enum Envelope {
-    Success { data: PromqlResult },
-    Error(PrometheusError),
-}
-
 /// One GET of `/api/v1/query`: the decoded data, or what the answer means as an error.
 async fn send(
     connection: &Connection,
@@ -436,7 +508,9 @@ async fn send(
 
     let request = connection
         .http
+        .client
         .get(connection.query_url.clone())
+        .headers(connection.headers.clone())
         .query(&params);
     let limits = Limits {
         timeout: server.timeout,
@@ -452,19 +526,34 @@ async fn send(
     let status = answer.status;
     let retry_after = answer.retry_after;
     let body = answer.body;
+    // The body counts against the answer budget until it is decoded.
+    let _budget = answer.budget;
     let is_json = answer
         .headers
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("application/json"));
 
-    let decoded = if is_json {
-        Some(serde_json::from_slice::<Envelope>(&body))
+    let (decoded, body) = if !is_json {
+        (None, body)
+    } else if body.len() <= INLINE_DECODE_BYTES {
+        (Some(serde_json::from_slice::<Envelope>(&body)), body)
     } else {
-        None
+        offload::run(Work::Answer, move || {
+            (Some(serde_json::from_slice::<Envelope>(&body)), Vec::new())
+        })
+        .await
     };
     match decoded {
-        Some(Ok(Envelope::Success { data })) if status.is_success() => Ok(data.into_inner().0),
+        Some(Err(e)) if e.to_string().starts_with(wire::TOO_MANY_SERIES) => {
+            Err(SignalError::OverLimit(format!(
+                "Prometheus at {} answered more than {} series; no scaling query needs that \
+                 many (aggregate them in the query)",
+                server.label(),
+                wire::MAX_SERIES
+            )))
+        }
+        Some(Ok(Envelope::Success { data })) if status.is_success() => Ok(data),
         Some(Ok(Envelope::Error(e))) => Err(api_error(status, &e, retry_after, server)),
         Some(Err(e)) if status.is_success() => Err(SignalError::Malformed(format!(
             "Prometheus at {} sent an answer that is not a query result: {}",
@@ -538,9 +627,9 @@ fn http_error(
 /// - a scalar answer counts as one series; a range vector is a query problem.
 fn interpret(data: Data, query: &Query) -> Result<f64, SignalError> {
     let values: Vec<f64> = match data {
-        Data::Vector(series) => series.iter().map(|s| s.sample().value()).collect(),
-        Data::Scalar(sample) => vec![sample.value()],
-        Data::Matrix(_) => {
+        Data::Vector(values) => values,
+        Data::Scalar(value) => vec![value],
+        Data::Matrix => {
             return Err(SignalError::InvalidQuery(
                 "the query returns a range vector; an instant vector or a scalar is needed \
                  (drop the `[…]` range or wrap it in a function such as rate())"

@@ -1,7 +1,6 @@
 //! Starting the gRPC and HTTP listeners, for `serve`, `demo` and the tests.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,8 +12,8 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
+use tonic::transport::server::Router as GrpcRouter;
 use tonic_health::ServingStatus;
 
 use crate::cache::RefreshConfig;
@@ -22,20 +21,18 @@ use crate::engine::{Engine, EngineConfig, SignalCaches};
 use crate::grpc::ScalerService;
 use crate::metrics::Metrics;
 use crate::proto::external_scaler_server::ExternalScalerServer;
+use crate::tls::ReloadingTls;
+use crate::transport::{self, Incoming, TransportLimits};
 
-/// PEM files for TLS on gRPC; with `client_ca`, client certificates are required (mTLS).
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
-}
+pub use crate::tls::TlsFiles;
 
 pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// `/metrics`, `/livez`, `/readyz`; `None` runs no HTTP listener.
     pub http_addr: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
+    /// Connection and HTTP/2 limits of the gRPC listener (the HTTP one has its own, fixed).
+    pub transport: TransportLimits,
     pub engine: EngineConfig,
 }
 
@@ -46,6 +43,7 @@ impl ServerConfig {
             grpc_addr: ([127, 0, 0, 1], 0).into(),
             http_addr: Some(([127, 0, 0, 1], 0).into()),
             tls: None,
+            transport: TransportLimits::default(),
             engine: EngineConfig::default(),
         }
     }
@@ -102,6 +100,14 @@ pub async fn start(
     sources: SignalCaches,
     metrics: Metrics,
 ) -> anyhow::Result<Running> {
+    let limits = &config.transport;
+    limits.validate()?;
+    // Read before serving, so a bad certificate stops `serve` instead of every handshake.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(ReloadingTls::for_grpc)
+        .transpose()?;
     let engine = Arc::new(Engine::new(config.engine, sources, metrics.clone())?);
 
     let grpc_listener = TcpListener::bind(config.grpc_addr)
@@ -123,10 +129,14 @@ pub async fn start(
         .max_connection_age_grace(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true);
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls_config(tls)?)?;
-    }
+        // tonic leaves these unset, which means no limit (see docs/security.md).
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
+        .http2_max_pending_accept_reset_streams(Some(limits.http2_max_pending_accept_reset_streams))
+        .http2_max_header_list_size(16 * 1024)
+        .concurrency_limit_per_connection(limits.max_concurrent_requests)
+        .load_shed(true)
+        .timeout(limits.request_timeout);
 
     let ready = Arc::new(AtomicBool::new(false));
     let http = match config.http_addr {
@@ -135,8 +145,12 @@ pub async fn start(
                 .await
                 .with_context(|| format!("binding HTTP address {addr}"))?;
             let http_addr = listener.local_addr()?;
+            let limits = TransportLimits::http();
             let app = http_router(metrics.clone(), ready.clone());
-            let task = tokio::spawn(async move { axum::serve(listener, app).await });
+            let incoming = transport::accept_plain(listener, &limits);
+            let task = tokio::spawn(transport::serve_http(incoming, limits, move |_| {
+                app.clone()
+            }));
             Some((http_addr, task))
         }
         None => None,
@@ -151,21 +165,23 @@ pub async fn start(
             engine.clone(),
             stopping_rx,
         )));
-    let incoming = TcpListenerStream::new(grpc_listener);
     ready.store(true, Ordering::SeqCst);
-    let task = tokio::spawn(async move {
-        let result = router
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop_rx.await;
-                // End open streams first: graceful shutdown waits for every call in flight.
-                let _ = stopping_tx.send(true);
-            })
-            .await;
-        if let Some((_, http_task)) = http {
-            http_task.abort();
+    let shutdown = async move {
+        let _ = stop_rx.await;
+        // End open streams first: graceful shutdown waits for every call in flight.
+        let _ = stopping_tx.send(true);
+    };
+    let task = match &tls {
+        Some(tls) => {
+            ReloadingTls::watch(tls, limits.tls_reload_interval);
+            let incoming = transport::accept_tls(grpc_listener, limits, tls.clone());
+            tokio::spawn(serve_grpc(router, incoming, shutdown, http))
         }
-        result.context("gRPC server")
-    });
+        None => {
+            let incoming = transport::accept_plain(grpc_listener, limits);
+            tokio::spawn(serve_grpc(router, incoming, shutdown, http))
+        }
+    };
     tracing::info!(%grpc_addr, http_addr = ?http_addr, tls = config.tls.is_some(), "blend-scaler serving");
     Ok(Running {
         grpc_addr,
@@ -176,14 +192,27 @@ pub async fn start(
     })
 }
 
-fn tls_config(files: &TlsFiles) -> anyhow::Result<ServerTlsConfig> {
-    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let mut tls =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
-    if let Some(ca) = &files.client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+async fn serve_grpc<T>(
+    router: GrpcRouter,
+    incoming: Incoming<T>,
+    shutdown: impl std::future::Future<Output = ()>,
+    http: Option<(SocketAddr, JoinHandle<()>)>,
+) -> anyhow::Result<()>
+where
+    T: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    let result = router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    if let Some((_, http_task)) = http {
+        http_task.abort();
     }
-    Ok(tls)
+    result.context("gRPC server")
 }
 
 fn http_router(metrics: Metrics, ready: Arc<AtomicBool>) -> Router {

@@ -74,6 +74,10 @@ pub enum SignalError {
     /// More to read than the scaler's limits allow.
     #[error("{0}")]
     OverLimit(String),
+    /// Past one of the scaler's capacity limits (upstream groups, items per group, answers in
+    /// flight): nothing was kept, and the caller gets `RESOURCE_EXHAUSTED`.
+    #[error("{0}")]
+    Capacity(String),
     /// A read that did not report an item it was asked for: a bookkeeping gap, not an outage.
     #[error("{0}")]
     Unreported(&'static str),
@@ -115,6 +119,7 @@ impl SignalError {
             Credential(m) => Credential(f(&m)),
             InvalidEntity(m) => InvalidEntity(f(&m)),
             OverLimit(m) => OverLimit(f(&m)),
+            Capacity(m) => Capacity(f(&m)),
             other @ (Throttled { .. }
             | Timeout(_)
             | NullResult
@@ -152,6 +157,16 @@ impl Observation {
             value: Some(value),
             age: Some(Duration::ZERO),
             error: None,
+            rate: None,
+        }
+    }
+
+    /// No value, and why.
+    pub fn failed(error: SignalError) -> Self {
+        Self {
+            value: None,
+            age: None,
+            error: Some(Arc::new(error)),
             rate: None,
         }
     }

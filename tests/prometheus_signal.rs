@@ -46,6 +46,7 @@ fn fast_refresh() -> RefreshConfig {
         first_read_timeout: Duration::from_secs(2),
         idle_ttl: Duration::from_secs(60),
         max_backoff: Duration::from_millis(600),
+        ..RefreshConfig::default()
     }
 }
 

@@ -25,6 +25,7 @@ fn config() -> RefreshConfig {
         first_read_timeout: Duration::from_secs(2),
         idle_ttl: Duration::from_secs(60),
         max_backoff: Duration::from_secs(1),
+        ..RefreshConfig::default()
     }
 }
 

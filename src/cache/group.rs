@@ -50,4 +50,12 @@ pub(super) struct Group<U: Upstream> {
     pub(super) generation: watch::Sender<u64>,
     pub(super) wake: Notify,
     pub(super) fast_watchers: AtomicUsize,
+    /// The refresher's count of live groups, which this one leaves when dropped.
+    pub(super) live: Arc<AtomicUsize>,
+}
+
+impl<U: Upstream> Drop for Group<U> {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -80,7 +80,11 @@ impl<U: Upstream> CacheEntry for KeyedEntry<U> {
     }
 
     fn watch(&self) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {
-        let (rx, guard) = self.refresher.watch(&self.group);
-        (rx, Box::new(guard))
+        match self.refresher.watch(&self.group) {
+            Some((rx, guard)) => (rx, Box::new(guard)),
+            // Past the group cap: a receiver that never changes (its sender is gone); the
+            // stream's own reads report the refusal.
+            None => (watch::channel(0).1, Box::new(())),
+        }
     }
 }

@@ -87,6 +87,11 @@ pub struct RefreshConfig {
     pub idle_ttl: Duration,
     /// The longest exponential backoff after repeated failures.
     pub max_backoff: Duration,
+    /// Groups (upstream identities) kept at once; each has a task and its items.
+    pub max_groups: usize,
+    /// Items (entities, queries) one group reads; each costs its upstream a read or a share
+    /// of one every refresh.
+    pub max_items_per_group: usize,
 }
 
 impl Default for RefreshConfig {
@@ -97,6 +102,8 @@ impl Default for RefreshConfig {
             first_read_timeout: Duration::from_secs(2),
             idle_ttl: Duration::from_secs(600),
             max_backoff: Duration::from_secs(120),
+            max_groups: 1_000,
+            max_items_per_group: 2_000,
         }
     }
 }

@@ -14,7 +14,7 @@ use super::group::Group;
 use super::schedule::after;
 use super::task::{refresh_loop, supervise};
 use super::{RefreshConfig, Upstream};
-use crate::signal::Observation;
+use crate::signal::{Observation, SignalError};
 
 /// moka refuses idle times past 1,000 years; a group idle for ten is gone anyway.
 const MAX_TIME_TO_IDLE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -35,6 +35,8 @@ pub struct Refresher<U: Upstream> {
     upstream: Arc<U>,
     config: RefreshConfig,
     groups: moka::sync::Cache<U::Group, Arc<Group<U>>>,
+    /// Groups alive (in the map, or still held by a stream's guard), for `max_groups`.
+    live: Arc<AtomicUsize>,
 }
 
 impl<U: Upstream> Refresher<U> {
@@ -57,6 +59,7 @@ impl<U: Upstream> Refresher<U> {
             upstream,
             config,
             groups,
+            live: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -74,32 +77,47 @@ impl<U: Upstream> Refresher<U> {
         self.groups.entry_count()
     }
 
-    fn group(&self, key: &U::Group) -> Arc<Group<U>> {
-        self.groups.get_with_by_ref(key, || {
-            let group = Arc::new(Group {
-                key: key.clone(),
-                items: Mutex::new(HashMap::new()),
-                seen_in_passing: Mutex::new(HashMap::new()),
-                generation: watch::channel(0).0,
-                wake: Notify::new(),
-                fast_watchers: AtomicUsize::new(0),
-            });
-            let (weak, upstream, config, groups) = (
-                Arc::downgrade(&group),
-                self.upstream.clone(),
-                self.config.clone(),
-                self.groups.clone(),
-            );
-            tokio::spawn(supervise(key.clone(), self.config.interval, move || {
-                refresh_loop(
-                    weak.clone(),
-                    upstream.clone(),
-                    config.clone(),
-                    groups.clone(),
-                )
-            }));
-            group
-        })
+    /// The group of `key`, started if new, unless `max_groups` are alive.
+    fn group(&self, key: &U::Group) -> Result<Arc<Group<U>>, SignalError> {
+        self.groups
+            .try_get_with_by_ref(key, || self.start_group(key))
+            .map_err(|e: Arc<SignalError>| (*e).clone())
+    }
+
+    fn start_group(&self, key: &U::Group) -> Result<Arc<Group<U>>, SignalError> {
+        let max = self.config.max_groups;
+        if self.live.fetch_add(1, Ordering::SeqCst) >= max {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+            return Err(SignalError::Capacity(format!(
+                "the scaler reads {max} distinct upstreams of this kind, its limit \
+                 (--max-upstream-groups); share a server or namespace (and its credentials) \
+                 with other triggers"
+            )));
+        }
+        let group = Arc::new(Group {
+            key: key.clone(),
+            items: Mutex::new(HashMap::new()),
+            seen_in_passing: Mutex::new(HashMap::new()),
+            generation: watch::channel(0).0,
+            wake: Notify::new(),
+            fast_watchers: AtomicUsize::new(0),
+            live: self.live.clone(),
+        });
+        let (weak, upstream, config, groups) = (
+            Arc::downgrade(&group),
+            self.upstream.clone(),
+            self.config.clone(),
+            self.groups.clone(),
+        );
+        tokio::spawn(supervise(key.clone(), self.config.interval, move || {
+            refresh_loop(
+                weak.clone(),
+                upstream.clone(),
+                config.clone(),
+                groups.clone(),
+            )
+        }));
+        Ok(group)
     }
 
     /// The current observation of `item`. A never-seen item is answered from what the
@@ -107,10 +125,20 @@ impl<U: Upstream> Refresher<U> {
     /// this waits for that first read, shared with every concurrent caller, at most
     /// `first_read_timeout`.
     pub async fn observe(&self, key: &U::Group, item: &U::Item) -> Observation {
-        let group = self.group(key);
+        let group = match self.group(key) {
+            Ok(g) => g,
+            Err(e) => return Observation::failed(e),
+        };
         let mut changes = group.generation.subscribe();
         {
             let mut items = group.items.lock();
+            let max = self.config.max_items_per_group;
+            if items.len() >= max && !items.contains_key(item) {
+                return Observation::failed(SignalError::Capacity(format!(
+                    "this upstream already has {max} distinct entities or queries watched, \
+                     the limit per upstream (--max-items-per-group)"
+                )));
+            }
             let slot = items.entry(item.clone()).or_default();
             let now = Instant::now();
             slot.last_asked = Some(now);
@@ -138,11 +166,11 @@ impl<U: Upstream> Refresher<U> {
     }
 
     /// A receiver that changes after every refresh of `key`'s group, and a guard that keeps
-    /// the group at the fast interval until dropped.
-    pub fn watch(&self, key: &U::Group) -> (watch::Receiver<u64>, FastWatch<U>) {
-        let group = self.group(key);
+    /// the group at the fast interval until dropped; `None` past `max_groups`.
+    pub fn watch(&self, key: &U::Group) -> Option<(watch::Receiver<u64>, FastWatch<U>)> {
+        let group = self.group(key).ok()?;
         group.fast_watchers.fetch_add(1, Ordering::SeqCst);
         group.wake.notify_one();
-        (group.generation.subscribe(), FastWatch { group })
+        Some((group.generation.subscribe(), FastWatch { group }))
     }
 }

@@ -283,7 +283,7 @@ async fn a_stream_speeds_its_group_up_until_it_ends() {
     let t = table(&[("orders", 0.0)]);
     let r = Refresher::from_arc(t.clone(), config());
     r.observe(&"ns", &"orders").await;
-    let (mut changes, guard) = r.watch(&"ns");
+    let (mut changes, guard) = r.watch(&"ns").unwrap();
     let before = t.reads.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(5_500)).await;
     let fast = t.reads.load(Ordering::SeqCst) - before;

@@ -64,6 +64,7 @@ impl ApiError {
                 // The HPA holds its replica count on any error; 503 says it may pass.
                 EngineError::Unavailable { .. } => (503, "ServiceUnavailable"),
                 EngineError::NotEnabled(_) => (404, "NotFound"),
+                EngineError::Exhausted(_) => (429, "TooManyRequests"),
             },
             ApiError::Internal(_) => (500, "InternalError"),
         };

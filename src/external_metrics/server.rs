@@ -13,9 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use parking_lot::RwLock;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,6 +22,8 @@ use super::documents::{self, ExternalMetricValue};
 use super::{ApiError, NAME_LABEL, quantity, selector};
 use crate::crd::BlendedMetricSpec;
 use crate::engine::{Engine, EngineError, ObjectRef};
+use crate::tls::{ClientCa, ReloadingTls};
+use crate::transport::{self, TransportLimits};
 
 /// The `BlendedMetric`s the adapter serves, by namespace and name.
 #[derive(Default)]
@@ -236,28 +236,6 @@ impl Listener {
     }
 }
 
-fn tls_config(tls: &AdapterTls) -> anyhow::Result<rustls::ServerConfig> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
-        .with_context(|| format!("reading {}", tls.cert.display()))?
-        .collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .with_context(|| format!("reading {}", tls.key.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(&tls.client_ca_pem) {
-        roots.add(ca?)?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    // No client certificate, no TLS session: there is no anonymous path.
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
 /// The client certificate's CN is in `allowed` (empty: any CN the CA signed).
 fn name_allowed(leaf: Option<&CertificateDer<'_>>, allowed: &[String]) -> bool {
     let Some(leaf) = leaf else { return false };
@@ -273,48 +251,44 @@ fn name_allowed(leaf: Option<&CertificateDer<'_>>, allowed: &[String]) -> bool {
         .any(|cn| allowed.iter().any(|a| a == cn))
 }
 
-/// Binds `addr` and serves the API over HTTPS with mandatory client certificates.
+/// Binds `addr` and serves the API over HTTPS with mandatory client certificates, with the
+/// default [`TransportLimits`]; the serving certificate and key are re-read when they change.
 pub async fn start(
     addr: SocketAddr,
     tls: AdapterTls,
     engine: Arc<Engine>,
     registry: Arc<Registry>,
 ) -> anyhow::Result<Listener> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&tls)?));
+    let limits = TransportLimits::default();
+    let material = ReloadingTls::load(
+        &tls.cert,
+        &tls.key,
+        ClientCa::Pem(tls.client_ca_pem.clone()),
+        &[b"h2", b"http/1.1"],
+    )?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding external metrics address {addr}"))?;
     let addr = listener.local_addr()?;
+    ReloadingTls::watch(&material, limits.tls_reload_interval);
+    let incoming = transport::accept_tls(listener, &limits, material);
     let state = AppState { engine, registry };
-    let allowed = Arc::new(tls.allowed_names.clone());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, state, allowed) = (acceptor.clone(), state.clone(), allowed.clone());
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let verified = name_allowed(
-                    stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first()),
-                    &allowed,
-                );
-                let app = router(state, verified);
-                let service = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            });
-        }
-    });
+    let allowed = tls.allowed_names;
+    let task = tokio::spawn(transport::serve_http(
+        incoming,
+        limits,
+        move |stream: &transport::Tls| {
+            let verified = name_allowed(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first()),
+                &allowed,
+            );
+            router(state.clone(), verified)
+        },
+    ));
     tracing::info!(%addr, "external metrics API serving");
     Ok(Listener { addr, task })
 }

@@ -31,6 +31,13 @@ pub use plan::*;
 pub const MAX_KEYS: usize = 64;
 /// At most this many bytes in one value.
 pub const MAX_VALUE_BYTES: usize = 8 * 1024;
+/// At most this many bytes in one key: no key the scaler reads is longer than 30.
+pub const MAX_KEY_BYTES: usize = 256;
+/// An error message lists at most this many problems (`check` prints them all).
+pub const MAX_LISTED_ERRORS: usize = 10;
+/// Unknown keys longer than this get no "did you mean": the comparison costs time in the
+/// key's length, and a typo of a known key is short.
+const MAX_SUGGESTED_KEY_BYTES: usize = 64;
 
 /// A plan from `(key, value)` pairs as KEDA sends them, for tests; panics on invalid metadata.
 #[cfg(test)]
@@ -62,10 +69,21 @@ impl fmt::Display for MetadataError {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct MetadataErrors(pub Vec<MetadataError>);
 
+/// The first [`MAX_LISTED_ERRORS`] problems, and how many more there are: the text goes into
+/// a gRPC status and KEDA's events, and fixing the first ten shows the rest.
 impl fmt::Display for MetadataErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        f.write_str(&parts.join("; "))
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .take(MAX_LISTED_ERRORS)
+            .map(ToString::to_string)
+            .collect();
+        f.write_str(&parts.join("; "))?;
+        if self.0.len() > MAX_LISTED_ERRORS {
+            write!(f, "; and {} more", self.0.len() - MAX_LISTED_ERRORS)?;
+        }
+        Ok(())
     }
 }
 
@@ -227,6 +245,9 @@ impl Parser<'_> {
     }
 
     fn plan(&mut self) -> Option<Plan> {
+        if self.oversized() {
+            return None;
+        }
         self.check_shape();
 
         let metric_name = self
@@ -315,21 +336,38 @@ impl Parser<'_> {
         })
     }
 
-    /// Size limits and unknown keys, before anything is read.
-    fn check_shape(&mut self) {
+    /// Too many keys, or a key too long: one error, and nothing else is looked at. Work on
+    /// metadata (suggestions, parsing) grows with its size, and a caller can send 4 MiB.
+    fn oversized(&mut self) -> bool {
         if self.m.len() > MAX_KEYS {
             let n = self.m.len();
             self.err(
                 "metadata",
                 format!("has {n} keys; at most {MAX_KEYS} are accepted"),
             );
+            return true;
         }
+        let long = self.m.keys().filter(|k| k.len() > MAX_KEY_BYTES).count();
+        if long > 0 {
+            self.err(
+                "metadata",
+                format!("has {long} key(s) longer than {MAX_KEY_BYTES} bytes; no key is that long"),
+            );
+            return true;
+        }
+        false
+    }
+
+    /// Value sizes and unknown keys, before anything is read.
+    fn check_shape(&mut self) {
         let mut keys: Vec<&String> = self.m.keys().collect();
         keys.sort();
         for key in keys {
             if !keys::is_known(key) {
                 let shown: String = key.chars().take(64).collect();
-                let hint = keys::suggestion(key)
+                let hint = (key.len() <= MAX_SUGGESTED_KEY_BYTES)
+                    .then(|| keys::suggestion(key))
+                    .flatten()
                     .map(|s| format!(" (did you mean `{s}`?)"))
                     .unwrap_or_default();
                 self.err(&shown, format!("is not a known key{hint}"));

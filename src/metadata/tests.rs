@@ -110,13 +110,72 @@ fn size_limits_are_enforced() {
         m.insert(format!("k{i}"), "v".into());
     }
     let errs = parse(&m, Origin::Keda, &Credentials::default()).unwrap_err();
-    assert!(keys(&errs).contains(&"metadata"));
+    assert_eq!(keys(&errs), ["metadata"], "one error, no per-key work");
     let big = "x".repeat(MAX_VALUE_BYTES + 1);
     let errs = keda(&[("queueName", &big), ("namespace", "ns")]).unwrap_err();
     assert!(
         errs.to_string().contains("longer than 8192 bytes"),
         "{errs}"
     );
+}
+
+/// Found by the audit (H4): a 256 KiB unknown key cost 9.8 s of edit distance, and 10,000
+/// keys gave a million-character error.
+#[test]
+fn oversized_keys_get_one_immediate_error_and_no_suggestion_work() {
+    let mut m = md(&[("start", "0 8 * * *"), ("end", "0 9 * * *")]);
+    m.insert("x".repeat(256 << 10), "v".into());
+    m.insert("y".repeat(MAX_KEY_BYTES + 1), "v".into());
+    let started = std::time::Instant::now();
+    let errs = parse(&m, Origin::Keda, &Credentials::default()).unwrap_err();
+    assert_eq!(keys(&errs), ["metadata"]);
+    assert!(
+        errs.to_string().contains("2 key(s) longer than 256 bytes"),
+        "{errs}"
+    );
+    assert!(errs.to_string().len() < 200, "{errs}");
+    // Linear work only (a debug build took 9.8 s on this key before).
+    assert!(started.elapsed() < std::time::Duration::from_millis(200));
+
+    // Under the key limit but long: refused as unknown, without a suggestion.
+    let near = format!("queueName{}", "z".repeat(100));
+    let errs = keda(&[("start", "0 8 * * *"), (&near, "v")]).unwrap_err();
+    assert!(!errs.to_string().contains("did you mean"), "{errs}");
+}
+
+#[test]
+fn an_error_message_lists_at_most_ten_problems_and_counts_the_rest() {
+    let mut m = md(&[("start", "0 8 * * *"), ("end", "0 9 * * *")]);
+    for i in 0..40 {
+        m.insert(format!("unknown{i:02}"), "v".into());
+    }
+    let errs = parse(&m, Origin::Keda, &Credentials::default()).unwrap_err();
+    // All of them for `check`, which prints every error.
+    assert!(errs.0.len() >= 40);
+    let text = errs.to_string();
+    assert_eq!(text.matches("metadata key `").count(), MAX_LISTED_ERRORS);
+    assert!(
+        text.ends_with(&format!("and {} more", errs.0.len() - 10)),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_cron_window_that_never_comes_is_refused_naming_its_key() {
+    let errs = keda(&[
+        ("start", "0 0 31 2 *"),
+        ("end", "0 1 * * *"),
+        ("desiredReplicas", "1"),
+    ])
+    .unwrap_err();
+    assert_eq!(keys(&errs), ["start"]);
+    let errs = keda(&[(
+        "windows",
+        "0 8 * * * -> 0 9 * * * = 1; 0 0 30 2 * -> 0 1 * * * = 2",
+    )])
+    .unwrap_err();
+    assert_eq!(keys(&errs), ["windows"]);
+    assert!(errs.to_string().contains("window 2:"), "{errs}");
 }
 
 #[test]

@@ -20,10 +20,7 @@ fn plan(extra: &[(&str, &str)]) -> PrometheusPlan {
 }
 
 fn data(json: &str) -> Data {
-    serde_json::from_str::<PromqlResult>(json)
-        .expect("a query result")
-        .into_inner()
-        .0
+    serde_json::from_str::<Data>(json).expect("a query result")
 }
 
 fn vector(values: &[&str]) -> Data {
@@ -269,7 +266,7 @@ fn bad_tls_material_is_a_setup_error_that_names_no_secret() {
         ("certFromEnv", "not-a-pem-cert-secret"),
         ("keyFromEnv", "not-a-pem-key-secret"),
     ]);
-    let Err(e) = connect(&key(&p).0) else {
+    let Err(e) = build_client(&key(&p).0) else {
         panic!("garbage PEM must not build a client")
     };
     let text = e.to_string();

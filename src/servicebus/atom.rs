@@ -23,6 +23,10 @@ pub const NOT_FOUND_FEED_TITLE: &str = "Publicly Listed Services";
 /// Longest upstream error detail kept in an error message.
 const MAX_DETAIL: usize = 400;
 
+/// A feed with more entries than this is refused while it is read: the scaler asks for
+/// pages of 100, so more is a server that ignores `$top`.
+pub const MAX_ENTRIES: usize = 1_000;
+
 /// What kind of entity an entry describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntityKind {
@@ -402,6 +406,11 @@ fn close(
         }
         Node::Entry => {
             if let Some(b) = entry.take() {
+                if feed.entries.len() == MAX_ENTRIES {
+                    return Err(SignalError::OverLimit(format!(
+                        "the list has more than {MAX_ENTRIES} entries on one page"
+                    )));
+                }
                 feed.entries.push(b.finish()?);
             }
         }

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::http::{self, Limits};
 use crate::metrics::Metrics;
+use crate::offload::{self, Work};
 use crate::secret::Secret;
 use crate::signal::SignalError;
 
@@ -21,6 +22,13 @@ pub const API_VERSION: &str = "2021-05";
 pub const PAGE_SIZE: usize = 100;
 /// The `upstream` label of request metrics.
 pub const UPSTREAM: &str = "servicebus";
+
+/// The largest answer read: a page of 100 entities is about 250 KiB.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Answers up to this size are parsed where they arrive; larger ones (list pages) on a
+/// blocking thread ([`crate::offload`]).
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
 /// Entity names are sent as path segments; only unreserved characters stay as they are.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -41,7 +49,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(10),
-            max_body_bytes: 16 * 1024 * 1024,
+            max_body_bytes: MAX_BODY_BYTES,
         }
     }
 }
@@ -131,9 +139,10 @@ impl Client {
     pub async fn queue(&self, conn: &Connection, name: &str) -> Result<Description, SignalError> {
         let what = format!("queue `{name}` in namespace `{}`", conn.host);
         let path = entity_path(&[name])?;
-        self.read(conn, &path, &[], &what, |body| {
-            let d = atom::entity_from(body, &what)?;
-            expect_kind(d, atom::EntityKind::Queue, name)
+        let (w, name) = (what.clone(), name.to_string());
+        self.read(conn, &path, &[], &what, move |body| {
+            let d = atom::entity_from(body, &w)?;
+            expect_kind(d, atom::EntityKind::Queue, &name)
         })
         .await
     }
@@ -154,9 +163,10 @@ impl Client {
             entity_path(&[topic])?,
             entity_path(&[subscription])?
         );
-        self.read(conn, &path, &[], &what, |body| {
-            let d = atom::entity_from(body, &what)?;
-            expect_kind(d, atom::EntityKind::Subscription, subscription)
+        let (w, subscription) = (what.clone(), subscription.to_string());
+        self.read(conn, &path, &[], &what, move |body| {
+            let d = atom::entity_from(body, &w)?;
+            expect_kind(d, atom::EntityKind::Subscription, &subscription)
         })
         .await
     }
@@ -201,8 +211,11 @@ impl Client {
         what: &str,
     ) -> Result<Vec<Description>, SignalError> {
         let query = [("$skip", skip.to_string()), ("$top", PAGE_SIZE.to_string())];
-        self.read(conn, path, &query, what, |body| atom::page_from(body, what))
-            .await
+        let w = what.to_string();
+        self.read(conn, path, &query, what, move |body| {
+            atom::page_from(body, &w)
+        })
+        .await
     }
 
     /// One GET, parsed by `parse`, recorded in the metrics with its final outcome (a 200
@@ -213,11 +226,15 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
         what: &str,
-        parse: impl FnOnce(&str) -> Result<T, SignalError>,
-    ) -> Result<T, SignalError> {
+        parse: impl FnOnce(&str) -> Result<T, SignalError> + Send + 'static,
+    ) -> Result<T, SignalError>
+    where
+        T: Send + 'static,
+    {
         let started = Instant::now();
         let result = match self.fetch(conn, path, query, what).await {
-            Ok(body) => parse(&body),
+            Ok(body) if body.len() <= INLINE_PARSE_BYTES => parse(&body),
+            Ok(body) => offload::run(Work::Answer, move || parse(&body)).await,
             Err(e) => Err(e),
         };
         http::record(&self.metrics, UPSTREAM, started, &result);
@@ -261,6 +278,8 @@ impl Client {
         };
         let answer = http::exchange(request, &format!("namespace `{}`", conn.host), limits).await?;
         let (status, wait, body) = (answer.status.as_u16(), answer.retry_after, answer.body);
+        // Counted against the answer budget until it is text.
+        let _budget = answer.budget;
         if status == 200 {
             let text = String::from_utf8(body)
                 .map_err(|_| SignalError::Malformed(format!("{what}: the body is not UTF-8")))?;

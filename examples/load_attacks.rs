@@ -1,0 +1,605 @@
+//! Load run (not a test): the security audit's resource attacks (findings H3, H4) against a
+//! `blend-scaler serve` process with its default capacity limits, one after another, while a
+//! victim tenant calls `IsActive` every 20 ms on its own connection. Prints, per attack, what
+//! the attacker got (answers and refusals by gRPC code), the server's resident memory, and the
+//! victim's latency (p50, p99, max).
+//!
+//! `scripts/load-attacks` builds (release) and runs it; flags: `--binary PATH`, `--objects N`
+//! (default 50,000), `--servers N` (2,000), `--seconds N` per CPU attack (20).
+//!
+//! The upstreams are hostile ones of this process's own, on loopback: a "Prometheus" that
+//! answers every query with 15 MiB of series under `/big…`, and a small answer elsewhere.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
+use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+type Client = ExternalScalerClient<Channel>;
+
+struct Args {
+    binary: String,
+    objects: usize,
+    servers: usize,
+    seconds: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        binary: "target/release/blend-scaler".into(),
+        objects: 50_000,
+        servers: 2_000,
+        seconds: 20,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--binary" => a.binary = value,
+            "--objects" => a.objects = value.parse().expect("--objects N"),
+            "--servers" => a.servers = value.parse().expect("--servers N"),
+            "--seconds" => a.seconds = value.parse().expect("--seconds N"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+/// Kills the server (by its own pid) when the run ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn md(pairs: &[(&str, String)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn object(namespace: &str, name: &str, metadata: HashMap<String, String>) -> ScaledObjectRef {
+    ScaledObjectRef {
+        namespace: namespace.into(),
+        name: name.into(),
+        scaler_metadata: metadata,
+    }
+}
+
+fn tiny_cron() -> HashMap<String, String> {
+    md(&[
+        ("start", "0 8 * * *".into()),
+        ("end", "0 20 * * *".into()),
+        ("desiredReplicas", "1".into()),
+    ])
+}
+
+/// The audit's `cronbig`: about 8 KB of windows, every text distinct per object.
+fn cron_big(i: usize, max_windows: Option<usize>) -> HashMap<String, String> {
+    let mut ws: Vec<String> = Vec::new();
+    let mut j = 0;
+    loop {
+        let w = format!(
+            "{} {} {} {} * -> {} {} {} {} * = 1",
+            (i * 7 + j) % 60,
+            (j / 60) % 24,
+            1 + (i % 28),
+            1 + j % 12,
+            (i * 7 + j + 1) % 60,
+            (j / 60) % 24,
+            1 + (i % 28),
+            1 + j % 12
+        );
+        if ws.iter().map(|x| x.len() + 1).sum::<usize>() + w.len() > 8000
+            || max_windows.is_some_and(|m| ws.len() == m)
+        {
+            break;
+        }
+        ws.push(w);
+        j += 1;
+    }
+    md(&[("windows", ws.join(";"))])
+}
+
+/// The outcome of one call, by gRPC code name.
+fn code(r: &Result<(), tonic::Status>) -> String {
+    match r {
+        Ok(()) => "OK".into(),
+        Err(s) => format!("{:?}", s.code()),
+    }
+}
+
+async fn get_metrics(client: &mut Client, obj: ScaledObjectRef) -> Result<(), tonic::Status> {
+    client
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(obj),
+            metric_name: "x".into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Sends every object once (`GetMetrics`, 64 at a time over the channels) and counts the
+/// codes.
+async fn flood(channels: &[Channel], objects: Vec<ScaledObjectRef>) -> BTreeMap<String, u64> {
+    use futures::StreamExt;
+    let counts = Arc::new(Mutex::new(BTreeMap::new()));
+    let n = channels.len();
+    futures::stream::iter(objects.into_iter().enumerate())
+        .map(|(i, obj)| {
+            let mut client = ExternalScalerClient::new(channels[i % n].clone())
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20);
+            let counts = counts.clone();
+            async move {
+                let r = get_metrics(&mut client, obj).await;
+                *counts.lock().entry(code(&r)).or_insert(0) += 1;
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    counts.lock().clone()
+}
+
+/// Repeats `attack` from `workers` tasks until `stop`, counting codes.
+async fn hammer(
+    channels: &[Channel],
+    workers: usize,
+    seconds: u64,
+    make: impl Fn(usize) -> ScaledObjectRef + Send + Sync + 'static,
+    spec: bool,
+) -> BTreeMap<String, u64> {
+    let make = Arc::new(make);
+    let counts = Arc::new(Mutex::new(BTreeMap::new()));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let mut client = ExternalScalerClient::new(channels[w % channels.len()].clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let (make, counts) = (make.clone(), counts.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < deadline {
+                let obj = make(i);
+                let r = if spec {
+                    client.get_metric_spec(obj).await.map(|_| ())
+                } else {
+                    get_metrics(&mut client, obj).await
+                };
+                *counts.lock().entry(code(&r)).or_insert(0) += 1;
+                i += workers;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    counts.lock().clone()
+}
+
+/// p50, p99 and max in ms, the number of calls and errors.
+type VictimStats = (f64, f64, f64, usize, u64);
+
+/// The victim's latencies since the last [`Victim::take`].
+struct Victim {
+    latencies: Arc<Mutex<Vec<Duration>>>,
+    errors: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Victim {
+    fn start(channel: Channel) -> Self {
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, e, s) = (latencies.clone(), errors.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut client = ExternalScalerClient::new(channel);
+            let obj = object("victim", "checkout", tiny_cron());
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            while !s.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let started = Instant::now();
+                let r = client.is_active(obj.clone()).await;
+                l.lock().push(started.elapsed());
+                if r.is_err() {
+                    e.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Self {
+            latencies,
+            errors,
+            stop,
+        }
+    }
+
+    fn take(&self) -> VictimStats {
+        let mut v = std::mem::take(&mut *self.latencies.lock());
+        v.sort();
+        let errors = self.errors.swap(0, Ordering::Relaxed);
+        if v.is_empty() {
+            return (0.0, 0.0, 0.0, 0, errors);
+        }
+        let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+        (q(0.5), q(0.99), q(1.0), v.len(), errors)
+    }
+}
+
+/// Samples the server's RSS every 100 ms; `take` gives the peak since the last one.
+struct Rss {
+    peak: Arc<AtomicU64>,
+}
+
+impl Rss {
+    fn start(pid: u32) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let p = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                p.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Self { peak }
+    }
+
+    fn take(&self, pid: u32) -> u64 {
+        self.peak.swap(status_kib(pid, "VmRSS:"), Ordering::Relaxed)
+    }
+}
+
+/// A hostile "Prometheus": `/big…/api/v1/query` answers 15 MiB of series (the audit's
+/// `evil.py`), `/many…` 9,000 series (about 800 KiB, under every cap, so it is decoded),
+/// anything else one series.
+async fn hostile_prometheus() -> String {
+    let series = r#"{"metric":{},"value":[0,"1"]}"#;
+    let body = |n: usize| {
+        axum::body::Bytes::from(format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#,
+            vec![series; n].join(",")
+        ))
+    };
+    let (big, many, one) = (body((15 << 20) / (series.len() + 1)), body(9_000), body(1));
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let answer = if uri.path().starts_with("/big") {
+            big.clone()
+        } else if uri.path().starts_with("/many") {
+            many.clone()
+        } else {
+            one.clone()
+        };
+        async move { ([("content-type", "application/json")], answer) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+fn prom(address: String, query: String) -> HashMap<String, String> {
+    md(&[
+        ("serverAddress", address),
+        ("query", query),
+        ("threshold", "1".into()),
+        ("seriesAggregation", "sum".into()),
+        ("timeout", "60s".into()),
+    ])
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let upstream = hostile_prometheus().await;
+    let (grpc, http) = (free_port(), free_port());
+    let server = Server(
+        Command::new(&a.binary)
+            .args(["serve", "--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--log-format", "json", "--allow-loopback-upstreams"])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e} (cargo build --release)", a.binary)),
+    );
+    let pid = server.0.id();
+    let url = format!("http://127.0.0.1:{grpc}");
+    let connect = || async {
+        let endpoint = Endpoint::from_shared(url.clone()).unwrap();
+        loop {
+            match endpoint.connect().await {
+                Ok(ch) => break ch,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(connect().await);
+    }
+    let victim = Victim::start(connect().await);
+    let rss = Rss::start(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut rows: Vec<(String, String, u64, VictimStats)> = Vec::new();
+    let mut row = |name: &str, got: String, rss: &Rss, victim: &Victim| {
+        let peak = rss.take(pid);
+        let v = victim.take();
+        eprintln!(
+            "{name}: {got}; peak RSS {:.1} MiB; victim p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} calls, {} errors); fds {}",
+            peak as f64 / 1024.0,
+            v.0,
+            v.1,
+            v.2,
+            v.3,
+            v.4,
+            fds(pid)
+        );
+        rows.push((name.to_string(), got, peak, v));
+    };
+    let fmt = |c: BTreeMap<String, u64>| {
+        c.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    row("idle (victim only)", "-".into(), &rss, &victim);
+
+    // H3: distinct tiny objects, over as many namespaces as a direct caller likes.
+    let objs = (0..a.objects)
+        .map(|i| object(&format!("ns-{}", i % 100), &format!("so-{i}"), tiny_cron()))
+        .collect();
+    let got = flood(&channels, objs).await;
+    row(
+        &format!("{} distinct cron objects, 100 namespaces", a.objects),
+        fmt(got),
+        &rss,
+        &victim,
+    );
+
+    // H3: the audit's 8 KB windows (more than 16: invalid), then the same with 16 windows,
+    // every text distinct.
+    let objs = (0..200)
+        .map(|i| object("cronbig", &format!("big-{i}"), cron_big(i, None)))
+        .collect();
+    let got = flood(&channels, objs).await;
+    row(
+        "200 objects with 8 KB of distinct windows",
+        fmt(got),
+        &rss,
+        &victim,
+    );
+    let objs = (0..2_000)
+        .map(|i| object("cron16", &format!("w16-{i}"), cron_big(i, Some(16))))
+        .collect();
+    let got = flood(&channels, objs).await;
+    row(
+        "2,000 objects with 16 distinct windows each",
+        fmt(got),
+        &rss,
+        &victim,
+    );
+
+    // H3: distinct Prometheus servers, one call each.
+    let objs = (0..a.servers)
+        .map(|i| {
+            object(
+                "groups",
+                &format!("prom-{i}"),
+                prom(format!("{upstream}/g{i}"), "up".into()),
+            )
+        })
+        .collect();
+    let got = flood(&channels, objs).await;
+    row(
+        &format!("{} distinct Prometheus servers", a.servers),
+        fmt(got),
+        &rss,
+        &victim,
+    );
+
+    // H3 + H4: 15 MiB answers, 16 servers x 16 queries at once, refreshing every 5 s.
+    let objs = (0..256)
+        .map(|i| {
+            object(
+                "evil",
+                &format!("big-{i}"),
+                prom(format!("{upstream}/big{}", i % 16), format!("q{i}")),
+            )
+        })
+        .collect();
+    let got = flood(&channels, objs).await;
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    row(
+        &format!(
+            "15 MiB answers, 256 queries on 16 servers, then {} s of their refreshes",
+            a.seconds
+        ),
+        fmt(got),
+        &rss,
+        &victim,
+    );
+
+    // H4: answers under every cap but large (9,000 series): decoded, every refresh.
+    let objs = (0..64)
+        .map(|i| {
+            object(
+                "decode",
+                &format!("many-{i}"),
+                prom(format!("{upstream}/many{}", i % 16), format!("m{i}")),
+            )
+        })
+        .collect();
+    let got = flood(&channels, objs).await;
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    row(
+        &format!(
+            "800 KiB answers (9,000 series), 64 queries, {} s of refreshes",
+            a.seconds
+        ),
+        fmt(got),
+        &rss,
+        &victim,
+    );
+
+    // H4: oversized keys (the audit's t_cpu / t_stall), from 4 callers at once.
+    let huge_key = Arc::new("x".repeat(256 << 10));
+    let got = hammer(
+        &channels,
+        4,
+        a.seconds,
+        move |i| {
+            let mut m = tiny_cron();
+            m.insert(format!("{i}{huge_key}"), "v".into());
+            object("cpu", "huge-key", m)
+        },
+        true,
+    )
+    .await;
+    row(
+        &format!("256 KiB unknown keys, 4 callers, {} s", a.seconds),
+        fmt(got),
+        &rss,
+        &victim,
+    );
+    let got = hammer(
+        &channels,
+        4,
+        a.seconds,
+        |i| {
+            let mut m = tiny_cron();
+            for k in 0..10_000 {
+                m.insert(
+                    format!("unknown-key-{i}-{k:05}-{}", "y".repeat(80)),
+                    "v".into(),
+                );
+            }
+            object("cpu", "10k-keys", m)
+        },
+        true,
+    )
+    .await;
+    row(
+        &format!("10,000 unknown keys of 100 B, 4 callers, {} s", a.seconds),
+        fmt(got),
+        &rss,
+        &victim,
+    );
+
+    // H4: windows on 31 February (t_cron_never), 16 per trigger, distinct each call.
+    let got = hammer(
+        &channels,
+        4,
+        a.seconds,
+        |i| {
+            let ws: Vec<String> = (0..16)
+                .map(|j| {
+                    format!(
+                        "{} {} 31 2 * -> {} {} 31 2 * = 1",
+                        j % 60,
+                        i % 24,
+                        (j + 1) % 60,
+                        i % 24
+                    )
+                })
+                .collect();
+            object(
+                "cpu",
+                &format!("never-{i}"),
+                md(&[("windows", ws.join(";"))]),
+            )
+        },
+        true,
+    )
+    .await;
+    row(
+        &format!("16 windows on 31 February, 4 callers, {} s", a.seconds),
+        fmt(got),
+        &rss,
+        &victim,
+    );
+
+    let metrics = reqwest_metrics(http).await;
+    victim.stop.store(true, Ordering::Relaxed);
+    println!(
+        "| attack | attacker got | peak RSS (MiB) | victim IsActive p50 / p99 / max (ms) | victim calls (errors) |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: |");
+    for (name, got, peak, v) in &rows {
+        println!(
+            "| {name} | {got} | {:.1} | {:.2} / {:.2} / {:.2} | {} ({}) |",
+            *peak as f64 / 1024.0,
+            v.0,
+            v.1,
+            v.2,
+            v.3,
+            v.4
+        );
+    }
+    println!(
+        "\nend: RSS {:.1} MiB, VmHWM {:.1} MiB, {} fds, /metrics {} bytes",
+        status_kib(pid, "VmRSS:") as f64 / 1024.0,
+        status_kib(pid, "VmHWM:") as f64 / 1024.0,
+        fds(pid),
+        metrics
+    );
+    let hwm = status_kib(pid, "VmHWM:");
+    drop(server);
+    if hwm > 256 * 1024 {
+        eprintln!("resident memory went past 256 MiB");
+        std::process::exit(1);
+    }
+}
+
+/// The size of one `/metrics` scrape.
+async fn reqwest_metrics(port: u16) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return 0;
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    out.len()
+}

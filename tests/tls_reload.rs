@@ -1,0 +1,251 @@
+//! Certificates renewed in place under a running server (audit finding M4): the files are laid
+//! out and swapped the way kubelet and cert-manager's csi-driver do it, a `..data` symlink
+//! replaced atomically, and the server is watched through fresh handshakes.
+
+#[path = "support/keda.rs"]
+mod keda;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blend_scaler::proto::ScaledObjectRef;
+use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
+use blend_scaler::server::{self, Running, ServerConfig, TlsFiles};
+use blend_scaler::transport::TransportLimits;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A CA, a server certificate for `localhost` and a client certificate, all PEM.
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki(generation: &str) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("ca {generation}"));
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let mut server_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("server {generation}"));
+    let server = server_params.signed_by(&server_key, &issuer).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["keda-operator".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    Pki {
+        ca: ca.pem(),
+        server_cert: server.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+/// Writes `pki` into a fresh timestamped directory and points `..data` at it in one rename,
+/// as kubelet's AtomicWriter does; `tls.crt`, `tls.key`, `ca.crt` are fixed symlinks into
+/// `..data`.
+fn publish(dir: &Path, generation: &str, pki: &Pki) {
+    let versioned = dir.join(format!("..{generation}"));
+    std::fs::create_dir(&versioned).unwrap();
+    std::fs::write(versioned.join("tls.crt"), &pki.server_cert).unwrap();
+    std::fs::write(versioned.join("tls.key"), &pki.server_key).unwrap();
+    std::fs::write(versioned.join("ca.crt"), &pki.ca).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{generation}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for name in ["tls.crt", "tls.key", "ca.crt"] {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+async fn scaler(dir: &Path) -> Running {
+    let mut config = ServerConfig::loopback();
+    config.http_addr = None;
+    config.tls = Some(TlsFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+        client_ca: Some(dir.join("ca.crt")),
+    });
+    config.transport = TransportLimits {
+        tls_reload_interval: Duration::from_millis(100),
+        ..TransportLimits::default()
+    };
+    server::start(
+        config,
+        Default::default(),
+        blend_scaler::metrics::Metrics::new(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The certificate the server presents in a new handshake (trusting any of `cas`).
+async fn presented(running: &Running, cas: &[&Pki], client: &Pki) -> CertificateDer<'static> {
+    let mut roots = rustls::RootCertStore::empty();
+    for pki in cas {
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap())
+            .unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(client.client_cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(client.client_key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(running.grpc_addr)
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("a TLS handshake");
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+fn der(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// A KEDA-like client with `client`'s certificate, trusting the CA in `ca` (PEM).
+async fn channel(
+    running: &Running,
+    ca: &str,
+    client: &Pki,
+) -> Result<Channel, tonic::transport::Error> {
+    Channel::from_shared(format!("https://localhost:{}", running.grpc_addr.port()))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .domain_name("localhost")
+                .identity(Identity::from_pem(&client.client_cert, &client.client_key)),
+        )
+        .unwrap()
+        .connect()
+        .await
+}
+
+fn cron_object() -> ScaledObjectRef {
+    keda::object(
+        "production",
+        "orders",
+        keda::metadata([
+            ("start", "0 8 * * *"),
+            ("end", "0 20 * * *"),
+            ("desiredReplicas", "2"),
+        ]),
+    )
+}
+
+/// Whether a fresh connection with `client`'s certificate gets an answer from a server
+/// whose certificate chains to `ca`.
+async fn admitted(running: &Running, client: &Pki, ca: &str) -> bool {
+    match channel(running, ca, client).await {
+        Err(_) => false,
+        Ok(ch) => ExternalScalerClient::new(ch)
+            .is_active(cron_object())
+            .await
+            .is_ok(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_and_client_ca_renewed_in_place_serve_new_handshakes_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (pki("old"), pki("new"));
+    publish(dir.path(), "2026_12_03_old", &old);
+    let running = scaler(dir.path()).await;
+
+    // KEDA's long-lived connection, opened with the old material.
+    let mut established =
+        ExternalScalerClient::new(channel(&running, &old.ca, &old).await.unwrap());
+    established.is_active(cron_object()).await.unwrap();
+    assert_eq!(
+        presented(&running, &[&old, &new], &old).await,
+        der(&old.server_cert)
+    );
+
+    publish(dir.path(), "2026_12_03_new", &new);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while presented(&running, &[&old, &new], &new).await != der(&new.server_cert) {
+        assert!(
+            Instant::now() < deadline,
+            "a fresh handshake still presents the old certificate 5 s after the swap"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // New handshakes: the new client CA admits the new client certificate, refuses the old.
+    assert!(
+        admitted(&running, &new, &new.ca).await,
+        "new client refused"
+    );
+    assert!(
+        !admitted(&running, &old, &new.ca).await,
+        "a client certificate of the replaced CA is still admitted"
+    );
+    // The connection made before the swap carries on.
+    established.is_active(cron_object()).await.unwrap();
+    drop(established);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_whose_key_does_not_fit_keeps_the_previous_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (pki("old"), pki("new"));
+    publish(dir.path(), "2026_12_03_old", &old);
+    let running = scaler(dir.path()).await;
+
+    // A writer that swapped the certificate but kept the old key.
+    let broken = Pki {
+        server_key: old.server_key.clone(),
+        ca: old.ca.clone(),
+        server_cert: new.server_cert.clone(),
+        client_cert: String::new(),
+        client_key: String::new(),
+    };
+    publish(dir.path(), "2026_12_03_broken", &broken);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        presented(&running, &[&old, &new], &old).await,
+        der(&old.server_cert),
+        "the mismatched pair must not be served"
+    );
+    assert!(admitted(&running, &old, &old.ca).await);
+
+    // The next consistent renewal is picked up.
+    publish(dir.path(), "2026_12_03_new", &new);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while presented(&running, &[&old, &new], &new).await != der(&new.server_cert) {
+        assert!(
+            Instant::now() < deadline,
+            "the fixed renewal was not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown().await.unwrap();
+}
