@@ -101,3 +101,152 @@ fn simulate_names_a_bad_trace_line_and_exits_non_zero() {
     );
     assert!(!dir.path().join("chart.svg").exists());
 }
+
+/// Runs `simulate` with `args` after the trace and ScaledObject, into a fresh directory.
+fn simulate(trace: &str, scaledobject: &str, args: &[&str]) -> (String, String, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec![
+        "simulate",
+        "--trace",
+        trace,
+        "--scaledobject",
+        scaledobject,
+        "--out",
+        dir.path().to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let out = blend_scaler(&all);
+    (text(&out.stdout), text(&out.stderr), out.status.success())
+}
+
+#[test]
+fn the_phase_count_and_seed_are_reported_and_the_seed_decides_the_figures() {
+    let run = |seed: &str| {
+        let (stdout, stderr, ok) = simulate(
+            "traces/spiky.csv",
+            "traces/spiky.yaml",
+            &["--phases", "3", "--seed", seed],
+        );
+        assert!(ok, "{stderr}");
+        stdout[..stdout.find("\nwrote ").unwrap()].to_string()
+    };
+    let (a, b, c) = (run("5"), run("5"), run("6"));
+    assert!(a.contains("phases: 3 of KEDA's poll"), "{a}");
+    assert_eq!(a, b);
+    assert_ne!(a.replace("seed 5", "seed 6"), c);
+    let (_, stderr, ok) = simulate("traces/spiky.csv", "traces/spiky.yaml", &["--phases", "0"]);
+    assert!(!ok && stderr.contains("--phases"), "{stderr}");
+}
+
+#[test]
+fn polling_interval_and_pod_start_sweep_print_one_table_per_combination() {
+    let (stdout, stderr, ok) = simulate(
+        "traces/diurnal.csv",
+        "traces/diurnal.yaml",
+        &[
+            "--phases",
+            "2",
+            "--polling-interval",
+            "10,60",
+            "--pod-start-seconds",
+            "5,90",
+            "--hpa-sync-period",
+            "30",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    for heading in [
+        "== pollingInterval 10 s, pods ready 5 s after creation",
+        "== pollingInterval 60 s, pods ready 5 s after creation",
+        "== pollingInterval 10 s, pods ready 90 s after creation",
+        "== pollingInterval 60 s, pods ready 90 s after creation",
+    ] {
+        assert!(stdout.contains(heading), "missing {heading}: {stdout}");
+    }
+    assert_eq!(stdout.matches("built-in triggers  ").count(), 4, "{stdout}");
+    assert!(stdout.contains("HPA: sync 30 s"), "{stdout}");
+    let (_, stderr, ok) = simulate(
+        "traces/diurnal.csv",
+        "traces/diurnal.yaml",
+        &["--polling-interval", "0"],
+    );
+    assert!(!ok && stderr.contains("--polling-interval"), "{stderr}");
+}
+
+#[test]
+fn a_baseline_scaledobject_drives_the_builtin_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let baseline = dir.path().join("today.yaml");
+    std::fs::write(
+        &baseline,
+        "apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: order-processor-today, namespace: production}
+spec:
+  pollingInterval: 15
+  minReplicaCount: 1
+  maxReplicaCount: 60
+  advanced:
+    horizontalPodAutoscalerConfig:
+      behavior:
+        scaleDown:
+          policies: [{type: Percent, value: 10, periodSeconds: 60}]
+  triggers:
+    - type: azure-servicebus
+      metadata: {queueName: orders, namespace: ns, messageCount: \"100\"}
+",
+    )
+    .unwrap();
+    let (stdout, stderr, ok) = simulate(
+        "traces/diurnal.csv",
+        "traces/diurnal.yaml",
+        &["--phases", "2", "--baseline", baseline.to_str().unwrap()],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(
+            "built-in triggers (the baseline production/order-processor-today): KEDA: polling 15 s"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("scaleDown window 300s, Max of [10%/60s]"),
+        "{stdout}"
+    );
+    std::fs::write(&baseline, "kind: ScaledObject\nspec: {triggers: []}\n").unwrap();
+    let (_, stderr, ok) = simulate(
+        "traces/diurnal.csv",
+        "traces/diurnal.yaml",
+        &["--baseline", baseline.to_str().unwrap()],
+    );
+    assert!(!ok && stderr.contains("today.yaml"), "{stderr}");
+}
+
+#[test]
+fn tune_prints_the_cheapest_builtin_configuration_beside_blend_scaler() {
+    // Three hours of the diurnal afternoon, so the search stays quick.
+    let dir = tempfile::tempdir().unwrap();
+    let day = std::fs::read_to_string("traces/diurnal.csv").unwrap();
+    let short: String = day
+        .lines()
+        .filter(|l| {
+            l.starts_with('#')
+                || l.starts_with("time,")
+                || ("2026-06-03T14:00:00".."2026-06-03T17:00:00").contains(l)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let trace = dir.path().join("afternoon.csv");
+    std::fs::write(&trace, short).unwrap();
+    let (stdout, stderr, ok) = simulate(
+        trace.to_str().unwrap(),
+        "traces/diurnal.yaml",
+        &["--phases", "2", "--tune"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("built-in, tuned  "), "{stdout}");
+    assert!(
+        stdout.contains("built-in, tuned: the cheapest of ") && stdout.contains("messageCount "),
+        "{stdout}"
+    );
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{Refresher, Upstream};
-use crate::signal::Observation;
+use crate::signal::{EntityCounts, Observation};
 
 /// One signal's cache as the engine sees it: by plan, whatever the upstream's keys are.
 pub trait SignalCache<P>: Send + Sync + 'static {
@@ -30,6 +30,12 @@ pub trait SignalCache<P>: Send + Sync + 'static {
     fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {
         self.entry(plan).watch()
     }
+
+    /// The message counts the latest read returned beside `plan`'s value (see
+    /// [`CacheEntry::counts`]).
+    fn counts(&self, plan: &P) -> Option<EntityCounts> {
+        self.entry(plan).counts()
+    }
 }
 
 /// One plan's place in its signal's cache.
@@ -39,6 +45,11 @@ pub trait CacheEntry: Send + Sync + 'static {
     /// Change notifications for the entry's group, and a guard that keeps it at the fast
     /// interval.
     fn watch(&self) -> (watch::Receiver<u64>, Box<dyn Send + Sync>);
+    /// The message counts the latest read returned beside the value, for caches whose reads
+    /// carry them (Service Bus); shown and exported, never decided on.
+    fn counts(&self) -> Option<EntityCounts> {
+        None
+    }
 }
 
 /// Adapts a [`Refresher`] to a plan type through a function from plan to (group, item).

@@ -13,8 +13,10 @@
 //!
 //! So reads per namespace per refresh stay within `ceil(entities / 100)` plus one per
 //! watched topic. A 429/503 stops the refresh's remaining requests and hands `Retry-After`
-//! to the cache, which holds the whole namespace back that long; the host is remembered, so
-//! groups on the same namespace with other credentials (entity-scoped SAS rules) wait too.
+//! to the cache, which holds the group back that long. The host is remembered too, so groups
+//! on the same namespace with other credentials (entity-scoped SAS rules, other tenants) wait
+//! as well, but at most [`CROSS_CREDENTIAL_HOLD`]: one tenant's throttling must not park the
+//! others for the ten minutes a `Retry-After` may ask.
 
 pub mod atom;
 pub mod auth;
@@ -23,13 +25,17 @@ mod read_plan;
 mod upstream;
 mod values;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::cache::{Keyed, RefreshConfig, Refresher, SignalCache};
+use crate::binding::HostRules;
+use crate::cache::{CacheEntry, Keyed, RefreshConfig, Refresher, SignalCache};
 use crate::metadata::{Aggregation, Entity, ServiceBusAuth, ServiceBusPlan};
 use crate::metrics::Metrics;
+use crate::signal::{EntityCounts, Observation};
 
-pub use self::upstream::ServiceBusUpstream;
+pub use self::upstream::{CROSS_CREDENTIAL_HOLD, ServiceBusUpstream};
 
 /// One namespace as the cache groups it: where it is and who reads it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -79,8 +85,12 @@ fn normalise_endpoint(endpoint: &str) -> String {
 
 /// The Service Bus signal as the engine uses it: a background-refreshed cache over a
 /// [`ServiceBusUpstream`] that reads workload identity settings from the environment.
-pub fn source(config: RefreshConfig, metrics: Metrics) -> Arc<dyn SignalCache<ServiceBusPlan>> {
-    source_from(ServiceBusUpstream::new(metrics), config)
+pub fn source(
+    config: RefreshConfig,
+    metrics: Metrics,
+    hosts: &HostRules,
+) -> Arc<dyn SignalCache<ServiceBusPlan>> {
+    source_from(ServiceBusUpstream::new(metrics, hosts), config)
 }
 
 /// Like [`source`], over a given upstream (tests, `demo`).
@@ -88,7 +98,48 @@ pub fn source_from(
     upstream: ServiceBusUpstream,
     config: RefreshConfig,
 ) -> Arc<dyn SignalCache<ServiceBusPlan>> {
-    Arc::new(Keyed::new(Refresher::new(upstream, config), key))
+    let upstream = Arc::new(upstream);
+    Arc::new(ServiceBusCache {
+        keyed: Keyed::new(Refresher::from_arc(upstream.clone(), config), key),
+        upstream,
+    })
+}
+
+/// The cache over the upstream, and the upstream itself for the counts its reads kept.
+struct ServiceBusCache {
+    keyed: Keyed<ServiceBusUpstream, ServiceBusPlan>,
+    upstream: Arc<ServiceBusUpstream>,
+}
+
+impl SignalCache<ServiceBusPlan> for ServiceBusCache {
+    fn entry(&self, plan: &ServiceBusPlan) -> Arc<dyn CacheEntry> {
+        Arc::new(ServiceBusEntry {
+            entry: self.keyed.entry(plan),
+            key: key(plan),
+            upstream: self.upstream.clone(),
+        })
+    }
+}
+
+/// A plan's entry, with its key kept for the counts.
+struct ServiceBusEntry {
+    entry: Arc<dyn CacheEntry>,
+    key: (NamespaceKey, Watched),
+    upstream: Arc<ServiceBusUpstream>,
+}
+
+impl CacheEntry for ServiceBusEntry {
+    fn observe(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
+        self.entry.observe()
+    }
+
+    fn watch(&self) -> (tokio::sync::watch::Receiver<u64>, Box<dyn Send + Sync>) {
+        self.entry.watch()
+    }
+
+    fn counts(&self) -> Option<EntityCounts> {
+        self.upstream.counts.get(&self.key)
+    }
 }
 
 #[cfg(test)]

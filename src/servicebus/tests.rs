@@ -60,28 +60,47 @@ fn one_exact_name_is_a_get_and_more_or_a_pattern_is_a_list() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_throttled_host_holds_back_every_group_on_it_until_the_time_is_up() {
+async fn a_throttled_group_waits_its_whole_retry_after_and_others_on_the_host_at_most_30_s() {
     let up = ServiceBusUpstream::with_options(
         Metrics::new(),
-        ClientOptions::default(),
+        ClientOptions::loopback(),
         Err("none".into()),
     );
-    assert!(up.quiet_for("ns:443").is_none());
-    up.hold_quiet("ns:443".into(), Duration::from_secs(10), 429);
+    let (told, other) = (1, 2);
+    assert!(up.quiet_for("ns:443", told).is_none());
+    up.hold_quiet("ns:443".into(), told, Duration::from_secs(120), 429);
     // A shorter Retry-After later does not cut the longer one short.
-    up.hold_quiet("ns:443".into(), Duration::from_secs(2), 503);
+    up.hold_quiet("ns:443".into(), told, Duration::from_secs(2), 503);
     tokio::time::advance(Duration::from_secs(4)).await;
-    match up.quiet_for("ns:443") {
+    let left = |group| match up.quiet_for("ns:443", group) {
         Some(SignalError::Throttled {
             status: 429,
             retry_after: Some(left),
-        }) => assert_eq!(left, Duration::from_secs(6)),
+        }) => Some(left),
+        None => None,
         other => panic!("{other:?}"),
-    }
-    assert!(up.quiet_for("other:443").is_none(), "per host");
-    tokio::time::advance(Duration::from_secs(6)).await;
-    assert!(up.quiet_for("ns:443").is_none());
+    };
+    assert_eq!(left(told), Some(Duration::from_secs(116)));
+    assert_eq!(
+        left(other),
+        Some(Duration::from_secs(26)),
+        "30 s from the 429"
+    );
+    assert!(up.quiet_for("other:443", told).is_none(), "per host");
+    tokio::time::advance(Duration::from_secs(26)).await;
+    assert_eq!(
+        left(other),
+        None,
+        "another credential reads again after 30 s"
+    );
+    assert_eq!(left(told), Some(Duration::from_secs(90)));
+    // The other group's own throttling is its own, in full.
+    up.hold_quiet("ns:443".into(), other, Duration::from_secs(60), 429);
+    assert_eq!(left(other), Some(Duration::from_secs(60)));
+    tokio::time::advance(Duration::from_secs(90)).await;
+    assert!(up.quiet_for("ns:443", told).is_none());
     assert!(up.quiet.lock().is_empty(), "expired entries are dropped");
+    assert_eq!(CROSS_CREDENTIAL_HOLD, Duration::from_secs(30));
 }
 
 #[test]

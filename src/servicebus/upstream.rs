@@ -2,11 +2,16 @@
 //! and each refresh's requests within its budget (see the module above for the plan).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use futures::StreamExt as _;
 use regex::Regex;
+
+use crate::binding::HostRules;
 
 use super::atom::Description;
 use super::auth::{Credential, WorkloadIdentity, WorkloadIdentityConfig};
@@ -17,12 +22,16 @@ use super::{NamespaceKey, Watched};
 use crate::cache::{GroupRead, Upstream};
 use crate::metadata::Entity;
 use crate::metrics::Metrics;
-use crate::signal::SignalError;
+use crate::signal::{EntityCounts, SignalError};
 
 /// A list is read at most this many pages (10 000 entities, the namespace limit).
 const MAX_PAGES: usize = 100;
 /// Requests of one refresh in flight at once.
 const CONCURRENCY: usize = 4;
+/// The longest another group's 429/503 on the same host holds a group back (issue 12, point
+/// 8). Service Bus throttles per namespace, so a pause is polite; past this long the group
+/// asks for itself, and honours the `Retry-After` it gets.
+pub const CROSS_CREDENTIAL_HOLD: Duration = Duration::from_secs(30);
 
 /// Reads namespaces for the cache.
 pub struct ServiceBusUpstream {
@@ -30,18 +39,46 @@ pub struct ServiceBusUpstream {
     identity: Arc<WorkloadIdentity>,
     /// Connections (and their token caches) by namespace; idle ones are dropped.
     connections: moka::sync::Cache<NamespaceKey, Arc<Connection>>,
-    /// Hosts that answered 429/503 with `Retry-After`, until when and with which status.
-    /// Throttling is per namespace, so it holds back every group on the host, whatever
-    /// its credential (entity-scoped SAS rules give one namespace several groups).
-    pub(super) quiet: parking_lot::Mutex<HashMap<String, (tokio::time::Instant, u16)>>,
+    /// Hosts that answered 429/503 with `Retry-After`, by the group that was told: until
+    /// when, since when and with which status. The group told waits the whole time; every
+    /// other group on the host (another credential on the same namespace, another tenant)
+    /// at most `cross_credential_hold` of it.
+    pub(super) quiet: parking_lot::Mutex<HashMap<String, HashMap<u64, Hold>>>,
+    cross_credential_hold: Duration,
+    /// The other counts of each watched item's entities, from the same reads that gave its
+    /// value (`blend_scaler_servicebus_*_messages`, `/decisions`): no read of their own.
+    pub(super) counts: moka::sync::Cache<(NamespaceKey, Watched), EntityCounts>,
 }
 
+/// One group's throttling on a host.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Hold {
+    until: Instant,
+    since: Instant,
+    status: u16,
+}
+
+/// A group's identity in the throttle table (endpoint and credential, hashed: the table
+/// keeps no secret).
+pub(super) fn group_id(key: &NamespaceKey) -> u64 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// How long the counts of an entity no read returns any more are kept (the cache drops an
+/// item nobody asks about after its idle time; this only bounds the table).
+const COUNTS_KEPT: Duration = Duration::from_secs(3600);
+
 impl ServiceBusUpstream {
-    /// Default client options; workload identity from `AZURE_*` variables.
-    pub fn new(metrics: Metrics) -> Self {
+    /// Default client options with `hosts`; workload identity from `AZURE_*` variables.
+    pub fn new(metrics: Metrics, hosts: &HostRules) -> Self {
         Self::with_options(
             metrics,
-            ClientOptions::default(),
+            ClientOptions {
+                hosts: hosts.clone(),
+                ..ClientOptions::default()
+            },
             WorkloadIdentityConfig::from_env(),
         )
     }
@@ -64,6 +101,10 @@ impl ServiceBusUpstream {
             client,
             identity,
             quiet: parking_lot::Mutex::new(HashMap::new()),
+            cross_credential_hold: CROSS_CREDENTIAL_HOLD,
+            counts: moka::sync::Cache::builder()
+                .time_to_live(COUNTS_KEPT)
+                .build(),
             connections: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
@@ -74,25 +115,59 @@ impl ServiceBusUpstream {
         &self.client
     }
 
-    /// The throttling still in force for `host`, with the time left, if any.
-    pub(super) fn quiet_for(&self, host: &str) -> Option<SignalError> {
-        let now = tokio::time::Instant::now();
+    /// The same upstream with another bound on how long one group's throttling holds the
+    /// other groups on its host (tests; `serve` keeps [`CROSS_CREDENTIAL_HOLD`]).
+    pub fn with_cross_credential_hold(mut self, hold: Duration) -> Self {
+        self.cross_credential_hold = hold;
+        self
+    }
+
+    /// The throttling still in force for group `me` on `host`, with the time left, if any:
+    /// its own in full, another group's for at most `cross_credential_hold` after it came.
+    pub(super) fn quiet_for(&self, host: &str, me: u64) -> Option<SignalError> {
+        let now = Instant::now();
         let mut quiet = self.quiet.lock();
-        quiet.retain(|_, (until, _)| *until > now);
+        quiet.retain(|_, holds| {
+            holds.retain(|_, h| h.until > now);
+            !holds.is_empty()
+        });
         quiet
-            .get(host)
+            .get(host)?
+            .iter()
+            .map(|(who, h)| {
+                let until = if *who == me {
+                    h.until
+                } else {
+                    h.since
+                        .checked_add(self.cross_credential_hold)
+                        .map_or(h.until, |end| h.until.min(end))
+                };
+                (until, h.status)
+            })
+            .filter(|(until, _)| *until > now)
+            .max_by_key(|(until, _)| *until)
             .map(|(until, status)| SignalError::Throttled {
-                status: *status,
+                status,
                 retry_after: Some(until.saturating_duration_since(now)),
             })
     }
 
-    pub(super) fn hold_quiet(&self, host: String, wait: Duration, status: u16) {
-        let until = tokio::time::Instant::now() + wait;
+    pub(super) fn hold_quiet(&self, host: String, me: u64, wait: Duration, status: u16) {
+        let now = Instant::now();
+        // Retry-After is capped where it is read; capped again here, the sum stays in range.
+        let until = now + wait.min(crate::http::MAX_RETRY_AFTER);
         let mut quiet = self.quiet.lock();
-        let entry = quiet.entry(host).or_insert((until, status));
-        if until >= entry.0 {
-            *entry = (until, status);
+        let hold = quiet.entry(host).or_default().entry(me).or_insert(Hold {
+            until,
+            since: now,
+            status,
+        });
+        if until >= hold.until {
+            *hold = Hold {
+                until,
+                since: now,
+                status,
+            };
         }
     }
 
@@ -200,8 +275,9 @@ impl Upstream for ServiceBusUpstream {
             Err(e) => return GroupRead::all_failed(items, e),
         };
         let host = conn.host().to_ascii_lowercase();
-        if let Some(throttled) = self.quiet_for(&host) {
-            // Another group on this namespace was told to wait: so is this one.
+        let me = group_id(group);
+        if let Some(throttled) = self.quiet_for(&host, me) {
+            // This group, or another on this namespace, was told to wait: so is this one.
             return GroupRead::all_failed(items, throttled);
         }
         let mut values: HashMap<Watched, Result<f64, SignalError>> = HashMap::new();
@@ -300,13 +376,16 @@ impl Upstream for ServiceBusUpstream {
         fetched.extend(self.fetch_all(&conn, &gate, plan).await);
 
         for (item, c) in &compiled {
-            let v = value(item, c, &fetched, conn.host());
+            let v = value(item, c, &fetched, conn.host()).map(|(v, counts)| {
+                self.counts.insert((group.clone(), (*item).clone()), counts);
+                v
+            });
             values.insert((*item).clone(), v);
         }
         if let Some(wait) = gate.retry_after()
             && let Some(SignalError::Throttled { status, .. }) = &*gate.throttled.lock()
         {
-            self.hold_quiet(host, wait, *status);
+            self.hold_quiet(host, me, wait, *status);
         }
         GroupRead {
             values,

@@ -105,13 +105,67 @@ pub struct Outcome {
     pub blend: Run,
 }
 
-/// Runs both configurations over the whole trace.
-pub fn simulate(trace: &Trace, plan: &Plan, settings: &Settings) -> Outcome {
-    let mut builtin = BuiltIns::from_plan(plan);
-    let mut blend = Blend::new(plan, &settings.blend);
+/// Where each loop's ticks fall: KEDA polls at the seconds `t` with
+/// `t % pollingInterval == poll % pollingInterval`, the HPA syncs at
+/// `t % syncPeriod == sync % syncPeriod`, blend-scaler refreshes at
+/// `t % refreshInterval == refresh % refreshInterval`. The three loops are independent in a
+/// cluster, so a comparison averages over several drawn phases ([`Phase::draw`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Phase {
+    pub poll: u64,
+    pub sync: u64,
+    pub refresh: u64,
+}
+
+impl Phase {
+    /// Polls and refreshes on multiples of their interval, the HPA 7 s after: the one phase
+    /// the model used before it drew them.
+    pub const FIXED: Phase = Phase {
+        poll: 0,
+        sync: 7,
+        refresh: 0,
+    };
+
+    /// `n` phases drawn from `seed`: the same seed always gives the same phases. Offsets are
+    /// drawn below 3600 s and taken modulo each loop's period where used.
+    pub fn draw(seed: u64, n: usize) -> Vec<Phase> {
+        let mut rng = super::generate::Rng::new(seed ^ 0x9_4A5E);
+        (0..n)
+            .map(|_| Phase {
+                poll: rng.between(0, 3599),
+                sync: rng.between(0, 3599),
+                refresh: rng.between(0, 3599),
+            })
+            .collect()
+    }
+
+    /// The three offsets within the given periods, for the report.
+    pub fn within(&self, polling: u64, sync: u64, refresh: u64) -> (u64, u64, u64) {
+        (
+            self.poll % polling.max(1),
+            self.sync % sync.max(1),
+            self.refresh % refresh.max(1),
+        )
+    }
+}
+
+/// The two configurations compared: KEDA's built-in triggers with their settings, and
+/// blend-scaler's trigger with its own.
+#[derive(Clone, Copy, Debug)]
+pub struct Sides<'a> {
+    pub builtin: &'a BuiltIns,
+    pub builtin_settings: &'a Settings,
+    pub plan: &'a Plan,
+    pub blend_settings: &'a Settings,
+}
+
+/// Runs both configurations over the whole trace, at one phase of the loops.
+pub fn simulate(trace: &Trace, sides: &Sides, phase: Phase) -> Outcome {
+    let mut builtin = sides.builtin.clone();
+    let mut blend = Blend::new(sides.plan, &sides.blend_settings.blend, phase);
     Outcome {
-        builtin: run(trace, settings, &mut builtin),
-        blend: run(trace, settings, &mut blend),
+        builtin: run(trace, sides.builtin_settings, phase, &mut builtin),
+        blend: run(trace, sides.blend_settings, phase, &mut blend),
     }
 }
 
@@ -133,15 +187,18 @@ pub trait Scaler {
     fn read(&mut self, t: u64, world: &World) -> (Vec<Result<Metric, ()>>, bool);
 }
 
-/// KEDA's built-in triggers derived from a blend-scaler trigger: `azure-servicebus`,
-/// `prometheus` and one `cron` per window, each reading its upstream live on every call.
+/// KEDA's built-in triggers: `azure-servicebus` (`messageCount`, `activationMessageCount`),
+/// `prometheus` (`threshold`, `activationThreshold`) and `cron` (one window each), each
+/// reading its upstream live on every call.
+#[derive(Clone, Debug, Default)]
 pub struct BuiltIns {
-    servicebus: Option<(f64, f64)>,
-    prometheus: Option<(f64, f64)>,
-    cron: Vec<CronPlan>,
+    pub servicebus: Option<(f64, f64)>,
+    pub prometheus: Option<(f64, f64)>,
+    pub cron: Vec<CronPlan>,
 }
 
 impl BuiltIns {
+    /// The built-in triggers with the keys of a blend-scaler trigger.
     pub fn from_plan(plan: &Plan) -> Self {
         Self {
             servicebus: plan
@@ -241,6 +298,7 @@ impl Slot {
 pub struct Blend<'p> {
     plan: &'p Plan,
     interval: u64,
+    offset: u64,
     push: bool,
     servicebus: Slot,
     prometheus: Slot,
@@ -249,7 +307,7 @@ pub struct Blend<'p> {
 }
 
 impl<'p> Blend<'p> {
-    pub fn new(plan: &'p Plan, settings: &BlendSettings) -> Self {
+    pub fn new(plan: &'p Plan, settings: &BlendSettings, phase: Phase) -> Self {
         // An open stream keeps the cache at the fast interval (1 s), as `cache.rs` does.
         let interval = if settings.push {
             1
@@ -259,6 +317,7 @@ impl<'p> Blend<'p> {
         Self {
             plan,
             interval,
+            offset: phase.refresh % interval,
             push: settings.push,
             servicebus: Slot::default(),
             prometheus: Slot::default(),
@@ -299,7 +358,7 @@ impl<'p> Blend<'p> {
 
 impl Scaler for Blend<'_> {
     fn tick(&mut self, t: u64, world: &World) -> Option<bool> {
-        if !t.is_multiple_of(self.interval) {
+        if t % self.interval != self.offset {
             return None;
         }
         self.servicebus.store(world.backlog as f64, t);
@@ -428,7 +487,9 @@ impl Deployment {
     }
 
     fn ready(&self, t: u64) -> u32 {
-        self.ready_at.iter().filter(|&&r| r <= t).count() as u32
+        // Pods are added with a start time that only grows and removed from the end, so the
+        // list stays sorted.
+        self.ready_at.partition_point(|&r| r <= t) as u32
     }
 
     /// Scales to `n`: new pods start now; removed pods are the newest (not-ready first).
@@ -461,13 +522,8 @@ impl Activation {
     }
 }
 
-/// The HPA syncs this many seconds after KEDA's polls (which fall on multiples of the polling
-/// interval, as blend-scaler's refreshes fall on multiples of its interval): the three loops
-/// are independent in a cluster, so the model does not line them up.
-pub const HPA_PHASE: u64 = 7;
-
 /// Runs one configuration over the trace.
-pub fn run(trace: &Trace, settings: &Settings, scaler: &mut dyn Scaler) -> Run {
+pub fn run(trace: &Trace, settings: &Settings, phase: Phase, scaler: &mut dyn Scaler) -> Run {
     let n = trace.seconds();
     let (keda, hpa, work) = (&settings.keda, &settings.hpa, &settings.workload);
     let mut out = Run {
@@ -488,6 +544,7 @@ pub fn run(trace: &Trace, settings: &Settings, scaler: &mut dyn Scaler) -> Run {
     let hpa_max = keda.max_replicas.max(hpa_min);
     let polling = keda.polling_interval.max(1);
     let sync = hpa.sync_period.max(1);
+    let (poll_at, sync_at) = (phase.poll % polling, phase.sync % sync);
 
     for (t, (&messages, &requests)) in (0u64..).zip(trace.messages.iter().zip(&trace.requests)) {
         let world = World {
@@ -506,12 +563,12 @@ pub fn run(trace: &Trace, settings: &Settings, scaler: &mut dyn Scaler) -> Run {
             let target = activation.report(t, active, deployment.replicas(), keda);
             scale_to(target, &mut deployment);
         }
-        if t.is_multiple_of(polling) {
+        if t % polling == poll_at {
             let (_, active) = scaler.read(t, &world);
             let target = activation.report(t, active, deployment.replicas(), keda);
             scale_to(target, &mut deployment);
         }
-        if (t + sync - HPA_PHASE % sync).is_multiple_of(sync) && deployment.replicas() > 0 {
+        if t % sync == sync_at && deployment.replicas() > 0 {
             let (metrics, _) = scaler.read(t, &world);
             let current = deployment.replicas();
             let target = hpa_controller.sync(t, current, &metrics, hpa, hpa_min, hpa_max);
@@ -640,7 +697,7 @@ mod tests {
             ("namespace", "ns"),
             ("messageCount", "5"),
         ]);
-        let mut b = Blend::new(&p, &BlendSettings::default());
+        let mut b = Blend::new(&p, &BlendSettings::default(), Phase::FIXED);
         let world = |backlog| World {
             now: Utc::now(),
             backlog,
@@ -673,6 +730,7 @@ mod tests {
                 refresh_interval: 5,
                 push: true,
             },
+            Phase::FIXED,
         );
         let world = |backlog| World {
             now: Utc::now(),

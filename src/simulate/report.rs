@@ -65,6 +65,111 @@ impl Summary {
     }
 }
 
+/// One figure over the phases: its mean, lowest and highest.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let (mut n, mut sum, mut min, mut max) = (0usize, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+        for v in values {
+            n += 1;
+            sum += v;
+            min = min.min(v);
+            max = max.max(v);
+        }
+        if n == 0 {
+            return Self {
+                mean: 0.0,
+                min: 0.0,
+                max: 0.0,
+            };
+        }
+        Self {
+            mean: sum / n as f64,
+            min,
+            max,
+        }
+    }
+
+    /// `mean (lowest-highest)`, or the mean alone when every phase gave the same.
+    fn cell(&self, unit: &str) -> String {
+        if self.min == self.max {
+            format!("{:.0}{unit}", self.mean)
+        } else {
+            format!("{:.0}{unit} ({:.0}-{:.0})", self.mean, self.min, self.max)
+        }
+    }
+}
+
+/// One configuration's day averaged over the phases of the loops.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Averaged {
+    pub phases: usize,
+    pub replica_minutes: Stat,
+    pub peak_age: Stat,
+    pub p95_age: Stat,
+    pub p95_wait: Stat,
+    pub minutes_over_objective: Stat,
+    pub scale_events: Stat,
+    pub peak_replicas: Stat,
+    pub peak_backlog: Stat,
+}
+
+impl Averaged {
+    pub fn of(runs: &[Summary]) -> Self {
+        let stat = |f: fn(&Summary) -> f64| Stat::of(runs.iter().map(f));
+        Self {
+            phases: runs.len(),
+            replica_minutes: stat(|s| s.replica_minutes),
+            peak_age: stat(|s| s.peak_age as f64),
+            p95_age: stat(|s| s.p95_age as f64),
+            p95_wait: stat(|s| s.p95_wait as f64),
+            minutes_over_objective: stat(|s| f64::from(s.minutes_over_objective)),
+            scale_events: stat(|s| f64::from(s.scale_events)),
+            peak_replicas: stat(|s| f64::from(s.peak_replicas)),
+            peak_backlog: stat(|s| s.peak_backlog as f64),
+        }
+    }
+}
+
+/// The side-by-side table over phases: each cell the mean, and the lowest and highest phase.
+pub fn averaged_table(rows: &[(&str, &Averaged)], objective: u64) -> String {
+    let over = format!("min > {objective} s");
+    let headers = [
+        "configuration",
+        "replica-min",
+        "p95 age",
+        "p95 wait",
+        "peak age",
+        over.as_str(),
+        "scale events",
+        "peak replicas",
+        "peak backlog",
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(name, a)| {
+            vec![
+                name.to_string(),
+                a.replica_minutes.cell(""),
+                a.p95_age.cell(" s"),
+                a.p95_wait.cell(" s"),
+                a.peak_age.cell(" s"),
+                a.minutes_over_objective.cell(""),
+                format!("{:.0}", a.scale_events.mean),
+                format!("{:.0}", a.peak_replicas.mean),
+                format!("{:.0}", a.peak_backlog.mean),
+            ]
+        })
+        .collect();
+    render(&headers, &cells)
+}
+
 /// The side-by-side table, one row per configuration.
 pub fn table(rows: &[(&str, Summary)], objective: u64) -> String {
     let over = format!("min > {objective} s");
@@ -95,6 +200,10 @@ pub fn table(rows: &[(&str, Summary)], objective: u64) -> String {
             ]
         })
         .collect();
+    render(&headers, &cells)
+}
+
+fn render(headers: &[&str], cells: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..headers.len())
         .map(|i| {
             cells
@@ -118,8 +227,8 @@ pub fn table(rows: &[(&str, Summary)], objective: u64) -> String {
         out.push_str(text.trim_end());
         out.push('\n');
     };
-    line(&mut out, &headers);
-    for r in &cells {
+    line(&mut out, headers);
+    for r in cells {
         let row: Vec<&str> = r.iter().map(String::as_str).collect();
         line(&mut out, &row);
     }

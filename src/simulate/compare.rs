@@ -1,0 +1,196 @@
+//! The fair comparison: both sides over several phases of the loops, and `--tune`, the
+//! search for the cheapest built-in configuration that meets the objective.
+
+use super::hpa::{Behavior, Hpa, Policy, PolicyKind, Rules, Select};
+use super::model::{self, Outcome, Phase, Sides};
+use super::report::{Averaged, Summary};
+use super::scenario::Scenario;
+use super::trace::Trace;
+
+/// Both sides over every phase.
+#[derive(Clone, Debug)]
+pub struct Compared {
+    pub builtin: Averaged,
+    pub blend: Averaged,
+    /// The first phase's per-second series, for the CSV and the chart.
+    pub first: Outcome,
+}
+
+fn sides(s: &Scenario) -> Sides<'_> {
+    Sides {
+        builtin: &s.builtin,
+        builtin_settings: &s.builtin_settings,
+        plan: &s.plan,
+        blend_settings: &s.settings,
+    }
+}
+
+/// Runs both sides of `scenario` at each phase and averages.
+pub fn compare(trace: &Trace, scenario: &Scenario, phases: &[Phase], objective: u64) -> Compared {
+    let sides = sides(scenario);
+    let mut first = None;
+    let (mut builtin, mut blend) = (Vec::new(), Vec::new());
+    for &phase in phases {
+        let out = model::simulate(trace, &sides, phase);
+        builtin.push(Summary::of(&out.builtin, objective));
+        blend.push(Summary::of(&out.blend, objective));
+        first.get_or_insert(out);
+    }
+    Compared {
+        builtin: Averaged::of(&builtin),
+        blend: Averaged::of(&blend),
+        first: first.unwrap_or_else(|| model::simulate(trace, &sides, Phase::FIXED)),
+    }
+}
+
+/// One built-in configuration `--tune` tries.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// `messageCount 50, scale-down <rules>`.
+    pub label: String,
+    pub message_count: Option<f64>,
+    pub hpa: Hpa,
+}
+
+/// The scale-down behaviors tried, beside the baseline's own: no window (100% per 15 s), a
+/// 60 s window, and the Kubernetes documentation's "limit scale down rate" example (10% a
+/// minute) with the default 300 s and a 600 s window.
+pub fn scale_down_options() -> Vec<(&'static str, Rules)> {
+    let percent = |value, period_seconds| Policy {
+        kind: PolicyKind::Percent,
+        value,
+        period_seconds,
+    };
+    let rules = |window, policy| Rules {
+        stabilization_window: window,
+        select: Select::Max,
+        policies: vec![policy],
+    };
+    vec![
+        ("window 0 s, 100%/15 s", rules(0, percent(100, 15))),
+        ("window 60 s, 100%/15 s", rules(60, percent(100, 15))),
+        ("window 300 s, 10%/60 s", rules(300, percent(10, 60))),
+        ("window 600 s, 10%/60 s", rules(600, percent(10, 60))),
+    ]
+}
+
+/// The slow scale-down behavior a KEDA user adds first, written as a ScaledObject's
+/// `advanced.horizontalPodAutoscalerConfig.behavior` would default it.
+pub fn slow_scale_down() -> Behavior {
+    Behavior {
+        scale_up: Behavior::default_scale_up(),
+        scale_down: scale_down_options()
+            .into_iter()
+            .find(|(name, _)| *name == "window 300 s, 10%/60 s")
+            .map(|(_, r)| r)
+            .expect("the slow option exists"),
+    }
+}
+
+/// Seconds of one pod's work a `messageCount` stands for, in the search.
+pub const MESSAGE_COUNT_SECONDS: [f64; 9] = [1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 240.0];
+
+/// Every configuration `--tune` tries: each `messageCount` (seconds of one pod's work, and the
+/// baseline's own) with the baseline's behavior and each scale-down option.
+pub fn candidates(scenario: &Scenario) -> Vec<Candidate> {
+    let base = &scenario.builtin_settings.hpa;
+    let rate = scenario
+        .builtin_settings
+        .workload
+        .messages_per_second_per_replica;
+    let mut counts: Vec<Option<f64>> = match scenario.builtin.servicebus {
+        None => vec![None],
+        Some((own, _)) => {
+            let mut c: Vec<f64> = MESSAGE_COUNT_SECONDS
+                .iter()
+                .map(|s| (s * rate).round().max(1.0))
+                .chain([own])
+                .collect();
+            c.sort_by(f64::total_cmp);
+            c.dedup();
+            c.into_iter().map(Some).collect()
+        }
+    };
+    counts.dedup();
+    let mut behaviors: Vec<(String, Option<Behavior>)> =
+        vec![("as configured".into(), base.behavior.clone())];
+    for (name, rules) in scale_down_options() {
+        let scale_up = base
+            .behavior
+            .as_ref()
+            .map_or_else(Behavior::default_scale_up, |b| b.scale_up.clone());
+        behaviors.push((
+            format!("scale-down {name}"),
+            Some(Behavior {
+                scale_up,
+                scale_down: rules,
+            }),
+        ));
+    }
+    let mut out = Vec::new();
+    for count in &counts {
+        for (name, behavior) in &behaviors {
+            out.push(Candidate {
+                label: match count {
+                    Some(c) => format!("messageCount {c}, {name}"),
+                    None => name.clone(),
+                },
+                message_count: *count,
+                hpa: Hpa {
+                    behavior: behavior.clone(),
+                    ..base.clone()
+                },
+            });
+        }
+    }
+    out
+}
+
+/// The outcome of `--tune`.
+#[derive(Clone, Debug)]
+pub struct Tuned {
+    pub tried: usize,
+    /// The cheapest configuration whose mean p95 oldest-message age is within the objective;
+    /// `None` when none is.
+    pub best: Option<(Candidate, Averaged)>,
+    /// The lowest mean p95 age any configuration reached (shown when none met the objective).
+    pub lowest_p95_age: f64,
+}
+
+/// Searches the built-in side over [`candidates`], each over every phase.
+pub fn tune(trace: &Trace, scenario: &Scenario, phases: &[Phase], objective: u64) -> Tuned {
+    let all = candidates(scenario);
+    let mut best: Option<(Candidate, Averaged)> = None;
+    let mut lowest = f64::INFINITY;
+    for c in &all {
+        let mut builtin = scenario.builtin.clone();
+        if let (Some(count), Some(sb)) = (c.message_count, builtin.servicebus.as_mut()) {
+            sb.0 = count;
+        }
+        let settings = model::Settings {
+            hpa: c.hpa.clone(),
+            ..scenario.builtin_settings.clone()
+        };
+        let runs: Vec<Summary> = phases
+            .iter()
+            .map(|&phase| {
+                let run = model::run(trace, &settings, phase, &mut builtin.clone());
+                Summary::of(&run, objective)
+            })
+            .collect();
+        let avg = Averaged::of(&runs);
+        lowest = lowest.min(avg.p95_age.mean);
+        let meets = avg.p95_age.mean <= objective as f64;
+        let cheaper = best
+            .as_ref()
+            .is_none_or(|(_, b)| avg.replica_minutes.mean < b.replica_minutes.mean);
+        if meets && cheaper {
+            best = Some((c.clone(), avg));
+        }
+    }
+    Tuned {
+        tried: all.len(),
+        best,
+        lowest_p95_age: lowest,
+    }
+}

@@ -1,0 +1,338 @@
+use super::*;
+
+fn shipped(name: &str) -> (Trace, Scenario) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("traces");
+    let trace =
+        Trace::parse(&std::fs::read_to_string(dir.join(format!("{name}.csv"))).unwrap()).unwrap();
+    let yaml = std::fs::read_to_string(dir.join(format!("{name}.yaml"))).unwrap();
+    (
+        trace,
+        Scenario::from_yaml(&yaml, &Overrides::default()).unwrap(),
+    )
+}
+
+fn options(phases: usize, seed: u64) -> Options {
+    Options {
+        objective: 120,
+        phases: Phase::draw(seed, phases),
+        seed,
+        tune: false,
+    }
+}
+
+fn sides(s: &Scenario) -> model::Sides<'_> {
+    model::Sides {
+        builtin: &s.builtin,
+        builtin_settings: &s.builtin_settings,
+        plan: &s.plan,
+        blend_settings: &s.settings,
+    }
+}
+
+#[test]
+fn the_same_trace_and_seed_always_give_byte_identical_outputs() {
+    let (trace, scenario) = shipped("spiky");
+    let s = [scenario];
+    let a = report(&trace, &s, "spiky.csv", &options(3, 7)).unwrap();
+    let b = report(&trace, &s, "spiky.csv", &options(3, 7)).unwrap();
+    assert_eq!(a.text, b.text);
+    assert_eq!(a.csv, b.csv);
+    assert_eq!(a.svg, b.svg);
+    assert!(a.svg.starts_with("<svg") && a.svg.contains("blend-scaler (drainTime)"));
+    assert_eq!(a.csv.lines().count(), 1 + 24 * 60);
+    assert_eq!(a.rows[0].compared.builtin.phases, 3);
+}
+
+#[test]
+fn phases_are_drawn_from_the_seed_and_move_the_results() {
+    assert_eq!(Phase::draw(1, 8), Phase::draw(1, 8));
+    assert_ne!(Phase::draw(1, 8), Phase::draw(2, 8));
+    let phases = Phase::draw(1, 8);
+    let distinct: std::collections::BTreeSet<_> =
+        phases.iter().map(|p| p.within(30, 15, 5)).collect();
+    assert!(distinct.len() >= 6, "{phases:?}");
+    // Over a day, the loops' phase moves the built-in side's results: the spread is real.
+    let (trace, scenario) = shipped("diurnal");
+    let c = compare::compare(&trace, &scenario, &phases, 120);
+    let r = &c.builtin.replica_minutes;
+    assert!(r.min < r.max, "{r:?}");
+    assert!(r.min <= r.mean && r.mean <= r.max);
+    // The same phases again give the same figures.
+    let again = compare::compare(&trace, &scenario, &phases, 120);
+    assert_eq!(c.builtin, again.builtin);
+    assert_eq!(c.blend, again.blend);
+}
+
+#[test]
+fn every_message_is_accounted_for_on_both_sides() {
+    for name in ["diurnal", "spiky", "business-hours"] {
+        let (trace, scenario) = shipped(name);
+        let out = model::simulate(&trace, &sides(&scenario), Phase::draw(3, 1)[0]);
+        let total = |w: &[u64]| w.iter().sum::<u64>();
+        assert_eq!(total(&out.builtin.waits), total(&out.blend.waits), "{name}");
+        assert!(total(&out.builtin.waits) > 0, "{name}");
+    }
+}
+
+#[test]
+fn the_shipped_scaledobjects_give_their_spec_and_annotations_to_the_model() {
+    let (trace, diurnal) = shipped("diurnal");
+    assert_eq!(trace.timezone, chrono_tz::Europe::London);
+    assert_eq!(diurnal.name, "production/order-processor");
+    assert_eq!(diurnal.trigger_type, "external");
+    let s = &diurnal.settings;
+    assert_eq!(s.workload.messages_per_second_per_replica, 5.0);
+    assert_eq!(s.workload.pod_start_seconds, 30);
+    assert_eq!((s.keda.min_replicas, s.keda.max_replicas), (1, 60));
+    assert!(!s.blend.push);
+    assert_eq!(diurnal.builtin_settings, diurnal.settings);
+    let (_, spiky) = shipped("spiky");
+    assert!(spiky.settings.blend.push);
+    assert_eq!(spiky.settings.keda.min_replicas, 0);
+    assert_eq!(spiky.blend_label(), "blend-scaler (drainTime)");
+}
+
+const MINIMAL: &str = r#"
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: worker
+spec:
+  scaleTargetRef: {name: worker}
+  pollingInterval: 10
+  advanced:
+    horizontalPodAutoscalerConfig:
+      behavior:
+        scaleDown:
+          stabilizationWindowSeconds: 60
+          policies: [{type: Pods, value: 1, periodSeconds: 60}]
+  triggers:
+    - type: cpu
+      metadata: {value: "50"}
+    - type: external
+      metadata:
+        queueName: q
+        namespace: ns
+        messageCount: "10"
+"#;
+
+#[test]
+fn spec_fields_flags_and_what_is_not_modelled_are_read() {
+    let overrides = Overrides {
+        messages_per_second_per_replica: Some(7.5),
+        pod_start_seconds: Some(45),
+        refresh_interval: Some(2),
+        polling_interval: None,
+        hpa_sync_period: Some(30),
+    };
+    let s = Scenario::from_yaml(MINIMAL, &overrides).unwrap();
+    assert_eq!(s.name, "default/worker");
+    assert_eq!(s.settings.keda.polling_interval, 10);
+    assert_eq!(s.settings.keda.cooldown_period, 300);
+    assert_eq!(s.settings.hpa.sync_period, 30);
+    let behavior = s.settings.hpa.behavior.as_ref().unwrap();
+    assert_eq!(behavior.scale_down.stabilization_window, 60);
+    assert_eq!(behavior.scale_down.policies[0].value, 1);
+    assert_eq!(behavior.scale_up, hpa::Behavior::default_scale_up());
+    assert_eq!(s.settings.workload.messages_per_second_per_replica, 7.5);
+    assert_eq!(s.settings.workload.pod_start_seconds, 45);
+    assert_eq!(s.settings.blend.refresh_interval, 2);
+    assert_eq!(s.blend_label(), "blend-scaler (max)");
+    let notes = s.notes.join("\n");
+    assert!(notes.contains("1 other trigger"), "{notes}");
+    // The polling override applies to both sides.
+    let o = Overrides {
+        polling_interval: Some(60),
+        ..overrides
+    };
+    let s = Scenario::from_yaml(MINIMAL, &o).unwrap();
+    assert_eq!(s.settings.keda.polling_interval, 60);
+    assert_eq!(s.builtin_settings.keda.polling_interval, 60);
+}
+
+#[test]
+fn scenario_errors_say_what_is_wrong() {
+    let none = Overrides::default();
+    let err = |yaml: &str| format!("{:#}", Scenario::from_yaml(yaml, &none).unwrap_err());
+    // Without drainTime, nothing says how fast a pod works.
+    let e = err(MINIMAL);
+    assert!(e.contains("--messages-per-second-per-replica"), "{e}");
+    let e = err(&MINIMAL.replace("type: external\n", "type: prometheus\n"));
+    assert!(e.contains("no ScaledObject"), "{e}");
+    let e = err(&MINIMAL.replace("messageCount: \"10\"", "messageCount: \"ten\""));
+    assert!(e.contains("`messageCount`") && e.contains("invalid"), "{e}");
+    let e = err(&MINIMAL.replace("pollingInterval: 10", "pollingInterval: soon"));
+    assert!(e.contains("pollingInterval"), "{e}");
+    let e = err(&MINIMAL.replace("messageCount: \"10\"", "messageCount: 10"));
+    assert!(e.contains("quote the value"), "{e}");
+    let e = err(&MINIMAL.replace("value: 1, periodSeconds", "value: -1, periodSeconds"));
+    assert!(e.contains("behavior.scaleDown.policies[0].value"), "{e}");
+}
+
+const BASELINE: &str = r#"
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: worker-today, namespace: prod}
+spec:
+  pollingInterval: 15
+  cooldownPeriod: 120
+  minReplicaCount: 2
+  maxReplicaCount: 20
+  advanced:
+    horizontalPodAutoscalerConfig:
+      behavior:
+        scaleDown:
+          policies: [{type: Percent, value: 10, periodSeconds: 60}]
+  triggers:
+    - type: azure-servicebus
+      metadata: {queueName: q, namespace: ns, messageCount: "40"}
+      authenticationRef: {name: sb}
+    - type: prometheus
+      metadata: {serverAddress: "http://p:9090", query: "x", threshold: "100"}
+    - type: cron
+      metadata: {timezone: Europe/London, start: "0 8 * * 1-5", end: "0 18 * * 1-5", desiredReplicas: "4"}
+    - type: cpu
+      metadata: {value: "60"}
+"#;
+
+#[test]
+fn a_baseline_gives_the_builtin_side_its_own_triggers_spec_and_behavior() {
+    let o = Overrides {
+        messages_per_second_per_replica: Some(5.0),
+        ..Overrides::default()
+    };
+    let s = Scenario::from_yaml(MINIMAL, &o)
+        .unwrap()
+        .with_baseline(BASELINE, &o)
+        .unwrap();
+    assert_eq!(s.baseline.as_deref(), Some("prod/worker-today"));
+    assert_eq!(s.builtin.servicebus, Some((40.0, 0.0)));
+    assert_eq!(s.builtin.prometheus, Some((100.0, 0.0)));
+    assert_eq!(s.builtin.cron.len(), 1);
+    assert_eq!(s.builtin.cron[0].timezone, chrono_tz::Europe::London);
+    let k = &s.builtin_settings.keda;
+    assert_eq!(
+        (
+            k.polling_interval,
+            k.cooldown_period,
+            k.min_replicas,
+            k.max_replicas
+        ),
+        (15, 120, 2, 20)
+    );
+    let b = s.builtin_settings.hpa.behavior.as_ref().unwrap();
+    assert_eq!(b.scale_down.stabilization_window, 300);
+    assert_eq!(b.scale_down.policies[0].value, 10);
+    // The blend side keeps its own.
+    assert_eq!(s.settings.keda.polling_interval, 10);
+    assert_eq!(s.builtin_settings.workload, s.settings.workload);
+    assert!(
+        s.notes.iter().any(|n| n.contains("`cpu` trigger")),
+        "{:?}",
+        s.notes
+    );
+    // Errors name the trigger and the key.
+    let e = Scenario::from_yaml(MINIMAL, &o)
+        .unwrap()
+        .with_baseline(&BASELINE.replace("\"40\"", "\"lots\""), &o)
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("spec.triggers[0] (azure-servicebus): metadata.messageCount"),
+        "{e:#}"
+    );
+    let e = Scenario::from_yaml(MINIMAL, &o)
+        .unwrap()
+        .with_baseline(MINIMAL, &o)
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("no ScaledObject"), "{e:#}");
+}
+
+/// An idle hour with 200 messages arriving over 20 s, 10 minutes in.
+fn wake_up_trace() -> Trace {
+    let mut csv = String::from("time,messages_per_second,requests_per_second\n");
+    csv.push_str("2026-06-01T00:00:00,0,0\n2026-06-01T00:10:00,10,0\n");
+    csv.push_str("2026-06-01T00:10:20,0,0\n2026-06-01T01:00:00,0,0\n");
+    Trace::parse(&csv).unwrap()
+}
+
+#[test]
+fn external_push_wakes_the_deployment_sooner_than_polling() {
+    let yaml = MINIMAL.replace("pollingInterval: 10", "pollingInterval: 30");
+    let overrides = Overrides {
+        messages_per_second_per_replica: Some(5.0),
+        ..Overrides::default()
+    };
+    let poll = Scenario::from_yaml(&yaml, &overrides).unwrap();
+    let push =
+        Scenario::from_yaml(&yaml.replace("external\n", "external-push\n"), &overrides).unwrap();
+    assert!(push.settings.blend.push);
+    let trace = wake_up_trace();
+    let first = |s: &Scenario| {
+        let out = model::simulate(&trace, &sides(s), Phase::FIXED);
+        let at = |run: &model::Run| run.replicas.iter().position(|&r| r > 0).unwrap();
+        (at(&out.builtin), at(&out.blend))
+    };
+    let (builtin, polled) = first(&poll);
+    let (_, pushed) = first(&push);
+    // The burst starts at 600 s: the polls at 600 s see nothing yet; push sees the first
+    // refresh after it.
+    assert_eq!(builtin, 630);
+    assert!(polled >= 630, "{polled}");
+    assert!((601..=603).contains(&pushed), "{pushed}");
+    // Scaled back to zero after the cooldown: nothing active for 300 s.
+    let out = model::simulate(&trace, &sides(&push), Phase::FIXED);
+    assert_eq!(out.blend.replicas.last(), Some(&0));
+    assert_eq!(out.builtin.replicas.last(), Some(&0));
+    // KEDA's poll phase moves the built-in side's wake-up within one polling interval.
+    let late = Phase {
+        poll: 20,
+        ..Phase::FIXED
+    };
+    let out = model::simulate(&trace, &sides(&poll), late);
+    assert_eq!(out.builtin.replicas.iter().position(|&r| r > 0), Some(620));
+}
+
+#[test]
+fn tune_finds_the_cheapest_builtin_configuration_within_the_objective() {
+    // Two hours of the diurnal day's afternoon.
+    let (day, scenario) = shipped("diurnal");
+    let trace = Trace {
+        messages: day.messages[14 * 3600..16 * 3600].to_vec(),
+        requests: day.requests[14 * 3600..16 * 3600].to_vec(),
+        ..day
+    };
+    let phases = Phase::draw(1, 2);
+    let tuned = compare::tune(&trace, &scenario, &phases, 120);
+    assert!(tuned.tried >= 40, "{}", tuned.tried);
+    let (best, avg) = tuned.best.clone().expect("a configuration meets 120 s");
+    assert!(avg.p95_age.mean <= 120.0);
+    // Nothing tried that meets the objective is cheaper.
+    for c in compare::candidates(&scenario) {
+        let mut builtin = scenario.builtin.clone();
+        if let (Some(n), Some(sb)) = (c.message_count, builtin.servicebus.as_mut()) {
+            sb.0 = n;
+        }
+        let settings = model::Settings {
+            hpa: c.hpa.clone(),
+            ..scenario.builtin_settings.clone()
+        };
+        let runs: Vec<_> = phases
+            .iter()
+            .map(|&p| {
+                report::Summary::of(&model::run(&trace, &settings, p, &mut builtin.clone()), 120)
+            })
+            .collect();
+        let a = report::Averaged::of(&runs);
+        if a.p95_age.mean <= 120.0 {
+            assert!(
+                a.replica_minutes.mean >= avg.replica_minutes.mean,
+                "{} is cheaper than {}",
+                c.label,
+                best.label
+            );
+        }
+    }
+    // An objective nothing meets says so.
+    let none = compare::tune(&trace, &scenario, &phases, 0);
+    assert!(none.best.is_none() && none.lowest_p95_age > 0.0);
+}
