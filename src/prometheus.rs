@@ -352,6 +352,10 @@ impl PrometheusUpstream {
 }
 
 impl Upstream for PrometheusUpstream {
+    fn supervision(&self) -> Option<(&Metrics, &'static str)> {
+        Some((&self.metrics, "prometheus"))
+    }
+
     type Group = Server;
     type Item = Query;
 

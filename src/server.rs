@@ -234,6 +234,7 @@ where
 }
 
 fn http_router(metrics: Metrics, ready: Arc<AtomicBool>) -> Router {
+    let readyz_metrics = metrics.clone();
     Router::new()
         .route(
             "/metrics",
@@ -255,11 +256,16 @@ fn http_router(metrics: Metrics, ready: Arc<AtomicBool>) -> Router {
             "/readyz",
             get(move || {
                 let ready = ready.load(Ordering::SeqCst);
+                // A group whose refresh panicked answers UNAVAILABLE until a read completes:
+                // not ready, so the failure is seen (docs/robustness.md).
+                let down = readyz_metrics.refresh_groups_down();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready")
-                    } else {
+                    if !ready {
                         (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    } else if down > 0 {
+                        (StatusCode::SERVICE_UNAVAILABLE, "a refresh task is down")
+                    } else {
+                        (StatusCode::OK, "ready")
                     }
                 }
             }),
