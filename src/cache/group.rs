@@ -10,7 +10,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::Upstream;
-use crate::signal::{Observation, SignalError};
+use crate::signal::{GoodReads, Observation, SignalError};
 
 /// What the cache holds for one item: when it was last asked about, whether it was ever read,
 /// its last two good values and the latest error.
@@ -18,25 +18,13 @@ use crate::signal::{Observation, SignalError};
 pub(super) struct ItemState {
     pub(super) last_asked: Option<Instant>,
     pub(super) attempted: bool,
-    pub(super) good: Option<(f64, Instant)>,
-    pub(super) previous_good: Option<(f64, Instant)>,
+    pub(super) reads: GoodReads<Instant>,
     pub(super) error: Option<Arc<SignalError>>,
 }
 
 impl ItemState {
     pub(super) fn observation(&self, now: Instant) -> Observation {
-        let rate = match (self.good, self.previous_good) {
-            (Some((v1, t1)), Some((v0, t0))) if t1 > t0 => {
-                Some((v1 - v0) / t1.duration_since(t0).as_secs_f64())
-            }
-            _ => None,
-        };
-        Observation {
-            value: self.good.map(|(v, _)| v),
-            age: self.good.map(|(_, t)| now.saturating_duration_since(t)),
-            error: self.error.clone(),
-            rate,
-        }
+        self.reads.observation(now, self.error.clone())
     }
 }
 
