@@ -19,7 +19,7 @@ use tonic_health::ServingStatus;
 use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
 use crate::decisions::{self, DecisionsOptions};
-use crate::engine::{Engine, EngineConfig, Sources};
+use crate::engine::{Engine, EngineConfig, SignalCaches};
 use crate::grpc::ScalerService;
 use crate::metrics::Metrics;
 use crate::proto::external_scaler_server::ExternalScalerServer;
@@ -55,8 +55,12 @@ impl ServerConfig {
 }
 
 /// The signal sources this build has, sharing one metrics registry.
-pub fn default_sources(refresh: &RefreshConfig, hosts: &HostRules, metrics: &Metrics) -> Sources {
-    Sources {
+pub fn default_sources(
+    refresh: &RefreshConfig,
+    hosts: &HostRules,
+    metrics: &Metrics,
+) -> SignalCaches {
+    SignalCaches {
         servicebus: Some(crate::servicebus::source(
             refresh.clone(),
             metrics.clone(),
@@ -110,7 +114,7 @@ impl Running {
 /// Binds both listeners and starts serving.
 pub async fn start(
     config: ServerConfig,
-    sources: Sources,
+    sources: SignalCaches,
     metrics: Metrics,
 ) -> anyhow::Result<Running> {
     let limits = &config.transport;
@@ -236,6 +240,7 @@ where
 }
 
 fn http_router(metrics: Metrics, ready: Arc<AtomicBool>) -> Router {
+    let readyz_metrics = metrics.clone();
     Router::new()
         .route(
             "/metrics",
@@ -257,11 +262,16 @@ fn http_router(metrics: Metrics, ready: Arc<AtomicBool>) -> Router {
             "/readyz",
             get(move || {
                 let ready = ready.load(Ordering::SeqCst);
+                // A group whose refresh panicked answers UNAVAILABLE until a read completes:
+                // not ready, so the failure is seen (docs/robustness.md).
+                let down = readyz_metrics.refresh_groups_down();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready")
-                    } else {
+                    if !ready {
                         (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    } else if down > 0 {
+                        (StatusCode::SERVICE_UNAVAILABLE, "a refresh task is down")
+                    } else {
+                        (StatusCode::OK, "ready")
                     }
                 }
             }),

@@ -12,15 +12,17 @@ use tokio::time::Instant;
 use super::Upstream;
 use crate::signal::{GoodReads, Observation, SignalError};
 
+/// What the cache holds for one item: when it was last asked about, whether it was ever read,
+/// its last two good values and the latest error.
 #[derive(Clone, Debug, Default)]
-pub(super) struct Slot {
+pub(super) struct ItemState {
     pub(super) last_asked: Option<Instant>,
     pub(super) attempted: bool,
     pub(super) reads: GoodReads<Instant>,
     pub(super) error: Option<Arc<SignalError>>,
 }
 
-impl Slot {
+impl ItemState {
     pub(super) fn observation(&self, now: Instant) -> Observation {
         self.reads.observation(now, self.error.clone())
     }
@@ -28,7 +30,7 @@ impl Slot {
 
 pub(super) struct Group<U: Upstream> {
     pub(super) key: U::Group,
-    pub(super) items: Mutex<HashMap<U::Item, Slot>>,
+    pub(super) items: Mutex<HashMap<U::Item, ItemState>>,
     /// What the latest full read and the wakes since saw in passing
     /// ([`super::GroupRead::seen_in_passing`]), with when each read finished.
     pub(super) seen_in_passing: Mutex<HashMap<U::Item, (f64, Instant)>>,
