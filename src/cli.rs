@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::access::Access;
+use crate::allowlist::HostList;
 use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
 use crate::capacity::Capacity;
@@ -69,9 +70,18 @@ pub struct ServeArgs {
     /// How often each upstream is re-read in the background.
     #[arg(long, env = "BLEND_SCALER_REFRESH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub refresh_interval: Duration,
-    /// Host globs metadata may point at (Service Bus endpoints, Prometheus servers).
+    /// `host[:port]` entries metadata may point at (Service Bus endpoints, Prometheus
+    /// servers); `*` matches within one DNS label. Empty allows every host (with a warning).
     #[arg(long, env = "BLEND_SCALER_ALLOW_UPSTREAM", value_delimiter = ',')]
     pub allow_upstream: Vec<String>,
+    /// Host names that may be reached on a non-public address (RFC 1918, CGNAT, link-local,
+    /// unique-local): in-cluster services such as the cluster's Prometheus.
+    #[arg(
+        long,
+        env = "BLEND_SCALER_ALLOW_PRIVATE_UPSTREAM",
+        value_delimiter = ','
+    )]
+    pub allow_private_upstream: Vec<String>,
     /// Let upstreams on loopback addresses be reached, over plain http even with a credential
     /// (local test doubles and demos only).
     #[arg(long, env = "BLEND_SCALER_ALLOW_LOOPBACK_UPSTREAMS")]
@@ -164,6 +174,13 @@ pub struct InputArgs {
     /// As `serve --allow-loopback-upstreams`: loopback upstreams over plain http (test doubles).
     #[arg(long, env = "BLEND_SCALER_ALLOW_LOOPBACK_UPSTREAMS")]
     pub allow_loopback_upstreams: bool,
+    /// As `serve --allow-private-upstream`: hosts `explain` may read on a non-public address.
+    #[arg(
+        long,
+        env = "BLEND_SCALER_ALLOW_PRIVATE_UPSTREAM",
+        value_delimiter = ','
+    )]
+    pub allow_private_upstream: Vec<String>,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -338,6 +355,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for warning in access.warnings(&credentials) {
         tracing::warn!("{warning}");
     }
+    if args.allow_upstream.is_empty() {
+        tracing::warn!(
+            "no --allow-upstream (BLEND_SCALER_ALLOW_UPSTREAM): trigger metadata may point the \
+             scaler at any public host; set the allowlist in production"
+        );
+    }
+    let private_upstreams = HostList::parse_hosts(&args.allow_private_upstream)
+        .map_err(|e| anyhow::anyhow!("--allow-private-upstream: {e}"))?;
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         http_addr: Some(args.http_addr),
@@ -355,6 +380,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             hosts: HostRules {
                 allow_loopback: args.allow_loopback_upstreams,
                 private_suffixes: args.servicebus_private_suffix,
+                private_upstreams,
+                kubernetes_api: kubernetes_api_addresses(),
             },
             credentials,
             access,
@@ -370,6 +397,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     running.run_until(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Kubernetes API service's address, from the variable kubelet sets in every pod.
+fn kubernetes_api_addresses() -> Vec<std::net::IpAddr> {
+    std::env::var("KUBERNETES_SERVICE_HOST")
+        .ok()
+        .and_then(|h| h.trim().trim_matches(['[', ']']).parse().ok())
+        .into_iter()
+        .collect()
 }
 
 async fn shutdown_signal() {
@@ -408,6 +444,13 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
     let (mut triggers, source) = load_triggers(args)?;
     let metrics = Metrics::new();
     let refresh = RefreshConfig::default();
+    let hosts = HostRules {
+        allow_loopback: args.allow_loopback_upstreams,
+        private_upstreams: HostList::parse_hosts(&args.allow_private_upstream)
+            .map_err(|e| anyhow::anyhow!("--allow-private-upstream: {e}"))?,
+        kubernetes_api: kubernetes_api_addresses(),
+        ..HostRules::default()
+    };
     let engine = Engine::new(
         EngineConfig {
             refresh: refresh.clone(),
@@ -415,13 +458,10 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
             // The same namespace rules as `serve`, so a trigger `serve` would refuse for its
             // namespace is refused here too.
             access: Access::from_env()?,
-            hosts: HostRules {
-                allow_loopback: args.allow_loopback_upstreams,
-                ..HostRules::default()
-            },
+            hosts: hosts.clone(),
             ..EngineConfig::default()
         },
-        server::default_sources(&refresh, &metrics),
+        server::default_sources(&refresh, &hosts, &metrics),
         metrics,
     )?;
     let engine = Arc::new(engine);

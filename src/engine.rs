@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::access::{Access, Refused};
+use crate::allowlist::HostList;
 use crate::binding::HostRules;
 use crate::blend::{self, Decision, Inputs, Missing};
 use crate::cache::{RefreshConfig, SignalSource};
@@ -25,8 +25,21 @@ use crate::signal::{EntityCounts, SignalError, SignalKind};
 pub enum EngineError {
     #[error("invalid trigger metadata: {0}")]
     Metadata(#[from] MetadataErrors),
-    #[error("metadata key `{key}`: upstream host `{host}` is not allowed by --allow-upstream")]
+    #[error("metadata key `{key}`: upstream `{host}` is not allowed by --allow-upstream")]
     NotAllowed { key: &'static str, host: String },
+    /// An IP-literal upstream on an address the scaler does not connect to.
+    #[error(
+        "metadata key `{key}`: `{host}` is a {class} address, which the scaler does not connect \
+         to unless an operator allows it (--allow-private-upstream)"
+    )]
+    AddressRefused {
+        key: &'static str,
+        host: String,
+        class: crate::http::AddressClass,
+    },
+    /// An upstream whose name resolved only to refused addresses (found when reading).
+    #[error("{signal} signal: {reason}")]
+    UpstreamRefused { signal: SignalKind, reason: String },
     /// Not for the caller's Kubernetes namespace (a credential, the scaler's identity, a server).
     #[error(transparent)]
     Refused(#[from] Refused),
@@ -54,7 +67,7 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 #[derive(Clone)]
 pub struct EngineConfig {
     pub refresh: RefreshConfig,
-    /// Host globs that metadata may point at; `None` allows all.
+    /// `host[:port]` entries metadata may point at (`crate::allowlist`); `None` allows all.
     pub allow_upstream: Option<Vec<String>>,
     /// Where credentials may be sent beyond their own hosts (loopback doubles, private clouds).
     pub hosts: HostRules,
@@ -125,7 +138,7 @@ pub struct LastAnswer {
 
 pub struct Engine {
     config: EngineConfig,
-    allow: Option<GlobSet>,
+    allow: Option<HostList>,
     sources: Sources,
     metrics: Metrics,
     /// Keyed by namespace, name and metric name: a ScaledObject with two `external` triggers has
@@ -190,13 +203,9 @@ impl Engine {
     pub fn new(config: EngineConfig, sources: Sources, metrics: Metrics) -> anyhow::Result<Self> {
         let allow = match &config.allow_upstream {
             None => None,
-            Some(patterns) => {
-                let mut b = GlobSetBuilder::new();
-                for p in patterns {
-                    b.add(Glob::new(&p.to_ascii_lowercase())?);
-                }
-                Some(b.build()?)
-            }
+            Some(entries) => Some(
+                HostList::parse(entries).map_err(|e| anyhow::anyhow!("--allow-upstream: {e}"))?,
+            ),
         };
         let forget_metrics = metrics.clone();
         let usage = Arc::new(Mutex::new(Usage::default()));
@@ -399,10 +408,10 @@ impl Engine {
         .map_err(EngineError::from)
     }
 
+    /// The allowlist (`host[:port]`), and the address of an IP-literal host: a name is checked
+    /// on the address it resolves to when connecting (`http::client_builder`), a literal here,
+    /// before anything is read.
     fn check_allowed(&self, plan: &Plan) -> Result<(), EngineError> {
-        let Some(allow) = &self.allow else {
-            return Ok(());
-        };
         let mut targets: Vec<(&'static str, &str)> = Vec::new();
         if let Some(sb) = &plan.servicebus {
             targets.push(("endpoint", &sb.endpoint));
@@ -411,13 +420,33 @@ impl Engine {
             targets.push(("serverAddress", &p.server_address));
         }
         for (key, address) in targets {
-            let host = url::Url::parse(address)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
-                .unwrap_or_default();
-            if !allow.is_match(&host) {
+            // Offline plans have no endpoint yet; KEDA's plans always do.
+            let Ok(url) = url::Url::parse(address) else {
+                continue;
+            };
+            let shown = match (url.host_str(), url.port_or_known_default()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_string(),
+                _ => String::new(),
+            };
+            if let Some(allow) = &self.allow
+                && !allow.allows(&url)
+            {
                 // `endpoint` may have come from `namespace` or the connection string.
-                return Err(EngineError::NotAllowed { key, host });
+                return Err(EngineError::NotAllowed { key, host: shown });
+            }
+            let ip = match url.host() {
+                Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+                Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+                _ => continue,
+            };
+            let host = url.host_str().unwrap_or_default();
+            if let Err(class) = crate::http::check_address(&self.config.hosts, host, ip) {
+                return Err(EngineError::AddressRefused {
+                    key,
+                    host: shown,
+                    class,
+                });
             }
         }
         Ok(())
@@ -595,6 +624,12 @@ pub fn unavailable(m: &Missing) -> EngineError {
         }
         Some(SignalError::Capacity(why)) => return EngineError::Exhausted(why.clone()),
         _ => {}
+    }
+    if let Some(SignalError::Refused(reason)) = m.error.as_deref() {
+        return EngineError::UpstreamRefused {
+            signal: m.kind,
+            reason: reason.clone(),
+        };
     }
     let reason = match (&m.error, m.age) {
         (Some(e), Some(age)) => format!(

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod allowlist;
 pub mod binding;
 pub mod blend;
 pub mod cache;

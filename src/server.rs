@@ -16,6 +16,7 @@ use tonic::transport::Server;
 use tonic::transport::server::Router as GrpcRouter;
 use tonic_health::ServingStatus;
 
+use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
 use crate::decisions::{self, DecisionsOptions};
 use crate::engine::{Engine, EngineConfig, Sources};
@@ -54,17 +55,25 @@ impl ServerConfig {
 }
 
 /// The signal sources this build has, sharing one metrics registry.
-pub fn default_sources(refresh: &RefreshConfig, metrics: &Metrics) -> Sources {
+pub fn default_sources(refresh: &RefreshConfig, hosts: &HostRules, metrics: &Metrics) -> Sources {
     Sources {
-        servicebus: Some(crate::servicebus::source(refresh.clone(), metrics.clone())),
-        prometheus: Some(crate::prometheus::source(refresh.clone(), metrics.clone())),
+        servicebus: Some(crate::servicebus::source(
+            refresh.clone(),
+            metrics.clone(),
+            hosts,
+        )),
+        prometheus: Some(crate::prometheus::source(
+            refresh.clone(),
+            metrics.clone(),
+            hosts,
+        )),
     }
 }
 
 /// [`start`] with `serve`'s signal sources, refreshed as `config.engine.refresh` says.
 pub async fn start_with_default_sources(config: ServerConfig) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
-    let sources = default_sources(&config.engine.refresh, &metrics);
+    let sources = default_sources(&config.engine.refresh, &config.engine.hosts, &metrics);
     start(config, sources, metrics).await
 }
 

@@ -81,6 +81,9 @@ pub enum SignalError {
     /// A read that did not report an item it was asked for: a bookkeeping gap, not an outage.
     #[error("{0}")]
     Unreported(&'static str),
+    /// The upstream's host resolved only to addresses the scaler does not connect to.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl SignalError {
@@ -119,6 +122,7 @@ impl SignalError {
             Credential(m) => Credential(f(&m)),
             InvalidEntity(m) => InvalidEntity(f(&m)),
             OverLimit(m) => OverLimit(f(&m)),
+            Refused(m) => Refused(f(&m)),
             Capacity(m) => Capacity(f(&m)),
             other @ (Throttled { .. }
             | Timeout(_)

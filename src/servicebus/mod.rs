@@ -29,6 +29,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::binding::HostRules;
 use crate::cache::{Keyed, RefreshConfig, Refresher, SignalSource};
 use crate::metadata::{Aggregation, Entity, ServiceBusAuth, ServiceBusPlan};
 use crate::metrics::Metrics;
@@ -84,8 +85,12 @@ fn normalise_endpoint(endpoint: &str) -> String {
 
 /// The Service Bus signal as the engine uses it: a background-refreshed cache over a
 /// [`ServiceBusUpstream`] that reads workload identity settings from the environment.
-pub fn source(config: RefreshConfig, metrics: Metrics) -> Arc<dyn SignalSource<ServiceBusPlan>> {
-    source_from(ServiceBusUpstream::new(metrics), config)
+pub fn source(
+    config: RefreshConfig,
+    metrics: Metrics,
+    hosts: &HostRules,
+) -> Arc<dyn SignalSource<ServiceBusPlan>> {
+    source_from(ServiceBusUpstream::new(metrics, hosts), config)
 }
 
 /// Like [`source`], over a given upstream (tests, `demo`).

@@ -11,6 +11,8 @@ use tokio::time::Instant;
 use futures::StreamExt as _;
 use regex::Regex;
 
+use crate::binding::HostRules;
+
 use super::atom::Description;
 use super::auth::{Credential, WorkloadIdentity, WorkloadIdentityConfig};
 use super::client::{Client, ClientOptions, Connection, PAGE_SIZE};
@@ -69,11 +71,14 @@ pub(super) fn group_id(key: &NamespaceKey) -> u64 {
 const COUNTS_KEPT: Duration = Duration::from_secs(3600);
 
 impl ServiceBusUpstream {
-    /// Default client options; workload identity from `AZURE_*` variables.
-    pub fn new(metrics: Metrics) -> Self {
+    /// Default client options with `hosts`; workload identity from `AZURE_*` variables.
+    pub fn new(metrics: Metrics, hosts: &HostRules) -> Self {
         Self::with_options(
             metrics,
-            ClientOptions::default(),
+            ClientOptions {
+                hosts: hosts.clone(),
+                ..ClientOptions::default()
+            },
             WorkloadIdentityConfig::from_env(),
         )
     }
