@@ -382,13 +382,10 @@ pub async fn fetch(base: &str, namespace: &str, name: &str) -> anyhow::Result<De
         .map_err(|_| anyhow::anyhow!("--from `{base}` cannot take a path"))?
         .pop_if_empty()
         .extend(["decisions", namespace, name]);
-    // The operator names the pod (a pod IP, localhost through a port-forward): not an
-    // upstream, so not the upstream clients' address rules; no redirects all the same.
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
+    // The operator typed this URL (often a port-forward on loopback or a pod address): not
+    // a tenant's upstream, so no address guard.
+    let client = crate::http::operator_client_builder(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("blend-scaler/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let response = client
         .get(url.clone())
