@@ -129,7 +129,7 @@ pub struct ServiceBusView {
 
 const HELD_REASON: &str = "the latest refresh failed; the value is kept from an earlier read";
 
-/// The view of `tracked`'s last answer (or of `decision`, for a local `explain`).
+/// The view of `tracked` and its last answer (`None`: tracked, not answered yet).
 pub fn view(tracked: &Tracked, last: Option<&LastAnswer>, show_queries: bool) -> DecisionView {
     let plan = &tracked.plan;
     let mut v = DecisionView {
@@ -372,6 +372,9 @@ async fn one(
     axum::Json(found).into_response()
 }
 
+/// The largest `/decisions` answer `explain --from` reads.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
 /// `explain --from URL NAMESPACE/NAME`: the pod's decisions for one ScaledObject.
 pub async fn fetch(base: &str, namespace: &str, name: &str) -> anyhow::Result<Decisions> {
     let mut url = url::Url::parse(base).with_context(|| format!("--from `{base}` is not a URL"))?;
@@ -400,9 +403,18 @@ pub async fn fetch(base: &str, namespace: &str, name: &str) -> anyhow::Result<De
     if !status.is_success() {
         anyhow::bail!("{url}: HTTP {status}");
     }
-    let body = response
-        .bytes()
+    // A pod tracking thousands of objects answers a few MB; more is not a /decisions answer.
+    let mut response = response;
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .with_context(|| format!("GET {url}"))?;
+        .with_context(|| format!("GET {url}"))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            anyhow::bail!("{url}: the answer is larger than {MAX_ANSWER_BYTES} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
     serde_json::from_slice(&body).with_context(|| format!("{url}: not a /decisions answer"))
 }

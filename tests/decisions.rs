@@ -293,6 +293,48 @@ async fn the_query_text_is_shown_only_when_the_operator_enables_it() {
     assert_eq!(d.decisions[0].prometheus_query.as_deref(), Some(QUERY));
     let (_, body) = get(&running, "/decisions").await;
     assert!(!body.contains(&double.connection_string()), "{body}");
+
+    // A ScaledObject whose only signal cannot be read: KEDA got UNAVAILABLE, and /decisions
+    // says so instead of a replica count.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let broken = keda::object(
+        "production",
+        "reports",
+        keda::metadata([
+            ("serverAddress", dead),
+            ("query", "sum(reports_pending)".to_string()),
+            ("threshold", "10".to_string()),
+        ]),
+    );
+    let status = keda::poll(&mut client, &broken, keda::METRIC)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let d = decisions(&running, "/decisions/production/reports").await;
+    let d = &d.decisions[0];
+    assert_eq!((d.replicas, d.active), (None, None), "{d:?}");
+    let error = d.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("prometheus signal has no usable value"),
+        "{error}"
+    );
+    assert_eq!(d.signals[0].state, SignalState::Missing);
+    let out = explain(&[
+        "--from",
+        &format!("http://{}", running.http_addr.unwrap()),
+        "production/reports",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a missing signal fails explain --from as it fails explain"
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("prometheus  error: prometheus signal has no usable value"),
+        "{text}"
+    );
     running.shutdown().await.unwrap();
 }
 
