@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::access::{Access, Refused};
 use crate::allowlist::HostList;
 use crate::binding::HostRules;
-use crate::blend::{self, Decision, Inputs, Missing};
+use crate::blend::{self, Decision, Inputs, Missing, PreviousAnswer};
 use crate::cache::{RefreshConfig, SignalSource};
 use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
@@ -112,14 +112,14 @@ pub struct Tracked {
     pub labels: ObjectLabels,
     /// The trigger's `metricName` (one ScaledObject may have several triggers).
     pub metric_name: String,
-    previous: Mutex<Option<u32>>,
+    previous: Mutex<PreviousAnswer>,
     /// The last decision given to a caller, for `/decisions`; outside the decision itself.
     last: Mutex<Option<Arc<LastAnswer>>>,
 }
 
 impl Tracked {
     pub fn previous(&self) -> Option<u32> {
-        *self.previous.lock()
+        self.previous.lock().get()
     }
 
     /// The last decision given to a caller, if any.
@@ -368,7 +368,7 @@ impl Engine {
             last: Mutex::new(None),
             // A new plan starts without a held answer: the old plan's answer (its `maxReplicas`,
             // its signals, or a caller's spoofed metadata) must not hold the new one up.
-            previous: Mutex::new(None),
+            previous: Mutex::new(PreviousAnswer::default()),
         });
         if current.is_some() {
             // The eviction listener gives back the replaced plan's weight.
@@ -551,8 +551,9 @@ impl Engine {
             decision: d.clone(),
             servicebus,
         }));
-        let Some(replicas) = replicas else { return };
-        let previous = tracked.previous.lock().replace(replicas);
+        let Some((previous, replicas)) = tracked.previous.lock().record(d) else {
+            return;
+        };
         if previous != Some(replicas) {
             let detail: Vec<String> = d
                 .signals

@@ -147,7 +147,7 @@ impl<U: Upstream> Refresher<U> {
             {
                 // From here on the group's reads include it.
                 slot.attempted = true;
-                slot.good = Some((v, at));
+                slot.reads.store(v, at);
             }
             if slot.attempted {
                 return slot.observation(now);

@@ -166,8 +166,7 @@ fn store<U: Upstream>(
         ))) {
             Ok(v) => {
                 any_ok = true;
-                slot.previous_good = slot.good;
-                slot.good = Some((v, finished));
+                slot.reads.store(v, finished);
                 slot.error = None;
             }
             Err(e) => {

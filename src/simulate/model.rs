@@ -13,13 +13,14 @@
 //! per-second series of both configurations.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::blend::{self, Inputs};
+use crate::blend::{self, Inputs, PreviousAnswer};
 use crate::cron::CronPlan;
 use crate::metadata::Plan;
-use crate::signal::Observation;
+use crate::signal::GoodReads;
 
 use super::hpa::{Controller, Hpa, Metric};
 use super::trace::Trace;
@@ -261,48 +262,21 @@ impl Scaler for BuiltIns {
     }
 }
 
-/// One cached value, kept as the real cache keeps it (`cache.rs`): the last two good reads.
-#[derive(Clone, Copy, Debug, Default)]
-struct Slot {
-    good: Option<(f64, u64)>,
-    previous_good: Option<(f64, u64)>,
-}
-
-impl Slot {
-    fn store(&mut self, value: f64, t: u64) {
-        self.previous_good = self.good;
-        self.good = Some((value, t));
-    }
-
-    /// The same observation `cache.rs` gives: value, age, and the change per second between
-    /// the last two good reads.
-    fn observation(&self, t: u64) -> Observation {
-        let rate = match (self.good, self.previous_good) {
-            (Some((v1, t1)), Some((v0, t0))) if t1 > t0 => Some((v1 - v0) / (t1 - t0) as f64),
-            _ => None,
-        };
-        Observation {
-            value: self.good.map(|(v, _)| v),
-            age: self
-                .good
-                .map(|(_, at)| std::time::Duration::from_secs(t.saturating_sub(at))),
-            error: None,
-            rate,
-        }
-    }
+fn secs(t: u64) -> Duration {
+    Duration::from_secs(t)
 }
 
 /// blend-scaler as one `external` (or `external-push`) trigger: a cache refreshed in the
-/// background, and the real [`blend::decide`] on every call, each call recorded as the
-/// ScaledObject's previous answer as the engine records it.
+/// background, kept in the cache's own [`GoodReads`], and the real [`blend::decide`] on every
+/// call, each call recorded in the engine's own [`PreviousAnswer`].
 pub struct Blend<'p> {
     plan: &'p Plan,
     interval: u64,
     offset: u64,
     push: bool,
-    servicebus: Slot,
-    prometheus: Slot,
-    previous: Option<u32>,
+    servicebus: GoodReads<Duration>,
+    prometheus: GoodReads<Duration>,
+    previous: PreviousAnswer,
     pushed: Option<bool>,
 }
 
@@ -319,9 +293,9 @@ impl<'p> Blend<'p> {
             interval,
             offset: phase.refresh % interval,
             push: settings.push,
-            servicebus: Slot::default(),
-            prometheus: Slot::default(),
-            previous: None,
+            servicebus: GoodReads::default(),
+            prometheus: GoodReads::default(),
+            previous: PreviousAnswer::default(),
             pushed: None,
         }
     }
@@ -331,27 +305,25 @@ impl<'p> Blend<'p> {
             .plan
             .servicebus
             .is_some()
-            .then(|| self.servicebus.observation(t));
+            .then(|| self.servicebus.observation(secs(t), None));
         let prom = self
             .plan
             .prometheus
             .is_some()
-            .then(|| self.prometheus.observation(t));
+            .then(|| self.prometheus.observation(secs(t), None));
         blend::decide(Inputs {
             plan: self.plan,
             now: world.now,
             servicebus: sb.as_ref(),
             prometheus: prom.as_ref(),
-            previous: self.previous,
+            previous: self.previous.get(),
         })
     }
 
     /// A `GetMetrics` or `IsActive` call: decides and records the answer.
     fn call(&mut self, t: u64, world: &World) -> blend::Decision {
         let d = self.decision(t, world);
-        if let Ok(r) = d.replicas() {
-            self.previous = Some(r);
-        }
+        self.previous.record(&d);
         d
     }
 }
@@ -361,8 +333,8 @@ impl Scaler for Blend<'_> {
         if t % self.interval != self.offset {
             return None;
         }
-        self.servicebus.store(world.backlog as f64, t);
-        self.prometheus.store(world.requests, t);
+        self.servicebus.store(world.backlog as f64, secs(t));
+        self.prometheus.store(world.requests, secs(t));
         if !self.push {
             return None;
         }
@@ -710,11 +682,8 @@ mod tests {
         assert_eq!(metrics, vec![m(2.0, 1.0)]);
         assert!(active);
         b.tick(5, &world(60));
-        assert_eq!(b.servicebus.observation(7).rate, Some(10.0));
-        assert_eq!(
-            b.servicebus.observation(7).age,
-            Some(std::time::Duration::from_secs(2))
-        );
+        assert_eq!(b.servicebus.observation(secs(7), None).rate, Some(10.0));
+        assert_eq!(b.servicebus.observation(secs(7), None).age, Some(secs(2)));
     }
 
     #[test]
