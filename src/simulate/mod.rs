@@ -9,6 +9,7 @@ pub mod compare;
 pub mod generate;
 pub mod hpa;
 pub mod model;
+pub mod queue;
 pub mod report;
 pub mod scenario;
 pub mod trace;
