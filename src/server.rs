@@ -28,6 +28,10 @@ use crate::transport::{self, Incoming, TransportLimits};
 
 pub use crate::tls::TlsFiles;
 
+/// How long a shutdown waits for calls in flight. Kubernetes sends SIGKILL 30 s after SIGTERM
+/// by default; calls are bounded by `--request-timeout` already, this bounds the rest.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// `/metrics`, `/livez`, `/readyz`, `/decisions`; `None` runs no HTTP listener.
@@ -91,12 +95,29 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets calls in flight finish, and waits.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    /// Stops accepting, lets calls in flight finish for at most [`SHUTDOWN_GRACE`], and waits.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown_within(SHUTDOWN_GRACE).await
+    }
+
+    /// [`Running::shutdown`] with its own bound: calls still in flight after `grace` (a read
+    /// of a slow upstream, a client that never finishes its request) are dropped, so a
+    /// terminating pod exits well inside Kubernetes' grace period (audit finding L9).
+    pub async fn shutdown_within(mut self, grace: Duration) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.task.await?
+        match tokio::time::timeout(grace, &mut self.task).await {
+            Ok(result) => result?,
+            Err(_) => {
+                tracing::warn!(
+                    grace_seconds = grace.as_secs_f64(),
+                    "calls still in flight after the shutdown grace period; stopping anyway"
+                );
+                self.task.abort();
+                Ok(())
+            }
+        }
     }
 
     /// Waits until the server stops on its own (an error) or `signal` resolves.
@@ -149,7 +170,7 @@ pub async fn start(
                 .with_context(|| format!("binding HTTP address {addr}"))?;
             let http_addr = listener.local_addr()?;
             let limits = TransportLimits::http();
-            let app = http_router(metrics.clone(), ready.clone())
+            let app = http_router(metrics.clone(), ready.clone(), engine.clone())
                 .merge(decisions::router(engine.clone(), config.decisions.clone()));
             let incoming = transport::accept_plain(listener, &limits);
             let task = tokio::spawn(transport::serve_http(incoming, limits, move |_| {
@@ -239,14 +260,19 @@ where
     result.context("gRPC server")
 }
 
-fn http_router(metrics: Metrics, ready: Arc<AtomicBool>) -> Router {
+fn http_router(metrics: Metrics, ready: Arc<AtomicBool>, engine: Arc<Engine>) -> Router {
     let readyz_metrics = metrics.clone();
     Router::new()
         .route(
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
+                let engine = engine.clone();
                 async move {
+                    // Objects KEDA stopped asking about leave the cache lazily; settle it so
+                    // `blend_scaler_tracked_scaledobjects` (and the forgotten objects' series)
+                    // are current at every scrape (audit finding L4).
+                    engine.tracked_count();
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,

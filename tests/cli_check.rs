@@ -102,3 +102,46 @@ fn check_without_an_external_trigger_says_so() {
         String::from_utf8_lossy(&out.stderr).contains("no `external` or `external-push` trigger")
     );
 }
+
+#[test]
+fn check_and_explain_never_print_a_user_info_password() {
+    // Audit finding L1: the plan and the URL error used to print the address as given.
+    let good = [
+        "check",
+        "--metadata",
+        "serverAddress=https://admin:USERINFO-PW@prom.example:9090",
+        "--metadata",
+        "query=up",
+        "--metadata",
+        "threshold=1",
+    ];
+    let out = blend_scaler(&good, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("<redacted>@prom.example:9090"), "{stdout}");
+    assert!(
+        !stdout.contains("USERINFO-PW") && !stdout.contains("admin"),
+        "{stdout}"
+    );
+
+    for command in ["check", "explain"] {
+        let bad = [
+            command,
+            "--metadata",
+            "serverAddress=http://admin:USERINFO-PW@",
+            "--metadata",
+            "query=up",
+            "--metadata",
+            "threshold=1",
+        ];
+        let out = blend_scaler(&bad, None);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{all}");
+        assert!(all.contains("`serverAddress`"), "{all}");
+        assert!(!all.contains("USERINFO-PW"), "{command}: {all}");
+    }
+}

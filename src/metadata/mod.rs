@@ -232,7 +232,8 @@ impl Parser<'_> {
                 Some(text.trim_end_matches('/').to_string())
             }
             _ => {
-                self.err(key, format!("`{text}` is not an http(s) URL with a host"));
+                let shown = crate::secret::without_userinfo(text);
+                self.err(key, format!("`{shown}` is not an http(s) URL with a host"));
                 None
             }
         }

@@ -397,9 +397,9 @@ impl fmt::Display for Plan {
         )?;
         if let Some(sb) = &self.servicebus {
             let endpoint = if sb.endpoint.is_empty() {
-                "from the connection string"
+                "from the connection string".to_string()
             } else {
-                &sb.endpoint
+                crate::secret::without_userinfo(&sb.endpoint)
             };
             let regex = if sb.use_regex {
                 format!(" (regex, {} of matches)", sb.operation)
@@ -431,7 +431,7 @@ impl fmt::Display for Plan {
                 f,
                 "  prometheus: {} at {}; threshold {}, active above {}",
                 p.query.trim(),
-                p.server_address,
+                crate::secret::without_userinfo(&p.server_address),
                 p.threshold,
                 p.activation_threshold
             )?;

@@ -81,14 +81,13 @@ pub struct Connection {
 impl Connection {
     pub fn new(endpoint: &str, credential: Credential) -> Result<Self, SignalError> {
         let endpoint = endpoint.trim().trim_end_matches('/');
+        let shown = crate::secret::without_userinfo(endpoint);
         let url = url::Url::parse(endpoint).map_err(|_| {
-            SignalError::Setup(format!(
-                "the Service Bus endpoint `{endpoint}` is not a URL"
-            ))
+            SignalError::Setup(format!("the Service Bus endpoint `{shown}` is not a URL"))
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(SignalError::Setup(format!(
-                "the Service Bus endpoint `{endpoint}` is not an http(s) URL"
+                "the Service Bus endpoint `{shown}` is not an http(s) URL"
             )));
         }
         let host = match url.port() {
