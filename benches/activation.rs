@@ -75,6 +75,7 @@ async fn run(trials: usize) -> Vec<Duration> {
         servicebus: Some(blend_scaler::servicebus::source(
             engine.refresh.clone(),
             metrics.clone(),
+            &blend_scaler::binding::HostRules::loopback(),
         )),
         ..Sources::default()
     };

@@ -185,6 +185,7 @@ async fn scenario(signal: &str, n: usize, scale: f64, minutes: f64) -> Counts {
             sources.prometheus = Some(blend_scaler::prometheus::source(
                 refresh.clone(),
                 metrics.clone(),
+                &blend_scaler::binding::HostRules::loopback(),
             ));
             upstream = Box::new(prom);
         }
@@ -222,6 +223,7 @@ async fn scenario(signal: &str, n: usize, scale: f64, minutes: f64) -> Counts {
             sources.servicebus = Some(blend_scaler::servicebus::source(
                 refresh.clone(),
                 metrics.clone(),
+                &blend_scaler::binding::HostRules::loopback(),
             ));
             upstream = Box::new(double);
         }

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 
 use url::{Host, Url};
 
+use crate::allowlist::HostList;
 use crate::metadata::{
     Credentials, MetadataError, MetadataErrors, Plan, PrometheusAuth, PrometheusPlan,
     ServiceBusAuth, ServiceBusPlan,
@@ -35,9 +36,23 @@ pub struct HostRules {
     /// `--servicebus-private-suffix`: Service Bus DNS suffixes (private clouds) that the
     /// scaler's workload identity and credentials without an `Endpoint` may be sent to.
     pub private_suffixes: Vec<String>,
+    /// `--allow-private-upstream`: hosts that may be reached on a non-public address
+    /// (RFC 1918, CGNAT, link-local, unique-local; see [`crate::http::AddressClass`]).
+    pub private_upstreams: HostList,
+    /// The Kubernetes API service's addresses (`KUBERNETES_SERVICE_HOST`): connected to only
+    /// for a host `private_upstreams` names without a wildcard.
+    pub kubernetes_api: Vec<IpAddr>,
 }
 
 impl HostRules {
+    /// Loopback upstreams allowed: the rules of local test doubles and `demo`.
+    pub fn loopback() -> Self {
+        Self {
+            allow_loopback: true,
+            ..Self::default()
+        }
+    }
+
     /// Refuses a plan that would send a credential anywhere but its own host.
     pub fn check(
         &self,

@@ -12,10 +12,12 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::access::Access;
+use crate::allowlist::HostList;
 use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
 use crate::capacity::Capacity;
-use crate::engine::{Engine, EngineConfig, ObjectRef, unavailable};
+use crate::decisions::{self, DecisionsOptions};
+use crate::engine::{Engine, EngineConfig, ObjectRef};
 use crate::metadata::{self, Credentials, Source};
 use crate::metrics::Metrics;
 use crate::scaledobject;
@@ -39,8 +41,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Validate trigger metadata without calling any upstream.
     Check(InputArgs),
-    /// Validate, read the live upstreams once, and show how the answer is made.
-    Explain(InputArgs),
+    /// Validate, read the live upstreams once, and show how the answer is made; with `--from`,
+    /// show what a running pod last answered instead.
+    Explain(ExplainArgs),
     /// Run the real server against simulated upstreams and print a scripted day.
     #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
@@ -67,9 +70,18 @@ pub struct ServeArgs {
     /// How often each upstream is re-read in the background.
     #[arg(long, env = "BLEND_SCALER_REFRESH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub refresh_interval: Duration,
-    /// Host globs metadata may point at (Service Bus endpoints, Prometheus servers).
+    /// `host[:port]` entries metadata may point at (Service Bus endpoints, Prometheus
+    /// servers); `*` matches within one DNS label. Empty allows every host (with a warning).
     #[arg(long, env = "BLEND_SCALER_ALLOW_UPSTREAM", value_delimiter = ',')]
     pub allow_upstream: Vec<String>,
+    /// Host names that may be reached on a non-public address (RFC 1918, CGNAT, link-local,
+    /// unique-local): in-cluster services such as the cluster's Prometheus.
+    #[arg(
+        long,
+        env = "BLEND_SCALER_ALLOW_PRIVATE_UPSTREAM",
+        value_delimiter = ','
+    )]
+    pub allow_private_upstream: Vec<String>,
     /// Let upstreams on loopback addresses be reached, over plain http even with a credential
     /// (local test doubles and demos only).
     #[arg(long, env = "BLEND_SCALER_ALLOW_LOOPBACK_UPSTREAMS")]
@@ -84,6 +96,10 @@ pub struct ServeArgs {
     /// `json` (default when stderr is not a terminal) or `text`.
     #[arg(long, env = "BLEND_SCALER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Show each Prometheus trigger's query text in `/decisions` (off: a query may name what
+    /// not every reader of the HTTP port should see).
+    #[arg(long, env = "BLEND_SCALER_DECISIONS_SHOW_QUERIES")]
+    pub decisions_show_queries: bool,
     #[command(flatten)]
     pub transport: crate::transport::TransportLimits,
     #[command(flatten)]
@@ -139,6 +155,16 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 }
 
 #[derive(Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// A pod's HTTP port (`http://POD:9464`): print what it last answered for the
+    /// ScaledObject given as NAMESPACE/NAME instead of reading the upstreams from here.
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct InputArgs {
     /// A ScaledObject YAML file (`-` for stdin); every `external` trigger in it is used.
     pub file: Option<PathBuf>,
@@ -148,13 +174,23 @@ pub struct InputArgs {
     /// As `serve --allow-loopback-upstreams`: loopback upstreams over plain http (test doubles).
     #[arg(long, env = "BLEND_SCALER_ALLOW_LOOPBACK_UPSTREAMS")]
     pub allow_loopback_upstreams: bool,
+    /// As `serve --allow-private-upstream`: hosts `explain` may read on a non-public address.
+    #[arg(
+        long,
+        env = "BLEND_SCALER_ALLOW_PRIVATE_UPSTREAM",
+        value_delimiter = ','
+    )]
+    pub allow_private_upstream: Vec<String>,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Serve(args) => runtime()?.block_on(serve(*args)),
-        Command::Explain(args) => runtime()?.block_on(explain(&args)),
+        Command::Explain(args) => match &args.from {
+            Some(from) => runtime()?.block_on(explain_from(from, &args.input)),
+            None => runtime()?.block_on(explain(&args.input)),
+        },
         #[cfg(feature = "demo")]
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
         #[cfg(feature = "simulate")]
@@ -319,6 +355,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for warning in access.warnings(&credentials) {
         tracing::warn!("{warning}");
     }
+    if args.allow_upstream.is_empty() {
+        tracing::warn!(
+            "no --allow-upstream (BLEND_SCALER_ALLOW_UPSTREAM): trigger metadata may point the \
+             scaler at any public host; set the allowlist in production"
+        );
+    }
+    let private_upstreams = HostList::parse_hosts(&args.allow_private_upstream)
+        .map_err(|e| anyhow::anyhow!("--allow-private-upstream: {e}"))?;
     let config = ServerConfig {
         grpc_addr: args.grpc_addr,
         http_addr: Some(args.http_addr),
@@ -336,17 +380,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             hosts: HostRules {
                 allow_loopback: args.allow_loopback_upstreams,
                 private_suffixes: args.servicebus_private_suffix,
+                private_upstreams,
+                kubernetes_api: kubernetes_api_addresses(),
             },
             credentials,
             access,
             capacity: args.capacity.capacity(),
             ..EngineConfig::default()
         },
+        decisions: DecisionsOptions {
+            show_queries: args.decisions_show_queries,
+            ..DecisionsOptions::default()
+        },
     };
     let running = server::start_with_default_sources(config).await?;
     running.run_until(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Kubernetes API service's address, from the variable kubelet sets in every pod.
+fn kubernetes_api_addresses() -> Vec<std::net::IpAddr> {
+    std::env::var("KUBERNETES_SERVICE_HOST")
+        .ok()
+        .and_then(|h| h.trim().trim_matches(['[', ']']).parse().ok())
+        .into_iter()
+        .collect()
 }
 
 async fn shutdown_signal() {
@@ -385,6 +444,13 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
     let (mut triggers, source) = load_triggers(args)?;
     let metrics = Metrics::new();
     let refresh = RefreshConfig::default();
+    let hosts = HostRules {
+        allow_loopback: args.allow_loopback_upstreams,
+        private_upstreams: HostList::parse_hosts(&args.allow_private_upstream)
+            .map_err(|e| anyhow::anyhow!("--allow-private-upstream: {e}"))?,
+        kubernetes_api: kubernetes_api_addresses(),
+        ..HostRules::default()
+    };
     let engine = Engine::new(
         EngineConfig {
             refresh: refresh.clone(),
@@ -392,13 +458,10 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
             // The same namespace rules as `serve`, so a trigger `serve` would refuse for its
             // namespace is refused here too.
             access: Access::from_env()?,
-            hosts: HostRules {
-                allow_loopback: args.allow_loopback_upstreams,
-                ..HostRules::default()
-            },
+            hosts: hosts.clone(),
             ..EngineConfig::default()
         },
-        server::default_sources(&refresh, &metrics),
+        server::default_sources(&refresh, &hosts, &metrics),
         metrics,
     )?;
     let engine = Arc::new(engine);
@@ -426,51 +489,45 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
                 failed = true;
                 println!("  error: {e}");
             }
-            Ok((tracked, d)) => {
+            Ok((tracked, _)) => {
                 print!("{}", tracked.plan);
-                println!(
-                    "  {:<11} {:>12} {:>9} {:>7} {:>8}",
-                    "signal", "value", "replicas", "active", "age"
-                );
-                for s in &d.signals {
-                    let age = s
-                        .age
-                        .map_or("-".into(), |a| format!("{:.1}s", a.as_secs_f64()));
-                    let note = if s.stale {
-                        " (stale: upstream failing)"
-                    } else {
-                        ""
-                    };
-                    println!(
-                        "  {:<11} {:>12} {:>9} {:>7} {:>8}{note}",
-                        s.kind.as_str(),
-                        s.value,
-                        s.replicas,
-                        if s.active { "yes" } else { "no" },
-                        age
-                    );
-                }
-                for m in &d.missing {
-                    failed = true;
-                    println!("  {:<11} error: {}", m.kind.as_str(), unavailable(m));
-                }
-                if d.missing.is_empty() {
-                    let by = d
-                        .decided_by
-                        .map_or("no signal (all zero)".into(), |k| k.to_string());
-                    println!(
-                        "  result: {} replicas, decided by {by}{}; active: {}",
-                        d.replicas,
-                        if d.held {
-                            " (held by a stale value)"
-                        } else {
-                            ""
-                        },
-                        if d.any_active { "yes" } else { "no" }
-                    );
-                }
+                let view = decisions::view(&tracked, tracked.last().as_deref(), true);
+                let mut out = String::new();
+                failed |= decisions::render_table(&view, &mut out);
+                print!("{out}");
             }
         }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `explain --from URL NAMESPACE/NAME`: what that pod last answered, from its `/decisions`.
+async fn explain_from(from: &str, input: &InputArgs) -> anyhow::Result<ExitCode> {
+    if !input.metadata.is_empty() {
+        bail!("--from takes NAMESPACE/NAME, not --metadata");
+    }
+    let target = input
+        .file
+        .as_ref()
+        .and_then(|p| p.to_str())
+        .context("--from needs the ScaledObject as NAMESPACE/NAME")?;
+    let Some((namespace, name)) = target
+        .split_once('/')
+        .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+    else {
+        bail!("--from needs the ScaledObject as NAMESPACE/NAME, not `{target}`");
+    };
+    let found = decisions::fetch(from, namespace, name).await?;
+    let mut failed = false;
+    let now = chrono::Utc::now();
+    for v in &found.decisions {
+        let mut out = String::new();
+        failed |= decisions::render_remote(&found.pod, v, now, &mut out);
+        print!("{out}");
     }
     Ok(if failed {
         ExitCode::FAILURE

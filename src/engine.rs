@@ -7,26 +7,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::access::{Access, Refused};
+use crate::allowlist::HostList;
 use crate::binding::HostRules;
 use crate::blend::{self, Decision, Inputs, Missing};
 use crate::cache::{RefreshConfig, SignalSource};
 use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
-use crate::metrics::{Metrics, ObjectLabels};
-use crate::signal::{SignalError, SignalKind};
+use crate::metrics::{AnswerFigures, Metrics, ObjectLabels};
+use crate::signal::{EntityCounts, SignalError, SignalKind};
 
 /// Errors of the engine layer; `error.rs` maps them to gRPC codes.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("invalid trigger metadata: {0}")]
     Metadata(#[from] MetadataErrors),
-    #[error("metadata key `{key}`: upstream host `{host}` is not allowed by --allow-upstream")]
+    #[error("metadata key `{key}`: upstream `{host}` is not allowed by --allow-upstream")]
     NotAllowed { key: &'static str, host: String },
+    /// An IP-literal upstream on an address the scaler does not connect to.
+    #[error(
+        "metadata key `{key}`: `{host}` is a {class} address, which the scaler does not connect \
+         to unless an operator allows it (--allow-private-upstream)"
+    )]
+    AddressRefused {
+        key: &'static str,
+        host: String,
+        class: crate::http::AddressClass,
+    },
+    /// An upstream whose name resolved only to refused addresses (found when reading).
+    #[error("{signal} signal: {reason}")]
+    UpstreamRefused { signal: SignalKind, reason: String },
     /// Not for the caller's Kubernetes namespace (a credential, the scaler's identity, a server).
     #[error(transparent)]
     Refused(#[from] Refused),
@@ -54,7 +67,7 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 #[derive(Clone)]
 pub struct EngineConfig {
     pub refresh: RefreshConfig,
-    /// Host globs that metadata may point at; `None` allows all.
+    /// `host[:port]` entries metadata may point at (`crate::allowlist`); `None` allows all.
     pub allow_upstream: Option<Vec<String>>,
     /// Where credentials may be sent beyond their own hosts (loopback doubles, private clouds).
     pub hosts: HostRules,
@@ -97,18 +110,35 @@ pub struct Tracked {
     weight: usize,
     pub plan: Arc<Plan>,
     pub labels: ObjectLabels,
+    /// The trigger's `metricName` (one ScaledObject may have several triggers).
+    pub metric_name: String,
     previous: Mutex<Option<u32>>,
+    /// The last decision given to a caller, for `/decisions`; outside the decision itself.
+    last: Mutex<Option<Arc<LastAnswer>>>,
 }
 
 impl Tracked {
     pub fn previous(&self) -> Option<u32> {
         *self.previous.lock()
     }
+
+    /// The last decision given to a caller, if any.
+    pub fn last(&self) -> Option<Arc<LastAnswer>> {
+        self.last.lock().clone()
+    }
+}
+
+/// A decision as it was given: when, and the Service Bus entity's other counts then.
+#[derive(Clone, Debug)]
+pub struct LastAnswer {
+    pub at: DateTime<Utc>,
+    pub decision: Decision,
+    pub servicebus: Option<EntityCounts>,
 }
 
 pub struct Engine {
     config: EngineConfig,
-    allow: Option<GlobSet>,
+    allow: Option<HostList>,
     sources: Sources,
     metrics: Metrics,
     /// Keyed by namespace, name and metric name: a ScaledObject with two `external` triggers has
@@ -173,13 +203,9 @@ impl Engine {
     pub fn new(config: EngineConfig, sources: Sources, metrics: Metrics) -> anyhow::Result<Self> {
         let allow = match &config.allow_upstream {
             None => None,
-            Some(patterns) => {
-                let mut b = GlobSetBuilder::new();
-                for p in patterns {
-                    b.add(Glob::new(&p.to_ascii_lowercase())?);
-                }
-                Some(b.build()?)
-            }
+            Some(entries) => Some(
+                HostList::parse(entries).map_err(|e| anyhow::anyhow!("--allow-upstream: {e}"))?,
+            ),
         };
         let forget_metrics = metrics.clone();
         let usage = Arc::new(Mutex::new(Usage::default()));
@@ -341,6 +367,8 @@ impl Engine {
                 scaledobject_namespace: obj.namespace.to_string(),
                 scaledobject: obj.name.to_string(),
             },
+            metric_name: metric_name.to_string(),
+            last: Mutex::new(None),
             // A new plan starts without a held answer: the old plan's answer (its `maxReplicas`,
             // its signals, or a caller's spoofed metadata) must not hold the new one up.
             previous: Mutex::new(None),
@@ -383,10 +411,10 @@ impl Engine {
         .map_err(EngineError::from)
     }
 
+    /// The allowlist (`host[:port]`), and the address of an IP-literal host: a name is checked
+    /// on the address it resolves to when connecting (`http::client_builder`), a literal here,
+    /// before anything is read.
     fn check_allowed(&self, plan: &Plan) -> Result<(), EngineError> {
-        let Some(allow) = &self.allow else {
-            return Ok(());
-        };
         let mut targets: Vec<(&'static str, &str)> = Vec::new();
         if let Some(sb) = &plan.servicebus {
             targets.push(("endpoint", &sb.endpoint));
@@ -395,13 +423,33 @@ impl Engine {
             targets.push(("serverAddress", &p.server_address));
         }
         for (key, address) in targets {
-            let host = url::Url::parse(address)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
-                .unwrap_or_default();
-            if !allow.is_match(&host) {
+            // Offline plans have no endpoint yet; KEDA's plans always do.
+            let Ok(url) = url::Url::parse(address) else {
+                continue;
+            };
+            let shown = match (url.host_str(), url.port_or_known_default()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_string(),
+                _ => String::new(),
+            };
+            if let Some(allow) = &self.allow
+                && !allow.allows(&url)
+            {
                 // `endpoint` may have come from `namespace` or the connection string.
-                return Err(EngineError::NotAllowed { key, host });
+                return Err(EngineError::NotAllowed { key, host: shown });
+            }
+            let ip = match url.host() {
+                Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+                Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+                _ => continue,
+            };
+            let host = url.host_str().unwrap_or_default();
+            if let Err(class) = crate::http::check_address(&self.config.hosts, host, ip) {
+                return Err(EngineError::AddressRefused {
+                    key,
+                    host: shown,
+                    class,
+                });
             }
         }
         Ok(())
@@ -415,6 +463,13 @@ impl Engine {
             return Err(EngineError::NotEnabled(SignalKind::Prometheus));
         }
         Ok(())
+    }
+
+    /// Every tracked ScaledObject, by namespace, name and metric name.
+    pub fn tracked(&self) -> Vec<Arc<Tracked>> {
+        let mut all: Vec<Arc<Tracked>> = self.objects.iter().map(|(_, t)| t).collect();
+        all.sort_by(|a, b| (&a.labels, &a.metric_name).cmp(&(&b.labels, &b.metric_name)));
+        all
     }
 
     /// Reads the signals from the cache and decides, without recording anything (a look at
@@ -478,8 +533,27 @@ impl Engine {
             .iter()
             .map(|s| (s.kind, s.value, s.replicas, s.age))
             .collect();
-        self.metrics
-            .record_decision(&tracked.labels, replicas, &signals);
+        let missing: Vec<_> = d.missing.iter().map(|m| (m.kind, m.age)).collect();
+        let servicebus = match (&tracked.plan.servicebus, &self.sources.servicebus) {
+            (Some(p), Some(src)) => src.counts(p),
+            _ => None,
+        };
+        self.metrics.record_answer(
+            &tracked.labels,
+            &AnswerFigures {
+                replicas,
+                signals: &signals,
+                missing: &missing,
+                max_replicas: tracked.plan.max_replicas,
+                stale_after: tracked.plan.stale_after,
+                servicebus,
+            },
+        );
+        *tracked.last.lock() = Some(Arc::new(LastAnswer {
+            at: (self.config.clock)(),
+            decision: d.clone(),
+            servicebus,
+        }));
         let Some(replicas) = replicas else { return };
         let previous = tracked.previous.lock().replace(replicas);
         if previous != Some(replicas) {
@@ -553,6 +627,12 @@ pub fn unavailable(m: &Missing) -> EngineError {
         }
         Some(SignalError::Capacity(why)) => return EngineError::Exhausted(why.clone()),
         _ => {}
+    }
+    if let Some(SignalError::Refused(reason)) = m.error.as_deref() {
+        return EngineError::UpstreamRefused {
+            signal: m.kind,
+            reason: reason.clone(),
+        };
     }
     let reason = match (&m.error, m.age) {
         (Some(e), Some(age)) => format!(

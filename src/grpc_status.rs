@@ -8,7 +8,10 @@ impl From<EngineError> for Status {
     fn from(e: EngineError) -> Self {
         let code = match &e {
             EngineError::Metadata(_) | EngineError::InvalidQuery(_) => Code::InvalidArgument,
-            EngineError::NotAllowed { .. } | EngineError::Refused(_) => Code::PermissionDenied,
+            EngineError::NotAllowed { .. }
+            | EngineError::Refused(_)
+            | EngineError::AddressRefused { .. }
+            | EngineError::UpstreamRefused { .. } => Code::PermissionDenied,
             // KEDA's `fallback` engages on this.
             EngineError::Unavailable { .. } => Code::Unavailable,
             EngineError::NotEnabled(_) => Code::Unimplemented,

@@ -10,14 +10,18 @@
 //! and the body cap belong here, in one place, for all three.
 
 use std::error::Error as _;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderValue};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::binding::HostRules;
 use crate::metrics::Metrics;
 use crate::signal::SignalError;
 
@@ -44,14 +48,153 @@ pub struct Limits {
 }
 
 /// A client builder with what every upstream client shares: the connect timeout, the user
-/// agent, and no redirects unless the caller sets its own policy.
-pub fn client_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
+/// agent, no redirects unless the caller sets its own policy, and a resolver that connects
+/// only to addresses `hosts` allows (IP-literal hosts never reach a resolver: the engine checks
+/// them with [`check_address`] before anything is read).
+pub fn client_builder(connect_timeout: Duration, hosts: &HostRules) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         // A redirect could carry a request (and its credential) to a host the allowlist
         // never saw; an upstream that needs one says so with its own policy.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("blend-scaler/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(GuardedResolver {
+            hosts: Arc::new(hosts.clone()),
+        })
+}
+
+/// What kind of address an upstream host resolved to, for the connect-time check (SPEC
+/// section 7, audit finding H2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressClass {
+    Public,
+    /// 127.0.0.0/8, ::1: allowed with `--allow-loopback-upstreams`.
+    Loopback,
+    /// Any other address that is not globally reachable: RFC 1918, CGNAT 100.64.0.0/10,
+    /// link-local 169.254.0.0/16 (cloud metadata) and fe80::/10, unique-local fc00::/7, this
+    /// network, benchmarking, documentation, multicast, reserved: allowed for the hosts of
+    /// `--allow-private-upstream`.
+    Private,
+    /// The Kubernetes API service: allowed only for a host named without a wildcard in
+    /// `--allow-private-upstream`.
+    KubernetesApi,
+}
+
+impl fmt::Display for AddressClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressClass::Public => "public",
+            AddressClass::Loopback => "loopback",
+            AddressClass::Private => "private or link-local",
+            AddressClass::KubernetesApi => "Kubernetes API",
+        })
+    }
+}
+
+pub fn classify(ip: IpAddr, kubernetes_api: &[IpAddr]) -> AddressClass {
+    let ip = match ip {
+        // An IPv4 address written as IPv6 is that IPv4 address.
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    if kubernetes_api.contains(&ip) {
+        return AddressClass::KubernetesApi;
+    }
+    match ip {
+        IpAddr::V4(v4) if v4.is_loopback() => AddressClass::Loopback,
+        IpAddr::V4(v4) if !is_public_v4(v4) => AddressClass::Private,
+        IpAddr::V6(v6) if v6.is_loopback() => AddressClass::Loopback,
+        IpAddr::V6(v6) if !is_public_v6(v6) => AddressClass::Private,
+        _ => AddressClass::Public,
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // CGNAT
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (18..20).contains(&b)) // benchmarking
+        || a >= 240)
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    // NAT64 (64:ff9b::/96) carries an IPv4 address: judge that one.
+    if ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        let [.., a, b, c, d] = ip.octets();
+        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
+    !(ip.is_unspecified()
+        || ip.is_multicast()
+        || ip.is_unique_local()
+        || ip.is_unicast_link_local()
+        || (first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
+        || first == 0
+        || (first & 0xffc0) == 0xfec0) // site-local, deprecated
+}
+
+/// Why a connection to `ip` for `host` is refused, if it is.
+pub fn check_address(hosts: &HostRules, host: &str, ip: IpAddr) -> Result<(), AddressClass> {
+    let class = classify(ip, &hosts.kubernetes_api);
+    let allowed = match class {
+        AddressClass::Public => true,
+        AddressClass::Loopback => hosts.allow_loopback,
+        AddressClass::Private => hosts.private_upstreams.allows_host(host),
+        AddressClass::KubernetesApi => hosts.private_upstreams.names_exactly(host),
+    };
+    if allowed { Ok(()) } else { Err(class) }
+}
+
+/// A host every address of which was refused. The message names the host, not its
+/// addresses: what an internal name resolves to is none of a tenant's business.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{host}` resolves only to addresses the scaler does not connect to (loopback, private, \
+     link-local or the Kubernetes API); an operator allows a host with --allow-private-upstream"
+)]
+pub struct AddressRefused {
+    pub host: String,
+}
+
+/// The system resolver, keeping only the addresses [`check_address`] allows, so the address
+/// actually connected to is the one checked (no second lookup an attacker's DNS could answer
+/// differently).
+struct GuardedResolver {
+    hosts: Arc<HostRules>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let hosts = self.hosts.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut allowed = Vec::with_capacity(found.len());
+            for addr in found {
+                match check_address(&hosts, &host, addr.ip()) {
+                    Ok(()) => allowed.push(addr),
+                    Err(class) => tracing::warn!(
+                        host = %host,
+                        address = %addr.ip(),
+                        class = %class,
+                        "refused to connect to an upstream address"
+                    ),
+                }
+            }
+            if allowed.is_empty() {
+                return Err(Box::new(AddressRefused { host }) as Box<_>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
 }
 
 /// An upstream's answer: status, `Retry-After`, headers and the capped body. The body's
@@ -204,6 +347,9 @@ pub fn transport_error(e: &reqwest::Error, whom: &str, timeout: Duration) -> Sig
     let mut cause = String::new();
     let mut source: Option<&dyn std::error::Error> = e.source();
     while let Some(s) = source {
+        if let Some(refused) = s.downcast_ref::<AddressRefused>() {
+            return SignalError::Refused(format!("{whom}: {refused}"));
+        }
         cause = s.to_string();
         source = s.source();
     }
@@ -272,6 +418,66 @@ mod tests {
         assert_eq!(retry_after_at(&h, now), Some(Duration::from_millis(1500)));
         h.insert("retry-after-ms", HeaderValue::from_static("99999999"));
         assert_eq!(retry_after_at(&h, now), Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn addresses_are_classed_public_loopback_private_or_kubernetes_api() {
+        let class = |ip: &str| classify(ip.parse().unwrap(), &["10.96.0.1".parse().unwrap()]);
+        for public in ["20.38.0.1", "8.8.8.8", "2606:4700::1111", "100.128.0.1"] {
+            assert_eq!(class(public), AddressClass::Public, "{public}");
+        }
+        for lo in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(class(lo), AddressClass::Loopback, "{lo}");
+        }
+        for private in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "198.18.0.1",
+            "192.0.0.8",
+            "240.0.0.1",
+            "fd00::1",
+            "fe80::1",
+            "::",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert_eq!(class(private), AddressClass::Private, "{private}");
+        }
+        assert_eq!(class("10.96.0.1"), AddressClass::KubernetesApi);
+    }
+
+    #[test]
+    fn each_class_needs_its_own_permission() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let strict = HostRules::default();
+        assert!(check_address(&strict, "x.example", ip("20.38.0.1")).is_ok());
+        assert!(check_address(&strict, "localhost", ip("127.0.0.1")).is_err());
+        assert!(check_address(&HostRules::loopback(), "localhost", ip("127.0.0.1")).is_ok());
+        let cluster = HostRules {
+            private_upstreams: crate::allowlist::HostList::parse_hosts(&[
+                "prometheus-server.monitoring",
+                "*.svc",
+            ])
+            .unwrap(),
+            kubernetes_api: vec![ip("10.96.0.1")],
+            ..HostRules::default()
+        };
+        let prom = "prometheus-server.monitoring";
+        assert!(check_address(&cluster, prom, ip("10.0.12.7")).is_ok());
+        assert!(check_address(&strict, prom, ip("10.0.12.7")).is_err());
+        assert!(check_address(&cluster, "other.monitoring", ip("10.0.12.7")).is_err());
+        // The API service: not through a wildcard, and not through the loopback flag.
+        assert_eq!(
+            check_address(&cluster, "kubernetes.svc", ip("10.96.0.1")),
+            Err(AddressClass::KubernetesApi)
+        );
+        assert!(check_address(&cluster, prom, ip("10.96.0.1")).is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod allowlist;
 pub mod binding;
 pub mod blend;
 pub mod cache;
@@ -11,6 +12,7 @@ pub mod capacity;
 pub mod cli;
 pub mod crd;
 pub mod cron;
+pub mod decisions;
 #[cfg(feature = "demo")]
 mod demo;
 pub mod engine;

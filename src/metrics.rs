@@ -16,7 +16,24 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::signal::SignalKind;
+use crate::signal::{EntityCounts, SignalKind};
+
+/// What one answer leaves in a ScaledObject's series.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnswerFigures<'a> {
+    /// The answer, when there was one (not for `UNAVAILABLE`).
+    pub replicas: Option<u32>,
+    /// Each usable signal: kind, value, replicas, age.
+    pub signals: &'a [(SignalKind, f64, u32, Option<Duration>)],
+    /// Each signal without a usable value, with the age of its last good value if any.
+    pub missing: &'a [(SignalKind, Option<Duration>)],
+    /// The plan's `maxReplicas` clamp.
+    pub max_replicas: Option<u32>,
+    /// The plan's `staleAfter`.
+    pub stale_after: Duration,
+    /// The other counts of the Service Bus entity the answer read.
+    pub servicebus: Option<EntityCounts>,
+}
 
 /// A ScaledObject as KEDA names it, the labels of its series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -153,28 +170,42 @@ impl Metrics {
         self.0.tracked_objects.set(n as i64);
     }
 
-    /// Records a ScaledObject's decision: the answer (when there is one) and each usable
-    /// signal's figures. A signal missing from this decision keeps its last figures.
-    pub fn record_decision(
-        &self,
-        object: &ObjectLabels,
-        replicas: Option<u32>,
-        signals: &[(SignalKind, f64, u32, Option<Duration>)],
-    ) {
+    /// Records a ScaledObject's answer: the replicas (when there are some), each usable
+    /// signal's figures, and each missing signal's age. A signal missing from this answer
+    /// keeps its last value and replicas; its age keeps growing, so a stale signal shows.
+    pub fn record_answer(&self, object: &ObjectLabels, answer: &AnswerFigures<'_>) {
         let mut objects = self.0.objects.0.lock();
         let series = match objects.get_mut(object) {
             Some(series) => series,
             None => objects.entry(Arc::new(object.clone())).or_default(),
         };
-        if let Some(r) = replicas {
+        if let Some(r) = answer.replicas {
             series.desired = Some(f64::from(r));
         }
-        for &(kind, value, replicas, age) in signals {
+        series.max_replicas = answer.max_replicas.map(f64::from);
+        series.stale_after = Some(answer.stale_after.as_secs_f64());
+        if answer.servicebus.is_some() {
+            series.servicebus = answer.servicebus;
+        }
+        for &(kind, value, replicas, age) in answer.signals {
             series.signals[kind as usize] = Some(SignalFigures {
-                value,
-                replicas: f64::from(replicas),
+                value: Some(value),
+                replicas: Some(f64::from(replicas)),
                 age: age.map(|a| a.as_secs_f64()),
+                missing: false,
             });
+        }
+        for &(kind, age) in answer.missing {
+            let f = series.signals[kind as usize].get_or_insert(SignalFigures {
+                value: None,
+                replicas: None,
+                age: None,
+                missing: true,
+            });
+            f.missing = true;
+            if let Some(age) = age {
+                f.age = Some(age.as_secs_f64());
+            }
         }
     }
 
@@ -193,15 +224,21 @@ struct ObjectSeries(Mutex<BTreeMap<Arc<ObjectLabels>, Figures>>);
 #[derive(Clone, Copy, Debug, Default)]
 struct Figures {
     desired: Option<f64>,
+    max_replicas: Option<f64>,
+    stale_after: Option<f64>,
     /// By [`SignalKind`], in declaration order.
     signals: [Option<SignalFigures>; 3],
+    servicebus: Option<EntityCounts>,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct SignalFigures {
-    value: f64,
-    replicas: f64,
+    /// `None` until the signal has had a usable value.
+    value: Option<f64>,
+    replicas: Option<f64>,
     age: Option<f64>,
+    /// The latest answer had no usable value for it.
+    missing: bool,
 }
 
 const SIGNAL_KINDS: [SignalKind; 3] = [
@@ -216,23 +253,71 @@ type SignalMetric = (
     fn(&SignalFigures) -> Option<f64>,
 );
 
-const SIGNAL_METRICS: [SignalMetric; 3] = [
+const SIGNAL_METRICS: [SignalMetric; 4] = [
     (
         "signal_value",
         "Raw value of one signal (active messages, query result, cron replicas)",
-        |f| Some(f.value),
+        |f| f.value,
     ),
     (
         "signal_replicas",
         "Replicas one signal asks for on its own",
-        |f| Some(f.replicas),
+        |f| f.replicas,
     ),
     (
         "signal_age_seconds",
-        "Age of the value a signal was last decided with",
+        "Age of a signal's last good value at the latest answer (grows while it is missing)",
         |f| f.age,
     ),
+    (
+        "signal_missing",
+        "1 when the latest answer had no usable value for the signal (never read, or past staleAfter)",
+        |f| Some(if f.missing { 1.0 } else { 0.0 }),
+    ),
 ];
+
+type ObjectMetric = (&'static str, &'static str, fn(&Figures) -> Option<f64>);
+
+/// Per-ScaledObject series beside `desired_replicas`.
+const OBJECT_METRICS: [ObjectMetric; 7] = [
+    ("max_replicas", "The trigger's maxReplicas clamp", |f| {
+        f.max_replicas
+    }),
+    (
+        "stale_after_seconds",
+        "The trigger's staleAfter: a signal value older than this is not used",
+        |f| f.stale_after,
+    ),
+    (
+        "servicebus_active_messages",
+        "ActiveMessageCount of the Service Bus entity (sum over a useRegex match)",
+        |f| count(f.servicebus?.active),
+    ),
+    (
+        "servicebus_dead_letter_messages",
+        "DeadLetterMessageCount of the Service Bus entity, from the same management read",
+        |f| count(f.servicebus?.dead_letter),
+    ),
+    (
+        "servicebus_scheduled_messages",
+        "ScheduledMessageCount of the Service Bus entity, from the same management read",
+        |f| count(f.servicebus?.scheduled),
+    ),
+    (
+        "servicebus_transfer_messages",
+        "TransferMessageCount of the Service Bus entity, from the same management read",
+        |f| count(f.servicebus?.transfer),
+    ),
+    (
+        "servicebus_transfer_dead_letter_messages",
+        "TransferDeadLetterMessageCount of the Service Bus entity, from the same management read",
+        |f| count(f.servicebus?.transfer_dead_letter),
+    ),
+];
+
+fn count(c: Option<u64>) -> Option<f64> {
+    c.map(|c| c as f64)
+}
 
 impl Collector for ObjectSeries {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -257,6 +342,17 @@ impl Collector for ObjectSeries {
                     ("scaledobject", o.scaledobject.as_str()),
                 ];
                 ConstGauge::new(d).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, pick) in OBJECT_METRICS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (o, figures) in objects.iter() {
+                let Some(v) = pick(figures) else { continue };
+                let labels = [
+                    ("scaledobject_namespace", o.scaledobject_namespace.as_str()),
+                    ("scaledobject", o.scaledobject.as_str()),
+                ];
+                ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
             }
         }
         for (name, help, pick) in SIGNAL_METRICS {
@@ -290,15 +386,27 @@ mod tests {
             scaledobject_namespace: "prod".into(),
             scaledobject: "orders".into(),
         };
-        m.record_decision(
+        m.record_answer(
             &obj,
-            Some(4),
-            &[(
-                SignalKind::ServiceBus,
-                37.0,
-                4,
-                Some(Duration::from_secs(2)),
-            )],
+            &AnswerFigures {
+                replicas: Some(4),
+                signals: &[(
+                    SignalKind::ServiceBus,
+                    37.0,
+                    4,
+                    Some(Duration::from_secs(2)),
+                )],
+                max_replicas: Some(20),
+                stale_after: Duration::from_secs(60),
+                servicebus: Some(EntityCounts {
+                    active: Some(37),
+                    dead_letter: Some(3),
+                    scheduled: Some(1),
+                    transfer: Some(0),
+                    transfer_dead_letter: None,
+                }),
+                ..AnswerFigures::default()
+            },
         );
         m.upstream_request("servicebus", "ok", Duration::from_millis(12));
         m.grpc_request("GetMetrics", "OK", Duration::from_millis(1));
@@ -312,9 +420,17 @@ mod tests {
             r#"blend_scaler_upstream_request_duration_seconds_bucket{"#,
             r#"blend_scaler_grpc_requests_total{method="GetMetrics",code="OK"} 1"#,
             r#"blend_scaler_grpc_request_duration_seconds_count{method="GetMetrics"} 1"#,
+            r#"blend_scaler_max_replicas{scaledobject_namespace="prod",scaledobject="orders"} 20"#,
+            r#"blend_scaler_stale_after_seconds{scaledobject_namespace="prod",scaledobject="orders"} 60"#,
+            r#"blend_scaler_signal_missing{scaledobject_namespace="prod",scaledobject="orders",signal="servicebus"} 0"#,
+            r#"blend_scaler_servicebus_dead_letter_messages{scaledobject_namespace="prod",scaledobject="orders"} 3"#,
+            r#"blend_scaler_servicebus_scheduled_messages{scaledobject_namespace="prod",scaledobject="orders"} 1"#,
+            r#"blend_scaler_servicebus_transfer_messages{scaledobject_namespace="prod",scaledobject="orders"} 0"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+        // A count the upstream left out is no series, never a 0.
+        assert!(!text.contains("blend_scaler_servicebus_transfer_dead_letter_messages{"));
         m.forget(&obj);
         assert!(!m.encode().contains(r#"scaledobject="orders""#));
     }
@@ -333,17 +449,44 @@ mod tests {
             Some(Duration::from_secs(2)),
         );
         let cron = (SignalKind::Cron, 3.0, 3, None);
-        m.record_decision(&obj("orders"), Some(4), &[sb, cron]);
-        m.record_decision(&obj("billing"), None, &[cron]);
-        // Service Bus missing from the next decision: its last figures stay.
-        m.record_decision(&obj("orders"), Some(3), &[(SignalKind::Cron, 3.0, 3, None)]);
+        fn answer<'a>(
+            replicas: Option<u32>,
+            signals: &'a [(SignalKind, f64, u32, Option<Duration>)],
+            missing: &'a [(SignalKind, Option<Duration>)],
+        ) -> AnswerFigures<'a> {
+            AnswerFigures {
+                replicas,
+                signals,
+                missing,
+                stale_after: Duration::from_secs(60),
+                ..AnswerFigures::default()
+            }
+        }
+        m.record_answer(&obj("orders"), &answer(Some(4), &[sb, cron], &[]));
+        m.record_answer(&obj("billing"), &answer(None, &[cron], &[]));
+        // Service Bus missing from the next answer: its last value stays, its age grows.
+        m.record_answer(
+            &obj("orders"),
+            &answer(
+                Some(3),
+                &[(SignalKind::Cron, 3.0, 3, None)],
+                &[(SignalKind::ServiceBus, Some(Duration::from_secs(90)))],
+            ),
+        );
+        // A signal never read has no value, only its missing flag.
+        m.record_answer(
+            &obj("billing"),
+            &answer(None, &[cron], &[(SignalKind::Prometheus, None)]),
+        );
         let text = m.encode();
         for needle in [
             "# TYPE blend_scaler_desired_replicas gauge",
             "# TYPE blend_scaler_signal_age_seconds gauge",
             r#"blend_scaler_desired_replicas{scaledobject_namespace="prod",scaledobject="orders"} 3"#,
             r#"blend_scaler_signal_value{scaledobject_namespace="prod",scaledobject="orders",signal="servicebus"} 37"#,
-            r#"blend_scaler_signal_age_seconds{scaledobject_namespace="prod",scaledobject="orders",signal="servicebus"} 2"#,
+            r#"blend_scaler_signal_age_seconds{scaledobject_namespace="prod",scaledobject="orders",signal="servicebus"} 90"#,
+            r#"blend_scaler_signal_missing{scaledobject_namespace="prod",scaledobject="orders",signal="servicebus"} 1"#,
+            r#"blend_scaler_signal_missing{scaledobject_namespace="prod",scaledobject="billing",signal="prometheus"} 1"#,
             r#"blend_scaler_signal_replicas{scaledobject_namespace="prod",scaledobject="billing",signal="cron"} 3"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
@@ -355,6 +498,7 @@ mod tests {
             )
         );
         assert!(!text.contains(r#"signal_age_seconds{scaledobject_namespace="prod",scaledobject="orders",signal="cron"}"#));
+        assert!(!text.contains(r#"signal_value{scaledobject_namespace="prod",scaledobject="billing",signal="prometheus"}"#));
         m.forget(&obj("orders"));
         let text = m.encode();
         assert!(!text.contains(r#"scaledobject="orders""#), "{text}");

@@ -31,6 +31,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName};
 use tokio::time::Instant;
 use url::Url;
 
+use crate::binding::HostRules;
 use crate::cache::{self, GroupRead, Keyed, Refresher, SignalSource, Upstream};
 use crate::http::{self, Limits};
 use crate::metadata::{Aggregation, PrometheusAuth, PrometheusPlan, PrometheusTls};
@@ -232,9 +233,10 @@ pub fn key(plan: &PrometheusPlan) -> (Server, Query) {
 pub fn source(
     config: cache::RefreshConfig,
     metrics: Metrics,
+    hosts: &HostRules,
 ) -> Arc<dyn SignalSource<PrometheusPlan>> {
     Arc::new(Keyed::new(
-        Refresher::new(PrometheusUpstream::new(metrics), config),
+        Refresher::new(PrometheusUpstream::new(metrics, hosts), config),
         key,
     ))
 }
@@ -264,6 +266,8 @@ impl Drop for SharedClient {
 /// Reads instant queries from Prometheus servers.
 pub struct PrometheusUpstream {
     metrics: Metrics,
+    /// Which addresses the clients connect to.
+    hosts: HostRules,
     /// How each server is reached; a server nobody reads for a while is forgotten.
     connections: moka::sync::Cache<Server, Result<Connection, SignalError>>,
     /// HTTP clients by TLS identity, not by server: a client loads TLS roots and keeps a
@@ -274,9 +278,10 @@ pub struct PrometheusUpstream {
 }
 
 impl PrometheusUpstream {
-    pub fn new(metrics: Metrics) -> Self {
+    pub fn new(metrics: Metrics, hosts: &HostRules) -> Self {
         Self {
             metrics,
+            hosts: hosts.clone(),
             connections: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(15 * 60))
                 .build(),
@@ -317,7 +322,7 @@ impl PrometheusUpstream {
                          identities, its limit"
                     )));
                 }
-                match build_client(server) {
+                match build_client(server, &self.hosts) {
                     Ok(client) => Ok(Arc::new(SharedClient {
                         client,
                         live: self.live_clients.clone(),
@@ -447,9 +452,10 @@ fn connect(server: &Server, http: Arc<SharedClient>) -> Result<Connection, Signa
 
 /// The HTTP client for a TLS identity (`server`'s): its client certificate and CA, if any,
 /// and redirects within a server's own origin.
-fn build_client(server: &Server) -> Result<reqwest::Client, SignalError> {
+fn build_client(server: &Server, hosts: &HostRules) -> Result<reqwest::Client, SignalError> {
     let config_error = |what: &str| config_error(server, what);
-    let mut builder = http::client_builder(CONNECT_TIMEOUT).redirect(same_origin_redirects());
+    let mut builder =
+        http::client_builder(CONNECT_TIMEOUT, hosts).redirect(same_origin_redirects());
     if let Some(tls) = &server.auth.tls {
         // reqwest wants the certificate chain and its key in one PEM buffer.
         let pem = format!("{}\n{}\n", tls.cert.expose(), tls.key.expose());
@@ -561,11 +567,14 @@ async fn send(
         }
         Some(Ok(Envelope::Success { data })) if status.is_success() => Ok(data),
         Some(Ok(Envelope::Error(e))) => Err(api_error(status, &e, retry_after, server)),
-        Some(Err(e)) if status.is_success() => Err(SignalError::Malformed(format!(
-            "Prometheus at {} sent an answer that is not a query result: {}",
-            server.label(),
-            server.scrub(&e.to_string())
-        ))),
+        Some(Err(e)) if status.is_success() => {
+            // serde's message can quote the body: it goes to the log only.
+            log_detail(server, status, &e.to_string());
+            Err(SignalError::Malformed(format!(
+                "Prometheus at {} sent an answer that is not a query result",
+                server.label()
+            )))
+        }
         _ if status.is_success() => Err(SignalError::Malformed(format!(
             "Prometheus at {} answered HTTP {} without JSON",
             server.label(),
@@ -588,14 +597,34 @@ fn api_error(
     retry_after: Option<Duration>,
     server: &Server,
 ) -> SignalError {
-    let detail = server.scrub(&format!("{}: {}", e.error_type(), e.message()));
+    log_detail(
+        server,
+        status,
+        &format!("{}: {}", e.error_type(), e.message()),
+    );
     match e.error_type() {
-        PrometheusErrorType::BadData => SignalError::InvalidQuery(detail),
+        PrometheusErrorType::BadData => SignalError::InvalidQuery(format!(
+            "Prometheus at {} refused it as bad_data (its message is in the scaler's log)",
+            server.label()
+        )),
         PrometheusErrorType::Timeout => {
-            SignalError::QueryTimeout(format!("Prometheus at {}: {detail}", server.label()))
+            SignalError::QueryTimeout(format!("Prometheus at {}", server.label()))
         }
-        _ => http_error(status, &detail, retry_after, server),
+        _ => http_status(status, retry_after, server),
     }
+}
+
+/// The text of an error answer goes to the scaler's log, scrubbed of the server's secrets and
+/// cut short; never into an error a caller sees (audit finding H2: an internal host's page
+/// read back through error text).
+fn log_detail(server: &Server, status: StatusCode, text: &str) {
+    tracing::warn!(
+        upstream = UPSTREAM,
+        server = %server.label(),
+        status = status.as_u16(),
+        detail = %server.scrub(text),
+        "Prometheus answered an error"
+    );
 }
 
 /// A non-2xx answer that is not a Prometheus error (a proxy's page, an auth gateway).
@@ -605,8 +634,16 @@ fn http_error(
     retry_after: Option<Duration>,
     server: &Server,
 ) -> SignalError {
+    if !body.trim().is_empty() {
+        log_detail(server, status, body);
+    }
+    http_status(status, retry_after, server)
+}
+
+/// The error for a status code alone: a fixed cause naming the server.
+fn http_status(status: StatusCode, retry_after: Option<Duration>, server: &Server) -> SignalError {
     let code = status.as_u16();
-    let detail = format!("Prometheus at {}: {}", server.label(), server.scrub(body));
+    let detail = format!("Prometheus at {}", server.label());
     match code {
         // Prometheus itself only answers 400 for a query it cannot parse or evaluate as asked.
         400 => SignalError::InvalidQuery(detail),

@@ -16,7 +16,9 @@ use tonic::transport::Server;
 use tonic::transport::server::Router as GrpcRouter;
 use tonic_health::ServingStatus;
 
+use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
+use crate::decisions::{self, DecisionsOptions};
 use crate::engine::{Engine, EngineConfig, Sources};
 use crate::grpc::ScalerService;
 use crate::metrics::Metrics;
@@ -28,12 +30,14 @@ pub use crate::tls::TlsFiles;
 
 pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
-    /// `/metrics`, `/livez`, `/readyz`; `None` runs no HTTP listener.
+    /// `/metrics`, `/livez`, `/readyz`, `/decisions`; `None` runs no HTTP listener.
     pub http_addr: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
     /// Connection and HTTP/2 limits of the gRPC listener (the HTTP one has its own, fixed).
     pub transport: TransportLimits,
     pub engine: EngineConfig,
+    /// `/decisions` on the HTTP port.
+    pub decisions: DecisionsOptions,
 }
 
 impl ServerConfig {
@@ -45,22 +49,31 @@ impl ServerConfig {
             tls: None,
             transport: TransportLimits::default(),
             engine: EngineConfig::default(),
+            decisions: DecisionsOptions::default(),
         }
     }
 }
 
 /// The signal sources this build has, sharing one metrics registry.
-pub fn default_sources(refresh: &RefreshConfig, metrics: &Metrics) -> Sources {
+pub fn default_sources(refresh: &RefreshConfig, hosts: &HostRules, metrics: &Metrics) -> Sources {
     Sources {
-        servicebus: Some(crate::servicebus::source(refresh.clone(), metrics.clone())),
-        prometheus: Some(crate::prometheus::source(refresh.clone(), metrics.clone())),
+        servicebus: Some(crate::servicebus::source(
+            refresh.clone(),
+            metrics.clone(),
+            hosts,
+        )),
+        prometheus: Some(crate::prometheus::source(
+            refresh.clone(),
+            metrics.clone(),
+            hosts,
+        )),
     }
 }
 
 /// [`start`] with `serve`'s signal sources, refreshed as `config.engine.refresh` says.
 pub async fn start_with_default_sources(config: ServerConfig) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
-    let sources = default_sources(&config.engine.refresh, &metrics);
+    let sources = default_sources(&config.engine.refresh, &config.engine.hosts, &metrics);
     start(config, sources, metrics).await
 }
 
@@ -146,7 +159,8 @@ pub async fn start(
                 .with_context(|| format!("binding HTTP address {addr}"))?;
             let http_addr = listener.local_addr()?;
             let limits = TransportLimits::http();
-            let app = http_router(metrics.clone(), ready.clone());
+            let app = http_router(metrics.clone(), ready.clone())
+                .merge(decisions::router(engine.clone(), config.decisions.clone()));
             let incoming = transport::accept_plain(listener, &limits);
             let task = tokio::spawn(transport::serve_http(incoming, limits, move |_| {
                 app.clone()

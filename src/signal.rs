@@ -81,6 +81,9 @@ pub enum SignalError {
     /// A read that did not report an item it was asked for: a bookkeeping gap, not an outage.
     #[error("{0}")]
     Unreported(&'static str),
+    /// The upstream's host resolved only to addresses the scaler does not connect to.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl SignalError {
@@ -119,6 +122,7 @@ impl SignalError {
             Credential(m) => Credential(f(&m)),
             InvalidEntity(m) => InvalidEntity(f(&m)),
             OverLimit(m) => OverLimit(f(&m)),
+            Refused(m) => Refused(f(&m)),
             Capacity(m) => Capacity(f(&m)),
             other @ (Throttled { .. }
             | Timeout(_)
@@ -169,5 +173,41 @@ impl Observation {
             error: Some(Arc::new(error)),
             rate: None,
         }
+    }
+}
+
+/// The message counts a Service Bus read returned beside the active count (`CountDetails`):
+/// shown and exported, never decided on. A count the upstream left out stays `None`, never 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EntityCounts {
+    pub active: Option<u64>,
+    pub dead_letter: Option<u64>,
+    pub scheduled: Option<u64>,
+    pub transfer: Option<u64>,
+    pub transfer_dead_letter: Option<u64>,
+}
+
+impl EntityCounts {
+    /// The counts of several entities (a `useRegex` match) added up: a count any entity left
+    /// out is unknown for the sum.
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a EntityCounts>) -> EntityCounts {
+        let add = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_add(b?));
+        let zero = Some(0);
+        all.into_iter().fold(
+            EntityCounts {
+                active: zero,
+                dead_letter: zero,
+                scheduled: zero,
+                transfer: zero,
+                transfer_dead_letter: zero,
+            },
+            |acc, c| EntityCounts {
+                active: add(acc.active, c.active),
+                dead_letter: add(acc.dead_letter, c.dead_letter),
+                scheduled: add(acc.scheduled, c.scheduled),
+                transfer: add(acc.transfer, c.transfer),
+                transfer_dead_letter: add(acc.transfer_dead_letter, c.transfer_dead_letter),
+            },
+        )
     }
 }

@@ -48,7 +48,10 @@ async fn scaler(
     config.engine.refresh.max_groups = max_groups;
     config.engine.refresh.max_items_per_group = max_items;
     let metrics = Metrics::new();
-    let upstream = Arc::new(PrometheusUpstream::new(metrics.clone()));
+    let upstream = Arc::new(PrometheusUpstream::new(
+        metrics.clone(),
+        &blend_scaler::binding::HostRules::loopback(),
+    ));
     let sources = Sources {
         servicebus: None,
         prometheus: Some(Arc::new(Keyed::new(

@@ -98,7 +98,7 @@ async fn scaler(servicebus_timeout: Duration) -> Scaler {
         metrics.clone(),
         ClientOptions {
             timeout: servicebus_timeout,
-            ..ClientOptions::default()
+            ..ClientOptions::loopback()
         },
         Err("no workload identity in these tests".into()),
     );
@@ -107,6 +107,7 @@ async fn scaler(servicebus_timeout: Duration) -> Scaler {
         prometheus: Some(blend_scaler::prometheus::source(
             refresh.clone(),
             metrics.clone(),
+            &blend_scaler::binding::HostRules::loopback(),
         )),
     };
     let mut config = ServerConfig::loopback();

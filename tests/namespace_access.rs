@@ -132,7 +132,7 @@ async fn the_scalers_workload_identity_is_opt_in_per_namespace() {
     let metrics = Metrics::new();
     let upstream = ServiceBusUpstream::with_options(
         metrics.clone(),
-        ClientOptions::default(),
+        ClientOptions::loopback(),
         Ok(keda::workload_identity(&double, file)),
     );
     let sources = Sources {

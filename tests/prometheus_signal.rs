@@ -107,7 +107,11 @@ async fn a_known_value_gives_ceil_value_over_threshold_replicas_and_the_right_ac
         .gauge("http_rps", &[], 123.4)
         .start()
         .await;
-    let source = prometheus::source(fast_refresh(), Metrics::new());
+    let source = prometheus::source(
+        fast_refresh(),
+        Metrics::new(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
 
     for (activation, active) in [("100", true), ("123.4", false), ("200", false)] {
         let plan = plan(
@@ -145,7 +149,10 @@ async fn a_request_rate_over_backfilled_counters_is_read_exactly() {
         .counter("http_requests_total", &[("pod", "b")], 7.5)
         .start()
         .await;
-    let upstream = PrometheusUpstream::new(Metrics::new());
+    let upstream = PrometheusUpstream::new(
+        Metrics::new(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
     let plan = plan(
         &server.url(),
         &[
@@ -164,7 +171,10 @@ async fn an_empty_result_or_nan_follows_ignore_null_values() {
         .gauge("http_rps", &[], 123.4)
         .start()
         .await;
-    let upstream = PrometheusUpstream::new(Metrics::new());
+    let upstream = PrometheusUpstream::new(
+        Metrics::new(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
     let empty = "no_such_metric";
     let nan = "(http_rps - http_rps) / (http_rps - http_rps)";
     let inf = "http_rps / (http_rps - http_rps)";
@@ -191,7 +201,10 @@ async fn several_series_follow_series_aggregation_or_are_an_error() {
         .gauge("queue_depth", &[("pod", "c")], 60.0)
         .start()
         .await;
-    let upstream = PrometheusUpstream::new(Metrics::new());
+    let upstream = PrometheusUpstream::new(
+        Metrics::new(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
     let base = [("query", "queue_depth")];
     let refused = read(&upstream, &plan(&server.url(), &base)).await;
     assert_eq!(refused, Err(SignalError::MultipleSeries(3)));
@@ -211,17 +224,21 @@ async fn several_series_follow_series_aggregation_or_are_an_error() {
 }
 
 #[tokio::test]
-async fn invalid_promql_is_an_invalid_query_error_with_prometheus_own_words() {
+async fn invalid_promql_is_an_invalid_query_error_without_prometheus_own_words() {
     let server = Prometheus::builder()
         .gauge("http_rps", &[], 1.0)
         .start()
         .await;
     let metrics = Metrics::new();
-    let upstream = PrometheusUpstream::new(metrics.clone());
+    let upstream = PrometheusUpstream::new(
+        metrics.clone(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
     let p = plan(&server.url(), &[("query", "sum(rate(http_rps[5m])")]);
     match read(&upstream, &p).await {
         Err(SignalError::InvalidQuery(detail)) => {
-            assert!(detail.contains("parse error"), "{detail}")
+            assert!(detail.contains("bad_data"), "{detail}");
+            assert!(!detail.contains("parse error"), "{detail}");
         }
         other => panic!("expected InvalidQuery, got {other:?}"),
     }
@@ -247,7 +264,10 @@ async fn query_parameters_namespace_and_custom_headers_reach_the_server() {
         .start()
         .await;
     let proxy = Proxy::start(&server.url(), None).await;
-    let upstream = PrometheusUpstream::new(Metrics::new());
+    let upstream = PrometheusUpstream::new(
+        Metrics::new(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
     let twenty_minutes_ago = (server.now() - 1200).to_string();
 
     // Prometheus honours `time`: the value from before the step proves the parameter arrived.
@@ -287,7 +307,13 @@ async fn with_prometheus_stopped_reads_fail_and_the_cache_keeps_the_last_good_va
         .start()
         .await;
     let metrics = Metrics::new();
-    let refresher = Refresher::new(PrometheusUpstream::new(metrics.clone()), fast_refresh());
+    let refresher = Refresher::new(
+        PrometheusUpstream::new(
+            metrics.clone(),
+            &blend_scaler::binding::HostRules::loopback(),
+        ),
+        fast_refresh(),
+    );
     let plan = plan(
         &server.url(),
         &[("query", "http_rps"), ("staleAfter", "1s")],
@@ -362,7 +388,10 @@ async fn a_server_that_never_answers_times_out_as_an_error() {
         }
     });
     let metrics = Metrics::new();
-    let upstream = PrometheusUpstream::new(metrics.clone());
+    let upstream = PrometheusUpstream::new(
+        metrics.clone(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
     let p = plan(
         &format!("http://{addr}"),
         &[("query", "up"), ("timeout", "300")],
@@ -388,7 +417,10 @@ async fn non_2xx_answers_are_errors_and_throttling_pauses_the_server() {
         .start()
         .await;
     let proxy = Proxy::start(&server.url(), None).await;
-    let upstream = PrometheusUpstream::new(Metrics::new());
+    let upstream = PrometheusUpstream::new(
+        Metrics::new(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
     let p = plan(&proxy.url(), &[("query", "http_rps")]);
     assert_eq!(read(&upstream, &p).await, Ok(7.0));
 
@@ -429,7 +461,10 @@ async fn a_bearer_token_reaches_the_server_and_appears_in_no_error_or_log() {
     let proxy = Proxy::start(&server.url(), Some(&format!("Bearer {TOKEN}"))).await;
     captured_logs();
     let metrics = Metrics::new();
-    let upstream = PrometheusUpstream::new(metrics.clone());
+    let upstream = PrometheusUpstream::new(
+        metrics.clone(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
 
     let good = plan(
         &proxy.url(),
@@ -457,7 +492,11 @@ async fn a_bearer_token_reaches_the_server_and_appears_in_no_error_or_log() {
         ],
     );
     // Through the cache too, so the refresh path's logging is covered.
-    let source = prometheus::source(fast_refresh(), metrics.clone());
+    let source = prometheus::source(
+        fast_refresh(),
+        metrics.clone(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
     let obs = source.observe(prom(&bad)).await;
     let error = obs.error.expect("a refused token is an error");
     assert_eq!(obs.value, None, "never a 0 for a refused request");
@@ -494,7 +533,10 @@ async fn basic_auth_is_checked_by_prometheus_itself_and_the_password_never_leaks
         .start()
         .await;
     captured_logs();
-    let upstream = PrometheusUpstream::new(Metrics::new());
+    let upstream = PrometheusUpstream::new(
+        Metrics::new(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
     let with = |user: &str, password: &str| {
         plan(
             &server.url(),
@@ -536,7 +578,10 @@ async fn a_client_certificate_satisfies_a_prometheus_that_requires_one() {
         .with_tls()
         .start()
         .await;
-    let upstream = PrometheusUpstream::new(Metrics::new());
+    let upstream = PrometheusUpstream::new(
+        Metrics::new(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
     let (cert, key_pem, ca) = (
         tls_fixture("client.crt"),
         tls_fixture("client.key"),
@@ -580,6 +625,7 @@ async fn identical_queries_from_twenty_scaledobjects_cost_one_request_per_refres
             ..fast_refresh()
         },
         Metrics::new(),
+        &blend_scaler::binding::HostRules::loopback(),
     );
     // Twenty ScaledObjects: same server and query, each with its own threshold.
     let plans: Vec<Plan> = (1..=20)
@@ -660,7 +706,10 @@ async fn redirects_are_followed_within_the_server_only_so_headers_never_reach_an
             }),
         );
     let task = tokio::spawn(async move { axum::serve(listener, app).await });
-    let upstream = PrometheusUpstream::new(Metrics::new());
+    let upstream = PrometheusUpstream::new(
+        Metrics::new(),
+        &blend_scaler::binding::HostRules::loopback(),
+    );
     let headers = ("customHeaders", "X-Api-Key=redirect-secret");
 
     let moved = plan(

@@ -336,7 +336,7 @@ async fn the_client_reads_recorded_exchanges_with_their_status_codes() {
     ])
     .await;
     let metrics = Metrics::new();
-    let client = Client::new(metrics.clone(), ClientOptions::default());
+    let client = Client::new(metrics.clone(), ClientOptions::loopback());
     let conn = Connection::new(
         &endpoint,
         Credential::SharedKey(SharedKeySigner::new("root", Secret::new("k3y-value"))),

@@ -30,7 +30,13 @@ fn config() -> RefreshConfig {
 }
 
 fn source(metrics: &Metrics) -> Arc<dyn SignalSource<ServiceBusPlan>> {
-    servicebus::source_from(ServiceBusUpstream::new(metrics.clone()), config())
+    servicebus::source_from(
+        ServiceBusUpstream::new(
+            metrics.clone(),
+            &blend_scaler::binding::HostRules::loopback(),
+        ),
+        config(),
+    )
 }
 
 /// A plan as KEDA's metadata makes it, pointed at the double.
@@ -143,7 +149,10 @@ async fn scaledobjects_asked_about_after_a_list_read_are_answered_from_its_pages
     // A long interval, so no background refresh runs during the test: every read counted
     // below is one a first call caused.
     let sb = servicebus::source_from(
-        ServiceBusUpstream::new(Metrics::new()),
+        ServiceBusUpstream::new(
+            Metrics::new(),
+            &blend_scaler::binding::HostRules::loopback(),
+        ),
         RefreshConfig {
             interval: Duration::from_secs(30),
             fast_interval: Duration::from_millis(100),

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use tokio::sync::watch;
 
 use super::{Refresher, Upstream};
-use crate::signal::Observation;
+use crate::signal::{EntityCounts, Observation};
 
 /// One signal's cache as the engine sees it: by plan, whatever the upstream's keys are.
 pub trait SignalSource<P>: Send + Sync + 'static {
@@ -15,6 +15,11 @@ pub trait SignalSource<P>: Send + Sync + 'static {
     -> Pin<Box<dyn Future<Output = Observation> + Send + 'a>>;
     /// Change notifications for `plan`'s group, and a guard that keeps it at the fast interval.
     fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>);
+    /// The message counts the latest read returned beside `plan`'s value, for sources whose
+    /// reads carry them (Service Bus); shown and exported, never decided on.
+    fn counts(&self, _plan: &P) -> Option<EntityCounts> {
+        None
+    }
 }
 
 /// Adapts a [`Refresher`] to a plan type through a function from plan to (group, item).

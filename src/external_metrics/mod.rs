@@ -60,7 +60,10 @@ impl ApiError {
             ApiError::Forbidden { .. } => (403, "Forbidden"),
             ApiError::Engine { source, .. } => match source {
                 EngineError::Metadata(_) | EngineError::InvalidQuery(_) => (404, "NotFound"),
-                EngineError::NotAllowed { .. } | EngineError::Refused(_) => (403, "Forbidden"),
+                EngineError::NotAllowed { .. }
+                | EngineError::Refused(_)
+                | EngineError::AddressRefused { .. }
+                | EngineError::UpstreamRefused { .. } => (403, "Forbidden"),
                 // The HPA holds its replica count on any error; 503 says it may pass.
                 EngineError::Unavailable { .. } => (503, "ServiceUnavailable"),
                 EngineError::NotEnabled(_) => (404, "NotFound"),

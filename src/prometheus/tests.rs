@@ -213,9 +213,14 @@ fn the_api_envelope_decodes_success_and_bad_data() {
     let server = key(&plan(&[])).0;
     let err = api_error(StatusCode::BAD_REQUEST, &e, None, &server);
     assert_eq!(err.outcome(), "bad_query");
+    // Prometheus's own words go to the log; the error carries a fixed cause.
     assert_eq!(
         err,
-        SignalError::InvalidQuery("bad_data: parse error".into())
+        SignalError::InvalidQuery(
+            "Prometheus at prometheus.monitoring:9090 refused it as bad_data (its message is in \
+             the scaler's log)"
+                .into()
+        )
     );
 }
 
@@ -266,7 +271,7 @@ fn bad_tls_material_is_a_setup_error_that_names_no_secret() {
         ("certFromEnv", "not-a-pem-cert-secret"),
         ("keyFromEnv", "not-a-pem-key-secret"),
     ]);
-    let Err(e) = build_client(&key(&p).0) else {
+    let Err(e) = build_client(&key(&p).0, &crate::binding::HostRules::default()) else {
         panic!("garbage PEM must not build a client")
     };
     let text = e.to_string();

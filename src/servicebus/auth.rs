@@ -297,11 +297,19 @@ impl WorkloadIdentity {
                 .as_str()
                 .and_then(|d| d.lines().next())
                 .unwrap_or("");
-            let detail = clip(
-                &format!("Azure AD refused the token exchange: {code}: {description}")
-                    .replace(assertion.expose(), "<redacted>"),
-                400,
+            // Azure AD's own words (AADSTS codes) help the operator, not the tenant: they go
+            // to the log, and the caller gets a fixed cause.
+            tracing::warn!(
+                upstream = "azure_ad",
+                status,
+                detail = %clip(
+                    &format!("{code}: {description}").replace(assertion.expose(), "<redacted>"),
+                    400
+                ),
+                "Azure AD refused the token exchange"
             );
+            let detail = "Azure AD refused the token exchange (its reason is in the scaler's log)"
+                .to_string();
             return Err(match status {
                 400 | 401 | 403 => SignalError::Unauthorized { status, detail },
                 429 | 503 => SignalError::Throttled {

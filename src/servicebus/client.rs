@@ -7,6 +7,7 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::time::Instant;
 
+use crate::binding::HostRules;
 use crate::http::{self, Limits};
 use crate::metrics::Metrics;
 use crate::offload::{self, Work};
@@ -43,6 +44,18 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Bodies larger than this are refused (a page of 100 entities is about 250 KiB).
     pub max_body_bytes: usize,
+    /// Which addresses the client connects to (the default: public ones only).
+    pub hosts: HostRules,
+}
+
+impl ClientOptions {
+    /// The defaults, with loopback upstreams allowed: for local test doubles.
+    pub fn loopback() -> Self {
+        Self {
+            hosts: HostRules::loopback(),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for ClientOptions {
@@ -50,6 +63,7 @@ impl Default for ClientOptions {
         Self {
             timeout: Duration::from_secs(10),
             max_body_bytes: MAX_BODY_BYTES,
+            hosts: HostRules::default(),
         }
     }
 }
@@ -112,7 +126,7 @@ pub struct Client {
 impl Client {
     pub fn new(metrics: Metrics, options: ClientOptions) -> Self {
         // The management API does not redirect: the layer's default of following none holds.
-        let http = http::client_builder(options.timeout)
+        let http = http::client_builder(options.timeout, &options.hosts)
             .build()
             // Only fails when the compiled-in TLS backend cannot initialise: a broken build.
             .expect("the HTTP client builds with the compiled-in TLS backend");

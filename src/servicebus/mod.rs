@@ -25,11 +25,15 @@ mod read_plan;
 mod upstream;
 mod values;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::binding::HostRules;
 use crate::cache::{Keyed, RefreshConfig, Refresher, SignalSource};
 use crate::metadata::{Aggregation, Entity, ServiceBusAuth, ServiceBusPlan};
 use crate::metrics::Metrics;
+use crate::signal::{EntityCounts, Observation};
 
 pub use self::upstream::{CROSS_CREDENTIAL_HOLD, ServiceBusUpstream};
 
@@ -81,8 +85,12 @@ fn normalise_endpoint(endpoint: &str) -> String {
 
 /// The Service Bus signal as the engine uses it: a background-refreshed cache over a
 /// [`ServiceBusUpstream`] that reads workload identity settings from the environment.
-pub fn source(config: RefreshConfig, metrics: Metrics) -> Arc<dyn SignalSource<ServiceBusPlan>> {
-    source_from(ServiceBusUpstream::new(metrics), config)
+pub fn source(
+    config: RefreshConfig,
+    metrics: Metrics,
+    hosts: &HostRules,
+) -> Arc<dyn SignalSource<ServiceBusPlan>> {
+    source_from(ServiceBusUpstream::new(metrics, hosts), config)
 }
 
 /// Like [`source`], over a given upstream (tests, `demo`).
@@ -90,7 +98,37 @@ pub fn source_from(
     upstream: ServiceBusUpstream,
     config: RefreshConfig,
 ) -> Arc<dyn SignalSource<ServiceBusPlan>> {
-    Arc::new(Keyed::new(Refresher::new(upstream, config), key))
+    let upstream = Arc::new(upstream);
+    Arc::new(Source {
+        keyed: Keyed::new(Refresher::from_arc(upstream.clone(), config), key),
+        upstream,
+    })
+}
+
+/// The cache over the upstream, and the upstream itself for the counts its reads kept.
+struct Source {
+    keyed: Keyed<ServiceBusUpstream, ServiceBusPlan>,
+    upstream: Arc<ServiceBusUpstream>,
+}
+
+impl SignalSource<ServiceBusPlan> for Source {
+    fn observe<'a>(
+        &'a self,
+        plan: &'a ServiceBusPlan,
+    ) -> Pin<Box<dyn Future<Output = Observation> + Send + 'a>> {
+        self.keyed.observe(plan)
+    }
+
+    fn watch(
+        &self,
+        plan: &ServiceBusPlan,
+    ) -> (tokio::sync::watch::Receiver<u64>, Box<dyn Send + Sync>) {
+        self.keyed.watch(plan)
+    }
+
+    fn counts(&self, plan: &ServiceBusPlan) -> Option<EntityCounts> {
+        self.upstream.counts.get(&key(plan))
+    }
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ fn one_exact_name_is_a_get_and_more_or_a_pattern_is_a_list() {
 async fn a_throttled_group_waits_its_whole_retry_after_and_others_on_the_host_at_most_30_s() {
     let up = ServiceBusUpstream::with_options(
         Metrics::new(),
-        ClientOptions::default(),
+        ClientOptions::loopback(),
         Err("none".into()),
     );
     let (told, other) = (1, 2);

@@ -11,6 +11,8 @@ use tokio::time::Instant;
 use futures::StreamExt as _;
 use regex::Regex;
 
+use crate::binding::HostRules;
+
 use super::atom::Description;
 use super::auth::{Credential, WorkloadIdentity, WorkloadIdentityConfig};
 use super::client::{Client, ClientOptions, Connection, PAGE_SIZE};
@@ -20,7 +22,7 @@ use super::{NamespaceKey, Watched};
 use crate::cache::{GroupRead, Upstream};
 use crate::metadata::Entity;
 use crate::metrics::Metrics;
-use crate::signal::SignalError;
+use crate::signal::{EntityCounts, SignalError};
 
 /// A list is read at most this many pages (10 000 entities, the namespace limit).
 const MAX_PAGES: usize = 100;
@@ -43,6 +45,9 @@ pub struct ServiceBusUpstream {
     /// at most `cross_credential_hold` of it.
     pub(super) quiet: parking_lot::Mutex<HashMap<String, HashMap<u64, Hold>>>,
     cross_credential_hold: Duration,
+    /// The other counts of each watched item's entities, from the same reads that gave its
+    /// value (`blend_scaler_servicebus_*_messages`, `/decisions`): no read of their own.
+    pub(super) counts: moka::sync::Cache<(NamespaceKey, Watched), EntityCounts>,
 }
 
 /// One group's throttling on a host.
@@ -61,12 +66,19 @@ pub(super) fn group_id(key: &NamespaceKey) -> u64 {
     h.finish()
 }
 
+/// How long the counts of an entity no read returns any more are kept (the cache drops an
+/// item nobody asks about after its idle time; this only bounds the table).
+const COUNTS_KEPT: Duration = Duration::from_secs(3600);
+
 impl ServiceBusUpstream {
-    /// Default client options; workload identity from `AZURE_*` variables.
-    pub fn new(metrics: Metrics) -> Self {
+    /// Default client options with `hosts`; workload identity from `AZURE_*` variables.
+    pub fn new(metrics: Metrics, hosts: &HostRules) -> Self {
         Self::with_options(
             metrics,
-            ClientOptions::default(),
+            ClientOptions {
+                hosts: hosts.clone(),
+                ..ClientOptions::default()
+            },
             WorkloadIdentityConfig::from_env(),
         )
     }
@@ -90,6 +102,9 @@ impl ServiceBusUpstream {
             identity,
             quiet: parking_lot::Mutex::new(HashMap::new()),
             cross_credential_hold: CROSS_CREDENTIAL_HOLD,
+            counts: moka::sync::Cache::builder()
+                .time_to_live(COUNTS_KEPT)
+                .build(),
             connections: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
@@ -361,7 +376,10 @@ impl Upstream for ServiceBusUpstream {
         fetched.extend(self.fetch_all(&conn, &gate, plan).await);
 
         for (item, c) in &compiled {
-            let v = value(item, c, &fetched, conn.host());
+            let v = value(item, c, &fetched, conn.host()).map(|(v, counts)| {
+                self.counts.insert((group.clone(), (*item).clone()), counts);
+                v
+            });
             values.insert((*item).clone(), v);
         }
         if let Some(wait) = gate.retry_after()

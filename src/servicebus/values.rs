@@ -7,7 +7,7 @@ use super::Watched;
 use super::atom::Description;
 use super::read_plan::{Bucket, Compiled, Fetched, Name, Wants};
 use crate::metadata::{Aggregation, Entity};
-use crate::signal::SignalError;
+use crate::signal::{EntityCounts, SignalError};
 
 /// The entities a list read returned that no item names exactly, as the items that would:
 /// after a restart KEDA asks about one ScaledObject after another, and each one whose entity
@@ -61,12 +61,14 @@ fn entries<'a>(fetched: &'a Fetched, bucket: &Bucket) -> Result<&'a [Description
     }
 }
 
+/// The item's value, and the other counts of the entities it came from (summed over a
+/// `useRegex` match).
 pub(super) fn value(
     item: &Watched,
     compiled: &Compiled,
     fetched: &Fetched,
     host: &str,
-) -> Result<f64, SignalError> {
+) -> Result<(f64, EntityCounts), SignalError> {
     let found: Vec<&Description> = match compiled {
         Compiled::Queue(name) => entries(fetched, &Bucket::Queues)?
             .iter()
@@ -92,7 +94,24 @@ pub(super) fn value(
             found
         }
     };
-    combine(item, &found, || describe(item, host))
+    let v = combine(item, &found, || describe(item, host))?;
+    let counts = if item.use_regex {
+        let each: Vec<EntityCounts> = found.iter().map(|d| entity_counts(&d.counts)).collect();
+        EntityCounts::sum(&each)
+    } else {
+        entity_counts(&found[0].counts)
+    };
+    Ok((v, counts))
+}
+
+fn entity_counts(c: &super::atom::CountDetails) -> EntityCounts {
+    EntityCounts {
+        active: c.active,
+        dead_letter: c.dead_letter,
+        scheduled: c.scheduled,
+        transfer: c.transfer,
+        transfer_dead_letter: c.transfer_dead_letter,
+    }
 }
 
 /// How a not-found message names what was watched.

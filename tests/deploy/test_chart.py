@@ -455,3 +455,15 @@ def test_extra_ingress_rules_are_appended(renders):
     assert rules[-1] == {"ports": [{"port": 6443, "protocol": "TCP"}]}
     assert len(one(d.manifests_of(renders["default"]), "NetworkPolicy")["spec"]["ingress"]) == 2
     assert d.schema_errors({"networkPolicy": {"extraIngress": [{"to": []}]}}), "an egress-shaped rule is refused"
+
+
+def test_default_allowlist_is_the_platforms_own(renders):
+    env = env_of(d.manifests_of(renders["default"]))
+    # Deny all but Azure Service Bus and the in-cluster Prometheus, on its port.
+    assert env["BLEND_SCALER_ALLOW_UPSTREAM"]["value"] == (
+        "*.servicebus.windows.net,*.servicebus.usgovcloudapi.net,"
+        "*.servicebus.chinacloudapi.cn,prometheus-server.monitoring:9090"
+    )
+    # Only the in-cluster Prometheus may be reached on a cluster (private) address.
+    assert env["BLEND_SCALER_ALLOW_PRIVATE_UPSTREAM"]["value"] == "prometheus-server.monitoring"
+    assert "WARNING: scaler.allowUpstream is empty" not in d.notes_of(renders["default"])

@@ -184,10 +184,17 @@ def test_service_monitors_for_blend_scaler_and_keda(objects):
 
 
 def test_scaler_may_reach_the_prometheus_it_queries(objects):
-    allow = _hr(objects, "blend-scaler")["spec"]["values"]["scaler"]["allowUpstream"]
+    scaler = _hr(objects, "blend-scaler")["spec"]["values"]["scaler"]
+    allow, private = scaler["allowUpstream"], scaler["allowPrivateUpstream"]
     for _, meta in d.external_triggers(_all(objects)):
         if meta.get("serverAddress"):
-            assert urlparse(meta["serverAddress"]).hostname in allow
+            url = urlparse(meta["serverAddress"])
+            default = {"http": 80, "https": 443}[url.scheme]
+            # Allowlist entries are host[:port]; without a port only the scheme's default.
+            entry = url.hostname if url.port in (None, default) else f"{url.hostname}:{url.port}"
+            assert entry in allow, entry
+            # A ClusterIP Service resolves to a private address: allowed by name.
+            assert url.hostname in private
 
 
 # ---- 14.5 one image cannot block the platform ----------------------------------

@@ -48,7 +48,7 @@ pub fn tls_fixture(name: &str) -> String {
 }
 
 /// Where a package binary is: `/usr/bin`, else the first on `PATH`.
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     let packaged = Path::new("/usr/bin").join(name);
     if packaged.is_file() {
         return packaged;
