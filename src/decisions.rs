@@ -379,7 +379,9 @@ pub async fn fetch(base: &str, namespace: &str, name: &str) -> anyhow::Result<De
         .map_err(|_| anyhow::anyhow!("--from `{base}` cannot take a path"))?
         .pop_if_empty()
         .extend(["decisions", namespace, name]);
-    let client = crate::http::client_builder(Duration::from_secs(5))
+    // The operator typed this URL (often a port-forward on loopback or a pod address): not
+    // a tenant's upstream, so no address guard.
+    let client = crate::http::operator_client_builder(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
         .build()?;
     let response = client

@@ -52,15 +52,20 @@ pub struct Limits {
 /// only to addresses `hosts` allows (IP-literal hosts never reach a resolver: the engine checks
 /// them with [`check_address`] before anything is read).
 pub fn client_builder(connect_timeout: Duration, hosts: &HostRules) -> reqwest::ClientBuilder {
+    operator_client_builder(connect_timeout).dns_resolver(GuardedResolver {
+        hosts: Arc::new(hosts.clone()),
+    })
+}
+
+/// Like [`client_builder`] but without the address guard: only for a URL the operator typed
+/// on the command line (`explain --from`), which no tenant chose.
+pub fn operator_client_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         // A redirect could carry a request (and its credential) to a host the allowlist
         // never saw; an upstream that needs one says so with its own policy.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("blend-scaler/", env!("CARGO_PKG_VERSION")))
-        .dns_resolver(GuardedResolver {
-            hosts: Arc::new(hosts.clone()),
-        })
 }
 
 /// What kind of address an upstream host resolved to, for the connect-time check (SPEC
