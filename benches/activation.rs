@@ -13,7 +13,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use blend_scaler::engine::{EngineConfig, Sources};
+use blend_scaler::engine::{EngineConfig, SignalCaches};
 use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{IsActiveResponse, ScaledObjectRef};
@@ -71,13 +71,13 @@ async fn run(trials: usize) -> Vec<Duration> {
         },
         ..EngineConfig::default()
     };
-    let sources = Sources {
+    let sources = SignalCaches {
         servicebus: Some(blend_scaler::servicebus::source(
             engine.refresh.clone(),
             metrics.clone(),
             &blend_scaler::binding::HostRules::loopback(),
         )),
-        ..Sources::default()
+        ..SignalCaches::default()
     };
     let running = server::start(
         ServerConfig {

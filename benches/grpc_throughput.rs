@@ -21,22 +21,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
-use blend_scaler::proto::external_scaler_server::{ExternalScaler, ExternalScalerServer};
-use blend_scaler::proto::{
-    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
-    MetricValue, ScaledObjectRef,
-};
+use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use blend_scaler_testkit::servicebus::ServiceBusDouble;
 use futures::StreamExt;
 use support::Args;
-use tonic::transport::{Channel, Endpoint, Server};
-use tonic::{Request, Response, Status};
-
-const METRIC: &str = "blended-replicas";
+use support::baseline::METRIC;
+use tonic::transport::{Channel, Endpoint};
 
 fn main() {
     if support::role().as_deref() == Some("baseline") {
-        return baseline_main();
+        return support::baseline::main();
     }
     let args = Args::parse();
     let rounds: usize = args.get("rounds", 8);
@@ -401,83 +395,4 @@ impl Upstreams {
             m.insert("messageCount".into(), "10".into());
         }
     }
-}
-
-/// The baseline: the same proto, fixed answers, no work.
-struct Baseline;
-
-#[tonic::async_trait]
-impl ExternalScaler for Baseline {
-    async fn is_active(
-        &self,
-        _r: Request<ScaledObjectRef>,
-    ) -> Result<Response<IsActiveResponse>, Status> {
-        Ok(Response::new(IsActiveResponse { result: true }))
-    }
-
-    type StreamIsActiveStream = tokio_stream::Once<Result<IsActiveResponse, Status>>;
-
-    async fn stream_is_active(
-        &self,
-        _r: Request<ScaledObjectRef>,
-    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
-        Ok(Response::new(tokio_stream::once(Ok(IsActiveResponse {
-            result: true,
-        }))))
-    }
-
-    async fn get_metric_spec(
-        &self,
-        _r: Request<ScaledObjectRef>,
-    ) -> Result<Response<GetMetricSpecResponse>, Status> {
-        Ok(Response::new(GetMetricSpecResponse {
-            metric_specs: vec![MetricSpec {
-                metric_name: METRIC.into(),
-                target_size: 1,
-                target_size_float: 1.0,
-            }],
-        }))
-    }
-
-    async fn get_metrics(
-        &self,
-        _r: Request<GetMetricsRequest>,
-    ) -> Result<Response<GetMetricsResponse>, Status> {
-        Ok(Response::new(GetMetricsResponse {
-            metric_values: vec![MetricValue {
-                metric_name: METRIC.into(),
-                metric_value: 3,
-                metric_value_float: 3.0,
-            }],
-        }))
-    }
-
-    type StreamMetricSpecStream = tokio_stream::Once<Result<GetMetricSpecResponse, Status>>;
-
-    async fn stream_metric_spec(
-        &self,
-        r: Request<ScaledObjectRef>,
-    ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
-        let spec = self.get_metric_spec(r).await?.into_inner();
-        Ok(Response::new(tokio_stream::once(Ok(spec))))
-    }
-}
-
-/// Runs the baseline server on a loopback port and prints the address; runs until killed.
-fn baseline_main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("{}", listener.local_addr().unwrap());
-        // The transport settings the scaler uses, so only the work differs.
-        Server::builder()
-            .tcp_nodelay(true)
-            .add_service(ExternalScalerServer::new(Baseline))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
 }

@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use blend_scaler::blend::{self, Inputs};
-use blend_scaler::engine::{Engine, EngineConfig, ObjectRef, Sources};
-use blend_scaler::metadata::{self, Credentials, Source};
+use blend_scaler::engine::{Engine, EngineConfig, ObjectRef, SignalCaches};
+use blend_scaler::metadata::{self, Credentials, Origin};
 use blend_scaler::metrics::Metrics;
 use blend_scaler::signal::Observation;
 use chrono::{TimeZone, Utc};
@@ -74,7 +74,7 @@ fn metadata_parsing(c: &mut Criterion) {
         ("cron_windows", cron_only()),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| metadata::parse(black_box(&m), Source::Keda, &creds).unwrap())
+            b.iter(|| metadata::parse(black_box(&m), Origin::Keda, &creds).unwrap())
         });
     }
     g.finish();
@@ -82,7 +82,7 @@ fn metadata_parsing(c: &mut Criterion) {
 
 fn blend_decision(c: &mut Criterion) {
     let creds = Credentials::default();
-    let plan = metadata::parse(&three_signals(), Source::Keda, &creds).unwrap();
+    let plan = metadata::parse(&three_signals(), Origin::Keda, &creds).unwrap();
     // Wednesday 2026-06-03 15:00 UTC: inside New York business hours.
     let now = Utc.with_ymd_and_hms(2026, 6, 3, 15, 0, 0).unwrap();
     let sb = Observation {
@@ -105,7 +105,7 @@ fn blend_decision(c: &mut Criterion) {
             })
         })
     });
-    let cron = metadata::parse(&cron_only(), Source::Keda, &creds).unwrap();
+    let cron = metadata::parse(&cron_only(), Origin::Keda, &creds).unwrap();
     g.bench_function("cron_windows", |b| {
         b.iter(|| {
             blend::decide(Inputs {
@@ -125,7 +125,12 @@ fn blend_decision(c: &mut Criterion) {
         .build()
         .unwrap();
     let engine = rt.block_on(async {
-        Engine::new(EngineConfig::default(), Sources::default(), Metrics::new()).unwrap()
+        Engine::new(
+            EngineConfig::default(),
+            SignalCaches::default(),
+            Metrics::new(),
+        )
+        .unwrap()
     });
     let m = cron_only();
     let obj = ObjectRef {

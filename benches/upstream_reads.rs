@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use blend_scaler::cache::RefreshConfig;
-use blend_scaler::engine::{EngineConfig, Sources};
+use blend_scaler::engine::{EngineConfig, SignalCaches};
 use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
@@ -152,7 +152,7 @@ async fn scenario(signal: &str, n: usize, scale: f64, minutes: f64) -> Counts {
         ..RefreshConfig::default()
     };
     let metrics = Metrics::new();
-    let mut sources = Sources::default();
+    let mut sources = SignalCaches::default();
     let upstream: Box<dyn Upstream>;
     let objects: Vec<ScaledObjectRef>;
     let items: usize;

@@ -303,7 +303,7 @@ fn parse_headers(variable: &str, text: &str) -> anyhow::Result<Vec<(String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{self, Source};
+    use crate::metadata::{self, Origin};
 
     fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -378,7 +378,7 @@ mod tests {
     #[test]
     fn workload_identity_is_opt_in_per_namespace() {
         let m = md(&[("queueName", "q"), ("namespace", "orders")]);
-        let plan = || metadata::parse(&m, Source::Keda, &Credentials::default()).unwrap();
+        let plan = || metadata::parse(&m, Origin::Keda, &Credentials::default()).unwrap();
         let access =
             Access::from_vars(vars(&[(WORKLOAD_IDENTITY_NAMESPACES, "production")])).unwrap();
         assert!(access.apply(&mut plan(), "production").is_ok());
@@ -411,7 +411,7 @@ mod tests {
                 ("threshold", "1"),
             ];
             pairs.extend_from_slice(extra);
-            metadata::parse(&md(&pairs), Source::Keda, &Credentials::default()).unwrap()
+            metadata::parse(&md(&pairs), Origin::Keda, &Credentials::default()).unwrap()
         };
         let mut p = plan("http://mimir.monitoring:8080/prometheus", &[]);
         access.apply(&mut p, "payments").unwrap();

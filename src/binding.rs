@@ -250,7 +250,7 @@ pub fn is_loopback(url: &Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{self, Source};
+    use crate::metadata::{self, Origin};
 
     fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -261,7 +261,7 @@ mod tests {
 
     fn check(rules: &HostRules, creds: &Credentials, pairs: &[(&str, &str)]) -> Vec<String> {
         let m = md(pairs);
-        let plan = metadata::parse(&m, Source::Keda, creds).expect("the metadata parses");
+        let plan = metadata::parse(&m, Origin::Keda, creds).expect("the metadata parses");
         match rules.check(&m, &plan, creds) {
             Ok(()) => vec![],
             Err(e) => e.0.into_iter().map(|e| e.key).collect(),

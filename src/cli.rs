@@ -18,7 +18,7 @@ use crate::cache::RefreshConfig;
 use crate::capacity::Capacity;
 use crate::decisions::{self, DecisionsOptions};
 use crate::engine::{Engine, EngineConfig, ObjectRef};
-use crate::metadata::{self, Credentials, Source};
+use crate::metadata::{self, Credentials, Origin};
 use crate::metrics::Metrics;
 use crate::scaledobject;
 use crate::server::{self, ServerConfig, TlsFiles};
@@ -216,7 +216,7 @@ pub struct Trigger {
 }
 
 /// Reads the triggers to check from a file, stdin or `--metadata`.
-pub fn load_triggers(args: &InputArgs) -> anyhow::Result<(Vec<Trigger>, Source)> {
+pub fn load_triggers(args: &InputArgs) -> anyhow::Result<(Vec<Trigger>, Origin)> {
     if !args.metadata.is_empty() {
         if args.file.is_some() {
             bail!("give either a FILE or --metadata, not both");
@@ -235,7 +235,7 @@ pub fn load_triggers(args: &InputArgs) -> anyhow::Result<(Vec<Trigger>, Source)>
             metadata,
             problems: Vec::new(),
         };
-        return Ok((vec![t], Source::Keda));
+        return Ok((vec![t], Origin::Keda));
     }
     let Some(path) = &args.file else {
         bail!("give a ScaledObject FILE (or - for stdin), or --metadata KEY=VALUE");
@@ -254,7 +254,7 @@ pub fn load_triggers(args: &InputArgs) -> anyhow::Result<(Vec<Trigger>, Source)>
             path.display()
         );
     }
-    Ok((triggers, Source::File))
+    Ok((triggers, Origin::File))
 }
 
 /// Every `external`/`external-push` trigger of every ScaledObject or ScaledJob in `text`.
@@ -304,7 +304,7 @@ fn blended_metric_trigger(doc: &scaledobject::Document) -> Trigger {
 }
 
 fn check(args: &InputArgs) -> anyhow::Result<ExitCode> {
-    let (triggers, source) = load_triggers(args)?;
+    let (triggers, origin) = load_triggers(args)?;
     let credentials = Credentials::from_env();
     let mut failed = false;
     for t in &triggers {
@@ -312,7 +312,7 @@ fn check(args: &InputArgs) -> anyhow::Result<ExitCode> {
             allow_loopback: args.allow_loopback_upstreams,
             ..HostRules::default()
         };
-        let parsed = metadata::parse(&t.metadata, source, &credentials).and_then(|plan| {
+        let parsed = metadata::parse(&t.metadata, origin, &credentials).and_then(|plan| {
             hosts.check(&t.metadata, &plan, &credentials)?;
             Ok(plan)
         });
@@ -441,7 +441,7 @@ fn resolve_from_env(metadata: &mut HashMap<String, String>) -> Vec<String> {
 }
 
 async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
-    let (mut triggers, source) = load_triggers(args)?;
+    let (mut triggers, origin) = load_triggers(args)?;
     let metrics = Metrics::new();
     let refresh = RefreshConfig::default();
     let hosts = HostRules {
@@ -468,7 +468,7 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for t in &mut triggers {
         let mut problems = std::mem::take(&mut t.problems);
-        if source == Source::File {
+        if origin == Origin::File {
             problems.extend(resolve_from_env(&mut t.metadata));
         }
         println!("{}", t.label);

@@ -8,7 +8,7 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::{self, Credentials, MetadataError, MetadataErrors, Plan, Source};
+use crate::metadata::{self, Credentials, MetadataError, MetadataErrors, Origin, Plan};
 
 /// What one `BlendedMetric` asks for.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -108,9 +108,9 @@ impl BlendedMetricSpec {
     }
 
     /// The plan, or every error (the `*FromEnv` refusals and the parser's), each naming its key.
-    pub fn plan(&self, source: Source, credentials: &Credentials) -> Result<Plan, MetadataErrors> {
+    pub fn plan(&self, origin: Origin, credentials: &Credentials) -> Result<Plan, MetadataErrors> {
         let mut errors = from_env_errors(self.metadata.keys());
-        match metadata::parse(&self.metadata_map(), source, credentials) {
+        match metadata::parse(&self.metadata_map(), origin, credentials) {
             Ok(plan) if errors.is_empty() => return Ok(plan),
             Ok(_) => {}
             Err(e) => errors.extend(e.0.into_iter().filter(|e| !e.key.ends_with("FromEnv"))),
@@ -153,7 +153,7 @@ mod tests {
             ("bearerTokenFromEnv", "TOKEN"),
             ("authModes", "bearer"),
         ]);
-        let errs = s.plan(Source::Keda, &Credentials::default()).unwrap_err();
+        let errs = s.plan(Origin::Keda, &Credentials::default()).unwrap_err();
         assert!(
             errs.0.iter().any(|e| e.key == "bearerTokenFromEnv"),
             "{errs}"
@@ -169,9 +169,9 @@ mod tests {
             ("end", "0 20 * * *"),
             ("desiredReplicas", "4"),
         ]);
-        let plan = s.plan(Source::Keda, &Credentials::default()).unwrap();
+        let plan = s.plan(Origin::Keda, &Credentials::default()).unwrap();
         let keda =
-            metadata::parse(&s.metadata_map(), Source::Keda, &Credentials::default()).unwrap();
+            metadata::parse(&s.metadata_map(), Origin::Keda, &Credentials::default()).unwrap();
         assert_eq!(plan.to_string(), keda.to_string());
     }
 

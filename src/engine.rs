@@ -13,8 +13,8 @@ use tokio::sync::watch;
 use crate::access::{Access, Refused};
 use crate::allowlist::HostList;
 use crate::binding::HostRules;
-use crate::blend::{self, Decision, Inputs, Missing};
-use crate::cache::{RefreshConfig, SignalSource};
+use crate::blend::{self, Decision, Inputs, Missing, PreviousAnswer};
+use crate::cache::{CacheEntry, RefreshConfig, SignalCache};
 use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
 use crate::metrics::{AnswerFigures, Metrics, ObjectLabels};
@@ -54,11 +54,11 @@ pub enum EngineError {
     Exhausted(String),
 }
 
-/// The upstream sources, one per signal kind that needs one.
+/// The signal caches, one per signal kind that reads an upstream.
 #[derive(Clone, Default)]
-pub struct Sources {
-    pub servicebus: Option<Arc<dyn SignalSource<ServiceBusPlan>>>,
-    pub prometheus: Option<Arc<dyn SignalSource<PrometheusPlan>>>,
+pub struct SignalCaches {
+    pub servicebus: Option<Arc<dyn SignalCache<ServiceBusPlan>>>,
+    pub prometheus: Option<Arc<dyn SignalCache<PrometheusPlan>>>,
 }
 
 /// Where wall-clock time comes from (cron windows); `demo` runs a faster one.
@@ -112,14 +112,17 @@ pub struct Tracked {
     pub labels: ObjectLabels,
     /// The trigger's `metricName` (one ScaledObject may have several triggers).
     pub metric_name: String,
-    previous: Mutex<Option<u32>>,
+    /// The plan's entries in the signal caches, keyed once here rather than on every call.
+    servicebus: Option<Arc<dyn CacheEntry>>,
+    prometheus: Option<Arc<dyn CacheEntry>>,
+    previous: Mutex<PreviousAnswer>,
     /// The last decision given to a caller, for `/decisions`; outside the decision itself.
     last: Mutex<Option<Arc<LastAnswer>>>,
 }
 
 impl Tracked {
     pub fn previous(&self) -> Option<u32> {
-        *self.previous.lock()
+        self.previous.lock().get()
     }
 
     /// The last decision given to a caller, if any.
@@ -139,7 +142,7 @@ pub struct LastAnswer {
 pub struct Engine {
     config: EngineConfig,
     allow: Option<HostList>,
-    sources: Sources,
+    caches: SignalCaches,
     metrics: Metrics,
     /// Keyed by namespace, name and metric name: a ScaledObject with two `external` triggers has
     /// two plans and two answers, which must not share a held answer.
@@ -200,7 +203,11 @@ impl Drop for Reservation<'_> {
 }
 
 impl Engine {
-    pub fn new(config: EngineConfig, sources: Sources, metrics: Metrics) -> anyhow::Result<Self> {
+    pub fn new(
+        config: EngineConfig,
+        caches: SignalCaches,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
         let allow = match &config.allow_upstream {
             None => None,
             Some(entries) => Some(
@@ -226,7 +233,7 @@ impl Engine {
         Ok(Self {
             config,
             allow,
-            sources,
+            caches,
             metrics,
             objects,
             usage,
@@ -362,6 +369,8 @@ impl Engine {
         let tracked = Arc::new(Tracked {
             fingerprint,
             weight,
+            servicebus: entry(&self.caches.servicebus, &plan.servicebus),
+            prometheus: entry(&self.caches.prometheus, &plan.prometheus),
             plan: Arc::new(plan),
             labels: ObjectLabels {
                 scaledobject_namespace: obj.namespace.to_string(),
@@ -371,7 +380,7 @@ impl Engine {
             last: Mutex::new(None),
             // A new plan starts without a held answer: the old plan's answer (its `maxReplicas`,
             // its signals, or a caller's spoofed metadata) must not hold the new one up.
-            previous: Mutex::new(None),
+            previous: Mutex::new(PreviousAnswer::default()),
         });
         if current.is_some() {
             // The eviction listener gives back the replaced plan's weight.
@@ -405,7 +414,7 @@ impl Engine {
     async fn parse(&self, metadata: &HashMap<String, String>) -> Result<Plan, EngineError> {
         let (metadata, credentials) = (metadata.clone(), self.config.credentials.clone());
         crate::offload::run(crate::offload::Work::Metadata, move || {
-            metadata::parse(&metadata, metadata::Source::Keda, &credentials)
+            metadata::parse(&metadata, metadata::Origin::Keda, &credentials)
         })
         .await
         .map_err(EngineError::from)
@@ -456,10 +465,10 @@ impl Engine {
     }
 
     fn check_enabled(&self, plan: &Plan) -> Result<(), EngineError> {
-        if plan.servicebus.is_some() && self.sources.servicebus.is_none() {
+        if plan.servicebus.is_some() && self.caches.servicebus.is_none() {
             return Err(EngineError::NotEnabled(SignalKind::ServiceBus));
         }
-        if plan.prometheus.is_some() && self.sources.prometheus.is_none() {
+        if plan.prometheus.is_some() && self.caches.prometheus.is_none() {
             return Err(EngineError::NotEnabled(SignalKind::Prometheus));
         }
         Ok(())
@@ -477,15 +486,15 @@ impl Engine {
     pub async fn peek(&self, tracked: &Tracked) -> Decision {
         let plan = &tracked.plan;
         let sb = async {
-            match (&plan.servicebus, &self.sources.servicebus) {
-                (Some(p), Some(src)) => Some(src.observe(p).await),
-                _ => None,
+            match &tracked.servicebus {
+                Some(entry) => Some(entry.observe().await),
+                None => None,
             }
         };
         let prom = async {
-            match (&plan.prometheus, &self.sources.prometheus) {
-                (Some(p), Some(src)) => Some(src.observe(p).await),
-                _ => None,
+            match &tracked.prometheus {
+                Some(entry) => Some(entry.observe().await),
+                None => None,
             }
         };
         // Both first reads run at once, so a never-seen object waits for the slower only.
@@ -534,10 +543,7 @@ impl Engine {
             .map(|s| (s.kind, s.value, s.replicas, s.age))
             .collect();
         let missing: Vec<_> = d.missing.iter().map(|m| (m.kind, m.age)).collect();
-        let servicebus = match (&tracked.plan.servicebus, &self.sources.servicebus) {
-            (Some(p), Some(src)) => src.counts(p),
-            _ => None,
-        };
+        let servicebus = tracked.servicebus.as_ref().and_then(|e| e.counts());
         self.metrics.record_answer(
             &tracked.labels,
             &AnswerFigures {
@@ -554,8 +560,9 @@ impl Engine {
             decision: d.clone(),
             servicebus,
         }));
-        let Some(replicas) = replicas else { return };
-        let previous = tracked.previous.lock().replace(replicas);
+        let Some((previous, replicas)) = tracked.previous.lock().record(d) else {
+            return;
+        };
         if previous != Some(replicas) {
             let detail: Vec<String> = d
                 .signals
@@ -598,15 +605,11 @@ impl Engine {
     /// Change notifications for every upstream group `tracked` reads, each held at the fast
     /// interval while the returned guards live.
     pub fn watch(&self, tracked: &Tracked) -> Vec<(watch::Receiver<u64>, Box<dyn Send + Sync>)> {
-        let plan = &tracked.plan;
-        let mut out = Vec::new();
-        if let (Some(p), Some(src)) = (&plan.servicebus, &self.sources.servicebus) {
-            out.push(src.watch(p));
-        }
-        if let (Some(p), Some(src)) = (&plan.prometheus, &self.sources.prometheus) {
-            out.push(src.watch(p));
-        }
-        out
+        [&tracked.servicebus, &tracked.prometheus]
+            .into_iter()
+            .flatten()
+            .map(|entry| entry.watch())
+            .collect()
     }
 }
 
@@ -650,6 +653,14 @@ pub fn unavailable(m: &Missing) -> EngineError {
         signal: m.kind,
         reason,
     }
+}
+
+/// `plan`'s entry in `cache`, when the plan has that signal and the scaler that cache.
+fn entry<P: 'static>(
+    cache: &Option<Arc<dyn SignalCache<P>>>,
+    plan: &Option<P>,
+) -> Option<Arc<dyn CacheEntry>> {
+    cache.as_ref().zip(plan.as_ref()).map(|(c, p)| c.entry(p))
 }
 
 /// What an object's metadata counts against `Capacity::max_metadata_bytes`.

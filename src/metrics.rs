@@ -81,6 +81,11 @@ struct Inner {
     grpc_requests: Family<GrpcLabels, Counter>,
     grpc_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
     tracked_objects: Gauge,
+    refresh_restarts: Family<UpstreamKindLabels, Counter>,
+    refresh_read_panics: Family<UpstreamKindLabels, Counter>,
+    refresh_down: Family<UpstreamKindLabels, Gauge>,
+    /// Of every upstream kind, for `/readyz`.
+    refresh_down_total: std::sync::atomic::AtomicI64,
 }
 
 impl Default for Metrics {
@@ -125,7 +130,29 @@ impl Metrics {
             "ScaledObjects the scaler currently tracks",
             tracked_objects.clone(),
         );
+        let refresh_restarts = Family::default();
+        let refresh_read_panics = Family::default();
+        let refresh_down = Family::default();
+        registry.register(
+            "refresh_task_restarts",
+            "Refresh tasks restarted after a panic",
+            refresh_restarts.clone(),
+        );
+        registry.register(
+            "refresh_read_panics",
+            "Upstream reads that panicked (reported as an error for their items)",
+            refresh_read_panics.clone(),
+        );
+        registry.register(
+            "refresh_groups_down",
+            "Upstream groups whose refresh panicked and has not completed a read since",
+            refresh_down.clone(),
+        );
         Self(Arc::new(Inner {
+            refresh_restarts,
+            refresh_read_panics,
+            refresh_down,
+            refresh_down_total: std::sync::atomic::AtomicI64::new(0),
             registry,
             objects,
             upstream_requests,
@@ -164,6 +191,35 @@ impl Metrics {
             .grpc_duration
             .get_or_create(&MethodLabels { method })
             .observe(took.as_secs_f64());
+    }
+
+    /// A group's refresh panicked: its whole task (`task`, restarted) or one read.
+    pub fn refresh_panicked(&self, upstream: &'static str, task: bool) {
+        let family = if task {
+            &self.0.refresh_restarts
+        } else {
+            &self.0.refresh_read_panics
+        };
+        family.get_or_create(&UpstreamKindLabels { upstream }).inc();
+    }
+
+    /// A group's refresh went down (a panic) or came back (a read completed).
+    pub fn refresh_group_down(&self, upstream: &'static str, down: bool) {
+        let delta = if down { 1 } else { -1 };
+        self.0
+            .refresh_down
+            .get_or_create(&UpstreamKindLabels { upstream })
+            .inc_by(delta);
+        self.0
+            .refresh_down_total
+            .fetch_add(delta, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Groups whose refresh is down, of every upstream kind (`/readyz` is not ready above 0).
+    pub fn refresh_groups_down(&self) -> i64 {
+        self.0
+            .refresh_down_total
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn set_tracked(&self, n: u64) {

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::binding::HostRules;
-use crate::cache::{self, GroupRead, Keyed, Refresher, SignalSource, Upstream};
+use crate::cache::{self, GroupRead, Keyed, Refresher, SignalCache, Upstream};
 use crate::http::{self, Limits};
 use crate::metadata::{Aggregation, PrometheusAuth, PrometheusPlan, PrometheusTls};
 use crate::metrics::Metrics;
@@ -234,7 +234,7 @@ pub fn source(
     config: cache::RefreshConfig,
     metrics: Metrics,
     hosts: &HostRules,
-) -> Arc<dyn SignalSource<PrometheusPlan>> {
+) -> Arc<dyn SignalCache<PrometheusPlan>> {
     Arc::new(Keyed::new(
         Refresher::new(PrometheusUpstream::new(metrics, hosts), config),
         key,
@@ -358,6 +358,10 @@ impl PrometheusUpstream {
 }
 
 impl Upstream for PrometheusUpstream {
+    fn supervision(&self) -> Option<(&Metrics, &'static str)> {
+        Some((&self.metrics, "prometheus"))
+    }
+
     type Group = Server;
     type Item = Query;
 

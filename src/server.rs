@@ -19,7 +19,7 @@ use tonic_health::ServingStatus;
 use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
 use crate::decisions::{self, DecisionsOptions};
-use crate::engine::{Engine, EngineConfig, Sources};
+use crate::engine::{Engine, EngineConfig, SignalCaches};
 use crate::grpc::ScalerService;
 use crate::metrics::Metrics;
 use crate::proto::external_scaler_server::ExternalScalerServer;
@@ -55,8 +55,12 @@ impl ServerConfig {
 }
 
 /// The signal sources this build has, sharing one metrics registry.
-pub fn default_sources(refresh: &RefreshConfig, hosts: &HostRules, metrics: &Metrics) -> Sources {
-    Sources {
+pub fn default_sources(
+    refresh: &RefreshConfig,
+    hosts: &HostRules,
+    metrics: &Metrics,
+) -> SignalCaches {
+    SignalCaches {
         servicebus: Some(crate::servicebus::source(
             refresh.clone(),
             metrics.clone(),
@@ -110,7 +114,7 @@ impl Running {
 /// Binds both listeners and starts serving.
 pub async fn start(
     config: ServerConfig,
-    sources: Sources,
+    sources: SignalCaches,
     metrics: Metrics,
 ) -> anyhow::Result<Running> {
     let limits = &config.transport;
@@ -135,21 +139,7 @@ pub async fn start(
             .await;
     }
 
-    let mut builder = Server::builder()
-        // KEDA keeps one connection per scaler address; a bounded age makes it reconnect,
-        // so a headless Service spreads KEDA across replicas.
-        .max_connection_age(Duration::from_secs(300))
-        .max_connection_age_grace(Duration::from_secs(30))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        // tonic leaves these unset, which means no limit (see docs/security.md).
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
-        .http2_max_pending_accept_reset_streams(Some(limits.http2_max_pending_accept_reset_streams))
-        .http2_max_header_list_size(16 * 1024)
-        .concurrency_limit_per_connection(limits.max_concurrent_requests)
-        .load_shed(true)
-        .timeout(limits.request_timeout);
+    let mut builder = grpc_server(limits);
 
     let ready = Arc::new(AtomicBool::new(false));
     let http = match config.http_addr {
@@ -206,6 +196,26 @@ pub async fn start(
     })
 }
 
+/// tonic's server with `serve`'s transport settings (connection age, keepalive, the HTTP/2
+/// and gRPC limits); also the benchmarks' baseline, so only the work behind it differs.
+pub fn grpc_server(limits: &TransportLimits) -> Server {
+    Server::builder()
+        // KEDA keeps one connection per scaler address; a bounded age makes it reconnect,
+        // so a headless Service spreads KEDA across replicas.
+        .max_connection_age(Duration::from_secs(300))
+        .max_connection_age_grace(Duration::from_secs(30))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // tonic leaves these unset, which means no limit (see docs/security.md).
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
+        .http2_max_pending_accept_reset_streams(Some(limits.http2_max_pending_accept_reset_streams))
+        .http2_max_header_list_size(16 * 1024)
+        .concurrency_limit_per_connection(limits.max_concurrent_requests)
+        .load_shed(true)
+        .timeout(limits.request_timeout)
+}
+
 async fn serve_grpc<T>(
     router: GrpcRouter,
     incoming: Incoming<T>,
@@ -230,6 +240,7 @@ where
 }
 
 fn http_router(metrics: Metrics, ready: Arc<AtomicBool>) -> Router {
+    let readyz_metrics = metrics.clone();
     Router::new()
         .route(
             "/metrics",
@@ -251,11 +262,16 @@ fn http_router(metrics: Metrics, ready: Arc<AtomicBool>) -> Router {
             "/readyz",
             get(move || {
                 let ready = ready.load(Ordering::SeqCst);
+                // A group whose refresh panicked answers UNAVAILABLE until a read completes:
+                // not ready, so the failure is seen (docs/robustness.md).
+                let down = readyz_metrics.refresh_groups_down();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready")
-                    } else {
+                    if !ready {
                         (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    } else if down > 0 {
+                        (StatusCode::SERVICE_UNAVAILABLE, "a refresh task is down")
+                    } else {
+                        (StatusCode::OK, "ready")
                     }
                 }
             }),

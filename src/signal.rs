@@ -155,6 +155,73 @@ pub struct Observation {
     pub rate: Option<f64>,
 }
 
+/// An instant [`GoodReads`] are kept at: the cache's clock, or the simulator's seconds since
+/// the start of a trace.
+pub trait Moment: Copy + PartialOrd {
+    /// How long after `earlier` this is; zero when `earlier` is later.
+    fn since(self, earlier: Self) -> Duration;
+}
+
+impl Moment for tokio::time::Instant {
+    fn since(self, earlier: Self) -> Duration {
+        self.saturating_duration_since(earlier)
+    }
+}
+
+impl Moment for Duration {
+    fn since(self, earlier: Self) -> Duration {
+        self.saturating_sub(earlier)
+    }
+}
+
+/// The last two good reads of one watched value, and the [`Observation`] a decision gets from
+/// them: the one rule the cache keeps and the simulator replays.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GoodReads<T> {
+    latest: Option<(f64, T)>,
+    previous: Option<(f64, T)>,
+}
+
+// By hand: no reads needs no default instant.
+impl<T> Default for GoodReads<T> {
+    fn default() -> Self {
+        Self {
+            latest: None,
+            previous: None,
+        }
+    }
+}
+
+impl<T: Moment> GoodReads<T> {
+    /// A good read of `value` that finished at `at`.
+    pub fn store(&mut self, value: f64, at: T) {
+        self.previous = self.latest;
+        self.latest = Some((value, at));
+    }
+
+    /// The latest good value and when it was read.
+    pub fn latest(&self) -> Option<(f64, T)> {
+        self.latest
+    }
+
+    /// What a decision at `now` sees: the latest good value, its age, the change per second
+    /// between the last two good reads, and the latest refresh's `error` (if it failed).
+    pub fn observation(&self, now: T, error: Option<Arc<SignalError>>) -> Observation {
+        let rate = match (self.latest, self.previous) {
+            (Some((v1, t1)), Some((v0, t0))) if t1 > t0 => {
+                Some((v1 - v0) / t1.since(t0).as_secs_f64())
+            }
+            _ => None,
+        };
+        Observation {
+            value: self.latest.map(|(v, _)| v),
+            age: self.latest.map(|(_, t)| now.since(t)),
+            error,
+            rate,
+        }
+    }
+}
+
 impl Observation {
     pub fn fresh(value: f64) -> Self {
         Self {
@@ -209,5 +276,31 @@ impl EntityCounts {
                 transfer_dead_letter: add(acc.transfer_dead_letter, c.transfer_dead_letter),
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_reads_give_the_latest_value_its_age_and_the_rate_between_the_last_two() {
+        let s = Duration::from_secs;
+        let mut r = GoodReads::default();
+        assert_eq!(r.observation(s(3), None), Observation::default());
+        r.store(10.0, s(0));
+        let o = r.observation(s(3), None);
+        assert_eq!((o.value, o.age, o.rate), (Some(10.0), Some(s(3)), None));
+        r.store(60.0, s(5));
+        let o = r.observation(s(7), Some(Arc::new(SignalError::NullResult)));
+        assert_eq!(
+            (o.value, o.age, o.rate),
+            (Some(60.0), Some(s(2)), Some(10.0))
+        );
+        assert!(o.error.is_some());
+        // Two reads at the same instant give no rate rather than a division by zero.
+        r.store(70.0, s(5));
+        assert_eq!(r.observation(s(5), None).rate, None);
+        assert_eq!(r.latest(), Some((70.0, s(5))));
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use blend_scaler::cache::{Keyed, Refresher};
 use blend_scaler::capacity::Capacity;
-use blend_scaler::engine::Sources;
+use blend_scaler::engine::SignalCaches;
 use blend_scaler::metrics::Metrics;
 use blend_scaler::offload::{self, Work};
 use blend_scaler::prometheus::{self, PrometheusUpstream};
@@ -52,7 +52,7 @@ async fn scaler(
         metrics.clone(),
         &blend_scaler::binding::HostRules::loopback(),
     ));
-    let sources = Sources {
+    let sources = SignalCaches {
         servicebus: None,
         prometheus: Some(Arc::new(Keyed::new(
             Refresher::from_arc(upstream.clone(), config.engine.refresh.clone()),

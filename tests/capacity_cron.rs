@@ -6,7 +6,7 @@
 mod keda;
 
 use blend_scaler::capacity::Capacity;
-use blend_scaler::engine::Sources;
+use blend_scaler::engine::SignalCaches;
 use blend_scaler::metrics::Metrics;
 use blend_scaler::server::ServerConfig;
 use tonic::Code;
@@ -18,7 +18,7 @@ async fn more_than_sixteen_windows_are_invalid_and_distinct_cron_texts_past_the_
         max_cron_expressions: blend_scaler::cron::held_expressions() + 2,
         ..Capacity::default()
     };
-    let (running, mut client) = keda::start(config, Sources::default(), Metrics::new()).await;
+    let (running, mut client) = keda::start(config, SignalCaches::default(), Metrics::new()).await;
     let windows = |n: usize| {
         (0..n)
             .map(|i| format!("1 {} * * * -> 1 {} * * * = 1", i % 12, 12 + i % 12))

@@ -9,7 +9,7 @@ mod keda;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blend_scaler::engine::Sources;
+use blend_scaler::engine::SignalCaches;
 use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::ScaledObjectRef;
 use blend_scaler::secret::Secret;
@@ -40,7 +40,7 @@ async fn one_credentials_429_holds_another_credential_on_the_namespace_back_only
         Err("no workload identity in this test".into()),
     )
     .with_cross_credential_hold(HOLD);
-    let sources = Sources {
+    let sources = SignalCaches {
         servicebus: Some(servicebus::source_from(upstream, refresh.clone())),
         prometheus: None,
     };

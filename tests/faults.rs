@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blend_scaler::cache::RefreshConfig;
-use blend_scaler::engine::{EngineConfig, Sources};
+use blend_scaler::engine::{EngineConfig, SignalCaches};
 use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::ScaledObjectRef;
 use blend_scaler::server::{Running, ServerConfig};
@@ -102,7 +102,7 @@ async fn scaler(servicebus_timeout: Duration) -> Scaler {
         },
         Err("no workload identity in these tests".into()),
     );
-    let sources = Sources {
+    let sources = SignalCaches {
         servicebus: Some(servicebus::source_from(upstream, refresh.clone())),
         prometheus: Some(blend_scaler::prometheus::source(
             refresh.clone(),

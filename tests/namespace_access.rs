@@ -10,7 +10,7 @@ mod keda;
 mod prometheus_support;
 
 use blend_scaler::access::Access;
-use blend_scaler::engine::Sources;
+use blend_scaler::engine::SignalCaches;
 use blend_scaler::metadata::Credentials;
 use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::ScaledObjectRef;
@@ -135,7 +135,7 @@ async fn the_scalers_workload_identity_is_opt_in_per_namespace() {
         ClientOptions::loopback(),
         Ok(keda::workload_identity(&double, file)),
     );
-    let sources = Sources {
+    let sources = SignalCaches {
         servicebus: Some(servicebus::source_from(
             upstream,
             config.engine.refresh.clone(),

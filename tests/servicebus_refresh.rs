@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blend_scaler::cache::{RefreshConfig, SignalSource};
-use blend_scaler::metadata::{self, Credentials, ServiceBusPlan, Source};
+use blend_scaler::cache::{RefreshConfig, SignalCache};
+use blend_scaler::metadata::{self, Credentials, Origin, ServiceBusPlan};
 use blend_scaler::metrics::Metrics;
 use blend_scaler::servicebus::{self, ServiceBusUpstream};
 use blend_scaler::signal::SignalError;
@@ -29,7 +29,7 @@ fn config() -> RefreshConfig {
     }
 }
 
-fn source(metrics: &Metrics) -> Arc<dyn SignalSource<ServiceBusPlan>> {
+fn source(metrics: &Metrics) -> Arc<dyn SignalCache<ServiceBusPlan>> {
     servicebus::source_from(
         ServiceBusUpstream::new(
             metrics.clone(),
@@ -46,7 +46,7 @@ fn plan(double: &ServiceBusDouble, keys: &[(&str, &str)]) -> ServiceBusPlan {
         ("connectionFromEnv".to_string(), double.connection_string()),
     ]);
     m.extend(keys.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    metadata::parse(&m, Source::Keda, &Credentials::default())
+    metadata::parse(&m, Origin::Keda, &Credentials::default())
         .unwrap()
         .servicebus
         .unwrap()

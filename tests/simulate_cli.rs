@@ -72,7 +72,7 @@ fn the_shipped_scaledobjects_pass_check() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 3);
+    assert_eq!(checked, 9);
 }
 
 #[test]

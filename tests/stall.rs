@@ -6,7 +6,7 @@
 #[path = "support/keda.rs"]
 mod keda;
 
-use blend_scaler::engine::Sources;
+use blend_scaler::engine::SignalCaches;
 use blend_scaler::metrics::Metrics;
 use blend_scaler::offload::{self, Work};
 use blend_scaler::server::ServerConfig;
@@ -23,7 +23,12 @@ fn cron(extra: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
 }
 
 async fn scaler() -> (blend_scaler::server::Running, keda::Client) {
-    keda::start(ServerConfig::loopback(), Sources::default(), Metrics::new()).await
+    keda::start(
+        ServerConfig::loopback(),
+        SignalCaches::default(),
+        Metrics::new(),
+    )
+    .await
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use arbitrary::Arbitrary;
-use blend_scaler::metadata::{self, Credentials, Source};
+use blend_scaler::metadata::{self, Credentials, Origin};
 use libfuzzer_sys::fuzz_target;
 
 /// A few values that reach deep paths quickly; the fuzzer mutates from there.
@@ -149,9 +149,9 @@ fuzz_target!(|input: Input| {
         .map(|(k, v)| (key(k), value(v)))
         .collect();
     let source = if input.from_file {
-        Source::File
+        Origin::File
     } else {
-        Source::Keda
+        Origin::Keda
     };
     let credentials = Credentials::default();
     let first = metadata::parse(&m, source, &credentials);

@@ -100,6 +100,24 @@ impl Decision {
     }
 }
 
+/// What the engine remembers of its answers for one ScaledObject between calls (the
+/// [`Inputs::previous`] of the next decision); the simulator keeps one per run the same way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PreviousAnswer(Option<u32>);
+
+impl PreviousAnswer {
+    pub fn get(&self) -> Option<u32> {
+        self.0
+    }
+
+    /// Records a decision that was answered: only a known count is remembered. Returns the
+    /// count before and the one recorded, when there was one to record.
+    pub fn record(&mut self, d: &Decision) -> Option<(Option<u32>, u32)> {
+        let replicas = d.replicas().ok()?;
+        Some((self.0.replace(replicas), replicas))
+    }
+}
+
 /// `ceil(value / per_replica)` as a replica count: negative values give 0, huge ones saturate.
 pub fn replicas_for(value: f64, per_replica: f64) -> u32 {
     let r = (value / per_replica).ceil();

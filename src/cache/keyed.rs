@@ -1,7 +1,10 @@
-//! The cache as the engine sees it: by plan, whatever the upstream's keys are.
+//! The cache as the engine sees it: by plan, whatever the upstream's keys are. A plan's key in
+//! its upstream's cache is worked out once, when the engine starts tracking the ScaledObject
+//! ([`SignalCache::entry`]), not on every KEDA call.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -9,49 +12,86 @@ use super::{Refresher, Upstream};
 use crate::signal::{EntityCounts, Observation};
 
 /// One signal's cache as the engine sees it: by plan, whatever the upstream's keys are.
-pub trait SignalSource<P>: Send + Sync + 'static {
-    /// The current observation for `plan` (see [`Refresher::observe`]).
-    fn observe<'a>(&'a self, plan: &'a P)
-    -> Pin<Box<dyn Future<Output = Observation> + Send + 'a>>;
+pub trait SignalCache<P>: Send + Sync + 'static {
+    /// `plan`'s entry in the cache, its (group, item) key computed here once.
+    fn entry(&self, plan: &P) -> Arc<dyn CacheEntry>;
+
+    /// The current observation for `plan` (see [`Refresher::observe`]); [`Self::entry`] once
+    /// and [`CacheEntry::observe`] per call where a plan is read more than once.
+    fn observe<'a>(
+        &'a self,
+        plan: &'a P,
+    ) -> Pin<Box<dyn Future<Output = Observation> + Send + 'a>> {
+        let entry = self.entry(plan);
+        Box::pin(async move { entry.observe().await })
+    }
+
     /// Change notifications for `plan`'s group, and a guard that keeps it at the fast interval.
-    fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>);
-    /// The message counts the latest read returned beside `plan`'s value, for sources whose
-    /// reads carry them (Service Bus); shown and exported, never decided on.
-    fn counts(&self, _plan: &P) -> Option<EntityCounts> {
+    fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {
+        self.entry(plan).watch()
+    }
+
+    /// The message counts the latest read returned beside `plan`'s value (see
+    /// [`CacheEntry::counts`]).
+    fn counts(&self, plan: &P) -> Option<EntityCounts> {
+        self.entry(plan).counts()
+    }
+}
+
+/// One plan's place in its signal's cache.
+pub trait CacheEntry: Send + Sync + 'static {
+    /// The current observation (see [`Refresher::observe`]).
+    fn observe(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>>;
+    /// Change notifications for the entry's group, and a guard that keeps it at the fast
+    /// interval.
+    fn watch(&self) -> (watch::Receiver<u64>, Box<dyn Send + Sync>);
+    /// The message counts the latest read returned beside the value, for caches whose reads
+    /// carry them (Service Bus); shown and exported, never decided on.
+    fn counts(&self) -> Option<EntityCounts> {
         None
     }
 }
 
 /// Adapts a [`Refresher`] to a plan type through a function from plan to (group, item).
 pub struct Keyed<U: Upstream, P> {
-    refresher: Refresher<U>,
+    refresher: Arc<Refresher<U>>,
     key: fn(&P) -> (U::Group, U::Item),
 }
 
 impl<U: Upstream, P> Keyed<U, P> {
     pub fn new(refresher: Refresher<U>, key: fn(&P) -> (U::Group, U::Item)) -> Self {
-        Self { refresher, key }
-    }
-
-    pub fn refresher(&self) -> &Refresher<U> {
-        &self.refresher
+        Self {
+            refresher: Arc::new(refresher),
+            key,
+        }
     }
 }
 
-impl<U: Upstream, P: Send + Sync + 'static> SignalSource<P> for Keyed<U, P> {
-    fn observe<'a>(
-        &'a self,
-        plan: &'a P,
-    ) -> Pin<Box<dyn Future<Output = Observation> + Send + 'a>> {
-        Box::pin(async move {
-            let (group, item) = (self.key)(plan);
-            self.refresher.observe(&group, &item).await
+impl<U: Upstream, P: Send + Sync + 'static> SignalCache<P> for Keyed<U, P> {
+    fn entry(&self, plan: &P) -> Arc<dyn CacheEntry> {
+        let (group, item) = (self.key)(plan);
+        Arc::new(KeyedEntry {
+            refresher: self.refresher.clone(),
+            group,
+            item,
         })
     }
+}
 
-    fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {
-        let (group, _) = (self.key)(plan);
-        match self.refresher.watch(&group) {
+/// A plan's (group, item) in a [`Refresher`].
+struct KeyedEntry<U: Upstream> {
+    refresher: Arc<Refresher<U>>,
+    group: U::Group,
+    item: U::Item,
+}
+
+impl<U: Upstream> CacheEntry for KeyedEntry<U> {
+    fn observe(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
+        Box::pin(self.refresher.observe(&self.group, &self.item))
+    }
+
+    fn watch(&self) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {
+        match self.refresher.watch(&self.group) {
             Some((rx, guard)) => (rx, Box::new(guard)),
             // Past the group cap: a receiver that never changes (its sender is gone); the
             // stream's own reads report the refusal.

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use crate::signal::SignalError;
 
 mod group;
@@ -25,7 +26,7 @@ mod task;
 #[cfg(test)]
 mod tests;
 
-pub use keyed::{Keyed, SignalSource};
+pub use keyed::{CacheEntry, Keyed, SignalCache};
 pub use refresher::{FastWatch, Refresher};
 
 /// An upstream that can read several items of one group in one go.
@@ -42,6 +43,12 @@ pub trait Upstream: Send + Sync + 'static {
         group: &Self::Group,
         items: &[Self::Item],
     ) -> impl Future<Output = GroupRead<Self::Item>> + Send;
+
+    /// Where a group's refresh reports panics and whether its task is down (`/metrics`,
+    /// `/readyz`), with the `upstream` label; none for upstreams outside the server.
+    fn supervision(&self) -> Option<(&Metrics, &'static str)> {
+        None
+    }
 }
 
 /// The outcome of one refresh of a group.

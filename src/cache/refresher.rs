@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::group::Group;
 use super::schedule::after;
-use super::task::{refresh_loop, supervise};
+use super::task::{TaskHealth, refresh_loop, supervise};
 use super::{RefreshConfig, Upstream};
 use crate::signal::{Observation, SignalError};
 
@@ -109,14 +109,22 @@ impl<U: Upstream> Refresher<U> {
             self.config.clone(),
             self.groups.clone(),
         );
-        tokio::spawn(supervise(key.clone(), self.config.interval, move || {
-            refresh_loop(
-                weak.clone(),
-                upstream.clone(),
-                config.clone(),
-                groups.clone(),
-            )
-        }));
+        let health = Arc::new(TaskHealth::new(self.upstream.supervision()));
+        let task_health = health.clone();
+        tokio::spawn(supervise(
+            key.clone(),
+            self.config.interval,
+            health,
+            move || {
+                refresh_loop(
+                    weak.clone(),
+                    upstream.clone(),
+                    config.clone(),
+                    groups.clone(),
+                    task_health.clone(),
+                )
+            },
+        ));
         Ok(group)
     }
 
@@ -147,7 +155,7 @@ impl<U: Upstream> Refresher<U> {
             {
                 // From here on the group's reads include it.
                 slot.attempted = true;
-                slot.good = Some((v, at));
+                slot.reads.store(v, at);
             }
             if slot.attempted {
                 return slot.observation(now);

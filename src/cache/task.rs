@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -15,16 +15,66 @@ use tokio::time::Instant;
 use super::group::Group;
 use super::schedule::{Action, Outcome, Pending, Schedule};
 use super::{GroupRead, RefreshConfig, Upstream};
+use crate::metrics::Metrics;
 use crate::signal::SignalError;
 
 /// How long a wake waits for more never-seen items before reading.
 const COALESCE: Duration = Duration::from_millis(5);
 
+/// Whether a group's refresh is down: from a panic (of its task, or of a read, which is
+/// reported as an error for every item) until a read completes without one. A group whose
+/// reads panic every time stays down (crash-looping). Reported on `/metrics` and `/readyz`
+/// (docs/robustness.md, "A refresh that panics").
+pub(super) struct TaskHealth {
+    down: AtomicBool,
+    report: Option<(Metrics, &'static str)>,
+}
+
+impl TaskHealth {
+    pub(super) fn new(report: Option<(&Metrics, &'static str)>) -> Self {
+        Self {
+            down: AtomicBool::new(false),
+            report: report.map(|(m, label)| (m.clone(), label)),
+        }
+    }
+
+    /// `task`: the whole task panicked and is restarted; otherwise one read did.
+    pub(super) fn panicked(&self, task: bool) {
+        if let Some((metrics, label)) = &self.report {
+            metrics.refresh_panicked(label, task);
+        }
+        self.set_down(true);
+    }
+
+    pub(super) fn read_done(&self) {
+        self.set_down(false);
+    }
+
+    fn set_down(&self, down: bool) {
+        if self.down.swap(down, Ordering::SeqCst) != down
+            && let Some((metrics, label)) = &self.report
+        {
+            metrics.refresh_group_down(label, down);
+        }
+    }
+}
+
+impl Drop for TaskHealth {
+    /// A dropped group has no task to be down.
+    fn drop(&mut self) {
+        self.set_down(false);
+    }
+}
+
 /// Runs a group's refresh task and starts it again if it panics, so a group never stays
 /// registered without a task refreshing it (every ScaledObject on it would answer
 /// `UNAVAILABLE` for good). A task that ends normally (its group dropped) is not restarted.
-pub(super) async fn supervise<F, Fut>(what: impl Debug, pause: Duration, mut start: F)
-where
+pub(super) async fn supervise<F, Fut>(
+    what: impl Debug,
+    pause: Duration,
+    health: Arc<TaskHealth>,
+    mut start: F,
+) where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -33,6 +83,7 @@ where
             Ok(()) => return,
             Err(e) if e.is_panic() => {
                 tracing::error!(group = ?what, "a refresh task panicked; restarting it");
+                health.panicked(true);
                 tokio::time::sleep(pause).await;
             }
             // Cancelled: the runtime is shutting down.
@@ -47,14 +98,19 @@ async fn read_guarded<U: Upstream>(
     upstream: &U,
     group: &U::Group,
     items: &[U::Item],
+    health: &TaskHealth,
 ) -> GroupRead<U::Item> {
     match AssertUnwindSafe(upstream.read(group, items))
         .catch_unwind()
         .await
     {
-        Ok(read) => read,
+        Ok(read) => {
+            health.read_done();
+            read
+        }
         Err(_) => {
             tracing::error!(group = ?group, "an upstream read panicked");
+            health.panicked(false);
             GroupRead::all_failed(
                 items,
                 SignalError::Unreported("the upstream read failed unexpectedly"),
@@ -70,6 +126,7 @@ pub(super) async fn refresh_loop<U: Upstream>(
     upstream: Arc<U>,
     config: RefreshConfig,
     groups: moka::sync::Cache<U::Group, Arc<Group<U>>>,
+    health: Arc<TaskHealth>,
 ) {
     let mut schedule = Schedule::new(&config, Instant::now());
     loop {
@@ -115,7 +172,7 @@ pub(super) async fn refresh_loop<U: Upstream>(
             }
         };
 
-        let read = read_guarded(&*upstream, &g.key, &items).await;
+        let read = read_guarded(&*upstream, &g.key, &items, &health).await;
         let finished = Instant::now();
         let any_ok = store(&g, &items, read.values, full, finished);
         {
@@ -166,8 +223,7 @@ fn store<U: Upstream>(
         ))) {
             Ok(v) => {
                 any_ok = true;
-                slot.previous_good = slot.good;
-                slot.good = Some((v, finished));
+                slot.reads.store(v, finished);
                 slot.error = None;
             }
             Err(e) => {

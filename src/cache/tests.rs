@@ -8,8 +8,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::task::supervise;
+use super::task::{TaskHealth, supervise};
 use super::*;
+use crate::metrics::Metrics;
 use crate::signal::SignalError;
 
 /// Counts reads and serves values from a table; fails items it has no value for.
@@ -25,11 +26,17 @@ struct Table {
     batches: Mutex<Vec<Vec<&'static str>>>,
     /// Reads panic (a bug in an upstream client, an absurd token lifetime).
     panic: Mutex<bool>,
+    /// Where the groups' refresh reports panics.
+    metrics: Metrics,
 }
 
 impl Upstream for Table {
     type Group = &'static str;
     type Item = &'static str;
+
+    fn supervision(&self) -> Option<(&Metrics, &'static str)> {
+        Some((&self.metrics, "table"))
+    }
 
     async fn read(&self, _group: &&'static str, items: &[&'static str]) -> GroupRead<&'static str> {
         self.reads.fetch_add(1, Ordering::SeqCst);
@@ -334,7 +341,9 @@ async fn a_panicking_read_reports_an_error_and_the_group_keeps_being_refreshed()
 async fn a_refresh_task_that_panics_is_started_again_and_one_that_ends_is_not() {
     let starts = Arc::new(AtomicU32::new(0));
     let counted = starts.clone();
-    supervise("ns", Duration::from_secs(5), move || {
+    let metrics = Metrics::new();
+    let health = Arc::new(TaskHealth::new(Some((&metrics, "table"))));
+    supervise("ns", Duration::from_secs(5), health, move || {
         let n = counted.fetch_add(1, Ordering::SeqCst);
         async move {
             if n < 2 {
@@ -344,4 +353,48 @@ async fn a_refresh_task_that_panics_is_started_again_and_one_that_ends_is_not() 
     })
     .await;
     assert_eq!(starts.load(Ordering::SeqCst), 3);
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"blend_scaler_refresh_task_restarts_total{upstream="table"} 2"#),
+        "{text}"
+    );
+    // The task ended (its group dropped): nothing is down any more.
+    assert_eq!(metrics.refresh_groups_down(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_read_is_counted_and_holds_the_group_down_until_a_read_completes() {
+    let t = table(&[("orders", 4.0)]);
+    *t.panic.lock() = true;
+    let r = Refresher::from_arc(t.clone(), config());
+    assert_eq!(r.observe(&"ns", &"orders").await.value, None);
+    let metrics = &t.metrics;
+    assert_eq!(metrics.refresh_groups_down(), 1);
+    let text = metrics.encode();
+    for needle in [
+        r#"blend_scaler_refresh_read_panics_total{upstream="table"} 1"#,
+        r#"blend_scaler_refresh_groups_down{upstream="table"} 1"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    // Crash-looping: every refresh panics, the group stays down.
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    assert_eq!(t.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(metrics.refresh_groups_down(), 1);
+    // Fixed: the next read completes and the group is up again.
+    *t.panic.lock() = false;
+    // (the next refresh is backed off like any failure's, at most `max_backoff`)
+    let mut waited = 0;
+    while r.observe(&"ns", &"orders").await.value.is_none() {
+        assert_eq!(metrics.refresh_groups_down(), 1);
+        assert!(waited < 130, "no read after the fix");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        waited += 1;
+    }
+    assert_eq!(metrics.refresh_groups_down(), 0);
+    assert!(
+        metrics
+            .encode()
+            .contains(r#"blend_scaler_refresh_groups_down{upstream="table"} 0"#)
+    );
 }

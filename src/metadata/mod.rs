@@ -21,6 +21,10 @@ mod servicebus;
 mod tests;
 
 pub use keys::known_keys;
+/// `Origin`'s old name, still used by `src/simulate` until its ScaledObject walk is the one in
+/// `cli.rs` (issue 18, move 4, simulate track); remove with that use.
+#[cfg(feature = "simulate")]
+pub(crate) use plan::Origin as Source;
 pub use plan::*;
 
 /// At most this many keys in one trigger's metadata.
@@ -42,7 +46,7 @@ pub(crate) fn test_plan(pairs: &[(&str, &str)]) -> Plan {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    parse(&m, Source::Keda, &Credentials::default()).expect("valid metadata")
+    parse(&m, Origin::Keda, &Credentials::default()).expect("valid metadata")
 }
 
 pub const DEFAULT_METRIC_NAME: &str = "blended-replicas";
@@ -105,12 +109,12 @@ pub fn oversized(m: &HashMap<String, String>) -> Option<MetadataErrors> {
 /// Parses one trigger's metadata.
 pub fn parse(
     metadata: &HashMap<String, String>,
-    source: Source,
+    origin: Origin,
     credentials: &Credentials,
 ) -> Result<Plan, MetadataErrors> {
     let mut p = Parser {
         m: metadata,
-        source,
+        origin,
         credentials,
         errors: Vec::new(),
     };
@@ -126,7 +130,7 @@ pub fn parse(
 
 struct Parser<'a> {
     m: &'a HashMap<String, String>,
-    source: Source,
+    origin: Origin,
     credentials: &'a Credentials,
     errors: Vec<MetadataError>,
 }

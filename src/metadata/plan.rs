@@ -370,7 +370,7 @@ impl Credentials {
 
 /// Where metadata comes from, which decides how `*FromEnv` values are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
+pub enum Origin {
     /// From KEDA: `*FromEnv` values are already resolved.
     Keda,
     /// From a ScaledObject file (`check`): `*FromEnv` values are variable names, and

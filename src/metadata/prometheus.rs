@@ -92,7 +92,7 @@ impl Parser<'_> {
                 "{PROMETHEUS_CREDENTIAL_PREFIX}{}",
                 Credentials::env_name(&name)
             );
-            match (self.credentials.prometheus(&name).cloned(), self.source) {
+            match (self.credentials.prometheus(&name).cloned(), self.origin) {
                 (Some(secret), _) => match parse_prometheus_credential(secret.expose()) {
                     Ok(c) => from_credential = Some(c),
                     Err(e) => self.err(
@@ -100,14 +100,14 @@ impl Parser<'_> {
                         format!("the scaler's `{env}` {e}"),
                     ),
                 },
-                (None, Source::File) => {}
-                (None, Source::Keda) => self.err(
+                (None, Origin::File) => {}
+                (None, Origin::Keda) => self.err(
                     keys::PROMETHEUS_CREDENTIAL,
                     format!("`{name}` is not configured on the scaler (set `{env}`)"),
                 ),
             }
         }
-        let later = self.source == Source::File;
+        let later = self.origin == Origin::File;
         let wants = |m: &str| modes.contains(m);
         let credential_covers = self.has(keys::PROMETHEUS_CREDENTIAL);
         if wants("bearer") {

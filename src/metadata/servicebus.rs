@@ -86,7 +86,7 @@ impl Parser<'_> {
                 );
             }
             // In a file the value is the variable's name, unless someone pasted the string.
-            if self.source == Source::File && !secret.expose().contains('=') {
+            if self.origin == Origin::File && !secret.expose().contains('=') {
                 let variable = secret.expose().to_string();
                 return (Some(ServiceBusAuth::ResolvedByKeda { variable }), None);
             }
@@ -113,7 +113,7 @@ impl Parser<'_> {
                 "{SERVICEBUS_CREDENTIAL_PREFIX}{}",
                 Credentials::env_name(&name)
             );
-            return match (self.credentials.servicebus(&name), self.source) {
+            return match (self.credentials.servicebus(&name), self.origin) {
                 (Some(secret), _) => match ConnectionString::parse(secret.expose()) {
                     Ok(cs) => {
                         let ep = cs.endpoint.clone();
@@ -124,8 +124,8 @@ impl Parser<'_> {
                         (None, None)
                     }
                 },
-                (None, Source::File) => (Some(ServiceBusAuth::NamedCredential(name)), None),
-                (None, Source::Keda) => {
+                (None, Origin::File) => (Some(ServiceBusAuth::NamedCredential(name)), None),
+                (None, Origin::Keda) => {
                     self.err(
                         keys::CREDENTIAL,
                         format!("`{name}` is not configured on the scaler (set `{env}`)"),

@@ -8,7 +8,7 @@ fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 fn keda(pairs: &[(&str, &str)]) -> Result<Plan, MetadataErrors> {
-    parse(&md(pairs), Source::Keda, &Credentials::default())
+    parse(&md(pairs), Origin::Keda, &Credentials::default())
 }
 
 fn keys(errs: &MetadataErrors) -> Vec<&str> {
@@ -109,7 +109,7 @@ fn size_limits_are_enforced() {
     for i in 0..70 {
         m.insert(format!("k{i}"), "v".into());
     }
-    let errs = parse(&m, Source::Keda, &Credentials::default()).unwrap_err();
+    let errs = parse(&m, Origin::Keda, &Credentials::default()).unwrap_err();
     assert_eq!(keys(&errs), ["metadata"], "one error, no per-key work");
     let big = "x".repeat(MAX_VALUE_BYTES + 1);
     let errs = keda(&[("queueName", &big), ("namespace", "ns")]).unwrap_err();
@@ -127,7 +127,7 @@ fn oversized_keys_get_one_immediate_error_and_no_suggestion_work() {
     m.insert("x".repeat(256 << 10), "v".into());
     m.insert("y".repeat(MAX_KEY_BYTES + 1), "v".into());
     let started = std::time::Instant::now();
-    let errs = parse(&m, Source::Keda, &Credentials::default()).unwrap_err();
+    let errs = parse(&m, Origin::Keda, &Credentials::default()).unwrap_err();
     assert_eq!(keys(&errs), ["metadata"]);
     assert!(
         errs.to_string().contains("2 key(s) longer than 256 bytes"),
@@ -149,7 +149,7 @@ fn an_error_message_lists_at_most_ten_problems_and_counts_the_rest() {
     for i in 0..40 {
         m.insert(format!("unknown{i:02}"), "v".into());
     }
-    let errs = parse(&m, Source::Keda, &Credentials::default()).unwrap_err();
+    let errs = parse(&m, Origin::Keda, &Credentials::default()).unwrap_err();
     // All of them for `check`, which prints every error.
     assert!(errs.0.len() >= 40);
     let text = errs.to_string();
@@ -224,7 +224,7 @@ fn in_a_file_connection_from_env_is_a_variable_name() {
             ("namespace", "bus"),
             ("connectionFromEnv", "SERVICEBUS_CONNECTION"),
         ]),
-        Source::File,
+        Origin::File,
         &Credentials::default(),
     )
     .unwrap();
@@ -239,7 +239,7 @@ fn a_named_credential_is_read_from_the_scaler_environment() {
     )]);
     let plan = parse(
         &md(&[("queueName", "q"), ("credential", "orders-bus")]),
-        Source::Keda,
+        Origin::Keda,
         &creds,
     )
     .unwrap();
@@ -466,7 +466,7 @@ fn a_prometheus_credential_supplies_basic_auth() {
             ("threshold", "1"),
             ("prometheusCredential", "mon"),
         ]),
-        Source::Keda,
+        Origin::Keda,
         &creds,
     )
     .unwrap();

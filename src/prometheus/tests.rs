@@ -1,5 +1,5 @@
 use super::*;
-use crate::metadata::{Credentials, Source, parse};
+use crate::metadata::{Credentials, Origin, parse};
 
 fn plan(extra: &[(&str, &str)]) -> PrometheusPlan {
     let mut md: HashMap<String, String> = [
@@ -13,7 +13,7 @@ fn plan(extra: &[(&str, &str)]) -> PrometheusPlan {
     for (k, v) in extra {
         md.insert(k.to_string(), v.to_string());
     }
-    parse(&md, Source::Keda, &Credentials::default())
+    parse(&md, Origin::Keda, &Credentials::default())
         .expect("valid metadata")
         .prometheus
         .expect("a prometheus plan")

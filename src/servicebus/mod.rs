@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::binding::HostRules;
-use crate::cache::{Keyed, RefreshConfig, Refresher, SignalSource};
+use crate::cache::{CacheEntry, Keyed, RefreshConfig, Refresher, SignalCache};
 use crate::metadata::{Aggregation, Entity, ServiceBusAuth, ServiceBusPlan};
 use crate::metrics::Metrics;
 use crate::signal::{EntityCounts, Observation};
@@ -89,7 +89,7 @@ pub fn source(
     config: RefreshConfig,
     metrics: Metrics,
     hosts: &HostRules,
-) -> Arc<dyn SignalSource<ServiceBusPlan>> {
+) -> Arc<dyn SignalCache<ServiceBusPlan>> {
     source_from(ServiceBusUpstream::new(metrics, hosts), config)
 }
 
@@ -97,37 +97,48 @@ pub fn source(
 pub fn source_from(
     upstream: ServiceBusUpstream,
     config: RefreshConfig,
-) -> Arc<dyn SignalSource<ServiceBusPlan>> {
+) -> Arc<dyn SignalCache<ServiceBusPlan>> {
     let upstream = Arc::new(upstream);
-    Arc::new(Source {
+    Arc::new(ServiceBusCache {
         keyed: Keyed::new(Refresher::from_arc(upstream.clone(), config), key),
         upstream,
     })
 }
 
 /// The cache over the upstream, and the upstream itself for the counts its reads kept.
-struct Source {
+struct ServiceBusCache {
     keyed: Keyed<ServiceBusUpstream, ServiceBusPlan>,
     upstream: Arc<ServiceBusUpstream>,
 }
 
-impl SignalSource<ServiceBusPlan> for Source {
-    fn observe<'a>(
-        &'a self,
-        plan: &'a ServiceBusPlan,
-    ) -> Pin<Box<dyn Future<Output = Observation> + Send + 'a>> {
-        self.keyed.observe(plan)
+impl SignalCache<ServiceBusPlan> for ServiceBusCache {
+    fn entry(&self, plan: &ServiceBusPlan) -> Arc<dyn CacheEntry> {
+        Arc::new(ServiceBusEntry {
+            entry: self.keyed.entry(plan),
+            key: key(plan),
+            upstream: self.upstream.clone(),
+        })
+    }
+}
+
+/// A plan's entry, with its key kept for the counts.
+struct ServiceBusEntry {
+    entry: Arc<dyn CacheEntry>,
+    key: (NamespaceKey, Watched),
+    upstream: Arc<ServiceBusUpstream>,
+}
+
+impl CacheEntry for ServiceBusEntry {
+    fn observe(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
+        self.entry.observe()
     }
 
-    fn watch(
-        &self,
-        plan: &ServiceBusPlan,
-    ) -> (tokio::sync::watch::Receiver<u64>, Box<dyn Send + Sync>) {
-        self.keyed.watch(plan)
+    fn watch(&self) -> (tokio::sync::watch::Receiver<u64>, Box<dyn Send + Sync>) {
+        self.entry.watch()
     }
 
-    fn counts(&self, plan: &ServiceBusPlan) -> Option<EntityCounts> {
-        self.upstream.counts.get(&key(plan))
+    fn counts(&self) -> Option<EntityCounts> {
+        self.upstream.counts.get(&self.key)
     }
 }
 

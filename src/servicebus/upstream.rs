@@ -269,6 +269,10 @@ impl Upstream for ServiceBusUpstream {
     type Group = NamespaceKey;
     type Item = Watched;
 
+    fn supervision(&self) -> Option<(&Metrics, &'static str)> {
+        Some((self.client.metrics(), "servicebus"))
+    }
+
     async fn read(&self, group: &NamespaceKey, items: &[Watched]) -> GroupRead<Watched> {
         let conn = match self.connection(group) {
             Ok(c) => c,

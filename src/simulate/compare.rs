@@ -11,6 +11,8 @@ use super::trace::Trace;
 #[derive(Clone, Debug)]
 pub struct Compared {
     pub builtin: Averaged,
+    /// The built-in side with [`slow_scale_down`] (its scale-up rules kept).
+    pub builtin_slow: Averaged,
     pub blend: Averaged,
     /// The first phase's per-second series, for the CSV and the chart.
     pub first: Outcome,
@@ -28,16 +30,23 @@ fn sides(s: &Scenario) -> Sides<'_> {
 /// Runs both sides of `scenario` at each phase and averages.
 pub fn compare(trace: &Trace, scenario: &Scenario, phases: &[Phase], objective: u64) -> Compared {
     let sides = sides(scenario);
+    let slow = model::Settings {
+        hpa: slowed(&scenario.builtin_settings.hpa),
+        ..scenario.builtin_settings.clone()
+    };
     let mut first = None;
-    let (mut builtin, mut blend) = (Vec::new(), Vec::new());
+    let (mut builtin, mut builtin_slow, mut blend) = (Vec::new(), Vec::new(), Vec::new());
     for &phase in phases {
         let out = model::simulate(trace, &sides, phase);
         builtin.push(Summary::of(&out.builtin, objective));
         blend.push(Summary::of(&out.blend, objective));
+        let run = model::run(trace, &slow, phase, &mut scenario.builtin.clone());
+        builtin_slow.push(Summary::of(&run, objective));
         first.get_or_insert(out);
     }
     Compared {
         builtin: Averaged::of(&builtin),
+        builtin_slow: Averaged::of(&builtin_slow),
         blend: Averaged::of(&blend),
         first: first.unwrap_or_else(|| model::simulate(trace, &sides, Phase::FIXED)),
     }
@@ -84,6 +93,21 @@ pub fn slow_scale_down() -> Behavior {
             .find(|(name, _)| *name == "window 300 s, 10%/60 s")
             .map(|(_, r)| r)
             .expect("the slow option exists"),
+    }
+}
+
+/// `hpa` with the slow scale-down rules, its scale-up rules kept.
+pub fn slowed(hpa: &Hpa) -> Hpa {
+    let slow = slow_scale_down();
+    Hpa {
+        behavior: Some(Behavior {
+            scale_up: hpa
+                .behavior
+                .as_ref()
+                .map_or(slow.scale_up, |b| b.scale_up.clone()),
+            scale_down: slow.scale_down,
+        }),
+        ..hpa.clone()
     }
 }
 

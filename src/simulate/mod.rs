@@ -9,6 +9,7 @@ pub mod compare;
 pub mod generate;
 pub mod hpa;
 pub mod model;
+pub mod queue;
 pub mod report;
 pub mod scenario;
 pub mod trace;
@@ -80,6 +81,7 @@ pub struct SimulateArgs {
 }
 
 pub const BUILTIN_LABEL: &str = "built-in triggers";
+pub const SLOW_LABEL: &str = "built-in, slow scale-down";
 pub const TUNED_LABEL: &str = "built-in, tuned";
 
 /// One combination of a sweep, compared.
@@ -157,6 +159,7 @@ pub fn report(
         text.push('\n');
         let mut table_rows = vec![
             (BUILTIN_LABEL, &compared.builtin),
+            (SLOW_LABEL, &compared.builtin_slow),
             (blend_label.as_str(), &compared.blend),
         ];
         if let Some((_, avg)) = tuned.as_ref().and_then(|t| t.best.as_ref()) {
@@ -252,6 +255,11 @@ fn describe(text: &mut String, s: &Scenario, options: &Options) {
         text,
         "{BUILTIN_LABEL} ({builtin_source}): {}",
         side(&s.builtin_settings)
+    );
+    let _ = writeln!(
+        text,
+        "{SLOW_LABEL}: the same, with behavior.scaleDown {}",
+        compare::slow_scale_down().scale_down.describe()
     );
     let _ = writeln!(text, "{}: {}", s.blend_label(), side(&s.settings));
     let _ = writeln!(

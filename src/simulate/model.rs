@@ -6,22 +6,26 @@
 //!    `external-push`, the open `StreamIsActive` pushes a change of activity to KEDA);
 //! 2. KEDA polls every `pollingInterval`: scale 0 -> 1 when a trigger is active, 1 -> 0 after
 //!    `cooldownPeriod` without one;
-//! 3. the HPA syncs every 15 s when the target has replicas;
-//! 4. the second's arrivals join the queue and ready pods work it, oldest message first.
+//! 3. the HPA syncs every `--hpa-sync-period` when the target has replicas;
+//! 4. the second's arrivals join the queue ([`Queue`]) and ready pods work it, oldest message
+//!    first.
+//!
+//! Each loop ticks at its own [`Phase`] within its period.
 //!
 //! Everything here is pure: [`simulate`] takes a trace, a plan and settings and returns the
 //! per-second series of both configurations.
 
-use std::collections::VecDeque;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::blend::{self, Inputs};
+use crate::blend::{self, Inputs, PreviousAnswer};
 use crate::cron::CronPlan;
 use crate::metadata::Plan;
-use crate::signal::Observation;
+use crate::signal::GoodReads;
 
 use super::hpa::{Controller, Hpa, Metric};
+use super::queue::Queue;
 use super::trace::Trace;
 
 /// KEDA's ScaledObject settings (`spec.*`).
@@ -261,48 +265,21 @@ impl Scaler for BuiltIns {
     }
 }
 
-/// One cached value, kept as the real cache keeps it (`cache.rs`): the last two good reads.
-#[derive(Clone, Copy, Debug, Default)]
-struct Slot {
-    good: Option<(f64, u64)>,
-    previous_good: Option<(f64, u64)>,
-}
-
-impl Slot {
-    fn store(&mut self, value: f64, t: u64) {
-        self.previous_good = self.good;
-        self.good = Some((value, t));
-    }
-
-    /// The same observation `cache.rs` gives: value, age, and the change per second between
-    /// the last two good reads.
-    fn observation(&self, t: u64) -> Observation {
-        let rate = match (self.good, self.previous_good) {
-            (Some((v1, t1)), Some((v0, t0))) if t1 > t0 => Some((v1 - v0) / (t1 - t0) as f64),
-            _ => None,
-        };
-        Observation {
-            value: self.good.map(|(v, _)| v),
-            age: self
-                .good
-                .map(|(_, at)| std::time::Duration::from_secs(t.saturating_sub(at))),
-            error: None,
-            rate,
-        }
-    }
+fn secs(t: u64) -> Duration {
+    Duration::from_secs(t)
 }
 
 /// blend-scaler as one `external` (or `external-push`) trigger: a cache refreshed in the
-/// background, and the real [`blend::decide`] on every call, each call recorded as the
-/// ScaledObject's previous answer as the engine records it.
+/// background, kept in the cache's own [`GoodReads`], and the real [`blend::decide`] on every
+/// call, each call recorded in the engine's own [`PreviousAnswer`].
 pub struct Blend<'p> {
     plan: &'p Plan,
     interval: u64,
     offset: u64,
     push: bool,
-    servicebus: Slot,
-    prometheus: Slot,
-    previous: Option<u32>,
+    servicebus: GoodReads<Duration>,
+    prometheus: GoodReads<Duration>,
+    previous: PreviousAnswer,
     pushed: Option<bool>,
 }
 
@@ -319,9 +296,9 @@ impl<'p> Blend<'p> {
             interval,
             offset: phase.refresh % interval,
             push: settings.push,
-            servicebus: Slot::default(),
-            prometheus: Slot::default(),
-            previous: None,
+            servicebus: GoodReads::default(),
+            prometheus: GoodReads::default(),
+            previous: PreviousAnswer::default(),
             pushed: None,
         }
     }
@@ -331,27 +308,25 @@ impl<'p> Blend<'p> {
             .plan
             .servicebus
             .is_some()
-            .then(|| self.servicebus.observation(t));
+            .then(|| self.servicebus.observation(secs(t), None));
         let prom = self
             .plan
             .prometheus
             .is_some()
-            .then(|| self.prometheus.observation(t));
+            .then(|| self.prometheus.observation(secs(t), None));
         blend::decide(Inputs {
             plan: self.plan,
             now: world.now,
             servicebus: sb.as_ref(),
             prometheus: prom.as_ref(),
-            previous: self.previous,
+            previous: self.previous.get(),
         })
     }
 
     /// A `GetMetrics` or `IsActive` call: decides and records the answer.
     fn call(&mut self, t: u64, world: &World) -> blend::Decision {
         let d = self.decision(t, world);
-        if let Ok(r) = d.replicas() {
-            self.previous = Some(r);
-        }
+        self.previous.record(&d);
         d
     }
 }
@@ -361,8 +336,8 @@ impl Scaler for Blend<'_> {
         if t % self.interval != self.offset {
             return None;
         }
-        self.servicebus.store(world.backlog as f64, t);
-        self.prometheus.store(world.requests, t);
+        self.servicebus.store(world.backlog as f64, secs(t));
+        self.prometheus.store(world.requests, secs(t));
         if !self.push {
             return None;
         }
@@ -383,95 +358,6 @@ impl Scaler for Blend<'_> {
         });
         let active = self.call(t, world).active().unwrap_or(false);
         (vec![metric.ok_or(())], active)
-    }
-}
-
-/// A FIFO queue of arrival cohorts, one per second, in whole messages.
-#[derive(Clone, Debug, Default)]
-pub struct Queue {
-    cohorts: VecDeque<(u64, u64)>,
-    backlog: u64,
-    /// Fractional arrivals not yet a whole message.
-    arrivals_carry: f64,
-    /// Fractional work left from a busy second.
-    work_carry: f64,
-}
-
-impl Queue {
-    pub fn backlog(&self) -> u64 {
-        self.backlog
-    }
-
-    /// How long the oldest waiting message has waited at instant `t`: messages that arrived
-    /// during second `s` have waited `t - s` seconds (rounded up to the second).
-    pub fn oldest_age(&self, t: u64) -> u64 {
-        self.cohorts
-            .front()
-            .map_or(0, |(s, _)| t.saturating_sub(*s))
-    }
-
-    /// Second `t`: `rate` messages arrive, then `capacity` messages' worth of work is done,
-    /// oldest first. Returns the messages completed.
-    pub fn step(&mut self, t: u64, rate: f64, capacity: f64) -> u64 {
-        self.step_recording(t, rate, capacity, &mut Vec::new())
-    }
-
-    /// [`Queue::step`], adding each completed message's wait (seconds) to `waits`.
-    pub fn step_recording(
-        &mut self,
-        t: u64,
-        rate: f64,
-        capacity: f64,
-        waits: &mut Vec<u64>,
-    ) -> u64 {
-        let arriving = self.arrivals_carry + rate;
-        // A hair of tolerance, so 0.3 ten times is 3 messages, not 2.999… of them.
-        let whole = (arriving + 1e-9).floor();
-        self.arrivals_carry = (arriving - whole).max(0.0);
-        if whole >= 1.0 {
-            self.cohorts.push_back((t, whole as u64));
-            self.backlog += whole as u64;
-        }
-        let work = capacity + self.work_carry;
-        let mut budget = (work + 1e-9).floor() as u64;
-        let mut done = 0;
-        while budget > 0
-            && let Some(front) = self.cohorts.front_mut()
-        {
-            let take = front.1.min(budget);
-            record(waits, t - front.0, take);
-            front.1 -= take;
-            budget -= take;
-            done += take;
-            if front.1 == 0 {
-                self.cohorts.pop_front();
-            }
-        }
-        self.backlog -= done;
-        // Part of a message's work carries over only while there is work to do.
-        self.work_carry = if self.backlog > 0 {
-            (work - (work + 1e-9).floor()).max(0.0)
-        } else {
-            0.0
-        };
-        done
-    }
-}
-
-fn record(waits: &mut Vec<u64>, wait: u64, count: u64) {
-    let i = wait as usize;
-    if waits.len() <= i {
-        waits.resize(i + 1, 0);
-    }
-    waits[i] += count;
-}
-
-impl Queue {
-    /// Adds the messages still waiting at instant `t` to `waits`, at their age.
-    pub fn record_waiting(&self, t: u64, waits: &mut Vec<u64>) {
-        for &(s, n) in &self.cohorts {
-            record(waits, t - s, n);
-        }
     }
 }
 
@@ -623,46 +509,6 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_is_first_in_first_out_and_ages_are_exact() {
-        let mut q = Queue::default();
-        q.step(0, 10.0, 0.0);
-        q.step(1, 10.0, 0.0);
-        assert_eq!((q.backlog(), q.oldest_age(2)), (20, 2));
-        // 15 messages of work: all of second 0 and half of second 1.
-        assert_eq!(q.step(2, 0.0, 15.0), 15);
-        assert_eq!((q.backlog(), q.oldest_age(3)), (5, 2));
-        q.step(3, 0.0, 15.0);
-        assert_eq!((q.backlog(), q.oldest_age(4)), (0, 0));
-    }
-
-    #[test]
-    fn each_message_is_counted_once_with_its_wait() {
-        let mut q = Queue::default();
-        let mut waits = Vec::new();
-        q.step_recording(0, 10.0, 4.0, &mut waits);
-        q.step_recording(1, 0.0, 4.0, &mut waits);
-        q.record_waiting(2, &mut waits);
-        // 4 done at once, 4 a second later, 2 still waiting at 2 s.
-        assert_eq!(waits, vec![4, 4, 2]);
-    }
-
-    #[test]
-    fn fractional_rates_add_up_to_whole_messages() {
-        let mut q = Queue::default();
-        let mut done = q.step(0, 10.3, 0.25);
-        for t in 1..100 {
-            done += q.step(t, 0.3, 0.25);
-        }
-        // 40 arrived; the queue never emptied, so 100 x 0.25 = 25 messages of work were
-        // done, none lost to rounding.
-        assert_eq!(done + q.backlog(), 40);
-        assert_eq!(done, 25);
-        // Work left over while the queue is empty is not banked.
-        let mut idle = Queue::default();
-        assert_eq!(idle.step(0, 0.0, 0.75) + idle.step(1, 1.0, 0.75), 0);
-    }
-
-    #[test]
     fn cron_is_a_floor_for_the_builtin_triggers() {
         use chrono::TimeZone;
         let p = plan(&[
@@ -710,11 +556,8 @@ mod tests {
         assert_eq!(metrics, vec![m(2.0, 1.0)]);
         assert!(active);
         b.tick(5, &world(60));
-        assert_eq!(b.servicebus.observation(7).rate, Some(10.0));
-        assert_eq!(
-            b.servicebus.observation(7).age,
-            Some(std::time::Duration::from_secs(2))
-        );
+        assert_eq!(b.servicebus.observation(secs(7), None).rate, Some(10.0));
+        assert_eq!(b.servicebus.observation(secs(7), None).age, Some(secs(2)));
     }
 
     #[test]

@@ -336,3 +336,42 @@ fn tune_finds_the_cheapest_builtin_configuration_within_the_objective() {
     let none = compare::tune(&trace, &scenario, &phases, 0);
     assert!(none.best.is_none() && none.lowest_p95_age > 0.0);
 }
+
+/// The README's simulate table, recomputed: the built-in, slow scale-down and blend-scaler
+/// cells of every row are what the fair setup (8 phases from seed 1) gives. (The `--tune`
+/// column takes minutes; its command is in the README.)
+#[test]
+fn the_readme_simulate_table_is_what_the_simulator_gives() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = &readme[readme.find("## Before you switch: `simulate`").unwrap()..];
+    let section = &section[..section.find("\n## ").unwrap()];
+    let rows: Vec<Vec<&str>> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    let names: Vec<String> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("traces"))
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.unwrap().path();
+                let stem = p.file_stem()?.to_string_lossy().into_owned();
+                (p.extension()? == "csv").then_some(stem)
+            })
+            .collect();
+    assert_eq!(rows.len(), names.len(), "one row per shipped trace");
+    let phases = Phase::draw(1, 8);
+    for row in rows {
+        let name = row[0].trim_matches('`');
+        assert!(names.iter().any(|s| s == name), "{name} is not shipped");
+        let (trace, scenario) = shipped(name);
+        let c = compare::compare(&trace, &scenario, &phases, 120);
+        let cell = |a: &report::Averaged| {
+            format!("{:.0} / {:.0} s", a.replica_minutes.mean, a.p95_age.mean)
+        };
+        assert_eq!(row[1], cell(&c.builtin), "{name}: built-in");
+        assert_eq!(row[2], cell(&c.builtin_slow), "{name}: slow scale-down");
+        assert_eq!(row[4], cell(&c.blend), "{name}: blend-scaler");
+    }
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use blend_scaler::cache::RefreshConfig;
-use blend_scaler::engine::Sources;
+use blend_scaler::engine::SignalCaches;
 use blend_scaler::metrics::Metrics;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
@@ -70,7 +70,7 @@ pub async fn connect(running: &Running) -> Client {
 /// `--allow-loopback-upstreams`, as a local test setup would.
 pub async fn start(
     mut config: ServerConfig,
-    sources: Sources,
+    sources: SignalCaches,
     metrics: Metrics,
 ) -> (Running, Client) {
     config.engine.hosts.allow_loopback = true;
