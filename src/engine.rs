@@ -321,6 +321,9 @@ impl Engine {
     /// past a capacity limit is refused before its metadata is parsed; parsing runs off the
     /// async workers ([`crate::offload`]).
     pub async fn track(&self, obj: ObjectRef<'_>) -> Result<Arc<Tracked>, EngineError> {
+        if let Some(e) = metadata::oversized(obj.metadata) {
+            return Err(e.into());
+        }
         let fingerprint = fingerprint(obj.metadata);
         let metric_name = obj
             .metadata

@@ -264,6 +264,16 @@ pub async fn read_body(
     whom: &str,
     limits: Limits,
 ) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), SignalError> {
+    // A declared length past the cap is refused before a byte is read: reading (and dropping)
+    // 15 MiB costs the async workers as much as keeping it.
+    if response
+        .content_length()
+        .is_some_and(|n| n > limits.max_body_bytes as u64)
+    {
+        return Err(SignalError::TooLarge {
+            limit: limits.max_body_bytes,
+        });
+    }
     let mut body = Vec::new();
     let mut budget: Option<OwnedSemaphorePermit> = None;
     loop {

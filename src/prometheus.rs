@@ -298,10 +298,16 @@ impl PrometheusUpstream {
     }
 
     fn connection(&self, server: &Server) -> Result<Connection, SignalError> {
-        self.connections.get_with_by_ref(server, || {
-            let http = self.client(server)?;
-            connect(server, http)
-        })
+        if let Some(known) = self.connections.get(server) {
+            return known;
+        }
+        let made = self.client(server).and_then(|http| connect(server, http));
+        // A setup error stays what it is until the metadata changes; a full client table may
+        // have room on the next refresh.
+        if !matches!(made, Err(SignalError::Capacity(_))) {
+            self.connections.insert(server.clone(), made.clone());
+        }
+        made
     }
 
     /// The client for `server`'s TLS identity, built when none is alive.

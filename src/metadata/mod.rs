@@ -87,6 +87,25 @@ impl fmt::Display for MetadataErrors {
     }
 }
 
+/// Too many keys, or a key too long: one error, found without looking at anything else.
+/// Work on metadata (fingerprints, suggestions, parsing) grows with its size, and a caller
+/// can send 4 MiB of it, so this comes first, in the engine and in the parser.
+pub fn oversized(m: &HashMap<String, String>) -> Option<MetadataErrors> {
+    let message = if m.len() > MAX_KEYS {
+        format!("has {} keys; at most {MAX_KEYS} are accepted", m.len())
+    } else {
+        let long = m.keys().filter(|k| k.len() > MAX_KEY_BYTES).count();
+        if long == 0 {
+            return None;
+        }
+        format!("has {long} key(s) longer than {MAX_KEY_BYTES} bytes; no key is that long")
+    };
+    Some(MetadataErrors(vec![MetadataError {
+        key: "metadata".into(),
+        message,
+    }]))
+}
+
 /// Parses one trigger's metadata.
 pub fn parse(
     metadata: &HashMap<String, String>,
@@ -337,26 +356,14 @@ impl Parser<'_> {
         })
     }
 
-    /// Too many keys, or a key too long: one error, and nothing else is looked at. Work on
-    /// metadata (suggestions, parsing) grows with its size, and a caller can send 4 MiB.
     fn oversized(&mut self) -> bool {
-        if self.m.len() > MAX_KEYS {
-            let n = self.m.len();
-            self.err(
-                "metadata",
-                format!("has {n} keys; at most {MAX_KEYS} are accepted"),
-            );
-            return true;
+        match oversized(self.m) {
+            Some(e) => {
+                self.errors.extend(e.0);
+                true
+            }
+            None => false,
         }
-        let long = self.m.keys().filter(|k| k.len() > MAX_KEY_BYTES).count();
-        if long > 0 {
-            self.err(
-                "metadata",
-                format!("has {long} key(s) longer than {MAX_KEY_BYTES} bytes; no key is that long"),
-            );
-            return true;
-        }
-        false
     }
 
     /// Value sizes and unknown keys, before anything is read.
