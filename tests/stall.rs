@@ -35,8 +35,9 @@ async fn scaler() -> (blend_scaler::server::Running, keda::Client) {
 async fn ten_thousand_unknown_keys_get_one_short_error() {
     let (running, mut client) = scaler().await;
     let mut md = cron(&[]);
+    // Short keys, so the request stays under the decode limit and reaches the parser.
     for i in 0..10_000 {
-        md.insert(format!("unknown-key-{i:05}-{}", "y".repeat(80)), "v".into());
+        md.insert(format!("k{i:05}"), "v".into());
     }
     let status = client
         .get_metric_spec(keda::object("t", "many-keys", md))
@@ -50,6 +51,36 @@ async fn ten_thousand_unknown_keys_get_one_short_error() {
         "{}",
         status.message()
     );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_bigger_than_any_valid_metadata_is_refused_before_it_is_decoded() {
+    let (running, mut client) = scaler().await;
+    // The audit's request: 10,000 unknown keys of about 100 bytes, 1 MB of protobuf.
+    let mut md = cron(&[]);
+    for i in 0..10_000 {
+        md.insert(format!("unknown-key-{i:05}-{}", "y".repeat(80)), "v".into());
+    }
+    let status = client
+        .get_metric_spec(keda::object("t", "audit-keys", md))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{}", status.message());
+    assert!(status.message().len() < 200, "{}", status.message());
+
+    // The largest metadata the parser accepts the shape of still gets through the decoder.
+    let mut md = cron(&[]);
+    while md.len() < blend_scaler::metadata::MAX_KEYS {
+        let key = format!("{:0>width$}", md.len(), width = blend_scaler::metadata::MAX_KEY_BYTES);
+        md.insert(key, "v".repeat(blend_scaler::metadata::MAX_VALUE_BYTES));
+    }
+    let status = client
+        .get_metric_spec(keda::object("t", "largest-valid-shape", md))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(status.message().contains("is not a known key"), "{}", status.message());
     running.shutdown().await.unwrap();
 }
 

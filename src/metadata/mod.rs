@@ -33,6 +33,11 @@ pub const MAX_KEYS: usize = 64;
 pub const MAX_VALUE_BYTES: usize = 8 * 1024;
 /// At most this many bytes in one key: no key the scaler reads is longer than 30.
 pub const MAX_KEY_BYTES: usize = 256;
+/// The largest request that can carry valid metadata: every key and value at its cap, with
+/// protobuf's per-entry framing, plus the object's name and namespace. The gRPC server refuses
+/// a bigger message before decoding it, so an oversized request costs no worker time
+/// (audit finding H4; docs/security.md).
+pub const MAX_REQUEST_BYTES: usize = MAX_KEYS * (MAX_KEY_BYTES + MAX_VALUE_BYTES + 16) + 4096;
 /// An error message lists at most this many problems (`check` prints them all).
 pub const MAX_LISTED_ERRORS: usize = 10;
 /// Unknown keys longer than this get no "did you mean": the comparison costs time in the
