@@ -184,12 +184,10 @@ pub async fn start(
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let router = builder
-        .add_service(health_service)
-        .add_service(
-            ExternalScalerServer::new(ScalerService::new(engine.clone(), stopping_rx))
-                .max_decoding_message_size(crate::metadata::MAX_REQUEST_BYTES),
-        );
+    let router = builder.add_service(health_service).add_service(
+        ExternalScalerServer::new(ScalerService::new(engine.clone(), stopping_rx))
+            .max_decoding_message_size(crate::metadata::MAX_REQUEST_BYTES),
+    );
     ready.store(true, Ordering::SeqCst);
     let shutdown = async move {
         let _ = stop_rx.await;

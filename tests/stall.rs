@@ -72,7 +72,11 @@ async fn a_request_bigger_than_any_valid_metadata_is_refused_before_it_is_decode
     // The largest metadata the parser accepts the shape of still gets through the decoder.
     let mut md = cron(&[]);
     while md.len() < blend_scaler::metadata::MAX_KEYS {
-        let key = format!("{:0>width$}", md.len(), width = blend_scaler::metadata::MAX_KEY_BYTES);
+        let key = format!(
+            "{:0>width$}",
+            md.len(),
+            width = blend_scaler::metadata::MAX_KEY_BYTES
+        );
         md.insert(key, "v".repeat(blend_scaler::metadata::MAX_VALUE_BYTES));
     }
     let status = client
@@ -80,7 +84,11 @@ async fn a_request_bigger_than_any_valid_metadata_is_refused_before_it_is_decode
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
-    assert!(status.message().contains("is not a known key"), "{}", status.message());
+    assert!(
+        status.message().contains("is not a known key"),
+        "{}",
+        status.message()
+    );
     running.shutdown().await.unwrap();
 }
 
