@@ -101,7 +101,6 @@ fn blend_decision(c: &mut Criterion) {
                 now: black_box(now),
                 servicebus: Some(&sb),
                 prometheus: Some(&prom),
-                previous: Some(14),
             })
         })
     });
@@ -113,7 +112,6 @@ fn blend_decision(c: &mut Criterion) {
                 now: black_box(now),
                 servicebus: None,
                 prometheus: None,
-                previous: Some(6),
             })
         })
     });

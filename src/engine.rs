@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::access::{Access, Refused};
 use crate::allowlist::HostList;
 use crate::binding::HostRules;
-use crate::blend::{self, Decision, Inputs, Missing, PreviousAnswer};
+use crate::blend::{self, Decision, Inputs, Missing};
 use crate::cache::{CacheEntry, RefreshConfig, SignalCache};
 use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
@@ -115,16 +115,12 @@ pub struct Tracked {
     /// The plan's entries in the signal caches, keyed once here rather than on every call.
     servicebus: Option<Arc<dyn CacheEntry>>,
     prometheus: Option<Arc<dyn CacheEntry>>,
-    previous: Mutex<PreviousAnswer>,
-    /// The last decision given to a caller, for `/decisions`; outside the decision itself.
+    /// The last decision given to a caller, for `/decisions` and the change log; never an
+    /// input to the next decision (that is the readings' alone, the same on every replica).
     last: Mutex<Option<Arc<LastAnswer>>>,
 }
 
 impl Tracked {
-    pub fn previous(&self) -> Option<u32> {
-        self.previous.lock().get()
-    }
-
     /// The last decision given to a caller, if any.
     pub fn last(&self) -> Option<Arc<LastAnswer>> {
         self.last.lock().clone()
@@ -378,9 +374,6 @@ impl Engine {
             },
             metric_name: metric_name.to_string(),
             last: Mutex::new(None),
-            // A new plan starts without a held answer: the old plan's answer (its `maxReplicas`,
-            // its signals, or a caller's spoofed metadata) must not hold the new one up.
-            previous: Mutex::new(PreviousAnswer::default()),
         });
         if current.is_some() {
             // The eviction listener gives back the replaced plan's weight.
@@ -516,11 +509,10 @@ impl Engine {
             now,
             servicebus: sb.as_ref(),
             prometheus: prom.as_ref(),
-            previous: tracked.previous(),
         })
     }
 
-    /// The answer to a caller: decides, records it as the object's previous answer, and logs
+    /// The answer to a caller: decides, records it for `/decisions` and the metrics, and logs
     /// a change once.
     pub async fn answer(
         &self,
@@ -555,14 +547,17 @@ impl Engine {
                 servicebus,
             },
         );
-        *tracked.last.lock() = Some(Arc::new(LastAnswer {
+        let answer = Arc::new(LastAnswer {
             at: (self.config.clock)(),
             decision: d.clone(),
             servicebus,
-        }));
-        let Some((previous, replicas)) = tracked.previous.lock().record(d) else {
+        });
+        let before = tracked.last.lock().replace(answer);
+        let Some(replicas) = replicas else {
             return;
         };
+        // The count last given (none if the last answer had none, which logs the return).
+        let previous = before.and_then(|b| b.decision.replicas().ok());
         if previous != Some(replicas) {
             let detail: Vec<String> = d
                 .signals

@@ -1,5 +1,6 @@
 //! What the upstream sources produce: readings, their errors, and the kinds of signal.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,7 +152,8 @@ pub struct Observation {
     pub age: Option<Duration>,
     /// Set when the latest refresh failed; the value above is then kept from before.
     pub error: Option<Arc<SignalError>>,
-    /// Change per second between the last two good values (for `drainTime`).
+    /// The value's change per second over the good reads of the last [`RATE_WINDOW`], a
+    /// least-squares fit (for `drainTime`); none before a second read.
     pub rate: Option<f64>,
 }
 
@@ -174,52 +176,98 @@ impl Moment for Duration {
     }
 }
 
-/// The last two good reads of one watched value, and the [`Observation`] a decision gets from
-/// them: the one rule the cache keeps and the simulator replays.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How far back the backlog's rate looks: long enough to see several batches of a producer
+/// that sends one every 15 s (four), so a batch landing between two reads is not taken for a
+/// rate of hundreds a second; short enough that a real ramp shows within about a third of it
+/// (docs/drain-time.md, "The rate").
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// A read less than this after the one before it is replaced by the next read: a 1 s refresh
+/// keeps about 13 reads of the window, as the default 5 s refresh does, not 60.
+const READ_SPACING: Duration = Duration::from_secs(5);
+
+/// The good reads of one watched value over the last [`RATE_WINDOW`], and the
+/// [`Observation`] a decision gets from them: the one rule the cache keeps and the simulator
+/// replays. Everything a decision sees is a function of these reads and the time, never of how
+/// many calls asked.
+#[derive(Clone, Debug, PartialEq)]
 pub struct GoodReads<T> {
-    latest: Option<(f64, T)>,
-    previous: Option<(f64, T)>,
+    /// Oldest first; the last is the latest good read.
+    reads: VecDeque<(f64, T)>,
+    /// The least-squares change per second over `reads`, worked out once per read.
+    rate: Option<f64>,
 }
 
 // By hand: no reads needs no default instant.
 impl<T> Default for GoodReads<T> {
     fn default() -> Self {
         Self {
-            latest: None,
-            previous: None,
+            reads: VecDeque::new(),
+            rate: None,
         }
     }
 }
 
 impl<T: Moment> GoodReads<T> {
-    /// A good read of `value` that finished at `at`.
+    /// A good read of `value` that finished at `at`. A read no later than the latest (a
+    /// clock that did not move) replaces it.
     pub fn store(&mut self, value: f64, at: T) {
-        self.previous = self.latest;
-        self.latest = Some((value, at));
+        let n = self.reads.len();
+        let replaces_latest = match self.reads.back() {
+            Some(&(_, last)) if at.since(last).is_zero() => true,
+            Some(&(_, last)) if n >= 2 => last.since(self.reads[n - 2].1) < READ_SPACING,
+            _ => false,
+        };
+        if replaces_latest {
+            self.reads.pop_back();
+        }
+        self.reads.push_back((value, at));
+        while self
+            .reads
+            .front()
+            .is_some_and(|&(_, t)| at.since(t) > RATE_WINDOW)
+        {
+            self.reads.pop_front();
+        }
+        self.rate = slope(&self.reads);
     }
 
     /// The latest good value and when it was read.
     pub fn latest(&self) -> Option<(f64, T)> {
-        self.latest
+        self.reads.back().copied()
     }
 
     /// What a decision at `now` sees: the latest good value, its age, the change per second
-    /// between the last two good reads, and the latest refresh's `error` (if it failed).
+    /// over the reads of the last [`RATE_WINDOW`], and the latest refresh's `error` (if it
+    /// failed).
     pub fn observation(&self, now: T, error: Option<Arc<SignalError>>) -> Observation {
-        let rate = match (self.latest, self.previous) {
-            (Some((v1, t1)), Some((v0, t0))) if t1 > t0 => {
-                Some((v1 - v0) / t1.since(t0).as_secs_f64())
-            }
-            _ => None,
-        };
+        let latest = self.latest();
         Observation {
-            value: self.latest.map(|(v, _)| v),
-            age: self.latest.map(|(_, t)| now.since(t)),
+            value: latest.map(|(v, _)| v),
+            age: latest.map(|(_, t)| now.since(t)),
             error,
-            rate,
+            rate: self.rate,
         }
     }
+}
+
+/// The least-squares slope of value over time, per second; none from fewer than two reads
+/// or reads at one instant. A fitted line weighs every read of the window, so one batch moves
+/// it by its size over the window, not over the gap between two reads.
+fn slope<T: Moment>(reads: &VecDeque<(f64, T)>) -> Option<f64> {
+    let &(_, first) = reads.front()?;
+    let n = reads.len() as f64;
+    let x = |t: T| t.since(first).as_secs_f64();
+    let mean_x = reads.iter().map(|&(_, t)| x(t)).sum::<f64>() / n;
+    let mean_y = reads.iter().map(|&(v, _)| v).sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for &(v, t) in reads {
+        let dx = x(t) - mean_x;
+        sxy += dx * (v - mean_y);
+        sxx += dx * dx;
+    }
+    let rate = sxy / sxx;
+    (sxx > 0.0 && rate.is_finite()).then_some(rate)
 }
 
 impl Observation {
@@ -298,9 +346,43 @@ mod tests {
             (Some(60.0), Some(s(2)), Some(10.0))
         );
         assert!(o.error.is_some());
-        // Two reads at the same instant give no rate rather than a division by zero.
+        // A read at the same instant replaces the latest rather than dividing by zero.
         r.store(70.0, s(5));
-        assert_eq!(r.observation(s(5), None).rate, None);
+        assert_eq!(r.observation(s(5), None).rate, Some(12.0));
         assert_eq!(r.latest(), Some((70.0, s(5))));
+        let mut one = GoodReads::default();
+        one.store(1.0, s(4));
+        one.store(2.0, s(4));
+        assert_eq!(one.observation(s(4), None).rate, None);
+    }
+
+    #[test]
+    fn the_rate_is_a_fit_over_the_last_minute_so_a_batch_is_not_a_rate() {
+        let s = Duration::from_secs;
+        // A batch of 400 every 15 s, drained within 10 s, read every 5 s: the mean rate is
+        // about nothing; the last two reads alone would say 80 a second.
+        let mut r = GoodReads::default();
+        for t in (0..=300).step_by(5) {
+            let backlog = if t % 15 == 0 { 400.0 } else { 0.0 };
+            r.store(backlog, s(t));
+            if t >= 60 {
+                let rate = r.observation(s(t), None).rate.unwrap();
+                assert!(rate.abs() < 8.0, "at {t} s: {rate}");
+            }
+        }
+        // A ramp of 20 a second shows in full as soon as it is in the reads.
+        let mut r = GoodReads::default();
+        for t in (0..=30).step_by(5) {
+            r.store(20.0 * t as f64, s(t));
+        }
+        assert_eq!(r.observation(s(30), None).rate, Some(20.0));
+        // Reads older than the window are let go, and a 1 s refresh is kept at 5 s spacing.
+        let mut r = GoodReads::default();
+        for t in 0..=200 {
+            r.store(t as f64, s(t));
+        }
+        assert!(r.reads.len() <= 14, "{}", r.reads.len());
+        assert!(s(200).since(r.reads[0].1) <= RATE_WINDOW);
+        assert_eq!(r.latest(), Some((200.0, s(200))));
     }
 }

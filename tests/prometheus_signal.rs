@@ -130,7 +130,6 @@ async fn a_known_value_gives_ceil_value_over_threshold_replicas_and_the_right_ac
             now: chrono::Utc::now(),
             servicebus: None,
             prometheus: Some(&obs),
-            previous: None,
         });
         assert_eq!(replicas_for(123.4, 10.0), 13);
         assert_eq!(decision.replicas(), Ok(13));
@@ -355,7 +354,6 @@ async fn with_prometheus_stopped_reads_fail_and_the_cache_keeps_the_last_good_va
         now: chrono::Utc::now(),
         servicebus: None,
         prometheus: Some(&stale),
-        previous: Some(5),
     });
     let missing = decision.replicas().expect_err("a stale signal is missing");
     assert_eq!(missing.kind, SignalKind::Prometheus);

@@ -1,6 +1,7 @@
-//! The decision: signal readings, the previous answer and the time in; replicas out.
+//! The decision: signal readings and the time in; replicas out.
 //!
-//! Pure: no I/O, no clock. The gRPC layer, `explain` and `simulate` all call [`decide`].
+//! Pure: no I/O, no clock, no memory of earlier answers, so every scaler replica that read
+//! the same upstreams answers the same, however often KEDA calls it. The gRPC layer, `explain` and `simulate` all call [`decide`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ mod drain;
 #[cfg(test)]
 mod tests;
 
-pub use drain::{DRAIN_STEP_DOWN_SECONDS, drain_replicas};
+pub use drain::drain_replicas;
 
 /// Everything one decision looks at.
 #[derive(Clone, Copy, Debug)]
@@ -24,8 +25,6 @@ pub struct Inputs<'a> {
     pub now: DateTime<Utc>,
     pub servicebus: Option<&'a Observation>,
     pub prometheus: Option<&'a Observation>,
-    /// The last replica count answered for this ScaledObject.
-    pub previous: Option<u32>,
 }
 
 /// One signal's part in a decision.
@@ -59,7 +58,8 @@ pub struct Decision {
     pub any_active: bool,
     /// The signal whose count became the answer, if one did.
     pub decided_by: Option<SignalKind>,
-    /// True when a stale signal held the answer at the previous value.
+    /// True when the answer is a stale signal's (a value kept from a failing upstream, the
+    /// floor it stays for at most `staleAfter`).
     pub held: bool,
     pub signals: Vec<SignalOutcome>,
     pub missing: Vec<Missing>,
@@ -97,24 +97,6 @@ impl Decision {
         self.missing
             .iter()
             .find(|m| matches!(m.error.as_deref(), Some(SignalError::InvalidQuery(_))))
-    }
-}
-
-/// What the engine remembers of its answers for one ScaledObject between calls (the
-/// [`Inputs::previous`] of the next decision); the simulator keeps one per run the same way.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PreviousAnswer(Option<u32>);
-
-impl PreviousAnswer {
-    pub fn get(&self) -> Option<u32> {
-        self.0
-    }
-
-    /// Records a decision that was answered: only a known count is remembered. Returns the
-    /// count before and the one recorded, when there was one to record.
-    pub fn record(&mut self, d: &Decision) -> Option<(Option<u32>, u32)> {
-        let replicas = d.replicas().ok()?;
-        Some((self.0.replace(replicas), replicas))
     }
 }
 
@@ -161,10 +143,8 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
                 } => drain_replicas(
                     value,
                     inputs.servicebus.and_then(|o| o.rate),
-                    inputs.previous.unwrap_or(0),
                     target_drain_seconds,
                     messages_per_second_per_replica,
-                    inputs.now,
                 ),
                 _ => replicas_for(value, sb.message_count),
             };
@@ -211,7 +191,7 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
         .iter()
         .filter(|s| s.replicas > 0)
         .max_by_key(|s| (s.replicas, std::cmp::Reverse(s.kind)));
-    let mut decided_by = leader.map(|s| s.kind);
+    let decided_by = leader.map(|s| s.kind);
     let blended = match plan.policy {
         Policy::Sum => signals
             .iter()
@@ -226,18 +206,9 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
         replicas = replicas.min(hi);
     }
 
-    // A value kept only because its upstream is failing may hold the answer, never lower it;
-    // the held answer still obeys `maxReplicas`, which may have been lowered since.
-    let mut held = false;
-    if signals.iter().any(|s| s.stale)
-        && let Some(prev) = inputs.previous
-        && let held_at = plan.max_replicas.map_or(prev, |hi| prev.min(hi))
-        && held_at > replicas
-    {
-        replicas = held_at;
-        held = true;
-        decided_by = signals.iter().find(|s| s.stale).map(|s| s.kind);
-    }
+    // A stale value is a floor like any other (its signal's count is in the blend); say so
+    // when it is the one that set the answer.
+    let held = replicas == blended && leader.is_some_and(|s| s.stale);
 
     Decision {
         replicas,

@@ -32,41 +32,40 @@ fn night() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 6, 1, 23, 0, 0).unwrap()
 }
 
-fn run(plan: &Plan, now: DateTime<Utc>, sb: f64, prom: f64, previous: Option<u32>) -> Decision {
+fn run(plan: &Plan, now: DateTime<Utc>, sb: f64, prom: f64) -> Decision {
     decide(Inputs {
         plan,
         now,
         servicebus: Some(&Observation::fresh(sb)),
         prometheus: Some(&Observation::fresh(prom)),
-        previous,
     })
 }
 
 #[test]
 fn max_takes_the_largest_per_signal_ceiling_and_names_it() {
     let p = all_three("max");
-    let d = run(&p, noon(), 41.0, 450.0, None);
+    let d = run(&p, noon(), 41.0, 450.0);
     // 41/10 -> 5, 450/200 -> 3, cron 3.
     assert_eq!(d.replicas(), Ok(5));
     assert_eq!(d.decided_by, Some(SignalKind::ServiceBus));
     assert_eq!(d.active(), Ok(true));
-    let d = run(&p, noon(), 0.0, 0.0, None);
+    let d = run(&p, noon(), 0.0, 0.0);
     assert_eq!((d.replicas, d.decided_by), (3, Some(SignalKind::Cron)));
 }
 
 #[test]
 fn sum_adds_the_per_signal_counts() {
-    let d = run(&all_three("sum"), noon(), 41.0, 450.0, None);
+    let d = run(&all_three("sum"), noon(), 41.0, 450.0);
     assert_eq!(d.replicas, 5 + 3 + 3);
 }
 
 #[test]
 fn activation_follows_each_signals_threshold() {
     let p = all_three("max");
-    assert_eq!(run(&p, night(), 2.0, 50.0, None).active(), Ok(false));
-    assert_eq!(run(&p, night(), 3.0, 50.0, None).active(), Ok(true));
-    assert_eq!(run(&p, night(), 0.0, 50.5, None).active(), Ok(true));
-    assert_eq!(run(&p, noon(), 0.0, 0.0, None).active(), Ok(true));
+    assert_eq!(run(&p, night(), 2.0, 50.0).active(), Ok(false));
+    assert_eq!(run(&p, night(), 3.0, 50.0).active(), Ok(true));
+    assert_eq!(run(&p, night(), 0.0, 50.5).active(), Ok(true));
+    assert_eq!(run(&p, noon(), 0.0, 0.0).active(), Ok(true));
 }
 
 #[test]
@@ -74,8 +73,8 @@ fn min_and_max_clamp_the_blend() {
     let mut p = all_three("max");
     p.min_replicas = Some(2);
     p.max_replicas = Some(4);
-    assert_eq!(run(&p, night(), 0.0, 0.0, None).replicas, 2);
-    assert_eq!(run(&p, night(), 1000.0, 0.0, None).replicas, 4);
+    assert_eq!(run(&p, night(), 0.0, 0.0).replicas, 2);
+    assert_eq!(run(&p, night(), 1000.0, 0.0).replicas, 4);
 }
 
 fn timed_out(value: f64, age_secs: u64) -> Observation {
@@ -95,7 +94,6 @@ fn a_value_older_than_stale_after_drops_out_and_the_healthy_signals_decide() {
         now: noon(),
         servicebus: Some(&timed_out(100.0, 61)),
         prometheus: Some(&Observation::fresh(450.0)),
-        previous: Some(10),
     });
     // Prometheus (ceil(450/200) = 3) and the business-hours floor (3) still decide; the
     // stale backlog's 10 no longer counts, and the missing signal still says why.
@@ -118,7 +116,6 @@ fn within_stale_after_a_failing_signals_last_value_is_a_floor() {
         now: noon(),
         servicebus: Some(&timed_out(100.0, 20)),
         prometheus: Some(&Observation::fresh(450.0)),
-        previous: Some(10),
     });
     assert_eq!(d.replicas(), Ok(10));
     assert_eq!(d.decided_by, Some(SignalKind::ServiceBus));
@@ -138,7 +135,6 @@ fn only_when_every_configured_signal_is_missing_is_the_answer_unknown() {
         now: noon(),
         servicebus: Some(&timed_out(100.0, 61)),
         prometheus: Some(&Observation::default()),
-        previous: Some(4),
     });
     let m = d.replicas().unwrap_err();
     assert_eq!(m.kind, SignalKind::ServiceBus);
@@ -158,7 +154,6 @@ fn a_refused_query_is_an_error_even_while_other_signals_are_healthy() {
         now: noon(),
         servicebus: Some(&Observation::fresh(40.0)),
         prometheus: Some(&refused),
-        previous: None,
     });
     assert_eq!(d.replicas().unwrap_err().kind, SignalKind::Prometheus);
     assert!(d.active().is_err());
@@ -173,7 +168,6 @@ fn a_missing_signal_cannot_hide_an_active_one() {
         now: noon(),
         servicebus: Some(&never),
         prometheus: Some(&Observation::fresh(0.0)),
-        previous: None,
     });
     assert_eq!(d.active(), Ok(true));
     // The business-hours window decides while the backlog has no value yet.
@@ -181,25 +175,24 @@ fn a_missing_signal_cannot_hide_an_active_one() {
 }
 
 #[test]
-fn a_held_answer_still_obeys_max_replicas() {
+fn a_stale_value_still_obeys_max_replicas() {
     let mut p = all_three("max");
     p.max_replicas = Some(2);
     let d = decide(Inputs {
         plan: &p,
         now: night(),
-        servicebus: Some(&timed_out(0.0, 20)),
+        servicebus: Some(&timed_out(1e12, 20)),
         prometheus: Some(&Observation::fresh(0.0)),
-        previous: Some(u32::MAX),
     });
     assert_eq!(d.replicas(), Ok(2));
-    assert!(d.held);
+    assert!(!d.held, "maxReplicas set the answer, not the stale value");
 }
 
 #[test]
-fn a_stale_value_holds_the_previous_answer_but_a_fresh_one_may_lower_it() {
+fn a_stale_value_is_a_floor_at_its_own_count_not_at_an_earlier_answer() {
     let p = all_three("max");
     let stale = Observation {
-        value: Some(0.0),
+        value: Some(30.0),
         age: Some(Duration::from_secs(20)),
         error: Some(Arc::new(SignalError::Connect("refused".into()))),
         rate: None,
@@ -209,16 +202,22 @@ fn a_stale_value_holds_the_previous_answer_but_a_fresh_one_may_lower_it() {
         now: night(),
         servicebus: Some(&stale),
         prometheus: Some(&Observation::fresh(0.0)),
-        previous: Some(7),
     });
-    assert_eq!((d.replicas, d.held), (7, true));
+    // 30 / 10 = 3, whatever was answered before the upstream failed.
+    assert_eq!((d.replicas, d.held), (3, true));
     assert_eq!(d.decided_by, Some(SignalKind::ServiceBus));
-    let d = run(&p, night(), 0.0, 0.0, Some(7));
-    assert_eq!((d.replicas, d.held), (0, false));
+    // A fresh healthy signal above it decides, and nothing is held.
+    let d = decide(Inputs {
+        plan: &p,
+        now: night(),
+        servicebus: Some(&stale),
+        prometheus: Some(&Observation::fresh(1000.0)),
+    });
+    assert_eq!((d.replicas, d.held), (5, false));
 }
 
 #[test]
-fn decide_holds_the_drain_count_over_an_empty_queue_and_reports_it_inactive() {
+fn decide_sizes_drain_time_from_the_readings_and_asks_for_none_over_an_empty_queue() {
     let p = plan(&[
         ("queueName", "q"),
         ("namespace", "ns"),
@@ -226,22 +225,27 @@ fn decide_holds_the_drain_count_over_an_empty_queue_and_reports_it_inactive() {
         ("targetDrainSeconds", "100"),
         ("messagesPerSecondPerReplica", "2"),
     ]);
-    let empty = Observation {
-        rate: Some(0.0),
-        ..Observation::fresh(0.0)
+    let at = |backlog, rate| Observation {
+        rate,
+        ..Observation::fresh(backlog)
     };
-    let d = decide(Inputs {
-        plan: &p,
-        now: noon(),
-        servicebus: Some(&empty),
-        prometheus: None,
-        previous: Some(7),
-    });
-    // Held (or stepped down once this interval), and not active: KEDA may still scale
-    // to zero after its cooldown.
-    assert!((6..=7).contains(&d.replicas), "{d:?}");
-    assert_eq!(d.active(), Ok(false));
-    assert_eq!(d.decided_by, Some(SignalKind::ServiceBus));
+    let d = |obs: &Observation| {
+        decide(Inputs {
+            plan: &p,
+            now: noon(),
+            servicebus: Some(obs),
+            prometheus: None,
+        })
+    };
+    // Growing 4/s with 400 waiting: (4 + 4) / 2 = 4, on every call alike.
+    let growing = at(400.0, Some(4.0));
+    assert_eq!(d(&growing).replicas(), Ok(4));
+    assert_eq!(d(&growing), d(&growing));
+    // Empty and not growing: nothing is held, and it is not active.
+    let empty = d(&at(0.0, Some(0.0)));
+    assert_eq!(empty.replicas(), Ok(0));
+    assert_eq!(empty.active(), Ok(false));
+    assert_eq!(empty.decided_by, None);
 }
 
 #[test]
@@ -260,7 +264,7 @@ proptest! {
     ) {
         let p = all_three("max");
         let now = if noon_or_night { noon() } else { night() };
-        let d = run(&p, now, sb, prom, None);
+        let d = run(&p, now, sb, prom);
         let keda = [
             (sb / 10.0).ceil().max(0.0) as u32,
             (prom / 200.0).ceil().max(0.0) as u32,
@@ -274,19 +278,19 @@ proptest! {
         sb in 0.0f64..1e6, prom in 0.0f64..1e6, more in 0.0f64..1e6, which: bool,
     ) {
         let p = all_three("max");
-        let base = run(&p, night(), sb, prom, None).replicas;
+        let base = run(&p, night(), sb, prom).replicas;
         let raised = if which {
-            run(&p, night(), sb + more, prom, None)
+            run(&p, night(), sb + more, prom)
         } else {
-            run(&p, night(), sb, prom + more, None)
+            run(&p, night(), sb, prom + more)
         };
         prop_assert!(raised.replicas >= base);
     }
 
     #[test]
-    fn answers_are_never_negative_nan_or_lowered_by_stale_values(
+    fn answers_are_never_negative_nan_and_a_stale_value_counts_as_a_fresh_one(
         sb in proptest::num::f64::ANY, prom in proptest::num::f64::ANY,
-        prev in proptest::option::of(0u32..10_000), stale: bool, policy in 0..3usize,
+        stale: bool, policy in 0..3usize,
     ) {
         let p = all_three(["max", "sum", "max"][policy]);
         let sb_obs = Observation {
@@ -299,13 +303,16 @@ proptest! {
             plan: &p, now: night(),
             servicebus: Some(&sb_obs),
             prometheus: Some(&Observation::fresh(prom)),
-            previous: prev,
         });
         // A u32 is never negative or NaN; the float sent to KEDA is made from it.
         let as_float = f64::from(d.replicas);
         prop_assert!(as_float.is_finite() && as_float >= 0.0);
-        if stale && sb.is_finite() && let Some(prev) = prev {
-            prop_assert!(d.replicas >= prev);
-        }
+        // Within staleAfter a kept value decides as it did when it was read.
+        let fresh = decide(Inputs {
+            plan: &p, now: night(),
+            servicebus: Some(&Observation { error: None, ..sb_obs.clone() }),
+            prometheus: Some(&Observation::fresh(prom)),
+        });
+        prop_assert_eq!(d.replicas, fresh.replicas);
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::blend::{self, Inputs, PreviousAnswer};
+use crate::blend::{self, Inputs};
 use crate::cron::CronPlan;
 use crate::metadata::Plan;
 use crate::signal::GoodReads;
@@ -271,7 +271,7 @@ fn secs(t: u64) -> Duration {
 
 /// blend-scaler as one `external` (or `external-push`) trigger: a cache refreshed in the
 /// background, kept in the cache's own [`GoodReads`], and the real [`blend::decide`] on every
-/// call, each call recorded in the engine's own [`PreviousAnswer`].
+/// call. As in the engine, a call only reads: the answer is the readings', however many calls.
 pub struct Blend<'p> {
     plan: &'p Plan,
     interval: u64,
@@ -279,7 +279,6 @@ pub struct Blend<'p> {
     push: bool,
     servicebus: GoodReads<Duration>,
     prometheus: GoodReads<Duration>,
-    previous: PreviousAnswer,
     pushed: Option<bool>,
 }
 
@@ -298,7 +297,6 @@ impl<'p> Blend<'p> {
             push: settings.push,
             servicebus: GoodReads::default(),
             prometheus: GoodReads::default(),
-            previous: PreviousAnswer::default(),
             pushed: None,
         }
     }
@@ -319,15 +317,7 @@ impl<'p> Blend<'p> {
             now: world.now,
             servicebus: sb.as_ref(),
             prometheus: prom.as_ref(),
-            previous: self.previous.get(),
         })
-    }
-
-    /// A `GetMetrics` or `IsActive` call: decides and records the answer.
-    fn call(&mut self, t: u64, world: &World) -> blend::Decision {
-        let d = self.decision(t, world);
-        self.previous.record(&d);
-        d
     }
 }
 
@@ -341,7 +331,7 @@ impl Scaler for Blend<'_> {
         if !self.push {
             return None;
         }
-        // The stream evaluates without recording, and sends only changes.
+        // The stream evaluates after each refresh, and sends only changes.
         let active = self.decision(t, world).active().ok()?;
         if self.pushed == Some(active) {
             return None;
@@ -352,11 +342,11 @@ impl Scaler for Blend<'_> {
 
     fn read(&mut self, t: u64, world: &World) -> (Vec<Result<Metric, ()>>, bool) {
         // KEDA reads an external scaler with GetMetrics, then IsActive.
-        let metric = self.call(t, world).replicas().ok().map(|r| Metric {
+        let metric = self.decision(t, world).replicas().ok().map(|r| Metric {
             value: f64::from(r),
             target: 1.0,
         });
-        let active = self.call(t, world).active().unwrap_or(false);
+        let active = self.decision(t, world).active().unwrap_or(false);
         (vec![metric.ok_or(())], active)
     }
 }

@@ -375,3 +375,59 @@ fn the_readme_simulate_table_is_what_the_simulator_gives() {
         assert_eq!(row[4], cell(&c.blend), "{name}: blend-scaler");
     }
 }
+
+/// A trace of `segments`: each runs for its seconds at its rate, smooth or (with a period)
+/// as one batch per period.
+fn segments_trace(segments: &[(usize, f64, Option<usize>)]) -> Trace {
+    let mut messages = Vec::new();
+    for &(seconds, rate, batch_every) in segments {
+        for s in 0..seconds {
+            messages.push(match batch_every {
+                Some(p) if s % p == 0 => rate * p as f64,
+                Some(_) => 0.0,
+                None => rate,
+            });
+        }
+    }
+    Trace {
+        start: chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap(),
+        timezone: chrono_tz::UTC,
+        requests: vec![0.0; messages.len()],
+        messages,
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+
+    /// Issue 13 point 7: the answer is the readings', so KEDA's call rate cannot move it.
+    /// With `minReplicaCount: 1` (KEDA's activation out of the way) the polls are the only
+    /// calls that change with `pollingInterval`.
+    #[test]
+    fn the_same_trace_gives_the_same_replicas_at_polling_intervals_10_30_and_60(
+        segments in proptest::collection::vec(
+            (60usize..900, 0.0f64..60.0, proptest::option::of(4usize..16)), 2..8),
+        phase in 0usize..8,
+    ) {
+        let trace = segments_trace(&segments);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("traces");
+        let yaml = std::fs::read_to_string(dir.join("bursty.yaml")).unwrap();
+        let phase = Phase::draw(5, 8)[phase];
+        let runs: Vec<Vec<u32>> = [10, 30, 60]
+            .into_iter()
+            .map(|polling| {
+                let overrides = Overrides {
+                    polling_interval: Some(polling),
+                    ..Overrides::default()
+                };
+                let s = Scenario::from_yaml(&yaml, &overrides).unwrap();
+                let mut blend = model::Blend::new(&s.plan, &s.settings.blend, phase);
+                model::run(&trace, &s.settings, phase, &mut blend).replicas
+            })
+            .collect();
+        for (t, ((a, b), c)) in runs[0].iter().zip(&runs[1]).zip(&runs[2]).enumerate() {
+            let (lo, hi) = (a.min(b).min(c), a.max(b).max(c));
+            proptest::prop_assert!(hi - lo <= 1, "at {} s: {} {} {}", t, a, b, c);
+        }
+    }
+}
