@@ -394,12 +394,15 @@ impl Engine {
             })
             .await;
         }
-        blend::decide(Inputs {
+        let decision = blend::decide(Inputs {
             plan,
             now,
             servicebus: sb.as_ref(),
             prometheus: prom.as_ref(),
-        })
+        });
+        // SPEC 4's safety rule, the one use of an earlier answer: only while a value is stale.
+        let last = tracked.last().and_then(|l| l.decision.replicas().ok());
+        blend::hold_while_stale(decision, last, plan)
     }
 
     /// The answer to a caller: decides, records it for `/decisions` and the metrics, and logs
