@@ -78,7 +78,7 @@ pub struct DecisionView {
     pub error: Option<String>,
     /// The signal whose count became the answer.
     pub decided_by: Option<String>,
-    /// A value kept from a failing upstream held the answer at the previous count.
+    /// The answer is a value kept from a failing upstream (within `staleAfter`).
     pub held: bool,
     pub policy: String,
     pub clamp: Clamp,

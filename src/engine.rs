@@ -2,7 +2,6 @@
 //! allowlist, the signal caches and [`blend::decide`].
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,10 @@ use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
 use crate::metrics::{AnswerFigures, Metrics, ObjectLabels};
 use crate::signal::{EntityCounts, SignalError, SignalKind};
+
+mod objects;
+
+use objects::{Usage, fingerprint, weight};
 
 /// Errors of the engine layer; `error.rs` maps them to gRPC codes.
 #[derive(Debug, thiserror::Error)]
@@ -149,55 +152,6 @@ pub struct Engine {
 
 type ObjectKey = (String, String, String);
 
-/// Tracked objects by count, per namespace and by metadata size.
-#[derive(Debug, Default)]
-struct Usage {
-    objects: usize,
-    bytes: usize,
-    per_namespace: HashMap<String, usize>,
-}
-
-impl Usage {
-    fn release(&mut self, namespace: &str, bytes: usize, object: bool) {
-        self.bytes = self.bytes.saturating_sub(bytes);
-        if !object {
-            return;
-        }
-        self.objects = self.objects.saturating_sub(1);
-        if let Some(n) = self.per_namespace.get_mut(namespace) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_namespace.remove(namespace);
-            }
-        }
-    }
-}
-
-/// Room taken for one object being parsed; given back unless the object is kept.
-struct Reservation<'a> {
-    usage: &'a Mutex<Usage>,
-    namespace: &'a str,
-    bytes: usize,
-    object: bool,
-    kept: bool,
-}
-
-impl Reservation<'_> {
-    fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.usage
-                .lock()
-                .release(self.namespace, self.bytes, self.object);
-        }
-    }
-}
-
 impl Engine {
     pub fn new(
         config: EngineConfig,
@@ -247,70 +201,6 @@ impl Engine {
     pub fn tracked_count(&self) -> u64 {
         self.objects.run_pending_tasks();
         self.usage.lock().objects as u64
-    }
-
-    /// Takes room for a new object in `namespace` (`replacing` the weight of its previous
-    /// plan, if it had one), or says which cap it is past. Idle objects are let go first.
-    fn reserve<'a>(
-        &'a self,
-        namespace: &'a str,
-        bytes: usize,
-        replacing: Option<usize>,
-    ) -> Result<Reservation<'a>, EngineError> {
-        let cap = &self.config.capacity;
-        let object = replacing.is_none();
-        for attempt in 0..2 {
-            {
-                let mut usage = self.usage.lock();
-                let in_namespace = usage.per_namespace.get(namespace).copied().unwrap_or(0);
-                let bytes_after = usage.bytes + bytes - replacing.unwrap_or(0).min(usage.bytes);
-                let refusal = if object && usage.objects >= cap.max_objects {
-                    Some(format!(
-                        "the scaler tracks {} ScaledObjects, its limit (--max-scaledobjects)",
-                        cap.max_objects
-                    ))
-                } else if object && in_namespace >= cap.max_objects_per_namespace {
-                    Some(format!(
-                        "namespace `{namespace}` has {} tracked ScaledObjects, the limit per \
-                         namespace (--max-scaledobjects-per-namespace)",
-                        cap.max_objects_per_namespace
-                    ))
-                } else if bytes_after > cap.max_metadata_bytes {
-                    Some(format!(
-                        "the tracked ScaledObjects' metadata would take more than {} bytes, \
-                         the limit (--max-metadata-bytes)",
-                        cap.max_metadata_bytes
-                    ))
-                } else {
-                    None
-                };
-                match refusal {
-                    None => {
-                        usage.bytes += bytes;
-                        if object {
-                            usage.objects += 1;
-                            *usage
-                                .per_namespace
-                                .entry(namespace.to_string())
-                                .or_insert(0) += 1;
-                        }
-                        return Ok(Reservation {
-                            usage: &self.usage,
-                            namespace,
-                            bytes,
-                            object,
-                            kept: false,
-                        });
-                    }
-                    Some(why) if attempt == 1 => return Err(EngineError::Exhausted(why)),
-                    Some(_) => {}
-                }
-            }
-            // Objects past their idle time still count until moka's housekeeping runs; it
-            // calls the eviction listener, which takes the lock, so not under it.
-            self.objects.run_pending_tasks();
-        }
-        unreachable!("the second attempt returns")
     }
 
     /// The parsed plan of `obj`, parsed again only when its metadata changed. A new object
@@ -504,12 +394,15 @@ impl Engine {
             })
             .await;
         }
-        blend::decide(Inputs {
+        let decision = blend::decide(Inputs {
             plan,
             now,
             servicebus: sb.as_ref(),
             prometheus: prom.as_ref(),
-        })
+        });
+        // SPEC 4's safety rule, the one use of an earlier answer: only while a value is stale.
+        let last = tracked.last().and_then(|l| l.decision.replicas().ok());
+        blend::hold_while_stale(decision, last, plan)
     }
 
     /// The answer to a caller: decides, records it for `/decisions` and the metrics, and logs
@@ -656,17 +549,4 @@ fn entry<P: 'static>(
     plan: &Option<P>,
 ) -> Option<Arc<dyn CacheEntry>> {
     cache.as_ref().zip(plan.as_ref()).map(|(c, p)| c.entry(p))
-}
-
-/// What an object's metadata counts against `Capacity::max_metadata_bytes`.
-fn weight(metadata: &HashMap<String, String>) -> usize {
-    metadata.iter().map(|(k, v)| k.len() + v.len()).sum()
-}
-
-fn fingerprint(metadata: &HashMap<String, String>) -> u64 {
-    let mut pairs: Vec<_> = metadata.iter().collect();
-    pairs.sort();
-    let mut h = DefaultHasher::new();
-    pairs.hash(&mut h);
-    h.finish()
 }

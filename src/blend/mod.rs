@@ -1,7 +1,8 @@
 //! The decision: signal readings and the time in; replicas out.
 //!
 //! Pure: no I/O, no clock, no memory of earlier answers, so every scaler replica that read
-//! the same upstreams answers the same, however often KEDA calls it. The gRPC layer, `explain` and `simulate` all call [`decide`].
+//! the same upstreams answers the same, however often KEDA calls it. (While an upstream
+//! fails, the engine applies SPEC 4's safety rule on top: [`hold_while_stale`].) The gRPC layer, `explain` and `simulate` all call [`decide`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,8 +59,8 @@ pub struct Decision {
     pub any_active: bool,
     /// The signal whose count became the answer, if one did.
     pub decided_by: Option<SignalKind>,
-    /// True when the answer is a stale signal's (a value kept from a failing upstream, the
-    /// floor it stays for at most `staleAfter`).
+    /// True when a stale signal (a value kept from a failing upstream, within `staleAfter`)
+    /// set the answer, or held it at the last answer ([`hold_while_stale`]).
     pub held: bool,
     pub signals: Vec<SignalOutcome>,
     pub missing: Vec<Missing>,
@@ -98,6 +99,24 @@ impl Decision {
             .iter()
             .find(|m| matches!(m.error.as_deref(), Some(SignalError::InvalidQuery(_))))
     }
+}
+
+/// SPEC 4's safety rule: while a value kept from a failing upstream is in the decision, the
+/// answer may hold or rise but not fall below `last`, the count last answered for this
+/// ScaledObject (still within `maxReplicas`, which may have been lowered since). It is the only
+/// rule that looks at an earlier answer, and it engages only during an upstream failure: with
+/// every signal fresh, the answer is the readings' alone.
+pub fn hold_while_stale(mut d: Decision, last: Option<u32>, plan: &Plan) -> Decision {
+    if let Some(last) = last
+        && let Some(stale) = d.signals.iter().find(|s| s.stale).map(|s| s.kind)
+        && let held_at = plan.max_replicas.map_or(last, |hi| last.min(hi))
+        && held_at > d.replicas
+    {
+        d.replicas = held_at;
+        d.held = true;
+        d.decided_by = Some(stale);
+    }
+    d
 }
 
 /// `ceil(value / per_replica)` as a replica count: negative values give 0, huge ones saturate.

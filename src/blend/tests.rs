@@ -217,6 +217,40 @@ fn a_stale_value_is_a_floor_at_its_own_count_not_at_an_earlier_answer() {
 }
 
 #[test]
+fn while_a_value_is_stale_the_answer_holds_the_last_one_within_max_replicas() {
+    let p = all_three("max");
+    let stale = Observation {
+        value: Some(0.0),
+        age: Some(Duration::from_secs(20)),
+        error: Some(Arc::new(SignalError::Connect("refused".into()))),
+        rate: None,
+    };
+    let zero = Observation::fresh(0.0);
+    let decided = |p: &Plan| {
+        decide(Inputs {
+            plan: p,
+            now: night(),
+            servicebus: Some(&stale),
+            prometheus: Some(&zero),
+        })
+    };
+    let d = hold_while_stale(decided(&p), Some(7), &p);
+    assert_eq!((d.replicas, d.held), (7, true));
+    assert_eq!(d.decided_by, Some(SignalKind::ServiceBus));
+    // Raising is allowed; no last answer, nothing to hold.
+    let d = hold_while_stale(decided(&p), None, &p);
+    assert_eq!((d.replicas, d.held), (0, false));
+    // A lowered maxReplicas lowers the held answer too.
+    let mut low = p.clone();
+    low.max_replicas = Some(2);
+    let d = hold_while_stale(decided(&low), Some(u32::MAX), &low);
+    assert_eq!((d.replicas, d.held), (2, true));
+    // With every signal fresh, an earlier answer is not looked at: the readings decide.
+    let fresh = run(&low, night(), 0.0, 0.0);
+    assert_eq!(hold_while_stale(fresh.clone(), Some(7), &low), fresh);
+}
+
+#[test]
 fn decide_sizes_drain_time_from_the_readings_and_asks_for_none_over_an_empty_queue() {
     let p = plan(&[
         ("queueName", "q"),

@@ -1,11 +1,13 @@
-//! The fair comparison: both sides over several phases of the loops, and `--tune`, the
-//! search for the cheapest built-in configuration that meets the objective.
+//! The fair comparison: both sides over several phases of the loops, each also with the slow
+//! scale-down behavior, and `--tune`, the search on each side for the cheapest configuration
+//! that meets the objective.
 
 use super::hpa::{Behavior, Hpa, Policy, PolicyKind, Rules, Select};
 use super::model::{self, Outcome, Phase, Sides};
 use super::report::{Averaged, Summary};
 use super::scenario::Scenario;
 use super::trace::Trace;
+use crate::metadata::Policy as BlendPolicy;
 
 /// Both sides over every phase.
 #[derive(Clone, Debug)]
@@ -14,6 +16,8 @@ pub struct Compared {
     /// The built-in side with [`slow_scale_down`] (its scale-up rules kept).
     pub builtin_slow: Averaged,
     pub blend: Averaged,
+    /// blend-scaler's side with the same [`slow_scale_down`].
+    pub blend_slow: Averaged,
     /// The first phase's per-second series, for the CSV and the chart.
     pub first: Outcome,
 }
@@ -34,30 +38,51 @@ pub fn compare(trace: &Trace, scenario: &Scenario, phases: &[Phase], objective: 
         hpa: slowed(&scenario.builtin_settings.hpa),
         ..scenario.builtin_settings.clone()
     };
+    let blend_slow_settings = model::Settings {
+        hpa: slowed(&scenario.settings.hpa),
+        ..scenario.settings.clone()
+    };
     let mut first = None;
     let (mut builtin, mut builtin_slow, mut blend) = (Vec::new(), Vec::new(), Vec::new());
+    let mut blend_slow = Vec::new();
     for &phase in phases {
         let out = model::simulate(trace, &sides, phase);
         builtin.push(Summary::of(&out.builtin, objective));
         blend.push(Summary::of(&out.blend, objective));
         let run = model::run(trace, &slow, phase, &mut scenario.builtin.clone());
         builtin_slow.push(Summary::of(&run, objective));
+        let run = run_blend(trace, &scenario.plan, &blend_slow_settings, phase);
+        blend_slow.push(Summary::of(&run, objective));
         first.get_or_insert(out);
     }
     Compared {
         builtin: Averaged::of(&builtin),
         builtin_slow: Averaged::of(&builtin_slow),
         blend: Averaged::of(&blend),
+        blend_slow: Averaged::of(&blend_slow),
         first: first.unwrap_or_else(|| model::simulate(trace, &sides, Phase::FIXED)),
     }
 }
 
-/// One built-in configuration `--tune` tries.
+fn run_blend(
+    trace: &Trace,
+    plan: &crate::metadata::Plan,
+    settings: &model::Settings,
+    phase: Phase,
+) -> model::Run {
+    let mut blend = model::Blend::new(plan, &settings.blend, phase);
+    model::run(trace, settings, phase, &mut blend)
+}
+
+/// One configuration `--tune` tries.
 #[derive(Clone, Debug)]
 pub struct Candidate {
-    /// `messageCount 50, scale-down <rules>`.
+    /// `messageCount 50, scale-down <rules>`, or `targetDrainSeconds 60, ...`.
     pub label: String,
+    /// The built-in `azure-servicebus` trigger's `messageCount`.
     pub message_count: Option<f64>,
+    /// blend-scaler's `targetDrainSeconds` (a `drainTime` trigger).
+    pub target_drain_seconds: Option<f64>,
     pub hpa: Hpa,
 }
 
@@ -136,34 +161,77 @@ pub fn candidates(scenario: &Scenario) -> Vec<Candidate> {
         }
     };
     counts.dedup();
-    let mut behaviors: Vec<(String, Option<Behavior>)> =
-        vec![("as configured".into(), base.behavior.clone())];
+    let mut out = Vec::new();
+    for count in &counts {
+        for (name, hpa) in behaviors(base) {
+            out.push(Candidate {
+                label: match count {
+                    Some(c) => format!("messageCount {c}, {name}"),
+                    None => name,
+                },
+                message_count: *count,
+                target_drain_seconds: None,
+                hpa,
+            });
+        }
+    }
+    out
+}
+
+/// `base` as configured and with each of [`scale_down_options`] (its scale-up rules kept).
+fn behaviors(base: &Hpa) -> Vec<(String, Hpa)> {
+    let mut out = vec![("as configured".to_string(), base.clone())];
     for (name, rules) in scale_down_options() {
         let scale_up = base
             .behavior
             .as_ref()
             .map_or_else(Behavior::default_scale_up, |b| b.scale_up.clone());
-        behaviors.push((
+        out.push((
             format!("scale-down {name}"),
-            Some(Behavior {
-                scale_up,
-                scale_down: rules,
-            }),
+            Hpa {
+                behavior: Some(Behavior {
+                    scale_up,
+                    scale_down: rules,
+                }),
+                ..base.clone()
+            },
         ));
     }
+    out
+}
+
+/// Every configuration `--tune` tries on blend-scaler's side, on the same grid as the
+/// built-in side's: a `drainTime` trigger's `targetDrainSeconds` of 1, 2, 5 ... 240 s (and its
+/// own), the seconds of backlog it runs at as `messageCount` is for the built-in trigger, each
+/// with the configured behavior and each scale-down option. Other policies try the behaviors.
+pub fn blend_candidates(scenario: &Scenario) -> Vec<Candidate> {
+    let targets: Vec<Option<f64>> = match scenario.plan.policy {
+        BlendPolicy::DrainTime {
+            target_drain_seconds,
+            ..
+        } => {
+            let mut t: Vec<f64> = MESSAGE_COUNT_SECONDS
+                .iter()
+                .copied()
+                .chain([target_drain_seconds])
+                .collect();
+            t.sort_by(f64::total_cmp);
+            t.dedup();
+            t.into_iter().map(Some).collect()
+        }
+        _ => vec![None],
+    };
     let mut out = Vec::new();
-    for count in &counts {
-        for (name, behavior) in &behaviors {
+    for target in &targets {
+        for (name, hpa) in behaviors(&scenario.settings.hpa) {
             out.push(Candidate {
-                label: match count {
-                    Some(c) => format!("messageCount {c}, {name}"),
-                    None => name.clone(),
+                label: match target {
+                    Some(t) => format!("targetDrainSeconds {t}, {name}"),
+                    None => name,
                 },
-                message_count: *count,
-                hpa: Hpa {
-                    behavior: behavior.clone(),
-                    ..base.clone()
-                },
+                message_count: None,
+                target_drain_seconds: *target,
+                hpa,
             });
         }
     }
@@ -183,10 +251,7 @@ pub struct Tuned {
 
 /// Searches the built-in side over [`candidates`], each over every phase.
 pub fn tune(trace: &Trace, scenario: &Scenario, phases: &[Phase], objective: u64) -> Tuned {
-    let all = candidates(scenario);
-    let mut best: Option<(Candidate, Averaged)> = None;
-    let mut lowest = f64::INFINITY;
-    for c in &all {
+    search(candidates(scenario), objective, |c| {
         let mut builtin = scenario.builtin.clone();
         if let (Some(count), Some(sb)) = (c.message_count, builtin.servicebus.as_mut()) {
             sb.0 = count;
@@ -195,14 +260,48 @@ pub fn tune(trace: &Trace, scenario: &Scenario, phases: &[Phase], objective: u64
             hpa: c.hpa.clone(),
             ..scenario.builtin_settings.clone()
         };
-        let runs: Vec<Summary> = phases
+        phases
             .iter()
             .map(|&phase| {
                 let run = model::run(trace, &settings, phase, &mut builtin.clone());
                 Summary::of(&run, objective)
             })
-            .collect();
-        let avg = Averaged::of(&runs);
+            .collect()
+    })
+}
+
+/// Searches blend-scaler's side over [`blend_candidates`], each over every phase.
+pub fn tune_blend(trace: &Trace, scenario: &Scenario, phases: &[Phase], objective: u64) -> Tuned {
+    search(blend_candidates(scenario), objective, |c| {
+        let mut plan = scenario.plan.clone();
+        if let (
+            Some(t),
+            BlendPolicy::DrainTime {
+                target_drain_seconds,
+                ..
+            },
+        ) = (c.target_drain_seconds, &mut plan.policy)
+        {
+            *target_drain_seconds = t;
+        }
+        let settings = model::Settings {
+            hpa: c.hpa.clone(),
+            ..scenario.settings.clone()
+        };
+        phases
+            .iter()
+            .map(|&phase| Summary::of(&run_blend(trace, &plan, &settings, phase), objective))
+            .collect()
+    })
+}
+
+/// The cheapest of `all` (fewest mean replica-minutes) whose mean p95 age is within the
+/// objective, `runs` giving each one's summaries over the phases.
+fn search(all: Vec<Candidate>, objective: u64, runs: impl Fn(&Candidate) -> Vec<Summary>) -> Tuned {
+    let mut best: Option<(Candidate, Averaged)> = None;
+    let mut lowest = f64::INFINITY;
+    for c in &all {
+        let avg = Averaged::of(&runs(c));
         lowest = lowest.min(avg.p95_age.mean);
         let meets = avg.p95_age.mean <= objective as f64;
         let cheaper = best

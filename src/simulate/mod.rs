@@ -74,8 +74,9 @@ pub struct SimulateArgs {
     /// The seed the phases are drawn from.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
-    /// Also search the built-in side over `messageCount` and scale-down behaviors, and show the
-    /// cheapest configuration whose p95 oldest-message age meets the objective.
+    /// Also search each side (the built-in side over `messageCount`, blend-scaler's over a
+    /// `drainTime` trigger's `targetDrainSeconds`, both over the same scale-down behaviors) and
+    /// show each side's cheapest configuration whose p95 oldest-message age meets the objective.
     #[arg(long)]
     pub tune: bool,
 }
@@ -83,6 +84,8 @@ pub struct SimulateArgs {
 pub const BUILTIN_LABEL: &str = "built-in triggers";
 pub const SLOW_LABEL: &str = "built-in, slow scale-down";
 pub const TUNED_LABEL: &str = "built-in, tuned";
+pub const BLEND_SLOW_LABEL: &str = "blend-scaler, slow scale-down";
+pub const BLEND_TUNED_LABEL: &str = "blend-scaler, tuned";
 
 /// One combination of a sweep, compared.
 #[derive(Clone, Debug)]
@@ -93,6 +96,8 @@ pub struct Row {
     pub pod_start_seconds: u64,
     pub compared: Compared,
     pub tuned: Option<Tuned>,
+    /// `--tune` on blend-scaler's side.
+    pub tuned_blend: Option<Tuned>,
 }
 
 /// Everything a simulation produces, before anything is written.
@@ -146,6 +151,9 @@ pub fn report(
         let tuned = options
             .tune
             .then(|| compare::tune(trace, s, &options.phases, objective));
+        let tuned_blend = options
+            .tune
+            .then(|| compare::tune_blend(trace, s, &options.phases, objective));
         if sweep {
             let _ = writeln!(
                 text,
@@ -161,29 +169,36 @@ pub fn report(
             (BUILTIN_LABEL, &compared.builtin),
             (SLOW_LABEL, &compared.builtin_slow),
             (blend_label.as_str(), &compared.blend),
+            (BLEND_SLOW_LABEL, &compared.blend_slow),
         ];
-        if let Some((_, avg)) = tuned.as_ref().and_then(|t| t.best.as_ref()) {
-            table_rows.push((TUNED_LABEL, avg));
+        for (label, t) in [(TUNED_LABEL, &tuned), (BLEND_TUNED_LABEL, &tuned_blend)] {
+            if let Some((_, avg)) = t.as_ref().and_then(|t| t.best.as_ref()) {
+                table_rows.push((label, avg));
+            }
         }
         text.push_str(&report::averaged_table(&table_rows, objective));
-        if let Some(t) = &tuned {
-            match &t.best {
-                Some((c, _)) => {
+        for (label, side, t) in [
+            (TUNED_LABEL, "built-in", &tuned),
+            (BLEND_TUNED_LABEL, "blend-scaler", &tuned_blend),
+        ] {
+            match t.as_ref().map(|t| (t, &t.best)) {
+                Some((t, Some((c, _)))) => {
                     let _ = writeln!(
                         text,
-                        "{TUNED_LABEL}: the cheapest of {} built-in configurations with a mean \
-                         p95 age <= {objective} s: {}",
+                        "{label}: the cheapest of {} {side} configurations with a mean p95 age \
+                         <= {objective} s: {}",
                         t.tried, c.label
                     );
                 }
-                None => {
+                Some((t, None)) => {
                     let _ = writeln!(
                         text,
-                        "{TUNED_LABEL}: none of {} built-in configurations has a mean p95 age \
-                         <= {objective} s (the lowest is {:.0} s)",
+                        "{label}: none of {} {side} configurations has a mean p95 age <= \
+                         {objective} s (the lowest is {:.0} s)",
                         t.tried, t.lowest_p95_age
                     );
                 }
+                None => {}
             }
         }
         for (label, run) in [
@@ -203,6 +218,7 @@ pub fn report(
             pod_start_seconds: s.settings.workload.pod_start_seconds,
             compared,
             tuned,
+            tuned_blend,
         });
     }
     let outcome = &rows[0].compared.first;
@@ -262,6 +278,10 @@ fn describe(text: &mut String, s: &Scenario, options: &Options) {
         compare::slow_scale_down().scale_down.describe()
     );
     let _ = writeln!(text, "{}: {}", s.blend_label(), side(&s.settings));
+    let _ = writeln!(
+        text,
+        "{BLEND_SLOW_LABEL}: the same, with the slow scale-down of the built-in side"
+    );
     let _ = writeln!(
         text,
         "phases: {} of KEDA's poll, the HPA's sync and the refresh, drawn from seed {}; \

@@ -337,9 +337,38 @@ fn tune_finds_the_cheapest_builtin_configuration_within_the_objective() {
     assert!(none.best.is_none() && none.lowest_p95_age > 0.0);
 }
 
+#[test]
+fn tune_searches_blend_scalers_side_over_the_drain_target_and_the_same_behaviors() {
+    let (day, scenario) = shipped("diurnal");
+    let trace = Trace {
+        messages: day.messages[14 * 3600..16 * 3600].to_vec(),
+        requests: day.requests[14 * 3600..16 * 3600].to_vec(),
+        ..day
+    };
+    let phases = Phase::draw(1, 2);
+    let all = compare::blend_candidates(&scenario);
+    // Nine targets and the configured 120 s (one of them), each with five behaviors: the
+    // built-in side's grid.
+    assert_eq!(all.len(), 9 * 5);
+    assert!(all.iter().all(|c| c.target_drain_seconds.is_some()));
+    let tuned = compare::tune_blend(&trace, &scenario, &phases, 120);
+    let (best, avg) = tuned.best.expect("a configuration meets 120 s");
+    assert!(avg.p95_age.mean <= 120.0, "{avg:?}");
+    // A tighter objective takes a shorter target, and more pods.
+    let tight = compare::tune_blend(&trace, &scenario, &phases, 30);
+    let (short, tight_avg) = tight.best.expect("a configuration meets 30 s");
+    assert!(tight_avg.p95_age.mean <= 30.0);
+    assert!(
+        short.target_drain_seconds < best.target_drain_seconds,
+        "{short:?} {best:?}"
+    );
+    assert!(tight_avg.replica_minutes.mean > avg.replica_minutes.mean);
+}
+
 /// The README's simulate table, recomputed: the built-in, slow scale-down and blend-scaler
 /// cells of every row are what the fair setup (8 phases from seed 1) gives. (The `--tune`
-/// column takes minutes; its command is in the README.)
+/// columns take minutes; `the_readme_tuned_cells_are_what_the_simulator_gives_on_one_day`
+/// recomputes one row's, and the command of every row is in the README.)
 #[test]
 fn the_readme_simulate_table_is_what_the_simulator_gives() {
     let readme =
@@ -372,8 +401,42 @@ fn the_readme_simulate_table_is_what_the_simulator_gives() {
         };
         assert_eq!(row[1], cell(&c.builtin), "{name}: built-in");
         assert_eq!(row[2], cell(&c.builtin_slow), "{name}: slow scale-down");
-        assert_eq!(row[4], cell(&c.blend), "{name}: blend-scaler");
+        assert_eq!(row[3], cell(&c.blend), "{name}: blend-scaler");
+        assert_eq!(
+            row[4],
+            cell(&c.blend_slow),
+            "{name}: blend-scaler, slow scale-down"
+        );
     }
+}
+
+/// The `--tune` cells of one README row (the quiet day, the cheapest to search), recomputed.
+#[test]
+fn the_readme_tuned_cells_are_what_the_simulator_gives_on_one_day() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let row: Vec<&str> = readme
+        .lines()
+        .find(|l| l.starts_with("| `quiet` |"))
+        .expect("a quiet row")
+        .trim_matches('|')
+        .split('|')
+        .map(str::trim)
+        .collect();
+    let (trace, scenario) = shipped("quiet");
+    let phases = Phase::draw(1, 8);
+    let cell = |t: &compare::Tuned| match &t.best {
+        Some((_, a)) => format!("{:.0} / {:.0} s", a.replica_minutes.mean, a.p95_age.mean),
+        None => "none meets 120 s".to_string(),
+    };
+    assert_eq!(
+        row[5],
+        cell(&compare::tune(&trace, &scenario, &phases, 120))
+    );
+    assert_eq!(
+        row[6],
+        cell(&compare::tune_blend(&trace, &scenario, &phases, 120))
+    );
 }
 
 /// A trace of `segments`: each runs for its seconds at its rate, smooth or (with a period)
