@@ -365,21 +365,25 @@ impl Engine {
     }
 
     /// Reads the signals from the cache and decides, without recording anything (a look at
-    /// the answer; [`Engine::answer`] is the one that counts).
+    /// the answer; [`Engine::answer`] is the one that counts, and the one that counts as KEDA
+    /// asking, which keeps the upstream read).
     pub async fn peek(&self, tracked: &Tracked) -> Decision {
+        self.decide(tracked, false).await
+    }
+
+    async fn decide(&self, tracked: &Tracked, keda: bool) -> Decision {
         let plan = &tracked.plan;
-        let sb = async {
-            match &tracked.servicebus {
-                Some(entry) => Some(entry.observe().await),
-                None => None,
+        let look = |entry: &Option<Arc<dyn CacheEntry>>| {
+            let entry = entry.clone();
+            async move {
+                match entry {
+                    Some(e) if keda => Some(e.observe().await),
+                    Some(e) => Some(e.peek().await),
+                    None => None,
+                }
             }
         };
-        let prom = async {
-            match &tracked.prometheus {
-                Some(entry) => Some(entry.observe().await),
-                None => None,
-            }
-        };
+        let (sb, prom) = (look(&tracked.servicebus), look(&tracked.prometheus));
         // Both first reads run at once, so a never-seen object waits for the slower only.
         let (sb, prom) = tokio::join!(sb, prom);
         let now = (self.config.clock)();
@@ -412,7 +416,7 @@ impl Engine {
         obj: ObjectRef<'_>,
     ) -> Result<(Arc<Tracked>, Decision), EngineError> {
         let tracked = self.track(obj).await?;
-        let decision = self.peek(&tracked).await;
+        let decision = self.decide(&tracked, true).await;
         if let Some(why) = exhausted(&decision) {
             return Err(EngineError::Exhausted(why));
         }

@@ -10,14 +10,20 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::Upstream;
+use super::schedule::Demand;
 use crate::signal::{GoodReads, Observation, SignalError};
 
-/// What the cache holds for one item: when it was last asked about, whether it was ever read,
-/// its last two good values and the latest error.
+/// What the cache holds for one item: when it was last asked about (by anyone, and by KEDA),
+/// whether and when it was read, its latest good values and the latest error.
 #[derive(Clone, Debug, Default)]
 pub(super) struct ItemState {
     pub(super) last_asked: Option<Instant>,
+    pub(super) demand: Demand,
     pub(super) attempted: bool,
+    /// When its latest read (good or not) finished.
+    pub(super) read_at: Option<Instant>,
+    /// A KEDA call found its value older than the period plus a refresh and waits for a read.
+    pub(super) lapsed: bool,
     pub(super) reads: GoodReads<Instant>,
     pub(super) error: Option<Arc<SignalError>>,
 }

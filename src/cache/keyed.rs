@@ -40,8 +40,14 @@ pub trait SignalCache<P>: Send + Sync + 'static {
 
 /// One plan's place in its signal's cache.
 pub trait CacheEntry: Send + Sync + 'static {
-    /// The current observation (see [`Refresher::observe`]).
+    /// The current observation for a KEDA call, which counts as demand (see
+    /// [`Refresher::observe`]).
     fn observe(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>>;
+    /// The current observation for a look that is not KEDA asking (a stream, `/decisions`;
+    /// see [`Refresher::peek`]).
+    fn peek(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
+        self.observe()
+    }
     /// Change notifications for the entry's group, and a guard that keeps it at the fast
     /// interval.
     fn watch(&self) -> (watch::Receiver<u64>, Box<dyn Send + Sync>);
@@ -88,6 +94,10 @@ struct KeyedEntry<U: Upstream> {
 impl<U: Upstream> CacheEntry for KeyedEntry<U> {
     fn observe(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
         Box::pin(self.refresher.observe(&self.group, &self.item))
+    }
+
+    fn peek(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
+        Box::pin(self.refresher.peek(&self.group, &self.item))
     }
 
     fn watch(&self) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {

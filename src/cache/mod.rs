@@ -36,6 +36,11 @@ pub trait Upstream: Send + Sync + 'static {
     /// What a ScaledObject watches inside a group: an entity, a query.
     type Item: Clone + Eq + Hash + Send + Sync + Debug + 'static;
 
+    /// One read lists the whole group (a page of a list holds every entity on it): reading one
+    /// more item costs no more requests, so a refresh reads every item KEDA still asks for,
+    /// all on one cycle, rather than each item when it alone is due.
+    const LISTS: bool = false;
+
     /// Reads every item. Called once per group per refresh; implementations choose how
     /// (one list request or one request per item) and report per item.
     fn read(
@@ -84,7 +89,8 @@ impl<I: Eq + Hash> GroupRead<I> {
 
 #[derive(Clone, Debug)]
 pub struct RefreshConfig {
-    /// How often each group is re-read.
+    /// The shortest time between two reads of an item (`--refresh-interval`); an item is
+    /// re-read once per the interval KEDA asks for it at, when that is longer.
     pub interval: Duration,
     /// How often a group is re-read while someone streams one of its items (SPEC 4).
     pub fast_interval: Duration,

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::group::Group;
+use super::group::{Group, ItemState};
 use super::schedule::after;
 use super::task::{TaskHealth, refresh_loop, supervise};
 use super::{RefreshConfig, Upstream};
@@ -128,16 +128,30 @@ impl<U: Upstream> Refresher<U> {
         Ok(group)
     }
 
-    /// The current observation of `item`. A never-seen item is answered from what the
-    /// group's latest reads saw in passing, if they saw it; otherwise it is read at once, and
-    /// this waits for that first read, shared with every concurrent caller, at most
-    /// `first_read_timeout`.
+    /// The current observation of `item` for a KEDA call (`GetMetrics`, `IsActive`): the call
+    /// counts as demand, which is what keeps the item read (SPEC 5, "reads follow demand").
+    /// A never-seen item is answered from what the group's latest reads saw in passing, if
+    /// they saw it; otherwise it is read at once, and this waits for that first read, shared
+    /// with every concurrent caller, at most `first_read_timeout`. So does a call that finds
+    /// the value older than KEDA's period plus one refresh ([`super::schedule::Demand::lapsed`]): KEDA had
+    /// stopped asking, so nothing kept it read.
     pub async fn observe(&self, key: &U::Group, item: &U::Item) -> Observation {
+        self.look(key, item, true).await
+    }
+
+    /// The current observation of `item` without counting as KEDA asking: a stream's looks
+    /// (its group is read at the fast interval anyway) and `/decisions`.
+    pub async fn peek(&self, key: &U::Group, item: &U::Item) -> Observation {
+        self.look(key, item, false).await
+    }
+
+    async fn look(&self, key: &U::Group, item: &U::Item, keda: bool) -> Observation {
         let group = match self.group(key) {
             Ok(g) => g,
             Err(e) => return Observation::failed(e),
         };
         let mut changes = group.generation.subscribe();
+        let asked = Instant::now();
         {
             let mut items = group.items.lock();
             let max = self.config.max_items_per_group;
@@ -148,17 +162,34 @@ impl<U: Upstream> Refresher<U> {
                 )));
             }
             let slot = items.entry(item.clone()).or_default();
-            let now = Instant::now();
-            slot.last_asked = Some(now);
+            slot.last_asked = Some(asked);
             if !slot.attempted
                 && let Some(&(v, at)) = group.seen_in_passing.lock().get(item)
             {
                 // From here on the group's reads include it.
                 slot.attempted = true;
+                slot.read_at = Some(at);
                 slot.reads.store(v, at);
             }
-            if slot.attempted {
-                return slot.observation(now);
+            if keda {
+                let interval = self.config.interval;
+                let due =
+                    |slot: &ItemState| slot.read_at.and_then(|at| slot.demand.due(at, interval));
+                let was_due = due(slot).is_some();
+                if slot
+                    .read_at
+                    .is_some_and(|at| slot.demand.lapsed(at, asked, interval))
+                {
+                    slot.lapsed = true;
+                }
+                slot.demand.called(asked, interval);
+                if !was_due && due(slot).is_some() {
+                    // The task may be sleeping past the read this call asks for.
+                    group.wake.notify_one();
+                }
+            }
+            if slot.attempted && !slot.lapsed {
+                return slot.observation(asked);
             }
         }
         group.wake.notify_one();
@@ -167,7 +198,8 @@ impl<U: Upstream> Refresher<U> {
             let done = tokio::time::timeout_at(deadline, changes.changed()).await;
             let items = group.items.lock();
             let slot = items.get(item).cloned().unwrap_or_default();
-            if slot.attempted || !matches!(done, Ok(Ok(()))) {
+            let read = slot.attempted && !slot.lapsed;
+            if read || !matches!(done, Ok(Ok(()))) {
                 return slot.observation(Instant::now());
             }
         }

@@ -1,10 +1,16 @@
 //! When one group is read: a pure schedule, events in and the next action out.
 //!
 //! The refresh task ([`super::task::refresh_loop`]) only sleeps, reads and reports back here, so every
-//! rule about timing (the interval, the fast interval while a stream is open, spacing wakes,
-//! Retry-After, backoff) is decided by plain functions of the instants given to them and is
-//! tested without a clock. All instant arithmetic saturates: a huge `--refresh-interval` or
-//! Retry-After means "much later", never a panic.
+//! rule about timing (reads following KEDA's calls, the fast interval while a stream is open,
+//! spacing wakes, Retry-After, backoff) is decided by plain functions of the instants given to
+//! them and is tested without a clock. All instant arithmetic saturates: a huge
+//! `--refresh-interval` or Retry-After means "much later", never a panic.
+//!
+//! Reads follow demand (SPEC 5): an item is re-read once per the interval KEDA asks for it at
+//! ([`Demand::period`], never shorter than `--refresh-interval`), and only while KEDA still asks.
+//! So however the objects share items, an item costs its upstream at most one read per KEDA
+//! call, where the built-in trigger costs one read per call; a group that lists its items
+//! ([`super::Upstream::LISTS`]) reads all of them together at the shortest of their periods.
 
 use std::time::Duration;
 
@@ -16,6 +22,11 @@ use super::RefreshConfig;
 /// The furthest ahead anything is scheduled: beyond it, "later" is as good as "never".
 const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// How many of KEDA's latest gaps between calls an item's period is measured over: KEDA asks
+/// each object on two clocks (its poll and the HPA's reads), so three gaps hold a whole cycle
+/// of both at the defaults (30 s and 15 s), and one more covers a call that merged with another.
+const RECENT_GAPS: usize = 4;
+
 /// `at + d`, or as far ahead as instants go when that overflows.
 pub(crate) fn after(at: Instant, d: Duration) -> Instant {
     at.checked_add(d.min(FAR))
@@ -23,23 +34,78 @@ pub(crate) fn after(at: Instant, d: Duration) -> Instant {
         .unwrap_or(at)
 }
 
-/// What the group holds when the task decides what to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Pending {
-    /// Items someone asked about within the idle time.
-    pub watched: usize,
-    /// Of those, items never read yet.
-    pub new: usize,
-    /// Open `StreamIsActive` streams on the group.
-    pub streaming: bool,
+/// When KEDA asks for one item (`GetMetrics`, `IsActive` of any object watching it); a
+/// stream's looks and `/decisions` are not KEDA asking.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Demand {
+    /// The latest call that counted: calls closer than the refresh interval to it are the same
+    /// ask (a poll's `IsActive` and `GetMetrics`, or many objects sharing the item).
+    counted: Option<Instant>,
+    /// The gaps between the latest counted calls (zero: none yet), oldest overwritten first.
+    gaps: [Duration; RECENT_GAPS],
+    next_gap: usize,
+}
+
+impl Demand {
+    /// KEDA asked for the item at `at`; `merge` is the refresh interval.
+    pub fn called(&mut self, at: Instant, merge: Duration) {
+        match self.counted {
+            Some(c) if at.saturating_duration_since(c) < merge => {}
+            Some(c) => {
+                self.gaps[self.next_gap] = at.saturating_duration_since(c);
+                self.next_gap = (self.next_gap + 1) % RECENT_GAPS;
+                self.counted = Some(at);
+            }
+            None => self.counted = Some(at),
+        }
+    }
+
+    /// How often KEDA asks for the item: the longest of its recent gaps, so that reads never
+    /// outnumber calls, and never shorter than the refresh interval (`floor`).
+    pub fn period(&self, floor: Duration) -> Duration {
+        self.gaps
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or_default()
+            .max(floor)
+    }
+
+    /// When the item is read next after a read that finished at `read`: a period later, if
+    /// KEDA asked for it since; `None` until it does (or if it never did). So an item is
+    /// never read more often than KEDA asks for it, however the reads fall.
+    pub fn due(&self, read: Instant, floor: Duration) -> Option<Instant> {
+        let last = self.counted?;
+        (last > read).then(|| after(read, self.period(floor)))
+    }
+
+    /// Whether a call at `now` finds the value read at `read` older than KEDA's period plus
+    /// one refresh (KEDA had stopped asking, so nothing was read): then the caller waits for a
+    /// read, as a never-seen item's first caller does, rather than be answered from it.
+    /// Ask before [`Demand::called`] records the call, whose gap would lengthen the period.
+    pub fn lapsed(&self, read: Instant, now: Instant, floor: Duration) -> bool {
+        now.saturating_duration_since(read) > self.period(floor).saturating_add(floor)
+    }
+}
+
+/// One item as the schedule sees it when the task decides.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ItemView<'a> {
+    pub demand: &'a Demand,
+    /// When its latest read (good or not) finished; `None` before its first.
+    pub read: Option<Instant>,
+    /// A caller waits for its read: never read yet, or its value lapsed.
+    pub waiting: bool,
 }
 
 /// What the task does next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Action {
-    /// Read every watched item (`full`) or only the never-read ones.
-    Read { full: bool },
-    /// Nothing to read now: wait again.
+    /// Read these items (indices into the views). `scheduled`: the group's own refresh (what
+    /// KEDA asks for, or everything while a stream is open), not a wake's read of waiting
+    /// items alone.
+    Read { which: Vec<usize>, scheduled: bool },
+    /// Nothing to read now: wait until [`Schedule::sleep_until`] or a wake.
     Wait,
     /// Nobody asks any more: drop the group and end the task.
     Drop,
@@ -59,35 +125,45 @@ pub(crate) struct Schedule {
     interval: Duration,
     fast_interval: Duration,
     max_backoff: Duration,
+    /// One read lists the whole group ([`super::Upstream::LISTS`]).
+    lists: bool,
     failures: u32,
     /// Never read before this (Retry-After, backoff).
     not_before: Instant,
-    /// The next full read.
-    next_due: Instant,
-    /// When the latest full read finished.
-    last_read: Option<Instant>,
+    /// When to look again if nothing wakes the group.
+    next_check: Instant,
+    /// When the latest scheduled read finished (a stream's fast interval counts from it).
+    last_scheduled: Option<Instant>,
     /// When the latest read of any kind started.
     last_started: Option<Instant>,
 }
 
 impl Schedule {
     /// A new group's schedule. Its first read comes from the wake of whoever created it.
-    pub fn new(config: &RefreshConfig, now: Instant) -> Self {
+    pub fn new(config: &RefreshConfig, lists: bool, now: Instant) -> Self {
         Self {
             interval: config.interval,
             fast_interval: config.fast_interval,
             max_backoff: config.max_backoff,
+            lists,
             failures: 0,
             not_before: now,
-            next_due: after(now, config.interval),
-            last_read: None,
+            next_check: after(now, config.interval),
+            last_scheduled: None,
             last_started: None,
         }
     }
 
-    /// When to read if nothing wakes the group: when due, never before Retry-After or backoff.
+    /// When to look again if nothing wakes the group: the next item due, never before
+    /// Retry-After or backoff.
     pub fn sleep_until(&self) -> Instant {
-        self.next_due.max(self.not_before)
+        self.next_check.max(self.not_before)
+    }
+
+    /// The shorter of the two intervals: wakes are spaced by it, and reads due within it of
+    /// each other are made together.
+    fn spacing(&self) -> Duration {
+        self.interval.min(self.fast_interval)
     }
 
     /// When a wake at `now` may read. KEDA asks about many ScaledObjects at once after a
@@ -98,58 +174,93 @@ impl Schedule {
     /// namespace is read once a second at most, not once per new ScaledObject (SPEC 5), and a
     /// first answer still comes within about a second plus the read (SPEC 4).
     pub fn wake_read_at(&self, now: Instant, coalesce: Duration) -> Instant {
-        let spacing = self.interval.min(self.fast_interval);
         let spaced = self
             .last_started
-            .map_or(self.not_before, |t| after(t, spacing));
+            .map_or(self.not_before, |t| after(t, self.spacing()));
         self.not_before.max(after(now, coalesce)).max(spaced)
     }
 
-    /// What to do at `now`, after a wake (`woken`) or the sleep until due.
+    /// What to do at `now`, after a wake (`woken`) or the sleep.
     ///
-    /// A wake before the refresh is due reads only the never-seen items (after the group's
-    /// first read, which is all of them): the others keep their schedule, and a Prometheus
-    /// server is not asked every query again for each new one. A wake whose new items the
-    /// last read already covered (they arrived while it was in flight) needs no read at all;
-    /// a new stream only brings the next full read forward.
-    pub fn decide(&mut self, now: Instant, woken: bool, pending: Pending) -> Action {
-        let full = !woken || now >= self.next_due || self.last_read.is_none();
-        if !full && pending.new == 0 {
-            if pending.streaming {
-                let fast = self.last_read.map_or(now, |t| after(t, self.fast_interval));
-                self.next_due = self.next_due.min(fast);
+    /// Items come due a period after their last read while KEDA asks for them
+    /// ([`Demand::due`]); what is due within the spacing is read together. A group that lists
+    /// its items reads every item KEDA still asks for whenever one is due, which keeps them
+    /// on one cycle. While a stream is open everything is read at the fast interval, asked
+    /// for or not. Waiting items (never read, lapsed) go with any read; a wake reads them
+    /// alone, so a Prometheus server is not asked every query again for each new one.
+    pub fn decide(
+        &mut self,
+        now: Instant,
+        woken: bool,
+        items: &[ItemView<'_>],
+        streaming: bool,
+    ) -> Action {
+        let spacing = self.spacing();
+        if items.is_empty() {
+            if !streaming {
+                return Action::Drop;
             }
+            self.next_check = after(now, self.fast_interval);
             return Action::Wait;
         }
-        if pending.watched == 0 && !pending.streaming {
-            return Action::Drop;
-        }
-        if pending.watched == 0 {
-            self.next_due = after(now, self.fast_interval);
+        let dues: Vec<Option<Instant>> = items
+            .iter()
+            .map(|v| v.read.and_then(|r| v.demand.due(r, self.interval)))
+            .collect();
+        let soon = after(now, spacing);
+        let stream_due = if streaming {
+            let at = self
+                .last_scheduled
+                .map_or(now, |t| after(t, self.fast_interval));
+            Some(at)
+        } else {
+            None
+        };
+        let any_due =
+            stream_due.is_some_and(|t| t <= now) || dues.iter().flatten().any(|&d| d <= now);
+        let which: Vec<usize> = (0..items.len())
+            .filter(|&i| {
+                items[i].waiting
+                    || (any_due
+                        && (stream_due.is_some()
+                            || dues[i].is_some_and(|d| self.lists || d <= soon)))
+            })
+            .collect();
+        if now < self.not_before || which.is_empty() || (!any_due && !woken) {
+            let next = dues
+                .iter()
+                .flatten()
+                .copied()
+                .chain(stream_due)
+                .min()
+                // A call may revive an item KEDA had stopped asking for: look again anyway.
+                .map_or(after(now, self.interval), |d| {
+                    d.min(after(now, self.interval))
+                });
+            self.next_check = next.max(now);
             return Action::Wait;
         }
         self.last_started = Some(now);
-        Action::Read { full }
+        Action::Read {
+            which,
+            scheduled: any_due,
+        }
     }
 
     /// A read that [`Schedule::decide`] asked for finished at `finished`.
-    pub fn read_done(&mut self, finished: Instant, full: bool, outcome: Outcome, streaming: bool) {
-        if full {
-            self.last_read = Some(finished);
-            let interval = if streaming {
-                self.interval.min(self.fast_interval)
-            } else {
-                self.interval
-            };
-            self.next_due = after(finished, interval);
+    pub fn read_done(&mut self, finished: Instant, scheduled: bool, outcome: Outcome) {
+        if scheduled {
+            self.last_scheduled = Some(finished);
         }
+        // Look again at once: what the read did not cover says when.
+        self.next_check = finished;
         if let Some(pause) = outcome.retry_after {
             self.not_before = after(finished, pause);
             self.failures = self.failures.saturating_add(1);
         } else if outcome.any_ok {
             self.failures = 0;
             self.not_before = finished;
-        } else if full {
+        } else if scheduled {
             // (A wake's read of new items failing alone, a misspelt queue say, says nothing
             // about the upstream: it does not hold the others' refresh back.)
             self.failures = self.failures.saturating_add(1);
@@ -185,14 +296,6 @@ mod tests {
         Duration::from_secs_f64(s)
     }
 
-    fn pending(watched: usize, new: usize) -> Pending {
-        Pending {
-            watched,
-            new,
-            streaming: false,
-        }
-    }
-
     const OK: Outcome = Outcome {
         retry_after: None,
         any_ok: true,
@@ -202,124 +305,283 @@ mod tests {
         any_ok: false,
     };
 
+    /// One item as the task keeps it, for driving a schedule by hand.
+    #[derive(Clone, Default)]
+    struct Item {
+        demand: Demand,
+        read: Option<Instant>,
+        waiting: bool,
+    }
+
+    impl Item {
+        fn new() -> Self {
+            Self {
+                waiting: true,
+                ..Self::default()
+            }
+        }
+
+        /// A KEDA call at `at`: marks the item waiting if its value lapsed, like the cache.
+        fn call(&mut self, at: Instant) {
+            if self
+                .read
+                .is_some_and(|r| self.demand.lapsed(r, at, secs(5.0)))
+            {
+                self.waiting = true;
+            }
+            self.demand.called(at, secs(5.0));
+        }
+    }
+
+    fn views(items: &[Item]) -> Vec<ItemView<'_>> {
+        items
+            .iter()
+            .map(|i| ItemView {
+                demand: &i.demand,
+                read: i.read,
+                waiting: i.waiting,
+            })
+            .collect()
+    }
+
+    /// Decides at `now`; a read finishes at once and is recorded. Which items it read.
+    fn step(s: &mut Schedule, now: Instant, woken: bool, items: &mut [Item]) -> Option<Vec<usize>> {
+        match s.decide(now, woken, &views(items), false) {
+            Action::Read { which, scheduled } => {
+                for &i in &which {
+                    items[i].read = Some(now);
+                    items[i].waiting = false;
+                }
+                s.read_done(now, scheduled, OK);
+                Some(which)
+            }
+            Action::Wait | Action::Drop => None,
+        }
+    }
+
     #[test]
-    fn the_first_wake_reads_everything_and_the_next_full_read_is_an_interval_later() {
+    fn an_items_period_is_the_longest_recent_gap_between_keda_calls_and_at_least_the_interval() {
         let t0 = Instant::now();
-        let mut s = Schedule::new(&config(), t0);
+        let mut d = Demand::default();
+        assert_eq!(d.period(secs(5.0)), secs(5.0), "no gap known yet");
+        // A poll (IsActive then GetMetrics) at 0, HPA reads at 10 and 25, the next poll at 30.
+        for at in [0.0, 0.002, 10.0, 25.0, 30.0, 30.001] {
+            d.called(t0 + secs(at), secs(5.0));
+        }
+        assert_eq!(d.period(secs(5.0)), secs(15.0));
+        // Many objects sharing the item: calls every 10 ms count once per interval.
+        let mut shared = Demand::default();
+        for i in 0..3_000 {
+            shared.called(t0 + secs(i as f64 * 0.01), secs(5.0));
+        }
+        assert_eq!(shared.period(secs(5.0)), secs(5.0));
+    }
+
+    #[test]
+    fn an_item_is_due_a_period_after_its_read_only_while_keda_still_asks() {
+        let t0 = Instant::now();
+        let mut d = Demand::default();
+        assert_eq!(d.due(t0, secs(5.0)), None, "KEDA never asked");
+        d.called(t0, secs(5.0));
+        d.called(t0 + secs(15.0), secs(5.0));
+        assert_eq!(d.due(t0 + secs(14.0), secs(5.0)), Some(t0 + secs(29.0)));
+        // No call since the read: nothing due, whatever the time.
+        assert_eq!(d.due(t0 + secs(15.0), secs(5.0)), None);
+    }
+
+    #[test]
+    fn a_call_finding_its_value_older_than_the_period_and_a_refresh_is_lapsed() {
+        let t0 = Instant::now();
+        let mut d = Demand::default();
+        d.called(t0, secs(5.0));
+        d.called(t0 + secs(15.0), secs(5.0));
+        assert!(!d.lapsed(t0 + secs(15.0), t0 + secs(35.0), secs(5.0)));
+        assert!(d.lapsed(t0 + secs(15.0), t0 + secs(35.1), secs(5.0)));
+    }
+
+    #[test]
+    fn a_group_with_no_keda_calls_is_not_refreshed() {
+        let t0 = Instant::now();
+        for lists in [false, true] {
+            let mut s = Schedule::new(&config(), lists, t0);
+            // Only looked at (a stream that ended, `/decisions`): read once, as a new item.
+            let mut items = vec![Item::new(), Item::new()];
+            let at = s.wake_read_at(t0, COALESCE);
+            assert_eq!(step(&mut s, at, true, &mut items), Some(vec![0, 1]));
+            let mut now = at;
+            for _ in 0..1_000 {
+                now = s.sleep_until();
+                assert_eq!(step(&mut s, now, false, &mut items), None, "{lists}");
+            }
+            assert!(now >= t0 + secs(600.0), "it kept looking: {:?}", now - t0);
+        }
+    }
+
+    #[test]
+    fn reads_stop_when_keda_stops_asking_and_never_outnumber_its_calls() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&config(), false, t0);
+        let mut items = vec![Item::new()];
+        items[0].call(t0);
+        step(&mut s, t0, true, &mut items);
+        let mut reads = Vec::new();
+        let mut now = t0;
+        while now < t0 + secs(300.0) {
+            now = s.sleep_until();
+            // KEDA asks every 15 s for the first minute, then stops.
+            for k in 1..=4 {
+                let call = t0 + secs(15.0 * k as f64);
+                if items[0].demand.counted < Some(call) && call <= now {
+                    items[0].call(call);
+                }
+            }
+            if step(&mut s, now, false, &mut items).is_some() {
+                reads.push((now - t0).as_secs_f64());
+            }
+        }
+        // Five calls: the first read and one for each later call.
+        assert_eq!(reads, [15.0, 30.0, 45.0, 60.0], "{reads:?}");
+    }
+
+    #[test]
+    fn items_read_one_by_one_are_read_when_each_is_due_and_listed_ones_all_together() {
+        let t0 = Instant::now() + secs(100.0);
+        for lists in [false, true] {
+            let mut s = Schedule::new(&config(), lists, t0);
+            let mut items = vec![Item::new(), Item::new()];
+            // Item 0 is asked every 15 s, item 1 every 30 s.
+            items[0].call(t0 - secs(15.0));
+            items[1].call(t0 - secs(30.0));
+            for item in &mut items {
+                item.call(t0);
+            }
+            step(&mut s, t0, true, &mut items);
+            // Both asked since; only item 0's period is over at 15 s.
+            items[1].call(t0 + secs(10.0));
+            items[0].call(t0 + secs(15.0));
+            let got = step(&mut s, t0 + secs(15.0), false, &mut items);
+            if lists {
+                assert_eq!(got, Some(vec![0, 1]));
+            } else {
+                assert_eq!(got, Some(vec![0]));
+            }
+        }
+    }
+
+    #[test]
+    fn a_wake_reads_only_waiting_items_at_most_once_per_fast_interval() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&config(), false, t0);
+        let mut items = vec![Item::new()];
+        items[0].call(t0);
         let at = s.wake_read_at(t0, COALESCE);
         assert_eq!(at, t0 + COALESCE);
-        assert_eq!(
-            s.decide(at, true, pending(3, 3)),
-            Action::Read { full: true }
-        );
-        s.read_done(at + secs(0.1), true, OK, false);
-        assert_eq!(s.sleep_until(), at + secs(5.1));
-        let due = s.sleep_until();
-        assert_eq!(
-            s.decide(due, false, pending(3, 0)),
-            Action::Read { full: true }
-        );
-    }
-
-    #[test]
-    fn a_wake_between_refreshes_reads_only_new_items_at_most_once_per_fast_interval() {
-        let t0 = Instant::now();
-        let mut s = Schedule::new(&config(), t0);
-        s.decide(t0, true, pending(1, 1));
-        s.read_done(t0, true, OK, false);
+        assert_eq!(step(&mut s, at, true, &mut items), Some(vec![0]));
         // A new item 200 ms after the first read waits for the fast interval's spacing.
+        items.push(Item::new());
+        items[1].call(t0 + secs(0.2));
         let at = s.wake_read_at(t0 + secs(0.2), COALESCE);
-        assert_eq!(at, t0 + secs(1.0));
+        assert_eq!(at, t0 + COALESCE + secs(1.0));
         assert_eq!(
-            s.decide(at, true, pending(2, 1)),
-            Action::Read { full: false }
+            s.decide(at, true, &views(&items), false),
+            Action::Read {
+                which: vec![1],
+                scheduled: false
+            }
         );
-        s.read_done(at, false, OK, false);
-        // The partial read leaves the full refresh where it was.
-        assert_eq!(s.sleep_until(), t0 + secs(5.0));
-        // A wake whose items were all read in the meantime reads nothing.
-        assert_eq!(s.decide(t0 + secs(2.0), true, pending(2, 0)), Action::Wait);
+        // A wake with nothing waiting and nothing due reads nothing.
+        items[1].waiting = false;
+        assert_eq!(s.decide(at, true, &views(&items), false), Action::Wait);
     }
 
     #[test]
-    fn a_stream_brings_the_next_full_read_to_the_fast_interval() {
+    fn a_stream_reads_everything_at_the_fast_interval_until_it_ends() {
         let t0 = Instant::now();
-        let mut s = Schedule::new(&config(), t0);
-        s.decide(t0, true, pending(1, 1));
-        s.read_done(t0, true, OK, false);
-        let streaming = Pending {
-            streaming: true,
-            ..pending(1, 0)
-        };
-        assert_eq!(s.decide(t0 + secs(0.3), true, streaming), Action::Wait);
-        assert_eq!(s.sleep_until(), t0 + secs(1.0));
-        s.decide(t0 + secs(1.0), false, streaming);
-        s.read_done(t0 + secs(1.1), true, OK, true);
+        let mut s = Schedule::new(&config(), false, t0);
+        // Never asked by KEDA: only the stream keeps it read.
+        let mut items = vec![Item::new()];
+        step(&mut s, t0, true, &mut items);
+        // A stream opening reads the whole group at once, then every fast interval.
+        assert!(matches!(
+            s.decide(t0 + secs(0.1), true, &views(&items), true),
+            Action::Read {
+                scheduled: true,
+                ..
+            }
+        ));
+        s.read_done(t0 + secs(0.1), true, OK);
+        assert_eq!(
+            s.decide(t0 + secs(0.3), true, &views(&items), true),
+            Action::Wait
+        );
+        assert_eq!(s.sleep_until(), t0 + secs(1.1));
+        assert_eq!(
+            s.decide(t0 + secs(1.1), false, &views(&items), true),
+            Action::Read {
+                which: vec![0],
+                scheduled: true
+            }
+        );
+        s.read_done(t0 + secs(1.1), true, OK);
+        items[0].read = Some(t0 + secs(1.1));
+        assert_eq!(
+            s.decide(t0 + secs(1.5), false, &views(&items), true),
+            Action::Wait
+        );
         assert_eq!(s.sleep_until(), t0 + secs(2.1));
-        // Once it ends, the normal interval again.
-        s.decide(t0 + secs(2.1), false, pending(1, 0));
-        s.read_done(t0 + secs(2.1), true, OK, false);
-        assert_eq!(s.sleep_until(), t0 + secs(7.1));
+        // Once it ends, nothing: KEDA never asked.
+        assert_eq!(
+            s.decide(t0 + secs(2.1), false, &views(&items), false),
+            Action::Wait
+        );
     }
 
     #[test]
     fn a_group_nobody_watches_is_dropped_unless_a_stream_holds_it() {
         let t0 = Instant::now();
-        let mut s = Schedule::new(&config(), t0);
-        s.decide(t0, true, pending(1, 1));
-        s.read_done(t0, true, OK, false);
-        let only_stream = Pending {
-            streaming: true,
-            ..pending(0, 0)
-        };
-        assert_eq!(s.decide(t0 + secs(5.0), false, only_stream), Action::Wait);
+        let mut s = Schedule::new(&config(), false, t0);
+        assert_eq!(s.decide(t0 + secs(5.0), false, &[], true), Action::Wait);
         assert_eq!(s.sleep_until(), t0 + secs(6.0));
-        assert_eq!(s.decide(t0 + secs(6.0), false, pending(0, 0)), Action::Drop);
+        assert_eq!(s.decide(t0 + secs(6.0), false, &[], false), Action::Drop);
     }
 
     #[test]
     fn retry_after_holds_back_every_read_including_wakes() {
         let t0 = Instant::now();
-        let mut s = Schedule::new(&config(), t0);
-        s.decide(t0, true, pending(1, 1));
+        let mut s = Schedule::new(&config(), false, t0);
         let throttled = Outcome {
             retry_after: Some(secs(30.0)),
             any_ok: false,
         };
-        s.read_done(t0, true, throttled, false);
+        s.read_done(t0, true, throttled);
         assert_eq!(s.sleep_until(), t0 + secs(30.0));
         assert_eq!(s.wake_read_at(t0 + secs(1.0), COALESCE), t0 + secs(30.0));
-    }
-
-    #[test]
-    fn full_reads_failing_back_off_but_a_new_item_failing_alone_does_not() {
-        let t0 = Instant::now();
-        let mut s = Schedule::new(&config(), t0);
-        s.decide(t0, true, pending(1, 1));
-        s.read_done(t0, true, OK, false);
-        s.decide(t0 + secs(2.0), true, pending(2, 1));
-        s.read_done(t0 + secs(2.0), false, FAILED, false);
-        assert_eq!(s.sleep_until(), t0 + secs(5.0), "a typo holds nothing back");
-        s.decide(t0 + secs(5.0), false, pending(2, 0));
-        s.read_done(t0 + secs(5.0), true, FAILED, false);
-        // First failure: not before one interval (jitter adds nothing yet).
-        assert_eq!(s.sleep_until(), t0 + secs(10.0));
-        s.decide(t0 + secs(10.0), false, pending(2, 0));
-        s.read_done(t0 + secs(10.0), true, FAILED, false);
-        assert!(s.sleep_until() >= t0 + secs(15.0) && s.sleep_until() <= t0 + secs(20.0));
-        s.decide(s.sleep_until(), false, pending(2, 0));
-        let t = s.sleep_until();
-        s.read_done(t, true, OK, false);
+        let items = [Item::new()];
         assert_eq!(
-            s.sleep_until(),
-            t + secs(5.0),
-            "a good read resets the backoff"
+            s.decide(t0 + secs(29.0), true, &views(&items), false),
+            Action::Wait
         );
     }
 
     #[test]
+    fn scheduled_reads_failing_back_off_but_a_new_item_failing_alone_does_not() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&config(), false, t0);
+        s.read_done(t0 + secs(2.0), false, FAILED);
+        assert_eq!(s.sleep_until(), t0 + secs(2.0), "a typo holds nothing back");
+        s.read_done(t0 + secs(5.0), true, FAILED);
+        // First failure: not before one interval (jitter adds nothing yet).
+        assert_eq!(s.sleep_until(), t0 + secs(10.0));
+        s.read_done(t0 + secs(10.0), true, FAILED);
+        assert!(s.sleep_until() >= t0 + secs(15.0) && s.sleep_until() <= t0 + secs(20.0));
+        let t = s.sleep_until();
+        s.read_done(t, true, OK);
+        assert_eq!(s.sleep_until(), t, "a good read resets the backoff");
+    }
+
+    #[test]
     fn backoff_grows_and_stays_capped() {
-        let mut s = Schedule::new(&config(), Instant::now());
+        let mut s = Schedule::new(&config(), false, Instant::now());
         for failures in 1..40 {
             s.failures = failures;
             for jitter in [0.0, 0.5, 1.0] {
@@ -340,17 +602,21 @@ mod tests {
             max_backoff: Duration::MAX,
             ..RefreshConfig::default()
         };
-        let mut s = Schedule::new(&huge, t0);
+        let mut s = Schedule::new(&huge, false, t0);
         assert!(s.sleep_until() > t0 + secs(1e9));
         let at = s.wake_read_at(t0, Duration::MAX);
         assert!(at > t0);
-        assert_eq!(
-            s.decide(t0, true, pending(1, 1)),
-            Action::Read { full: true }
-        );
-        s.read_done(t0, true, FAILED, true);
+        let mut items = vec![Item::new()];
+        items[0].demand.called(t0, Duration::MAX);
+        items[0].demand.called(t0 + secs(1e9), Duration::ZERO);
+        assert!(items[0].demand.due(t0, Duration::MAX).is_some());
+        assert!(!items[0].demand.lapsed(t0, t0 + secs(1e9), Duration::MAX));
+        assert!(matches!(
+            s.decide(t0, true, &views(&items), false),
+            Action::Read { .. }
+        ));
         for _ in 0..40 {
-            s.read_done(t0, true, FAILED, false);
+            s.read_done(t0, true, FAILED);
         }
         assert!(s.sleep_until() > t0 + secs(1e9));
         s.read_done(
@@ -360,10 +626,111 @@ mod tests {
                 retry_after: Some(Duration::MAX),
                 any_ok: false,
             },
-            false,
         );
         assert!(s.sleep_until() > t0 + secs(1e9));
         assert_eq!(s.backoff(1.0), Duration::MAX);
         assert!(after(t0, Duration::MAX) > t0);
+        items[0].read = Some(t0);
+        assert_eq!(s.decide(t0, false, &views(&items), false), Action::Wait);
+    }
+
+    /// KEDA's pattern for `n` objects each on its own item (phases spread, seeded), for
+    /// `minutes`: a poll every 30 s and an HPA read every 15 s. Returns each read (seconds
+    /// in, items read) and the oldest value any call was answered with, against its bound.
+    fn keda(n: usize, lists: bool, minutes: f64) -> (Vec<(f64, usize)>, f64) {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(&config(), lists, t0);
+        let mut items: Vec<Item> = (0..n).map(|_| Item::new()).collect();
+        let mut seed = 0x5eed_u64;
+        let mut uniform = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % 1_000_000) as f64 / 1_000_000.0
+        };
+        let phases: Vec<(f64, f64)> = (0..n)
+            .map(|_| (uniform() * 30.0, uniform() * 15.0))
+            .collect();
+        let mut calls: Vec<(f64, usize)> = Vec::new();
+        for (i, &(poll, hpa)) in phases.iter().enumerate() {
+            let mut t = poll;
+            while t < minutes * 60.0 {
+                calls.push((t, i));
+                t += 30.0;
+            }
+            let mut t = hpa;
+            while t < minutes * 60.0 {
+                calls.push((t, i));
+                t += 15.0;
+            }
+        }
+        calls.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut reads = Vec::new();
+        let mut worst = f64::MIN;
+        let mut next_call = 0;
+        let mut woken = false;
+        let end = t0 + secs(minutes * 60.0);
+        loop {
+            // The next event: a call, or the task's own look.
+            let look = s.sleep_until();
+            let call = calls.get(next_call).map(|&(t, _)| t0 + secs(t));
+            let now = match call {
+                Some(c) if c <= look || woken && c <= s.wake_read_at(c, COALESCE) => {
+                    let i = calls[next_call].1;
+                    next_call += 1;
+                    let item = &mut items[i];
+                    item.call(c);
+                    if item.waiting {
+                        woken = true;
+                    } else if let Some(r) = item.read {
+                        // Answered from the cache: how far past its bound the value is.
+                        let age = (c - r).as_secs_f64();
+                        let bound = item.demand.period(secs(5.0)).as_secs_f64() + 5.0;
+                        worst = worst.max(age - bound);
+                    }
+                    continue;
+                }
+                _ if woken => s.wake_read_at(look.min(end), COALESCE).max(look.min(end)),
+                _ => look,
+            };
+            if now >= end {
+                return (reads, worst);
+            }
+            if let Some(which) = step(&mut s, now, woken, &mut items) {
+                reads.push(((now - t0).as_secs_f64(), which.len()));
+            }
+            woken = false;
+        }
+    }
+
+    #[test]
+    fn a_listed_group_of_a_thousand_objects_is_read_once_per_keda_period_after_the_first_minute() {
+        let (reads, worst) = keda(1_000, true, 10.0);
+        let steady: Vec<_> = reads.iter().filter(|(t, _)| *t >= 60.0).collect();
+        // KEDA asks each object every 15 s at most apart (the HPA's reads): one read of
+        // the whole list per 15 s, ceil(1000 / 100) = 10 pages, where the built-in trigger
+        // makes 1,500 reads.
+        assert!(
+            steady.len() <= 9 * 4 + 1,
+            "{} reads: {steady:?}",
+            steady.len()
+        );
+        assert!(steady.iter().all(|(_, n)| *n == 1_000), "{steady:?}");
+        assert!(worst <= 0.0, "a value {worst} s past its bound");
+    }
+
+    #[test]
+    fn items_read_one_by_one_cost_fewer_reads_than_keda_calls_and_stay_within_their_age_bound() {
+        for n in [1, 10, 100] {
+            let (reads, worst) = keda(n, false, 10.0);
+            let total: usize = reads.iter().map(|(_, k)| k).sum();
+            // The built-in trigger: a read per poll and per HPA read, 3 per 30 s per object.
+            let builtin = n * 60;
+            assert!(
+                total <= builtin * 3 / 4,
+                "{n}: {total} reads against {builtin}"
+            );
+            assert!(worst <= 0.0, "{n}: a value {worst} s past its bound");
+        }
     }
 }

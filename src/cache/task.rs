@@ -13,7 +13,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use super::group::Group;
-use super::schedule::{Action, Outcome, Pending, Schedule};
+use super::schedule::{Action, ItemView, Outcome, Schedule};
 use super::{GroupRead, RefreshConfig, Upstream};
 use crate::metrics::Metrics;
 use crate::signal::SignalError;
@@ -128,7 +128,7 @@ pub(super) async fn refresh_loop<U: Upstream>(
     groups: moka::sync::Cache<U::Group, Arc<Group<U>>>,
     health: Arc<TaskHealth>,
 ) {
-    let mut schedule = Schedule::new(&config, Instant::now());
+    let mut schedule = Schedule::new(&config, U::LISTS, Instant::now());
     loop {
         let Some(g) = group.upgrade() else { return };
         let woken = tokio::select! {
@@ -147,31 +147,32 @@ pub(super) async fn refresh_loop<U: Upstream>(
                 slot.last_asked
                     .is_some_and(|t| now.saturating_duration_since(t) < config.idle_ttl)
             });
-            let pending = Pending {
-                watched: items.len(),
-                new: items.values().filter(|slot| !slot.attempted).count(),
-                streaming: streaming(),
-            };
-            let action = schedule.decide(now, woken, pending);
-            let read: Vec<U::Item> = match action {
-                Action::Read { full } => items
-                    .iter()
-                    .filter(|(_, slot)| full || !slot.attempted)
-                    .map(|(item, _)| item.clone())
-                    .collect(),
+            let (keys, views): (Vec<&U::Item>, Vec<ItemView<'_>>) = items
+                .iter()
+                .map(|(item, slot)| {
+                    let view = ItemView {
+                        demand: &slot.demand,
+                        read: slot.read_at,
+                        waiting: !slot.attempted || slot.lapsed,
+                    };
+                    (item, view)
+                })
+                .unzip();
+            let action = schedule.decide(now, woken, &views, streaming());
+            let read: Vec<U::Item> = match &action {
+                Action::Read { which, .. } => which.iter().map(|&i| keys[i].clone()).collect(),
                 Action::Wait | Action::Drop => Vec::new(),
             };
             (action, read)
         };
         let full = match action {
-            Action::Read { full } => full,
+            Action::Read { scheduled, .. } => scheduled,
             Action::Wait => continue,
             Action::Drop => {
                 groups.invalidate(&g.key);
                 return;
             }
         };
-
         let read = read_guarded(&*upstream, &g.key, &items, &health).await;
         let finished = Instant::now();
         let any_ok = store(&g, &items, read.values, full, finished);
@@ -198,7 +199,7 @@ pub(super) async fn refresh_loop<U: Upstream>(
             retry_after: read.retry_after,
             any_ok,
         };
-        schedule.read_done(finished, full, outcome, streaming());
+        schedule.read_done(finished, full, outcome);
     }
 }
 
@@ -218,6 +219,8 @@ fn store<U: Upstream>(
             continue;
         };
         slot.attempted = true;
+        slot.read_at = Some(finished);
+        slot.lapsed = false;
         match values.remove(item).unwrap_or(Err(SignalError::Unreported(
             "the upstream did not report this item",
         ))) {

@@ -119,22 +119,36 @@ async fn concurrent_first_callers_share_one_read() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_group_is_refreshed_in_the_background_once_per_interval() {
+async fn an_item_is_read_again_once_per_keda_call_at_most_and_never_on_a_look() {
     let t = table(&[("orders", 1.0)]);
     let r = Refresher::from_arc(t.clone(), config());
     assert_eq!(r.observe(&"ns", &"orders").await.value, Some(1.0));
     let after_first = t.reads.load(Ordering::SeqCst);
     t.values.lock().insert("orders", 9.0);
     for _ in 0..100 {
-        // KEDA calls far more often than the refresh interval: all from the cache.
+        // KEDA calls far more often than the refresh interval: all from the cache, and
+        // calls closer than the interval count as one.
         r.observe(&"ns", &"orders").await;
     }
-    assert_eq!(t.reads.load(Ordering::SeqCst), after_first);
-    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Looks (a stream's, `/decisions`) are not KEDA asking.
+    assert_eq!(r.peek(&"ns", &"orders").await.value, Some(1.0));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        t.reads.load(Ordering::SeqCst),
+        after_first,
+        "nobody asked since"
+    );
+    // KEDA asks again, within its period and a refresh (5 s, then 5 s): answered from the
+    // cache at once, and the item is read a period after its last read, which is now.
+    let asked = Instant::now();
     let obs = r.observe(&"ns", &"orders").await;
-    assert_eq!(obs.value, Some(9.0));
-    assert_eq!(obs.rate, Some(8.0 / 5.0));
+    assert_eq!(asked.elapsed(), Duration::ZERO);
+    assert_eq!(obs.value, Some(1.0));
+    assert!(obs.age.unwrap() >= Duration::from_secs(9));
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(t.reads.load(Ordering::SeqCst), after_first + 1);
+    assert_eq!(r.observe(&"ns", &"orders").await.value, Some(9.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -172,11 +186,13 @@ async fn a_new_item_is_read_alone_and_the_others_keep_their_schedule() {
     r.observe(&"ns", &"orders").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(r.observe(&"ns", &"billing").await.value, Some(2.0));
-    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    r.observe(&"ns", &"orders").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         *t.batches.lock(),
-        [vec!["orders"], vec!["billing"], vec!["billing", "orders"]],
-        "the first read, the wake for billing, the refresh due 5 s after the first"
+        [vec!["orders"], vec!["billing"], vec!["orders"]],
+        "the first read, the wake for billing, orders asked for again 5 s after its read"
     );
 }
 
@@ -192,7 +208,9 @@ async fn a_new_item_failing_alone_does_not_hold_the_others_back() {
         Some(SignalError::NotFound(_))
     ));
     t.values.lock().insert("orders", 6.0);
-    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    r.observe(&"ns", &"orders").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     // Refreshed on time, 5 s after the first read, not backed off after the typo's.
     assert_eq!(t.reads.load(Ordering::SeqCst), 3);
     assert_eq!(r.observe(&"ns", &"orders").await.value, Some(6.0));
@@ -258,6 +276,8 @@ async fn a_failure_keeps_the_last_good_value_and_reports_the_error() {
     r.observe(&"ns", &"orders").await;
     t.values.lock().clear();
     tokio::time::sleep(Duration::from_millis(5_100)).await;
+    r.observe(&"ns", &"orders").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let obs = r.observe(&"ns", &"orders").await;
     assert_eq!(obs.value, Some(4.0));
     assert!(obs.age.unwrap() >= Duration::from_secs(5));
@@ -332,6 +352,8 @@ async fn a_panicking_read_reports_an_error_and_the_group_keeps_being_refreshed()
     // backed off like any failure, reads the value.
     *t.panic.lock() = false;
     tokio::time::sleep(Duration::from_millis(5_100)).await;
+    r.observe(&"ns", &"orders").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(r.observe(&"ns", &"orders").await.value, Some(4.0));
     assert_eq!(t.reads.load(Ordering::SeqCst), 2);
     assert_eq!(r.group_count(), 1);
@@ -379,6 +401,8 @@ async fn a_panicking_read_is_counted_and_holds_the_group_down_until_a_read_compl
     }
     // Crash-looping: every refresh panics, the group stays down.
     tokio::time::sleep(Duration::from_millis(5_100)).await;
+    r.observe(&"ns", &"orders").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(t.reads.load(Ordering::SeqCst), 2);
     assert_eq!(metrics.refresh_groups_down(), 1);
     // Fixed: the next read completes and the group is up again.
@@ -397,4 +421,44 @@ async fn a_panicking_read_is_counted_and_holds_the_group_down_until_a_read_compl
             .encode()
             .contains(r#"blend_scaler_refresh_groups_down{upstream="table"} 0"#)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_with_no_keda_calls_is_not_refreshed() {
+    let t = table(&[("orders", 1.0)]);
+    let r = Refresher::from_arc(t.clone(), config());
+    // Looked at only (a stream that ended, `/decisions`): one first read, then none, for as
+    // long as the looks keep it cached.
+    assert_eq!(r.peek(&"ns", &"orders").await.value, Some(1.0));
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        r.peek(&"ns", &"orders").await;
+    }
+    assert_eq!(t.reads.load(Ordering::SeqCst), 1);
+    assert_eq!(r.group_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keda_call_after_a_lapse_waits_for_a_read_rather_than_take_an_old_value() {
+    let t = table(&[("orders", 1.0)]);
+    let r = Refresher::from_arc(t.clone(), config());
+    // KEDA asks every 15 s for a minute: the value it gets is never older than that
+    // period plus a refresh.
+    for _ in 0..4 {
+        let obs = r.observe(&"ns", &"orders").await;
+        assert!(obs.age.unwrap() <= Duration::from_secs(20), "{obs:?}");
+        tokio::time::sleep(Duration::from_secs(15)).await;
+    }
+    // Then it stops (a paused ScaledObject), and nothing is read...
+    let reads = t.reads.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    assert_eq!(t.reads.load(Ordering::SeqCst), reads);
+    // ...until it asks again: that call waits for a read, as a first one does.
+    t.values.lock().insert("orders", 7.0);
+    let asked = Instant::now();
+    let obs = r.observe(&"ns", &"orders").await;
+    assert_eq!(obs.value, Some(7.0));
+    assert!(obs.age.unwrap() < Duration::from_secs(1), "{obs:?}");
+    assert!(asked.elapsed() <= Duration::from_secs(2));
+    assert_eq!(t.reads.load(Ordering::SeqCst), reads + 1);
 }

@@ -133,6 +133,10 @@ impl CacheEntry for ServiceBusEntry {
         self.entry.observe()
     }
 
+    fn peek(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
+        self.entry.peek()
+    }
+
     fn watch(&self) -> (tokio::sync::watch::Receiver<u64>, Box<dyn Send + Sync>) {
         self.entry.watch()
     }

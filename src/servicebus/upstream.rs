@@ -268,6 +268,7 @@ impl ServiceBusUpstream {
 impl Upstream for ServiceBusUpstream {
     type Group = NamespaceKey;
     type Item = Watched;
+    const LISTS: bool = true;
 
     fn supervision(&self) -> Option<(&Metrics, &'static str)> {
         Some((self.client.metrics(), "servicebus"))
