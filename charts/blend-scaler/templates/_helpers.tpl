@@ -104,6 +104,12 @@ app.kubernetes.io/part-of: keda
 {{- if and .Values.tls.clientAuth.enabled (not .Values.tls.enabled) }}
 {{- fail "tls.clientAuth.enabled (mTLS) needs tls.enabled" }}
 {{- end }}
+{{- if and .Values.metrics.tls.enabled (not .Values.tls.enabled) }}
+{{- fail "metrics.tls.enabled serves the HTTP port with the gRPC certificate: it needs tls.enabled" }}
+{{- end }}
+{{- if and .Values.metrics.tls.enabled (or .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled) (eq .Values.tls.source "certManagerCsi") (not .Values.metrics.tls.scrapeCA) (not .Values.metrics.tls.scrapeInsecureSkipVerify) }}
+{{- fail "metrics.tls.enabled with tls.source=certManagerCsi: no Secret holds the CA, so the ServiceMonitor/PodMonitor needs metrics.tls.scrapeCA (or metrics.tls.scrapeInsecureSkipVerify)" }}
+{{- end }}
 {{- if and (eq .Values.probes.mode "grpc") .Values.tls.enabled }}
 {{- fail "probes.mode=grpc cannot probe a TLS gRPC port (the kubelet's gRPC probe is plaintext); use auto or http" }}
 {{- end }}
@@ -143,6 +149,22 @@ app.kubernetes.io/part-of: keda
 {{- if and $pdb.enabled (ne (toString $pdb.maxUnavailable) "") (or (eq (toString $pdb.maxUnavailable) "0") (eq (toString $pdb.maxUnavailable) "0%")) }}
 {{- fail "podDisruptionBudget.maxUnavailable=0 would block every node drain" }}
 {{- end }}
+{{- $em := .Values.externalMetrics }}
+{{- if and $em.registerAPIService (not $em.enabled) }}
+{{- fail "externalMetrics.registerAPIService needs externalMetrics.enabled (the APIService would point at a Service that does not exist)" }}
+{{- end }}
+{{- if and $em.certManager.enabled (not $em.enabled) }}
+{{- fail "externalMetrics.certManager.enabled needs externalMetrics.enabled" }}
+{{- end }}
+{{- if and $em.enabled $em.certManager.enabled (not $em.certManager.issuerRef.name) }}
+{{- fail "externalMetrics.certManager.enabled needs externalMetrics.certManager.issuerRef.name" }}
+{{- end }}
+{{- if and $em.enabled (has (int $em.port) (list (int .Values.scaler.grpcPort) (int .Values.scaler.httpPort))) }}
+{{- fail (printf "externalMetrics.port=%d is already scaler.grpcPort or scaler.httpPort" (int $em.port)) }}
+{{- end }}
+{{- if and $em.networkPolicy.from (not $em.enabled) }}
+{{- fail "externalMetrics.networkPolicy.from is set but externalMetrics.enabled is false" }}
+{{- end }}
 {{- if and .Values.workloadIdentity.enabled (not .Values.workloadIdentity.clientId) }}
 {{- fail "workloadIdentity.enabled needs workloadIdentity.clientId (or set workloadIdentity.enabled=false)" }}
 {{- end }}
@@ -156,12 +178,33 @@ failureThreshold: {{ .failureThreshold }}
 {{- end }}
 
 {{/* One scrape endpoint of /metrics, shared by the ServiceMonitor and the
-PodMonitor; `.` is metrics.serviceMonitor or metrics.podMonitor. Empty
+PodMonitor; `.monitor` is metrics.serviceMonitor or metrics.podMonitor, `.root`
+the chart's context. Empty
 interval/scrapeTimeout fall back to Prometheus' global settings. */}}
 {{- define "blend-scaler.scrapeEndpoint" -}}
+{{- $root := .root }}
+{{- $mtls := $root.Values.metrics.tls }}
+{{- with .monitor -}}
 - port: http-metrics
   path: /metrics
+  {{- if $mtls.enabled }}
+  scheme: https
+  tlsConfig:
+    serverName: {{ default (printf "%s.%s.svc" (include "blend-scaler.fullname" $root) $root.Release.Namespace) $mtls.scrapeServerName }}
+    {{- if $mtls.scrapeInsecureSkipVerify }}
+    insecureSkipVerify: true
+    {{- else if $mtls.scrapeCA }}
+    ca:
+      {{- toYaml $mtls.scrapeCA | nindent 6 }}
+    {{- else }}
+    ca:
+      secret:
+        name: {{ $root.Values.tls.secret.name }}
+        key: ca.crt
+    {{- end }}
+  {{- else }}
   scheme: http
+  {{- end }}
   {{- with .interval }}
   interval: {{ . }}
   {{- end }}
@@ -176,4 +219,20 @@ interval/scrapeTimeout fall back to Prometheus' global settings. */}}
   metricRelabelings:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The adapter's Service: the APIService points at it, and its DNS names are
+the serving certificate's SANs (the aggregator dials <svc>.<ns>.svc). */}}
+{{- define "blend-scaler.adapterService" -}}
+{{- printf "%s-adapter" (include "blend-scaler.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "blend-scaler.adapterTlsSecret" -}}
+{{- printf "%s-tls" (include "blend-scaler.adapterService" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "blend-scaler.adapterDnsNames" -}}
+{{- $svc := include "blend-scaler.adapterService" . }}
+{{- list (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) | toJson }}
 {{- end }}
