@@ -110,6 +110,8 @@ pub struct ServeArgs {
     pub transport: crate::transport::TransportLimits,
     #[command(flatten)]
     pub capacity: CapacityArgs,
+    #[command(flatten)]
+    pub external_metrics: crate::external_metrics::adapter::ExternalMetricsArgs,
 }
 
 /// The capacity limits (docs/security.md, "Capacity"); past one, `RESOURCE_EXHAUSTED`.
@@ -364,6 +366,7 @@ fn check(args: &InputArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _telemetry = telemetry::init(args.log_format.unwrap_or_else(LogFormat::detect))?;
+    let adapter = args.external_metrics.files()?;
     let refresh = RefreshConfig {
         interval: args.refresh_interval,
         max_groups: args.capacity.max_upstream_groups,
@@ -415,7 +418,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let running = server::start_with_default_sources(config).await?;
+    let adapter = match adapter {
+        Some(files) => {
+            let client = kube::Client::try_default().await.context(
+                "--external-metrics-addr needs the Kubernetes API (KUBECONFIG or in-cluster)",
+            )?;
+            let engine = running.engine.clone();
+            let options = Default::default();
+            Some(crate::external_metrics::adapter::start(files, client, engine, options).await?)
+        }
+        None => None,
+    };
     running.run_until(shutdown_signal()).await?;
+    if let Some(adapter) = adapter {
+        adapter.abort();
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
