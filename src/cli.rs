@@ -20,6 +20,7 @@ use crate::decisions::{self, DecisionsOptions};
 use crate::engine::{Engine, EngineConfig, ObjectRef};
 use crate::metadata::{self, Credentials, Origin};
 use crate::metrics::Metrics;
+use crate::output::{self, out, outln};
 use crate::scaledobject;
 use crate::server::{self, ServerConfig, TlsFiles};
 use crate::telemetry::{self, LogFormat};
@@ -201,7 +202,7 @@ pub struct InputArgs {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    let result = match cli.command {
         Command::Check(args) => check(&args),
         Command::Serve(args) => runtime()?.block_on(serve(*args)),
         Command::Explain(args) => match &args.from {
@@ -212,6 +213,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
         #[cfg(feature = "simulate")]
         Command::Simulate(args) => crate::simulate::run(args),
+    };
+    match result {
+        Err(e) if output::is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+        other => other,
     }
 }
 
@@ -335,18 +340,18 @@ fn check(args: &InputArgs) -> anyhow::Result<ExitCode> {
         });
         match (parsed, t.problems.is_empty()) {
             (Ok(plan), true) => {
-                println!("{}: ok", t.label);
-                print!("{plan}");
+                outln!("{}: ok", t.label)?;
+                out!("{plan}")?;
             }
             (result, _) => {
                 failed = true;
-                println!("{}: invalid", t.label);
+                outln!("{}: invalid", t.label)?;
                 for p in &t.problems {
-                    println!("  error: {p}");
+                    outln!("  error: {p}")?;
                 }
                 if let Err(errs) = result {
                     for e in errs.0 {
-                        println!("  error: {e}");
+                        outln!("  error: {e}")?;
                     }
                 }
             }
@@ -504,11 +509,11 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
         if origin == Origin::File {
             problems.extend(resolve_from_env(&mut t.metadata));
         }
-        println!("{}", t.label);
+        outln!("{}", t.label)?;
         if !problems.is_empty() {
             failed = true;
             for p in problems {
-                println!("  error: {p}");
+                outln!("  error: {p}")?;
             }
             continue;
         }
@@ -520,14 +525,14 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
         match engine.answer(obj).await {
             Err(e) => {
                 failed = true;
-                println!("  error: {e}");
+                outln!("  error: {e}")?;
             }
             Ok((tracked, _)) => {
-                print!("{}", tracked.plan);
+                out!("{}", tracked.plan)?;
                 let view = decisions::view(&tracked, tracked.last().as_deref(), true);
                 let mut out = String::new();
                 failed |= decisions::render_table(&view, &mut out);
-                print!("{out}");
+                out!("{out}")?;
             }
         }
     }
@@ -565,7 +570,7 @@ async fn explain_from(from: &str, args: &ExplainArgs) -> anyhow::Result<ExitCode
     for v in &found.decisions {
         let mut out = String::new();
         failed |= decisions::render_remote(&found.pod, v, now, &mut out);
-        print!("{out}");
+        out!("{out}")?;
     }
     Ok(if failed {
         ExitCode::FAILURE
