@@ -368,10 +368,10 @@ impl Engine {
     /// the answer; [`Engine::answer`] is the one that counts, and the one that counts as KEDA
     /// asking, which keeps the upstream read).
     pub async fn peek(&self, tracked: &Tracked) -> Decision {
-        self.decide(tracked, false).await
+        self.decision(tracked, false).await
     }
 
-    async fn decide(&self, tracked: &Tracked, keda: bool) -> Decision {
+    async fn decision(&self, tracked: &Tracked, keda: bool) -> Decision {
         let plan = &tracked.plan;
         let look = |entry: &Option<Arc<dyn CacheEntry>>| {
             let entry = entry.clone();
@@ -416,7 +416,7 @@ impl Engine {
         obj: ObjectRef<'_>,
     ) -> Result<(Arc<Tracked>, Decision), EngineError> {
         let tracked = self.track(obj).await?;
-        let decision = self.decide(&tracked, true).await;
+        let decision = self.decision(&tracked, true).await;
         if let Some(why) = exhausted(&decision) {
             return Err(EngineError::Exhausted(why));
         }

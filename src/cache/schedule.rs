@@ -188,7 +188,7 @@ impl Schedule {
     /// on one cycle. While a stream is open everything is read at the fast interval, asked
     /// for or not. Waiting items (never read, lapsed) go with any read; a wake reads them
     /// alone, so a Prometheus server is not asked every query again for each new one.
-    pub fn decide(
+    pub fn next_action(
         &mut self,
         now: Instant,
         woken: bool,
@@ -247,7 +247,7 @@ impl Schedule {
         }
     }
 
-    /// A read that [`Schedule::decide`] asked for finished at `finished`.
+    /// A read that [`Schedule::next_action`] asked for finished at `finished`.
     pub fn read_done(&mut self, finished: Instant, scheduled: bool, outcome: Outcome) {
         if scheduled {
             self.last_scheduled = Some(finished);
@@ -346,7 +346,7 @@ mod tests {
 
     /// Decides at `now`; a read finishes at once and is recorded. Which items it read.
     fn step(s: &mut Schedule, now: Instant, woken: bool, items: &mut [Item]) -> Option<Vec<usize>> {
-        match s.decide(now, woken, &views(items), false) {
+        match s.next_action(now, woken, &views(items), false) {
             Action::Read { which, scheduled } => {
                 for &i in &which {
                     items[i].read = Some(now);
@@ -483,7 +483,7 @@ mod tests {
         let at = s.wake_read_at(t0 + secs(0.2), COALESCE);
         assert_eq!(at, t0 + COALESCE + secs(1.0));
         assert_eq!(
-            s.decide(at, true, &views(&items), false),
+            s.next_action(at, true, &views(&items), false),
             Action::Read {
                 which: vec![1],
                 scheduled: false
@@ -491,7 +491,7 @@ mod tests {
         );
         // A wake with nothing waiting and nothing due reads nothing.
         items[1].waiting = false;
-        assert_eq!(s.decide(at, true, &views(&items), false), Action::Wait);
+        assert_eq!(s.next_action(at, true, &views(&items), false), Action::Wait);
     }
 
     #[test]
@@ -503,7 +503,7 @@ mod tests {
         step(&mut s, t0, true, &mut items);
         // A stream opening reads the whole group at once, then every fast interval.
         assert!(matches!(
-            s.decide(t0 + secs(0.1), true, &views(&items), true),
+            s.next_action(t0 + secs(0.1), true, &views(&items), true),
             Action::Read {
                 scheduled: true,
                 ..
@@ -511,12 +511,12 @@ mod tests {
         ));
         s.read_done(t0 + secs(0.1), true, OK);
         assert_eq!(
-            s.decide(t0 + secs(0.3), true, &views(&items), true),
+            s.next_action(t0 + secs(0.3), true, &views(&items), true),
             Action::Wait
         );
         assert_eq!(s.sleep_until(), t0 + secs(1.1));
         assert_eq!(
-            s.decide(t0 + secs(1.1), false, &views(&items), true),
+            s.next_action(t0 + secs(1.1), false, &views(&items), true),
             Action::Read {
                 which: vec![0],
                 scheduled: true
@@ -525,13 +525,13 @@ mod tests {
         s.read_done(t0 + secs(1.1), true, OK);
         items[0].read = Some(t0 + secs(1.1));
         assert_eq!(
-            s.decide(t0 + secs(1.5), false, &views(&items), true),
+            s.next_action(t0 + secs(1.5), false, &views(&items), true),
             Action::Wait
         );
         assert_eq!(s.sleep_until(), t0 + secs(2.1));
         // Once it ends, nothing: KEDA never asked.
         assert_eq!(
-            s.decide(t0 + secs(2.1), false, &views(&items), false),
+            s.next_action(t0 + secs(2.1), false, &views(&items), false),
             Action::Wait
         );
     }
@@ -540,9 +540,15 @@ mod tests {
     fn a_group_nobody_watches_is_dropped_unless_a_stream_holds_it() {
         let t0 = Instant::now();
         let mut s = Schedule::new(&config(), false, t0);
-        assert_eq!(s.decide(t0 + secs(5.0), false, &[], true), Action::Wait);
+        assert_eq!(
+            s.next_action(t0 + secs(5.0), false, &[], true),
+            Action::Wait
+        );
         assert_eq!(s.sleep_until(), t0 + secs(6.0));
-        assert_eq!(s.decide(t0 + secs(6.0), false, &[], false), Action::Drop);
+        assert_eq!(
+            s.next_action(t0 + secs(6.0), false, &[], false),
+            Action::Drop
+        );
     }
 
     #[test]
@@ -558,7 +564,7 @@ mod tests {
         assert_eq!(s.wake_read_at(t0 + secs(1.0), COALESCE), t0 + secs(30.0));
         let items = [Item::new()];
         assert_eq!(
-            s.decide(t0 + secs(29.0), true, &views(&items), false),
+            s.next_action(t0 + secs(29.0), true, &views(&items), false),
             Action::Wait
         );
     }
@@ -612,7 +618,7 @@ mod tests {
         assert!(items[0].demand.due(t0, Duration::MAX).is_some());
         assert!(!items[0].demand.lapsed(t0, t0 + secs(1e9), Duration::MAX));
         assert!(matches!(
-            s.decide(t0, true, &views(&items), false),
+            s.next_action(t0, true, &views(&items), false),
             Action::Read { .. }
         ));
         for _ in 0..40 {
@@ -631,7 +637,10 @@ mod tests {
         assert_eq!(s.backoff(1.0), Duration::MAX);
         assert!(after(t0, Duration::MAX) > t0);
         items[0].read = Some(t0);
-        assert_eq!(s.decide(t0, false, &views(&items), false), Action::Wait);
+        assert_eq!(
+            s.next_action(t0, false, &views(&items), false),
+            Action::Wait
+        );
     }
 
     /// KEDA's pattern for `n` objects each on its own item (phases spread, seeded), for

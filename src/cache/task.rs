@@ -158,7 +158,7 @@ pub(super) async fn refresh_loop<U: Upstream>(
                     (item, view)
                 })
                 .unzip();
-            let action = schedule.decide(now, woken, &views, streaming());
+            let action = schedule.next_action(now, woken, &views, streaming());
             let read: Vec<U::Item> = match &action {
                 Action::Read { which, .. } => which.iter().map(|&i| keys[i].clone()).collect(),
                 Action::Wait | Action::Drop => Vec::new(),

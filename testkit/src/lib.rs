@@ -8,8 +8,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aggregator;
+pub mod kube_api;
 pub mod prometheus;
 pub mod servicebus;
 
+pub use kube_api::KubeApi;
 pub use prometheus::StaticPrometheus;
 pub use servicebus::ServiceBusDouble;
