@@ -91,6 +91,9 @@ async fn one_credentials_429_holds_another_credential_on_the_namespace_back_only
     );
     let injected = Instant::now();
     let throttled = loop {
+        // KEDA keeps asking: reads follow its calls.
+        let _ = replicas(&mut client, &orders).await;
+        let _ = replicas(&mut client, &billing).await;
         if let Some(s) = double
             .served()
             .into_iter()
@@ -114,6 +117,8 @@ async fn one_credentials_429_holds_another_credential_on_the_namespace_back_only
 
     // The other credential reads again once the bound is over, long before the minute.
     let resumed = loop {
+        // Both are asked for: the one told to wait must still not be read.
+        let _ = replicas(&mut client, &told).await;
         if replicas(&mut client, &other).await == Ok(7) {
             break throttled.at.elapsed();
         }

@@ -915,6 +915,8 @@ async fn a_stale_signal_holds_the_blended_answer_then_drops_out_for_the_healthy_
     // Wait until a read has failed, so the Service Bus value is the kept one.
     let failed = r#"blend_scaler_upstream_requests_total{upstream="servicebus",outcome="error"}"#;
     while !s.running.engine.metrics().encode().contains(failed) {
+        // KEDA keeps asking: reads follow its calls.
+        poll(&s, &blended).await;
         assert!(
             fault_at.elapsed() < Duration::from_secs(2),
             "no failed read"

@@ -199,7 +199,12 @@ async fn a_single_entity_is_one_get_per_refresh() {
     let sb = source(&Metrics::new());
     let p = plan(&double, &[("queueName", "orders")]);
     assert_eq!(sb.observe(&p).await.value, Some(5.0));
-    tokio::time::sleep(INTERVAL * 3).await;
+    // KEDA asks once per interval: each ask is a GET a period after the last.
+    for _ in 0..3 {
+        tokio::time::sleep(INTERVAL).await;
+        sb.observe(&p).await;
+    }
+    tokio::time::sleep(INTERVAL).await;
     assert!(double.requests() >= 2);
     assert_eq!(double.requests_to("/orders"), double.requests());
 }
@@ -223,6 +228,7 @@ async fn retry_after_holds_the_namespace_back() {
     let deadline = Instant::now() + Duration::from_secs(2);
     while double.requests() == before {
         assert!(Instant::now() < deadline, "no refresh came");
+        sb.observe(&p).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let throttled_at = Instant::now();
@@ -245,6 +251,7 @@ async fn retry_after_holds_the_namespace_back() {
     assert_eq!(double.requests(), throttled, "read during Retry-After");
     double.clear_faults();
     while double.requests() == throttled {
+        sb.observe(&p).await;
         assert!(
             throttled_at.elapsed() < Duration::from_secs(3),
             "reads did not resume after Retry-After"

@@ -176,9 +176,12 @@ impl<U: Upstream> Refresher<U> {
                 let due =
                     |slot: &ItemState| slot.read_at.and_then(|at| slot.demand.due(at, interval));
                 let was_due = due(slot).is_some();
-                if slot
-                    .read_at
-                    .is_some_and(|at| slot.demand.lapsed(at, asked, interval))
+                // Only when KEDA had stopped asking: a read already due (held back by
+                // Retry-After, or slow) is what an answer from the cache is for.
+                if !was_due
+                    && slot
+                        .read_at
+                        .is_some_and(|at| slot.demand.lapsed(at, asked, interval))
                 {
                     slot.lapsed = true;
                 }

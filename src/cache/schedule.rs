@@ -82,7 +82,8 @@ impl Demand {
     /// Whether a call at `now` finds the value read at `read` older than KEDA's period plus
     /// one refresh (KEDA had stopped asking, so nothing was read): then the caller waits for a
     /// read, as a never-seen item's first caller does, rather than be answered from it.
-    /// Ask before [`Demand::called`] records the call, whose gap would lengthen the period.
+    /// Ask before [`Demand::called`] records the call, whose gap would lengthen the period,
+    /// and only of an item not due already (no call since its read).
     pub fn lapsed(&self, read: Instant, now: Instant, floor: Duration) -> bool {
         now.saturating_duration_since(read) > self.period(floor).saturating_add(floor)
     }
