@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// Require client certificates signed by this CA (mTLS).
     #[arg(long, env = "BLEND_SCALER_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Serve the HTTP port (`/metrics`, `/decisions`, `/livez`, `/readyz`) over TLS too, with
+    /// the gRPC certificate (renewed in place the same way). No client certificate is asked
+    /// for there, even with --tls-client-ca: Prometheus and kubelet probes present none.
+    #[arg(long, env = "BLEND_SCALER_HTTP_TLS", requires = "tls_cert")]
+    pub http_tls: bool,
     /// How often each upstream is re-read in the background.
     #[arg(long, env = "BLEND_SCALER_REFRESH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub refresh_interval: Duration,
@@ -158,10 +163,20 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 pub struct ExplainArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// A pod's HTTP port (`http://POD:9464`): print what it last answered for the
-    /// ScaledObject given as NAMESPACE/NAME instead of reading the upstreams from here.
+    /// A pod's HTTP port (`http://POD:9464`, or `https://` when it serves `--http-tls`):
+    /// print what it last answered for the ScaledObject given as NAMESPACE/NAME instead of
+    /// reading the upstreams from here.
     #[arg(long, value_name = "URL")]
     pub from: Option<String>,
+    /// With an `https://` --from: the PEM CA bundle the pod's certificate must chain to; only
+    /// these CAs are trusted (default: the system's roots).
+    #[arg(long, value_name = "FILE", requires = "from")]
+    pub ca: Option<PathBuf>,
+    /// With an `https://` --from: the name the pod's certificate must carry when --from names
+    /// the pod by address (`--from https://10.1.2.3:9464 --tls-server-name
+    /// blend-scaler.blend-scaler.svc`); the connection still goes to --from's address.
+    #[arg(long, value_name = "NAME", requires = "from")]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -188,7 +203,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check(&args),
         Command::Serve(args) => runtime()?.block_on(serve(*args)),
         Command::Explain(args) => match &args.from {
-            Some(from) => runtime()?.block_on(explain_from(from, &args.input)),
+            Some(from) => runtime()?.block_on(explain_from(from, &args)),
             None => runtime()?.block_on(explain(&args.input)),
         },
         #[cfg(feature = "demo")]
@@ -373,6 +388,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .expect("clap requires --tls-key with --tls-cert"),
             client_ca: args.tls_client_ca,
         }),
+        http_tls: args.http_tls,
         transport: args.transport,
         engine: EngineConfig {
             refresh,
@@ -506,7 +522,8 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `explain --from URL NAMESPACE/NAME`: what that pod last answered, from its `/decisions`.
-async fn explain_from(from: &str, input: &InputArgs) -> anyhow::Result<ExitCode> {
+async fn explain_from(from: &str, args: &ExplainArgs) -> anyhow::Result<ExitCode> {
+    let input = &args.input;
     if !input.metadata.is_empty() {
         bail!("--from takes NAMESPACE/NAME, not --metadata");
     }
@@ -521,7 +538,11 @@ async fn explain_from(from: &str, input: &InputArgs) -> anyhow::Result<ExitCode>
     else {
         bail!("--from needs the ScaledObject as NAMESPACE/NAME, not `{target}`");
     };
-    let found = decisions::fetch(from, namespace, name).await?;
+    let tls = decisions::FetchTls {
+        ca: args.ca.clone(),
+        server_name: args.tls_server_name.clone(),
+    };
+    let found = decisions::fetch(from, namespace, name, &tls).await?;
     let mut failed = false;
     let now = chrono::Utc::now();
     for v in &found.decisions {

@@ -375,18 +375,65 @@ async fn one(
 /// The largest `/decisions` answer `explain --from` reads.
 const MAX_ANSWER_BYTES: usize = 64 << 20;
 
+/// How `explain --from https://…` checks the pod's certificate.
+#[derive(Clone, Debug, Default)]
+pub struct FetchTls {
+    /// Trust only the CAs in this PEM bundle (`--ca`); `None`: the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// The name the certificate must carry, when the URL names the pod by address
+    /// (`--tls-server-name`).
+    pub server_name: Option<String>,
+}
+
 /// `explain --from URL NAMESPACE/NAME`: the pod's decisions for one ScaledObject.
-pub async fn fetch(base: &str, namespace: &str, name: &str) -> anyhow::Result<Decisions> {
+pub async fn fetch(
+    base: &str,
+    namespace: &str,
+    name: &str,
+    tls: &FetchTls,
+) -> anyhow::Result<Decisions> {
     let mut url = url::Url::parse(base).with_context(|| format!("--from `{base}` is not a URL"))?;
+    let https = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        other => anyhow::bail!("--from `{base}`: scheme `{other}` is neither http nor https"),
+    };
+    if !https && (tls.ca.is_some() || tls.server_name.is_some()) {
+        anyhow::bail!("--ca and --tls-server-name need an https:// --from");
+    }
     url.path_segments_mut()
         .map_err(|_| anyhow::anyhow!("--from `{base}` cannot take a path"))?
         .pop_if_empty()
         .extend(["decisions", namespace, name]);
     // The operator typed this URL (often a port-forward on loopback or a pod address): not
     // a tenant's upstream, so no address guard.
-    let client = crate::http::operator_client_builder(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let mut builder = crate::http::operator_client_builder(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10));
+    if let Some(path) = &tls.ca {
+        let pem =
+            std::fs::read(path).with_context(|| format!("--ca: reading {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca: {} is not a PEM CA bundle", path.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("--ca: {} holds no PEM certificate", path.display());
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    if let Some(server_name) = &tls.server_name {
+        // Connect where --from points, check the certificate for `server_name`: a pod's
+        // address is in no certificate, the Service's name is.
+        let host = url.host_str().unwrap_or_default().to_string();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .with_context(|| format!("--from `{base}`: cannot resolve `{host}`"))?;
+        url.set_host(Some(server_name))
+            .with_context(|| format!("--tls-server-name `{server_name}` is not a host name"))?;
+        builder = builder.resolve(server_name, addr);
+    }
+    let client = builder.build()?;
     let response = client
         .get(url.clone())
         .send()

@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// `/metrics`, `/livez`, `/readyz`, `/decisions`; `None` runs no HTTP listener.
     pub http_addr: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
+    /// Serve the HTTP listener over TLS too, with `tls`'s certificate and no client
+    /// certificate asked for (`serve --http-tls`); needs `tls`.
+    pub http_tls: bool,
     /// Connection and HTTP/2 limits of the gRPC listener (the HTTP one has its own, fixed).
     pub transport: TransportLimits,
     pub engine: EngineConfig,
@@ -51,6 +54,7 @@ impl ServerConfig {
             grpc_addr: ([127, 0, 0, 1], 0).into(),
             http_addr: Some(([127, 0, 0, 1], 0).into()),
             tls: None,
+            http_tls: false,
             transport: TransportLimits::default(),
             engine: EngineConfig::default(),
             decisions: DecisionsOptions::default(),
@@ -146,6 +150,11 @@ pub async fn start(
         .as_ref()
         .map(ReloadingTls::for_grpc)
         .transpose()?;
+    let http_tls = match (&config.tls, config.http_tls) {
+        (Some(files), true) => Some(ReloadingTls::for_http(files)?),
+        (None, true) => anyhow::bail!("--http-tls needs --tls-cert and --tls-key"),
+        (_, false) => None,
+    };
     let engine = Arc::new(Engine::new(config.engine, sources, metrics.clone())?);
 
     let grpc_listener = TcpListener::bind(config.grpc_addr)
@@ -172,10 +181,21 @@ pub async fn start(
             let limits = TransportLimits::http();
             let app = http_router(metrics.clone(), ready.clone(), engine.clone())
                 .merge(decisions::router(engine.clone(), config.decisions.clone()));
-            let incoming = transport::accept_plain(listener, &limits);
-            let task = tokio::spawn(transport::serve_http(incoming, limits, move |_| {
-                app.clone()
-            }));
+            let task = match &http_tls {
+                Some(tls) => {
+                    ReloadingTls::watch(tls, config.transport.tls_reload_interval);
+                    let incoming = transport::accept_tls(listener, &limits, tls.clone());
+                    tokio::spawn(transport::serve_http(incoming, limits, move |_| {
+                        app.clone()
+                    }))
+                }
+                None => {
+                    let incoming = transport::accept_plain(listener, &limits);
+                    tokio::spawn(transport::serve_http(incoming, limits, move |_| {
+                        app.clone()
+                    }))
+                }
+            };
             Some((http_addr, task))
         }
         None => None,
@@ -205,7 +225,7 @@ pub async fn start(
             tokio::spawn(serve_grpc(router, incoming, shutdown, http))
         }
     };
-    tracing::info!(%grpc_addr, http_addr = ?http_addr, tls = config.tls.is_some(), "blend-scaler serving");
+    tracing::info!(%grpc_addr, http_addr = ?http_addr, tls = config.tls.is_some(), http_tls = config.http_tls, "blend-scaler serving");
     Ok(Running {
         grpc_addr,
         http_addr,

@@ -82,6 +82,19 @@ impl ReloadingTls {
         Self::load(&files.cert, &files.key, client_ca, &[b"h2"])
     }
 
+    /// The HTTP listener's material (`serve --http-tls`): the gRPC certificate, h2 and
+    /// http/1.1, and no client certificate asked for, whatever `files.client_ca` says:
+    /// Prometheus scrapes and kubelet probes present none (docs/operations.md, "TLS on the
+    /// HTTP port").
+    pub fn for_http(files: &TlsFiles) -> anyhow::Result<Arc<Self>> {
+        Self::load(
+            &files.cert,
+            &files.key,
+            ClientCa::None,
+            &[b"h2", b"http/1.1"],
+        )
+    }
+
     /// An acceptor with the newest material, for one handshake.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.current.read().clone())

@@ -104,6 +104,12 @@ app.kubernetes.io/part-of: keda
 {{- if and .Values.tls.clientAuth.enabled (not .Values.tls.enabled) }}
 {{- fail "tls.clientAuth.enabled (mTLS) needs tls.enabled" }}
 {{- end }}
+{{- if and .Values.metrics.tls.enabled (not .Values.tls.enabled) }}
+{{- fail "metrics.tls.enabled serves the HTTP port with the gRPC certificate: it needs tls.enabled" }}
+{{- end }}
+{{- if and .Values.metrics.tls.enabled (or .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled) (eq .Values.tls.source "certManagerCsi") (not .Values.metrics.tls.scrapeCA) (not .Values.metrics.tls.scrapeInsecureSkipVerify) }}
+{{- fail "metrics.tls.enabled with tls.source=certManagerCsi: no Secret holds the CA, so the ServiceMonitor/PodMonitor needs metrics.tls.scrapeCA (or metrics.tls.scrapeInsecureSkipVerify)" }}
+{{- end }}
 {{- if and (eq .Values.probes.mode "grpc") .Values.tls.enabled }}
 {{- fail "probes.mode=grpc cannot probe a TLS gRPC port (the kubelet's gRPC probe is plaintext); use auto or http" }}
 {{- end }}
@@ -156,12 +162,33 @@ failureThreshold: {{ .failureThreshold }}
 {{- end }}
 
 {{/* One scrape endpoint of /metrics, shared by the ServiceMonitor and the
-PodMonitor; `.` is metrics.serviceMonitor or metrics.podMonitor. Empty
+PodMonitor; `.monitor` is metrics.serviceMonitor or metrics.podMonitor, `.root`
+the chart's context. Empty
 interval/scrapeTimeout fall back to Prometheus' global settings. */}}
 {{- define "blend-scaler.scrapeEndpoint" -}}
+{{- $root := .root }}
+{{- $mtls := $root.Values.metrics.tls }}
+{{- with .monitor -}}
 - port: http-metrics
   path: /metrics
+  {{- if $mtls.enabled }}
+  scheme: https
+  tlsConfig:
+    serverName: {{ default (printf "%s.%s.svc" (include "blend-scaler.fullname" $root) $root.Release.Namespace) $mtls.scrapeServerName }}
+    {{- if $mtls.scrapeInsecureSkipVerify }}
+    insecureSkipVerify: true
+    {{- else if $mtls.scrapeCA }}
+    ca:
+      {{- toYaml $mtls.scrapeCA | nindent 6 }}
+    {{- else }}
+    ca:
+      secret:
+        name: {{ $root.Values.tls.secret.name }}
+        key: ca.crt
+    {{- end }}
+  {{- else }}
   scheme: http
+  {{- end }}
   {{- with .interval }}
   interval: {{ . }}
   {{- end }}
@@ -176,4 +203,5 @@ interval/scrapeTimeout fall back to Prometheus' global settings. */}}
   metricRelabelings:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
 {{- end }}
