@@ -19,6 +19,8 @@ from typing import Any, Iterable
 
 import yaml
 
+import certmanager
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "blend-scaler"
 CHART_CI = CHART / "ci"
@@ -303,6 +305,8 @@ def validate_manifest(doc: dict) -> list[str]:
         return validate_custom(doc, table[(group, version, kind)])
     if (group, version, kind) == PROMETHEUS_RULE:
         return validate_prometheus_rule(doc)
+    if (group, version, kind) == certmanager.CERTIFICATE:
+        return _check_metadata(doc, namespaced=True) + certmanager.validate_certificate(doc)
     builtin = validate_builtin(doc)
     if builtin is not None:
         return builtin

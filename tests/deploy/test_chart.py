@@ -98,7 +98,7 @@ def test_render_refuses_incomplete_tls():
 
 
 @pytest.mark.parametrize("name", SETS)
-def test_pod_hardening(renders, name):
+def test_pod_hardening(renders, values_sets, name):
     docs = d.manifests_of(renders[name])
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     c = container(docs)
@@ -109,11 +109,13 @@ def test_pod_hardening(renders, name):
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
-    assert pod["automountServiceAccountToken"] is False
+    adapter = bool((values_sets[name].get("externalMetrics") or {}).get("enabled"))
+    # Only the metrics adapter calls the Kubernetes API (test_chart_external_metrics.py).
+    assert pod["automountServiceAccountToken"] is adapter
     assert c["args"] == ["serve"]
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": 9090, "http-metrics": 9464}
+    assert ports == {"grpc": 9090, "http-metrics": 9464, **({"ext-metrics": 6443} if adapter else {})}
     env = env_of(docs)
     assert env["BLEND_SCALER_GRPC_ADDR"]["value"] == "0.0.0.0:9090"
     assert env["BLEND_SCALER_HTTP_ADDR"]["value"] == "0.0.0.0:9464"

@@ -149,6 +149,22 @@ app.kubernetes.io/part-of: keda
 {{- if and $pdb.enabled (ne (toString $pdb.maxUnavailable) "") (or (eq (toString $pdb.maxUnavailable) "0") (eq (toString $pdb.maxUnavailable) "0%")) }}
 {{- fail "podDisruptionBudget.maxUnavailable=0 would block every node drain" }}
 {{- end }}
+{{- $em := .Values.externalMetrics }}
+{{- if and $em.registerAPIService (not $em.enabled) }}
+{{- fail "externalMetrics.registerAPIService needs externalMetrics.enabled (the APIService would point at a Service that does not exist)" }}
+{{- end }}
+{{- if and $em.certManager.enabled (not $em.enabled) }}
+{{- fail "externalMetrics.certManager.enabled needs externalMetrics.enabled" }}
+{{- end }}
+{{- if and $em.enabled $em.certManager.enabled (not $em.certManager.issuerRef.name) }}
+{{- fail "externalMetrics.certManager.enabled needs externalMetrics.certManager.issuerRef.name" }}
+{{- end }}
+{{- if and $em.enabled (has (int $em.port) (list (int .Values.scaler.grpcPort) (int .Values.scaler.httpPort))) }}
+{{- fail (printf "externalMetrics.port=%d is already scaler.grpcPort or scaler.httpPort" (int $em.port)) }}
+{{- end }}
+{{- if and $em.networkPolicy.from (not $em.enabled) }}
+{{- fail "externalMetrics.networkPolicy.from is set but externalMetrics.enabled is false" }}
+{{- end }}
 {{- if and .Values.workloadIdentity.enabled (not .Values.workloadIdentity.clientId) }}
 {{- fail "workloadIdentity.enabled needs workloadIdentity.clientId (or set workloadIdentity.enabled=false)" }}
 {{- end }}
@@ -204,4 +220,19 @@ interval/scrapeTimeout fall back to Prometheus' global settings. */}}
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* The adapter's Service: the APIService points at it, and its DNS names are
+the serving certificate's SANs (the aggregator dials <svc>.<ns>.svc). */}}
+{{- define "blend-scaler.adapterService" -}}
+{{- printf "%s-adapter" (include "blend-scaler.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "blend-scaler.adapterTlsSecret" -}}
+{{- printf "%s-tls" (include "blend-scaler.adapterService" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "blend-scaler.adapterDnsNames" -}}
+{{- $svc := include "blend-scaler.adapterService" . }}
+{{- list (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) | toJson }}
 {{- end }}
