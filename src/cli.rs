@@ -20,6 +20,7 @@ use crate::decisions::{self, DecisionsOptions};
 use crate::engine::{Engine, EngineConfig, ObjectRef};
 use crate::metadata::{self, Credentials, Origin};
 use crate::metrics::Metrics;
+use crate::output::{self, out, outln};
 use crate::scaledobject;
 use crate::server::{self, ServerConfig, TlsFiles};
 use crate::telemetry::{self, LogFormat};
@@ -109,6 +110,8 @@ pub struct ServeArgs {
     pub transport: crate::transport::TransportLimits,
     #[command(flatten)]
     pub capacity: CapacityArgs,
+    #[command(flatten)]
+    pub external_metrics: crate::external_metrics::adapter::ExternalMetricsArgs,
 }
 
 /// The capacity limits (docs/security.md, "Capacity"); past one, `RESOURCE_EXHAUSTED`.
@@ -199,7 +202,7 @@ pub struct InputArgs {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    let result = match cli.command {
         Command::Check(args) => check(&args),
         Command::Serve(args) => runtime()?.block_on(serve(*args)),
         Command::Explain(args) => match &args.from {
@@ -210,6 +213,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
         #[cfg(feature = "simulate")]
         Command::Simulate(args) => crate::simulate::run(args),
+    };
+    match result {
+        Err(e) if output::is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+        other => other,
     }
 }
 
@@ -333,18 +340,18 @@ fn check(args: &InputArgs) -> anyhow::Result<ExitCode> {
         });
         match (parsed, t.problems.is_empty()) {
             (Ok(plan), true) => {
-                println!("{}: ok", t.label);
-                print!("{plan}");
+                outln!("{}: ok", t.label)?;
+                out!("{plan}")?;
             }
             (result, _) => {
                 failed = true;
-                println!("{}: invalid", t.label);
+                outln!("{}: invalid", t.label)?;
                 for p in &t.problems {
-                    println!("  error: {p}");
+                    outln!("  error: {p}")?;
                 }
                 if let Err(errs) = result {
                     for e in errs.0 {
-                        println!("  error: {e}");
+                        outln!("  error: {e}")?;
                     }
                 }
             }
@@ -359,6 +366,7 @@ fn check(args: &InputArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _telemetry = telemetry::init(args.log_format.unwrap_or_else(LogFormat::detect))?;
+    let adapter = args.external_metrics.files()?;
     let refresh = RefreshConfig {
         interval: args.refresh_interval,
         max_groups: args.capacity.max_upstream_groups,
@@ -410,7 +418,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let running = server::start_with_default_sources(config).await?;
+    let adapter = match adapter {
+        Some(files) => {
+            let client = kube::Client::try_default().await.context(
+                "--external-metrics-addr needs the Kubernetes API (KUBECONFIG or in-cluster)",
+            )?;
+            let engine = running.engine.clone();
+            let options = Default::default();
+            Some(crate::external_metrics::adapter::start(files, client, engine, options).await?)
+        }
+        None => None,
+    };
     running.run_until(shutdown_signal()).await?;
+    if let Some(adapter) = adapter {
+        adapter.abort();
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -487,11 +509,11 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
         if origin == Origin::File {
             problems.extend(resolve_from_env(&mut t.metadata));
         }
-        println!("{}", t.label);
+        outln!("{}", t.label)?;
         if !problems.is_empty() {
             failed = true;
             for p in problems {
-                println!("  error: {p}");
+                outln!("  error: {p}")?;
             }
             continue;
         }
@@ -503,14 +525,14 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
         match engine.answer(obj).await {
             Err(e) => {
                 failed = true;
-                println!("  error: {e}");
+                outln!("  error: {e}")?;
             }
             Ok((tracked, _)) => {
-                print!("{}", tracked.plan);
+                out!("{}", tracked.plan)?;
                 let view = decisions::view(&tracked, tracked.last().as_deref(), true);
                 let mut out = String::new();
                 failed |= decisions::render_table(&view, &mut out);
-                print!("{out}");
+                out!("{out}")?;
             }
         }
     }
@@ -548,7 +570,7 @@ async fn explain_from(from: &str, args: &ExplainArgs) -> anyhow::Result<ExitCode
     for v in &found.decisions {
         let mut out = String::new();
         failed |= decisions::render_remote(&found.pod, v, now, &mut out);
-        print!("{out}");
+        out!("{out}")?;
     }
     Ok(if failed {
         ExitCode::FAILURE

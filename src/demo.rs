@@ -13,6 +13,7 @@ use clap::Args;
 use crate::binding::HostRules;
 use crate::cache::RefreshConfig;
 use crate::engine::EngineConfig;
+use crate::output::outln;
 use crate::proto::external_scaler_client::ExternalScalerClient;
 use crate::proto::{GetMetricsRequest, ScaledObjectRef};
 use crate::server::{self, ServerConfig};
@@ -123,11 +124,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         namespace: "production".into(),
         scaler_metadata,
     };
-    println!(
+    outln!(
         "blend-scaler demo: the real gRPC server on {}, called the way KEDA calls it.",
         running.grpc_addr
-    );
-    println!("ScaledObject production/order-processor blends:");
+    )?;
+    outln!("ScaledObject production/order-processor blends:")?;
     let mut keys: Vec<_> = object.scaler_metadata.iter().collect();
     keys.sort();
     for (k, v) in keys {
@@ -136,18 +137,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         } else {
             v
         };
-        println!("  {k}: {shown}");
+        outln!("  {k}: {shown}")?;
     }
     let spec = client.get_metric_spec(object.clone()).await?.into_inner();
     let spec = &spec.metric_specs[0];
-    println!(
+    outln!(
         "GetMetricSpec: metric `{}`, target {} (AverageValue)\n",
-        spec.metric_name, spec.target_size
-    );
-    println!(
+        spec.metric_name,
+        spec.target_size
+    )?;
+    outln!(
         "{:>5}  {:>8}  {:>6}  {:<11}  {:>17}  {:>17}  {:>8}",
-        "time", "replicas", "active", "decided by", "servicebus", "prometheus", "cron"
-    );
+        "time",
+        "replicas",
+        "active",
+        "decided by",
+        "servicebus",
+        "prometheus",
+        "cron"
+    )?;
 
     let step = Duration::from_millis(args.step_ms);
     let mut last = None;
@@ -187,7 +195,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         };
         let marker = if last != Some(value) { "*" } else { " " };
         last = Some(value);
-        println!(
+        outln!(
             "{}  {:>7}{marker}  {:>6}  {:<11}  {:>17}  {:>17}  {:>8}",
             t.format("%H:%M"),
             value,
@@ -196,23 +204,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             cell(SignalKind::ServiceBus, " msg"),
             cell(SignalKind::Prometheus, " rps"),
             cell(SignalKind::Cron, ""),
-        );
+        )?;
     }
-    println!("\n* the replica count changed. Each signal shows value -> replicas on its own;");
-    println!("  the answer is the largest (policy max), clamped to minReplicas..maxReplicas.");
-    println!(
+    outln!("\n* the replica count changed. Each signal shows value -> replicas on its own;")?;
+    outln!("  the answer is the largest (policy max), clamped to minReplicas..maxReplicas.")?;
+    outln!(
         "\n{} KEDA calls were answered from the cache and never reached an upstream; the \
          background refresh (every {} ms here, about 10 virtual minutes) made {} Service Bus reads.",
         2 * 48 + 1,
         refresh.interval.as_millis(),
         bus.requests()
-    );
+    )?;
     let text = running.engine.metrics().encode();
     for line in text.lines().filter(|l| {
         l.starts_with("blend_scaler_grpc_requests_total")
             || l.starts_with("blend_scaler_upstream_requests_total")
     }) {
-        println!("  {line}");
+        outln!("  {line}")?;
     }
     running.shutdown().await?;
     Ok(ExitCode::SUCCESS)

@@ -23,6 +23,7 @@ mod http;
 pub mod metadata;
 pub mod metrics;
 pub mod offload;
+mod output;
 pub mod prometheus;
 pub mod scaledobject;
 pub mod secret;

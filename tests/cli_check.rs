@@ -145,3 +145,26 @@ fn check_and_explain_never_print_a_user_info_password() {
         assert!(!all.contains("USERINFO-PW"), "{command}: {all}");
     }
 }
+
+#[test]
+fn check_into_a_pipe_nobody_reads_ends_quietly_with_success() {
+    // `blend-scaler check FILE | head -1` once head has its line: the reader is gone before
+    // the first write, so every write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blend-scaler"))
+        .args(["check", "-"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(readme_scaledobject().as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert_eq!(stderr, "", "nothing said about the closed pipe");
+}

@@ -2,6 +2,8 @@
 //! certificate, `X-Remote-*` headers, the HPA's Accept header; and the value KEDA's gRPC path
 //! gives for the same metadata.
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/keda.rs"]
 mod keda;
 
@@ -20,37 +22,8 @@ use blend_scaler::server::ServerConfig;
 use chrono::{TimeZone, Utc};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let key = KeyPair::generate().unwrap();
-    let cert = p.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
-    }
-}
-
-/// A leaf signed by `ca`: (certificate PEM, key PEM).
-fn leaf(ca: &Ca, cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> (String, String) {
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![eku];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
+use certs::{Ca, ca, leaf};
+use rcgen::ExtendedKeyUsagePurpose;
 
 /// The test's authorisation policy in place of kube-apiserver's SubjectAccessReview: users
 /// allowed, or a failure for every read; every question recorded.

@@ -112,7 +112,7 @@ impl Schedule {
     /// server is not asked every query again for each new one. A wake whose new items the
     /// last read already covered (they arrived while it was in flight) needs no read at all;
     /// a new stream only brings the next full read forward.
-    pub fn decide(&mut self, now: Instant, woken: bool, pending: Pending) -> Action {
+    pub fn next_action(&mut self, now: Instant, woken: bool, pending: Pending) -> Action {
         let full = !woken || now >= self.next_due || self.last_read.is_none();
         if !full && pending.new == 0 {
             if pending.streaming {
@@ -132,7 +132,7 @@ impl Schedule {
         Action::Read { full }
     }
 
-    /// A read that [`Schedule::decide`] asked for finished at `finished`.
+    /// A read that [`Schedule::next_action`] asked for finished at `finished`.
     pub fn read_done(&mut self, finished: Instant, full: bool, outcome: Outcome, streaming: bool) {
         if full {
             self.last_read = Some(finished);
@@ -209,14 +209,14 @@ mod tests {
         let at = s.wake_read_at(t0, COALESCE);
         assert_eq!(at, t0 + COALESCE);
         assert_eq!(
-            s.decide(at, true, pending(3, 3)),
+            s.next_action(at, true, pending(3, 3)),
             Action::Read { full: true }
         );
         s.read_done(at + secs(0.1), true, OK, false);
         assert_eq!(s.sleep_until(), at + secs(5.1));
         let due = s.sleep_until();
         assert_eq!(
-            s.decide(due, false, pending(3, 0)),
+            s.next_action(due, false, pending(3, 0)),
             Action::Read { full: true }
         );
     }
@@ -225,39 +225,42 @@ mod tests {
     fn a_wake_between_refreshes_reads_only_new_items_at_most_once_per_fast_interval() {
         let t0 = Instant::now();
         let mut s = Schedule::new(&config(), t0);
-        s.decide(t0, true, pending(1, 1));
+        s.next_action(t0, true, pending(1, 1));
         s.read_done(t0, true, OK, false);
         // A new item 200 ms after the first read waits for the fast interval's spacing.
         let at = s.wake_read_at(t0 + secs(0.2), COALESCE);
         assert_eq!(at, t0 + secs(1.0));
         assert_eq!(
-            s.decide(at, true, pending(2, 1)),
+            s.next_action(at, true, pending(2, 1)),
             Action::Read { full: false }
         );
         s.read_done(at, false, OK, false);
         // The partial read leaves the full refresh where it was.
         assert_eq!(s.sleep_until(), t0 + secs(5.0));
         // A wake whose items were all read in the meantime reads nothing.
-        assert_eq!(s.decide(t0 + secs(2.0), true, pending(2, 0)), Action::Wait);
+        assert_eq!(
+            s.next_action(t0 + secs(2.0), true, pending(2, 0)),
+            Action::Wait
+        );
     }
 
     #[test]
     fn a_stream_brings_the_next_full_read_to_the_fast_interval() {
         let t0 = Instant::now();
         let mut s = Schedule::new(&config(), t0);
-        s.decide(t0, true, pending(1, 1));
+        s.next_action(t0, true, pending(1, 1));
         s.read_done(t0, true, OK, false);
         let streaming = Pending {
             streaming: true,
             ..pending(1, 0)
         };
-        assert_eq!(s.decide(t0 + secs(0.3), true, streaming), Action::Wait);
+        assert_eq!(s.next_action(t0 + secs(0.3), true, streaming), Action::Wait);
         assert_eq!(s.sleep_until(), t0 + secs(1.0));
-        s.decide(t0 + secs(1.0), false, streaming);
+        s.next_action(t0 + secs(1.0), false, streaming);
         s.read_done(t0 + secs(1.1), true, OK, true);
         assert_eq!(s.sleep_until(), t0 + secs(2.1));
         // Once it ends, the normal interval again.
-        s.decide(t0 + secs(2.1), false, pending(1, 0));
+        s.next_action(t0 + secs(2.1), false, pending(1, 0));
         s.read_done(t0 + secs(2.1), true, OK, false);
         assert_eq!(s.sleep_until(), t0 + secs(7.1));
     }
@@ -266,22 +269,28 @@ mod tests {
     fn a_group_nobody_watches_is_dropped_unless_a_stream_holds_it() {
         let t0 = Instant::now();
         let mut s = Schedule::new(&config(), t0);
-        s.decide(t0, true, pending(1, 1));
+        s.next_action(t0, true, pending(1, 1));
         s.read_done(t0, true, OK, false);
         let only_stream = Pending {
             streaming: true,
             ..pending(0, 0)
         };
-        assert_eq!(s.decide(t0 + secs(5.0), false, only_stream), Action::Wait);
+        assert_eq!(
+            s.next_action(t0 + secs(5.0), false, only_stream),
+            Action::Wait
+        );
         assert_eq!(s.sleep_until(), t0 + secs(6.0));
-        assert_eq!(s.decide(t0 + secs(6.0), false, pending(0, 0)), Action::Drop);
+        assert_eq!(
+            s.next_action(t0 + secs(6.0), false, pending(0, 0)),
+            Action::Drop
+        );
     }
 
     #[test]
     fn retry_after_holds_back_every_read_including_wakes() {
         let t0 = Instant::now();
         let mut s = Schedule::new(&config(), t0);
-        s.decide(t0, true, pending(1, 1));
+        s.next_action(t0, true, pending(1, 1));
         let throttled = Outcome {
             retry_after: Some(secs(30.0)),
             any_ok: false,
@@ -295,19 +304,19 @@ mod tests {
     fn full_reads_failing_back_off_but_a_new_item_failing_alone_does_not() {
         let t0 = Instant::now();
         let mut s = Schedule::new(&config(), t0);
-        s.decide(t0, true, pending(1, 1));
+        s.next_action(t0, true, pending(1, 1));
         s.read_done(t0, true, OK, false);
-        s.decide(t0 + secs(2.0), true, pending(2, 1));
+        s.next_action(t0 + secs(2.0), true, pending(2, 1));
         s.read_done(t0 + secs(2.0), false, FAILED, false);
         assert_eq!(s.sleep_until(), t0 + secs(5.0), "a typo holds nothing back");
-        s.decide(t0 + secs(5.0), false, pending(2, 0));
+        s.next_action(t0 + secs(5.0), false, pending(2, 0));
         s.read_done(t0 + secs(5.0), true, FAILED, false);
         // First failure: not before one interval (jitter adds nothing yet).
         assert_eq!(s.sleep_until(), t0 + secs(10.0));
-        s.decide(t0 + secs(10.0), false, pending(2, 0));
+        s.next_action(t0 + secs(10.0), false, pending(2, 0));
         s.read_done(t0 + secs(10.0), true, FAILED, false);
         assert!(s.sleep_until() >= t0 + secs(15.0) && s.sleep_until() <= t0 + secs(20.0));
-        s.decide(s.sleep_until(), false, pending(2, 0));
+        s.next_action(s.sleep_until(), false, pending(2, 0));
         let t = s.sleep_until();
         s.read_done(t, true, OK, false);
         assert_eq!(
@@ -345,7 +354,7 @@ mod tests {
         let at = s.wake_read_at(t0, Duration::MAX);
         assert!(at > t0);
         assert_eq!(
-            s.decide(t0, true, pending(1, 1)),
+            s.next_action(t0, true, pending(1, 1)),
             Action::Read { full: true }
         );
         s.read_done(t0, true, FAILED, true);

@@ -152,7 +152,7 @@ pub(super) async fn refresh_loop<U: Upstream>(
                 new: items.values().filter(|slot| !slot.attempted).count(),
                 streaming: streaming(),
             };
-            let action = schedule.decide(now, woken, pending);
+            let action = schedule.next_action(now, woken, pending);
             let read: Vec<U::Item> = match action {
                 Action::Read { full } => items
                     .iter()

@@ -41,12 +41,9 @@ pub enum TrustError {
         "ConfigMap {CONFIGMAP_NAMESPACE}/{CONFIGMAP_NAME} has no key `{CA_KEY}` (is the aggregation layer enabled?); refusing every client"
     )]
     MissingCa,
-    #[error("{source_name}: key `{key}`: {reason}; refusing every client")]
-    Invalid {
-        source_name: String,
-        key: &'static str,
-        reason: String,
-    },
+    /// `what` names the ConfigMap and key, or the file.
+    #[error("{what}: {reason}; refusing every client")]
+    Invalid { what: String, reason: String },
 }
 
 struct Trust {
@@ -85,7 +82,7 @@ impl FrontProxy {
     /// A fixed trust (`--external-metrics-client-ca`, tests); a bad bundle is an error here.
     pub fn fixed(ca_pem: &[u8], allowed_names: Vec<String>) -> Result<Arc<Self>, TrustError> {
         let fp = Self::unloaded();
-        fp.set(ca_pem, allowed_names, "the client CA file")?;
+        fp.set(ca_pem, allowed_names, "the client CA bundle")?;
         Ok(fp)
     }
 
@@ -117,7 +114,11 @@ impl FrontProxy {
     /// Follows the ConfigMap's latest state (`None`: it does not exist).
     pub fn apply(&self, configmap: Option<&ConfigMap>) -> Result<(), TrustError> {
         match parse_configmap(configmap) {
-            Ok((pem, names)) => self.set(pem.as_bytes(), names, &configmap_name()),
+            Ok((pem, names)) => self.set(
+                pem.as_bytes(),
+                names,
+                &format!("{} key `{CA_KEY}`", configmap_name()),
+            ),
             Err(e) => {
                 self.refuse(e.clone());
                 Err(e)
@@ -136,8 +137,7 @@ impl FrontProxy {
         source_name: &str,
     ) -> Result<Arc<dyn ClientCertVerifier>, TrustError> {
         let invalid = |reason: String| TrustError::Invalid {
-            source_name: source_name.to_string(),
-            key: CA_KEY,
+            what: source_name.to_string(),
             reason,
         };
         let mut roots = rustls::RootCertStore::empty();
@@ -222,8 +222,7 @@ pub fn parse_configmap(cm: Option<&ConfigMap>) -> Result<(String, Vec<String>), 
         None | Some("") => Vec::new(),
         Some(json) => {
             serde_json::from_str::<Vec<String>>(json).map_err(|e| TrustError::Invalid {
-                source_name: configmap_name(),
-                key: ALLOWED_NAMES_KEY,
+                what: format!("{} key `{ALLOWED_NAMES_KEY}`", configmap_name()),
                 reason: format!("not a JSON array of strings ({e})"),
             })?
         }

@@ -1,8 +1,10 @@
 //! The Kubernetes External Metrics API (`external.metrics.k8s.io/v1beta1`, SPEC section 8):
 //! the same decision the gRPC scaler gives, for plain HPAs, configured by `BlendedMetric`s.
 
+pub mod adapter;
 pub mod apiservice;
 pub mod authz;
+pub mod cluster;
 pub mod documents;
 pub mod front_proxy;
 pub mod quantity;

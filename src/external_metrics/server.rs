@@ -211,7 +211,7 @@ async fn metric_value(
         return Err(not_found());
     }
     let metadata = spec.metadata_map();
-    let object = format!("blendedmetric/{name}");
+    let object = super::cluster::engine_object_name(&name);
     let engine_error = |source| ApiError::Engine {
         namespace: namespace.to_string(),
         name: name.clone(),

@@ -21,10 +21,6 @@ mod servicebus;
 mod tests;
 
 pub use keys::known_keys;
-/// `Origin`'s old name, still used by `src/simulate` until its ScaledObject walk is the one in
-/// `cli.rs` (issue 18, move 4, simulate track); remove with that use.
-#[cfg(feature = "simulate")]
-pub(crate) use plan::Origin as Source;
 pub use plan::*;
 
 /// At most this many keys in one trigger's metadata.

@@ -2,12 +2,12 @@
 //! scale-down behavior, and `--tune`, the search on each side for the cheapest configuration
 //! that meets the objective.
 
-use super::hpa::{Behavior, Hpa, Policy, PolicyKind, Rules, Select};
+use super::hpa::{Behavior, Hpa, PolicyKind, Rules, ScalingPolicy, Select};
 use super::model::{self, Outcome, Phase, Sides};
 use super::report::{Averaged, Summary};
 use super::scenario::Scenario;
 use super::trace::Trace;
-use crate::metadata::Policy as BlendPolicy;
+use crate::metadata::Policy;
 
 /// Both sides over every phase.
 #[derive(Clone, Debug)]
@@ -90,7 +90,7 @@ pub struct Candidate {
 /// 60 s window, and the Kubernetes documentation's "limit scale down rate" example (10% a
 /// minute) with the default 300 s and a 600 s window.
 pub fn scale_down_options() -> Vec<(&'static str, Rules)> {
-    let percent = |value, period_seconds| Policy {
+    let percent = |value, period_seconds| ScalingPolicy {
         kind: PolicyKind::Percent,
         value,
         period_seconds,
@@ -206,7 +206,7 @@ fn behaviors(base: &Hpa) -> Vec<(String, Hpa)> {
 /// with the configured behavior and each scale-down option. Other policies try the behaviors.
 pub fn blend_candidates(scenario: &Scenario) -> Vec<Candidate> {
     let targets: Vec<Option<f64>> = match scenario.plan.policy {
-        BlendPolicy::DrainTime {
+        Policy::DrainTime {
             target_drain_seconds,
             ..
         } => {
@@ -276,7 +276,7 @@ pub fn tune_blend(trace: &Trace, scenario: &Scenario, phases: &[Phase], objectiv
         let mut plan = scenario.plan.clone();
         if let (
             Some(t),
-            BlendPolicy::DrainTime {
+            Policy::DrainTime {
                 target_drain_seconds,
                 ..
             },

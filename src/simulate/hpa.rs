@@ -31,7 +31,7 @@ pub enum PolicyKind {
 
 /// One `behavior.scaleUp|scaleDown.policies[]` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Policy {
+pub struct ScalingPolicy {
     pub kind: PolicyKind,
     pub value: u32,
     pub period_seconds: u64,
@@ -50,7 +50,7 @@ pub enum Select {
 pub struct Rules {
     pub stabilization_window: u64,
     pub select: Select,
-    pub policies: Vec<Policy>,
+    pub policies: Vec<ScalingPolicy>,
 }
 
 /// `spec.behavior` of the HPA (KEDA copies it from
@@ -73,12 +73,12 @@ impl Behavior {
             stabilization_window: 0,
             select: Select::Max,
             policies: vec![
-                Policy {
+                ScalingPolicy {
                     kind: PolicyKind::Pods,
                     value: 4,
                     period_seconds: 15,
                 },
-                Policy {
+                ScalingPolicy {
                     kind: PolicyKind::Percent,
                     value: 100,
                     period_seconds: 15,
@@ -93,7 +93,7 @@ impl Behavior {
         Rules {
             stabilization_window: downscale_stabilization,
             select: Select::Max,
-            policies: vec![Policy {
+            policies: vec![ScalingPolicy {
                 kind: PolicyKind::Percent,
                 value: 100,
                 period_seconds: 15,
@@ -216,7 +216,7 @@ fn rules(value: Option<&Value>, dir: &str, defaults: Rules) -> Result<Rules, Str
     })
 }
 
-fn policy(v: &Value, path: &str) -> Result<Policy, String> {
+fn policy(v: &Value, path: &str) -> Result<ScalingPolicy, String> {
     let kind = match v.get("type").and_then(Value::as_str) {
         Some("Pods") => PolicyKind::Pods,
         Some("Percent") => PolicyKind::Percent,
@@ -233,7 +233,7 @@ fn policy(v: &Value, path: &str) -> Result<Policy, String> {
         .and_then(Value::as_u64)
         .filter(|&n| n > 0 && n <= MAX_PERIOD_SECONDS)
         .ok_or_else(|| format!("{path}.periodSeconds: must be a whole number 1..=1800"))?;
-    Ok(Policy {
+    Ok(ScalingPolicy {
         kind,
         value,
         period_seconds,
@@ -494,7 +494,7 @@ impl Controller {
 
     /// The replicas at the start of `policy`'s period: today's, less what was added in it,
     /// plus what was removed.
-    fn period_start(&self, t: u64, current: i64, policy: &Policy) -> i64 {
+    fn period_start(&self, t: u64, current: i64, policy: &ScalingPolicy) -> i64 {
         current - change_in_period(&self.scale_up_events, policy.period_seconds, t)
             + change_in_period(&self.scale_down_events, policy.period_seconds, t)
     }

@@ -22,6 +22,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use crate::output::{out, outln};
+
 use compare::{Compared, Tuned};
 use model::Phase;
 pub use scenario::{
@@ -361,12 +363,12 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let svg = out.join("chart.svg");
     std::fs::write(&csv, &report.csv).with_context(|| format!("writing {}", csv.display()))?;
     std::fs::write(&svg, &report.svg).with_context(|| format!("writing {}", svg.display()))?;
-    print!("{}", report.text);
-    println!(
+    out!("{}", report.text)?;
+    outln!(
         "\nwrote {} and {} (the first phase)",
         csv.display(),
         svg.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

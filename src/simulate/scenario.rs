@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use serde_yaml::Value;
 
 use crate::cron::{CronPlan, Window};
-use crate::metadata::{self, Credentials, Plan, Policy, Source};
+use crate::metadata::{self, Credentials, Origin, Plan, Policy};
 use crate::scaledobject::{self, Document, Trigger};
 
 use super::hpa::{Behavior, Hpa};
@@ -76,7 +76,7 @@ impl Scenario {
 
         // The trigger's metadata, through the same parser `check` and `serve` use.
         let mut problems = trigger.problems.clone();
-        let plan = match metadata::parse(&trigger.metadata, Source::File, &Credentials::default()) {
+        let plan = match metadata::parse(&trigger.metadata, Origin::File, &Credentials::default()) {
             Ok(plan) if problems.is_empty() => plan,
             result => {
                 if let Err(errs) = result {

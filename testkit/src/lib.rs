@@ -8,8 +8,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod kube_api;
 pub mod prometheus;
 pub mod servicebus;
 
+pub use kube_api::KubeApi;
 pub use prometheus::StaticPrometheus;
 pub use servicebus::ServiceBusDouble;
