@@ -168,7 +168,10 @@ fn client(f: &Fixture, identity: Option<(String, String)>) -> reqwest::Client {
 }
 
 fn aggregator(f: &Fixture) -> reqwest::Client {
-    client(f, Some(front_proxy_client(&f.front_proxy, "front-proxy-client")))
+    client(
+        f,
+        Some(front_proxy_client(&f.front_proxy, "front-proxy-client")),
+    )
 }
 
 /// GET `path` as `user` in group `devs`: (code, body), or the transport error.
@@ -310,7 +313,10 @@ async fn a_review_that_cannot_be_made_gives_a_500_status_and_discovery_still_ans
     drop(f.api.take()); // The API server goes away.
     // bob's read is not in the decision cache, so it needs a review.
     let (code, body) = get(&aggregator(&f), &f, VALUE_PATH, "bob").await.unwrap();
-    assert_eq!((code, body["reason"].as_str()), (500, Some("InternalError")));
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (500, Some("InternalError"))
+    );
     let message = body["message"].as_str().unwrap();
     assert!(message.contains("SubjectAccessReview"), "{message}");
     assert!(
@@ -329,7 +335,11 @@ async fn only_the_configmaps_ca_with_an_allowed_cn_carries_identity() {
     allow_alice(f.api());
     ready(&f).await;
     let before = f.api().reviews().len();
-    assert!(get(&client(&f, None), &f, VALUE_PATH, "alice").await.is_err());
+    assert!(
+        get(&client(&f, None), &f, VALUE_PATH, "alice")
+            .await
+            .is_err()
+    );
     let rogue = ca("rogue");
     let rogue_client = client(&f, Some(front_proxy_client(&rogue, "front-proxy-client")));
     assert!(get(&rogue_client, &f, VALUE_PATH, "alice").await.is_err());
@@ -371,7 +381,8 @@ async fn a_ca_rotated_in_the_configmap_is_accepted_and_the_old_one_refused_witho
     );
 
     // The allowed names follow the ConfigMap too.
-    f.api().apply(auth_configmap(Some(&rotated.pem), r#"["aggregator"]"#));
+    f.api()
+        .apply(auth_configmap(Some(&rotated.pem), r#"["aggregator"]"#));
     let (code, _) = until(&new, &f, VALUE_PATH, "alice", code_is(401))
         .await
         .unwrap();
@@ -384,11 +395,14 @@ async fn without_the_ca_key_or_the_configmap_every_client_is_refused() {
     let f = start(None).await;
     allow_alice(f.api());
     ready(&f).await;
-    f.api().apply(auth_configmap(None, r#"["front-proxy-client"]"#));
+    f.api()
+        .apply(auth_configmap(None, r#"["front-proxy-client"]"#));
     // A kept-alive connection loses its identity; a new one gets no TLS session.
     let refused = |r: &reqwest::Result<(u16, Value)>| matches!(r, Err(_) | Ok((401, _)));
     let kept = aggregator(&f);
-    assert!(refused(&until(&kept, &f, DISCOVERY, "alice", refused).await));
+    assert!(refused(
+        &until(&kept, &f, DISCOVERY, "alice", refused).await
+    ));
     assert!(get(&aggregator(&f), &f, DISCOVERY, "alice").await.is_err());
     // Back, then deleted.
     f.api().apply(auth_configmap(
@@ -406,7 +420,9 @@ async fn without_the_ca_key_or_the_configmap_every_client_is_refused() {
             "extension-apiserver-authentication",
         )
         .unwrap();
-    assert!(refused(&until(&kept, &f, DISCOVERY, "alice", refused).await));
+    assert!(refused(
+        &until(&kept, &f, DISCOVERY, "alice", refused).await
+    ));
     assert!(get(&aggregator(&f), &f, DISCOVERY, "alice").await.is_err());
     f.stop().await;
 }
@@ -416,9 +432,7 @@ async fn an_apiservice_of_another_service_refuses_the_group_naming_it_and_is_nev
     let f = start(Some(apiservice("keda", "keda-operator-metrics-apiserver"))).await;
     allow_alice(f.api());
     let c = aggregator(&f);
-    let names_keda = |r: &reqwest::Result<(u16, Value)>| {
-        matches!(r, Ok((503, b)) if b["message"].as_str().is_some_and(|m| m.contains("keda/keda-operator-metrics-apiserver")))
-    };
+    let names_keda = |r: &reqwest::Result<(u16, Value)>| matches!(r, Ok((503, b)) if b["message"].as_str().is_some_and(|m| m.contains("keda/keda-operator-metrics-apiserver")));
     for path in ["/apis", DISCOVERY, VALUE_PATH] {
         let (code, body) = until(&c, &f, path, "alice", names_keda).await.unwrap();
         assert_eq!(code, 503, "{path}: {body}");
@@ -458,11 +472,9 @@ async fn an_apiservice_of_another_service_refuses_the_group_naming_it_and_is_nev
         .collect();
     assert!(writes.is_empty(), "{writes:?}");
     assert!(
-        f.api()
-            .requests()
-            .iter()
-            .any(|r| r.method == "GET"
-                && r.path == "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.external.metrics.k8s.io"),
+        f.api().requests().iter().any(|r| r.method == "GET"
+            && r.path
+                == "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.external.metrics.k8s.io"),
         "the owner is read with a GET of that one APIService"
     );
     f.stop().await;

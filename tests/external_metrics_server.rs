@@ -19,10 +19,10 @@ use blend_scaler::external_metrics::front_proxy::FrontProxy;
 use blend_scaler::external_metrics::server::{self, Access, AdapterTls, Registry};
 use blend_scaler::metrics::Metrics;
 use blend_scaler::server::ServerConfig;
+use certs::{Ca, ca, leaf};
 use chrono::{TimeZone, Utc};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use certs::{Ca, ca, leaf};
 use rcgen::ExtendedKeyUsagePurpose;
 
 /// The test's authorisation policy in place of kube-apiserver's SubjectAccessReview: users

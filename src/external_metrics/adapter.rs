@@ -158,8 +158,9 @@ pub async fn start(
             })?;
             // A CA given by file is trusted for any name it signs; the ConfigMap's
             // `requestheader-allowed-names` narrows it when read from the cluster.
-            FrontProxy::fixed(&pem, Vec::new())
-                .map_err(|e| anyhow::anyhow!("--external-metrics-client-ca {}: {e}", ca.display()))?
+            FrontProxy::fixed(&pem, Vec::new()).map_err(|e| {
+                anyhow::anyhow!("--external-metrics-client-ca {}: {e}", ca.display())
+            })?
         }
         None => {
             let fp = FrontProxy::unloaded();
