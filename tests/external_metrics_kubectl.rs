@@ -475,7 +475,12 @@ async fn kubectl_reads_the_value_keda_gets_and_a_404_once_the_blended_metric_is_
     assert_eq!(read.user, HPA_USER);
     assert!(read.groups.iter().any(|g| g == "system:authenticated"));
     // And asked kube-apiserver whether that identity may list the metric.
-    let review = f.api.reviews().into_iter().next().expect("a SubjectAccessReview");
+    let review = f
+        .api
+        .reviews()
+        .into_iter()
+        .next()
+        .expect("a SubjectAccessReview");
     assert_eq!(review["spec"]["user"], HPA_USER);
     assert_eq!(
         review["spec"]["resourceAttributes"],
