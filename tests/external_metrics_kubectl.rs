@@ -19,7 +19,7 @@ use std::time::Duration;
 use blend_scaler::crd::BlendedMetricStatus;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler_testkit::aggregator::{Aggregator, AggregatorOptions};
-use blend_scaler_testkit::kube_api::Kind;
+use blend_scaler_testkit::kube_api::{Decision, Kind};
 use blend_scaler_testkit::{KubeApi, StaticPrometheus};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -190,6 +190,28 @@ async fn start() -> Fixture {
 
     let api = KubeApi::start().await.unwrap();
     api.write_kubeconfig(&d.join("kubeconfig")).unwrap();
+    // What kube-apiserver publishes for extension servers: the front-proxy CA and its CN.
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
+        "data": {
+            "requestheader-client-ca-file": front_proxy.pem,
+            "requestheader-allowed-names": "[\"front-proxy-client\"]",
+        },
+    }));
+    // The bootstrap role system:controller:horizontal-pod-autoscaler: get and list on
+    // external.metrics.k8s.io for the HPA's service account; nothing for anyone else.
+    api.set_policy(|spec| {
+        let r = &spec["resourceAttributes"];
+        if spec["user"] == HPA_USER
+            && r["group"] == "external.metrics.k8s.io"
+            && (r["verb"] == "list" || r["verb"] == "get")
+        {
+            Decision::allow("RBAC: allowed by ClusterRoleBinding \"system:controller:horizontal-pod-autoscaler\"")
+        } else {
+            Decision::no_opinion()
+        }
+    });
     let prom = StaticPrometheus::start().await.unwrap();
     prom.set(65.0);
 
@@ -214,8 +236,6 @@ async fn start() -> Fixture {
         .arg(d.join("adapter.crt"))
         .arg("--external-metrics-tls-key")
         .arg(d.join("adapter.key"))
-        .arg("--external-metrics-client-ca")
-        .arg(d.join("front-proxy-ca.crt"))
         .args([
             "--external-metrics-service",
             "blend-scaler/blend-scaler-adapter",
@@ -454,6 +474,19 @@ async fn kubectl_reads_the_value_keda_gets_and_a_404_once_the_blended_metric_is_
         .unwrap();
     assert_eq!(read.user, HPA_USER);
     assert!(read.groups.iter().any(|g| g == "system:authenticated"));
+    // And asked kube-apiserver whether that identity may list the metric.
+    let review = f
+        .api
+        .reviews()
+        .into_iter()
+        .next()
+        .expect("a SubjectAccessReview");
+    assert_eq!(review["spec"]["user"], HPA_USER);
+    assert_eq!(
+        review["spec"]["resourceAttributes"],
+        json!({"namespace": "production", "verb": "list", "group": "external.metrics.k8s.io",
+               "version": "v1beta1", "resource": "blended-replicas"})
+    );
 
     let run = f
         .kubectl(login.clone(), &["get", "--raw", &value_path("unknown")])
