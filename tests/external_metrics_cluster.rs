@@ -259,3 +259,32 @@ async fn a_deleted_blended_metric_gets_no_further_status_writes() {
     assert!(after.is_empty(), "written after deletion: {after:?}");
     r.stop().await;
 }
+
+#[tokio::test]
+async fn the_registry_counts_as_listed_only_once_the_first_list_is_in() {
+    let api = KubeApi::start().await.unwrap();
+    let prom = StaticPrometheus::start().await.unwrap();
+    api.apply(blended_metric(
+        "production",
+        "orders",
+        prometheus_metadata(&prom, "10"),
+    ));
+    let (running, _grpc) = keda::start_with_default_sources(ServerConfig::loopback()).await;
+    let registry = std::sync::Arc::new(Registry::unlisted());
+    assert!(!registry.listed());
+    let watcher = cluster::spawn(
+        client(&api).await,
+        running.engine.clone(),
+        registry.clone(),
+        ClusterOptions::default(),
+    );
+    for _ in 0..200 {
+        if registry.listed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(registry.listed(), "the watcher's first list marks it");
+    watcher.abort();
+    running.shutdown().await.unwrap();
+}

@@ -178,7 +178,7 @@ pub async fn start(
         )),
         ownership,
     };
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::unlisted());
     let tls = AdapterTls {
         cert: files.cert,
         key: files.key,

@@ -109,6 +109,7 @@ async fn run(
                         reconcile(&client, &engine, &mut known, &key).await;
                     }
                     Ok(Event::InitDone) => {
+                        registry.mark_listed();
                         let seen = relisted.take().unwrap_or_default();
                         known.retain(|key, _| {
                             let keep = seen.contains(key);

@@ -51,6 +51,10 @@ pub enum ApiError {
         name: String,
         source: EngineError,
     },
+    #[error(
+        "the BlendedMetrics are not listed from the Kubernetes API yet, so whether {metric} exists is not known; try again"
+    )]
+    NotListed { metric: String },
     #[error("Internal error occurred: {0}")]
     Internal(String),
     /// The SubjectAccessReview could not be made; the cause is logged, not answered.
@@ -90,9 +94,9 @@ impl ApiError {
                 EngineError::Exhausted(_) => (429, "TooManyRequests"),
             },
             ApiError::Internal(_) | ApiError::AuthorizationFailed => (500, "InternalError"),
-            ApiError::NotOwner { .. } | ApiError::OwnerUnknown { .. } => {
-                (503, "ServiceUnavailable")
-            }
+            ApiError::NotOwner { .. }
+            | ApiError::OwnerUnknown { .. }
+            | ApiError::NotListed { .. } => (503, "ServiceUnavailable"),
         };
         (code, documents::status(code, reason, &self.to_string()))
     }

@@ -29,12 +29,40 @@ use crate::tls::{ClientCa, ReloadingTls};
 use crate::transport::{self, TransportLimits};
 
 /// The `BlendedMetric`s the adapter serves, by namespace and name.
-#[derive(Default)]
 pub struct Registry {
     objects: RwLock<HashMap<(String, String), BlendedMetricSpec>>,
+    /// Until the first list from the API server, a name missing here may exist: such a read
+    /// is 503 (try again), not 404.
+    listed: std::sync::atomic::AtomicBool,
+}
+
+/// A registry filled by hand: complete from the start.
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            objects: RwLock::default(),
+            listed: true.into(),
+        }
+    }
 }
 
 impl Registry {
+    /// A registry a watcher fills: incomplete until [`Registry::mark_listed`].
+    pub fn unlisted() -> Self {
+        Self {
+            objects: RwLock::default(),
+            listed: false.into(),
+        }
+    }
+
+    pub fn mark_listed(&self) {
+        self.listed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn listed(&self) -> bool {
+        self.listed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn upsert(&self, namespace: &str, name: &str, spec: BlendedMetricSpec) {
         self.objects
             .write()
@@ -205,7 +233,15 @@ async fn metric_value(
     let not_found = || ApiError::NotFound {
         metric: metric.to_string(),
     };
-    let spec = s.registry.get(namespace, &name).ok_or_else(not_found)?;
+    let spec = s
+        .registry
+        .get(namespace, &name)
+        .ok_or_else(|| match s.registry.listed() {
+            true => not_found(),
+            false => ApiError::NotListed {
+                metric: metric.to_string(),
+            },
+        })?;
     let labels = BTreeMap::from([(NAME_LABEL.to_string(), name.clone())]);
     if !sel.matches(&labels) {
         return Err(not_found());
