@@ -583,8 +583,13 @@ async fn the_front_proxy_certificate_alone_carries_no_identity_and_no_certificat
         .kubectl(anonymous, &["get", "--raw", &value_path("orders")])
         .await;
     assert_ne!(run.code, 0);
+    // No session, so no answer at all. In TLS 1.3 the client may be writing its request when
+    // the server's `certificate required` alert arrives, and then sees a broken pipe instead.
     assert!(
-        run.stderr.contains("certificate required"),
+        run.stderr.starts_with("Unable to connect to the server: ")
+            && ["certificate required", "broken pipe", "connection reset"]
+                .iter()
+                .any(|why| run.stderr.contains(why)),
         "{}",
         run.stderr
     );
