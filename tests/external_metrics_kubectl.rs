@@ -17,7 +17,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use blend_scaler::crd::BlendedMetricStatus;
+use blend_scaler::external_metrics::quantity;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
+use blend_scaler::simulate::hpa::{self, Metric};
 use blend_scaler_testkit::aggregator::{Aggregator, AggregatorOptions};
 use blend_scaler_testkit::kube_api::{Decision, Kind};
 use blend_scaler_testkit::{KubeApi, StaticPrometheus};
@@ -466,6 +468,20 @@ async fn kubectl_reads_the_value_keda_gets_and_a_404_once_the_blended_metric_is_
     assert_eq!(list["items"][0]["value"], keda.to_string());
     assert_eq!(list["items"][0]["metricName"], "blended-replicas");
     assert_eq!(status.value.as_deref(), Some("7"));
+    // The HPA's arithmetic on what kubectl got (`AverageValue: "1"`, MilliValue, the 10 %
+    // tolerance, as simulate's model ports it): from 2 or 20 pods it lands on 7; at 7 it stays.
+    let served = quantity::parse_milli(list["items"][0]["value"].as_str().unwrap()).unwrap();
+    let metric = Metric {
+        value: served as f64 / 1000.0,
+        target: 1.0,
+    };
+    for current in [2, 7, 20] {
+        assert_eq!(
+            hpa::proposal(metric, current, 0.1),
+            7,
+            "from {current} pods"
+        );
+    }
     // The adapter saw the HPA's identity the aggregator forwarded.
     let forwarded = f.aggregator.forwarded();
     let read = forwarded
