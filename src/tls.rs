@@ -29,8 +29,9 @@ pub enum ClientCa {
     None,
     /// A PEM bundle file, re-read with the certificate.
     File(PathBuf),
-    /// A PEM bundle the caller already holds (the External Metrics front-proxy CA).
-    Pem(Vec<u8>),
+    /// A verifier the caller keeps current (the External Metrics front-proxy CA, which
+    /// follows a ConfigMap rather than a file).
+    Verifier(Arc<dyn rustls::server::danger::ClientCertVerifier>),
 }
 
 /// The files' contents as last read, to tell a change from a poll that found nothing new.
@@ -61,7 +62,7 @@ impl ReloadingTls {
     ) -> anyhow::Result<Arc<Self>> {
         let material = read(cert, key, &client_ca)?;
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
-        let config = build(&material, &alpn, cert, key)?;
+        let config = build(&material, &client_ca, &alpn, cert, key)?;
         Ok(Arc::new(Self {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
@@ -108,7 +109,13 @@ impl ReloadingTls {
         if *loaded == material {
             return Ok(false);
         }
-        let config = build(&material, &self.alpn, &self.cert, &self.key)?;
+        let config = build(
+            &material,
+            &self.client_ca,
+            &self.alpn,
+            &self.cert,
+            &self.key,
+        )?;
         *self.current.write() = Arc::new(config);
         *loaded = material;
         Ok(true)
@@ -151,15 +158,15 @@ fn read(cert: &Path, key: &Path, client_ca: &ClientCa) -> anyhow::Result<Materia
         cert: read_file(cert)?,
         key: read_file(key)?,
         client_ca: match client_ca {
-            ClientCa::None => None,
+            ClientCa::None | ClientCa::Verifier(_) => None,
             ClientCa::File(path) => Some(read_file(path)?),
-            ClientCa::Pem(pem) => Some(pem.clone()),
         },
     })
 }
 
 fn build(
     material: &Material,
+    client_ca: &ClientCa,
     alpn: &[Vec<u8>],
     cert_path: &Path,
     key_path: &Path,
@@ -175,9 +182,10 @@ fn build(
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let builder = match &material.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(pem) => {
+    let builder = match (&material.client_ca, client_ca) {
+        (_, ClientCa::Verifier(verifier)) => builder.with_client_cert_verifier(verifier.clone()),
+        (None, _) => builder.with_no_client_auth(),
+        (Some(pem), _) => {
             let mut roots = rustls::RootCertStore::empty();
             for ca in CertificateDer::pem_slice_iter(pem) {
                 roots

@@ -108,3 +108,17 @@ fn a_malformed_selector_is_a_bad_request() {
             .starts_with("invalid labelSelector")
     );
 }
+
+#[test]
+fn a_name_missing_before_the_first_list_is_503_try_again_not_404() {
+    let (code, body) = ApiError::NotListed {
+        metric: "blended-replicas".into(),
+    }
+    .status();
+    assert_eq!(code, 503);
+    assert_eq!(body["reason"], "ServiceUnavailable");
+    assert!(
+        body["message"].as_str().unwrap().contains("not listed"),
+        "{body}"
+    );
+}

@@ -2,6 +2,8 @@
 //! certificate, `X-Remote-*` headers, the HPA's Accept header; and the value KEDA's gRPC path
 //! gives for the same metadata.
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/keda.rs"]
 mod keda;
 
@@ -11,40 +13,39 @@ use std::time::Duration;
 
 use blend_scaler::crd::{BlendedMetricSpec, Fallback};
 use blend_scaler::engine::EngineConfig;
-use blend_scaler::external_metrics::server::{self, AdapterTls, Registry};
+use blend_scaler::external_metrics::apiservice::{self, Ownership};
+use blend_scaler::external_metrics::authz::{Authorizer, AuthzError, MetricRead};
+use blend_scaler::external_metrics::front_proxy::FrontProxy;
+use blend_scaler::external_metrics::server::{self, Access, AdapterTls, Registry};
 use blend_scaler::metrics::Metrics;
 use blend_scaler::server::ServerConfig;
+use certs::{Ca, ca, leaf};
 use chrono::{TimeZone, Utc};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use rcgen::ExtendedKeyUsagePurpose;
 
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
+/// The test's authorisation policy in place of kube-apiserver's SubjectAccessReview: users
+/// allowed, or a failure for every read; every question recorded.
+#[derive(Default)]
+struct Policy {
+    allowed_users: Mutex<Vec<String>>,
+    fail: Mutex<bool>,
+    asked: Mutex<Vec<MetricRead>>,
 }
 
-fn ca(name: &str) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let key = KeyPair::generate().unwrap();
-    let cert = p.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
+impl Authorizer for Policy {
+    fn allowed<'a>(&'a self, read: &'a MetricRead) -> BoxFuture<'a, Result<bool, AuthzError>> {
+        self.asked.lock().push(read.clone());
+        let answer = if *self.fail.lock() {
+            Err(AuthzError(
+                "503 from https://10.0.0.1:443: <html>upstream secret page</html>".into(),
+            ))
+        } else {
+            Ok(self.allowed_users.lock().contains(&read.user.user))
+        };
+        Box::pin(async move { answer })
     }
-}
-
-/// A leaf signed by `ca`: (certificate PEM, key PEM).
-fn leaf(ca: &Ca, cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> (String, String) {
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![eku];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
 }
 
 struct Fixture {
@@ -52,6 +53,9 @@ struct Fixture {
     base: String,
     serving_ca: String,
     front_proxy: Ca,
+    trust: Arc<FrontProxy>,
+    policy: Arc<Policy>,
+    ownership: Arc<apiservice::Guard>,
     grpc: keda::Client,
     running: blend_scaler::server::Running,
     listener: server::Listener,
@@ -70,6 +74,10 @@ fn business_hours() -> BTreeMap<String, String> {
 }
 
 async fn start() -> Fixture {
+    start_owned(Ownership::Absent).await
+}
+
+async fn start_owned(ownership: Ownership) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let serving = ca("serving-ca");
     let front_proxy = ca("front-proxy-ca");
@@ -99,13 +107,27 @@ async fn start() -> Fixture {
             fallback: Some(Fallback { replicas: 2 }),
         },
     );
+    let trust = FrontProxy::fixed(
+        front_proxy.pem.as_bytes(),
+        vec!["front-proxy-client".into()],
+    )
+    .unwrap();
+    let policy = Arc::new(Policy::default());
+    policy.allowed_users.lock().extend([
+        "system:serviceaccount:kube-system:horizontal-pod-autoscaler".to_string(),
+        "alice".to_string(),
+    ]);
+    let ownership = apiservice::Guard::fixed(ownership);
     let listener = server::start(
         ([127, 0, 0, 1], 0).into(),
         AdapterTls {
             cert: dir.path().join("tls.crt"),
             key: dir.path().join("tls.key"),
-            client_ca_pem: front_proxy.pem.clone().into_bytes(),
-            allowed_names: vec!["front-proxy-client".into()],
+        },
+        Access {
+            front_proxy: trust.clone(),
+            authorizer: policy.clone(),
+            ownership: ownership.clone(),
         },
         running.engine.clone(),
         registry,
@@ -116,6 +138,9 @@ async fn start() -> Fixture {
         base: format!("https://localhost:{}", listener.addr.port()),
         serving_ca: serving.pem,
         front_proxy,
+        trust,
+        policy,
+        ownership,
         grpc,
         running,
         listener,
@@ -159,7 +184,7 @@ async fn get(
     if let Some(u) = user {
         r = r
             .header("X-Remote-User", u)
-            .header("X-Remote-Group", "system:masters");
+            .header("X-Remote-Group", "devs");
     }
     let resp = r.send().await?;
     let code = resp.status().as_u16();
@@ -344,6 +369,152 @@ async fn only_a_verified_front_proxy_certificate_with_an_allowed_name_carries_id
     );
     // The verified connection without a user header.
     let (code, _, _) = get(&aggregator(&f), &f, VALUE_PATH, None).await.unwrap();
+    assert_eq!(code, 401);
+    stop(f).await;
+}
+
+#[tokio::test]
+async fn a_denied_read_is_a_403_status_and_the_policy_is_asked_about_exactly_that_read() {
+    let f = start().await;
+    let resp = aggregator(&f)
+        .get(format!("{}{VALUE_PATH}", f.base))
+        .header("X-Remote-User", "mallory")
+        .header("X-Remote-Group", "devs")
+        .header("X-Remote-Group", "contractors")
+        .header("X-Remote-Extra-Scopes", "view")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "Forbidden");
+    assert_eq!(
+        body["message"],
+        "blended-replicas.external.metrics.k8s.io is forbidden: User \"mallory\" cannot list resource \"blended-replicas\" in API group \"external.metrics.k8s.io\" in the namespace \"production\""
+    );
+    let asked = f.policy.asked.lock().clone();
+    assert_eq!(asked.len(), 1);
+    let read = &asked[0];
+    assert_eq!(
+        (read.namespace.as_str(), read.metric.as_str()),
+        ("production", "blended-replicas")
+    );
+    assert_eq!(read.user.user, "mallory");
+    assert_eq!(
+        read.user.groups,
+        ["devs", "contractors", "system:authenticated"]
+    );
+    assert_eq!(read.user.extra["scopes"], ["view"]);
+    stop(f).await;
+}
+
+#[tokio::test]
+async fn a_failed_authorization_check_is_a_500_status_that_leaks_nothing_from_upstream() {
+    let f = start().await;
+    *f.policy.fail.lock() = true;
+    let (code, _, body) = get(&aggregator(&f), &f, VALUE_PATH, Some("alice"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (500, Some("InternalError"))
+    );
+    let text = body.to_string();
+    assert!(text.contains("SubjectAccessReview"), "{text}");
+    assert!(
+        !text.contains("10.0.0.1") && !text.contains("secret"),
+        "{text}"
+    );
+    stop(f).await;
+}
+
+#[tokio::test]
+async fn a_rotated_front_proxy_ca_is_accepted_and_the_old_one_refused_even_on_a_kept_alive_connection()
+ {
+    let f = start().await;
+    let old = aggregator(&f);
+    let (code, _, _) = get(&old, &f, VALUE_PATH, Some("alice")).await.unwrap();
+    assert_eq!(code, 200);
+
+    let rotated = ca("front-proxy-ca-2");
+    f.trust
+        .set(
+            rotated.pem.as_bytes(),
+            vec!["front-proxy-client".into()],
+            "test",
+        )
+        .unwrap();
+    // The connection the old client keeps open was verified before the rotation: its
+    // requests are checked again and carry no identity now.
+    let (code, _, body) = get(&old, &f, VALUE_PATH, Some("alice")).await.unwrap();
+    assert_eq!((code, body["reason"].as_str()), (401, Some("Unauthorized")));
+    // A new connection with the old CA's certificate is refused in the handshake.
+    assert!(
+        get(&aggregator(&f), &f, VALUE_PATH, Some("alice"))
+            .await
+            .is_err()
+    );
+    let new = client(
+        &f,
+        Some(leaf(
+            &rotated,
+            "front-proxy-client",
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )),
+    );
+    let (code, _, body) = get(&new, &f, VALUE_PATH, Some("alice")).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    stop(f).await;
+}
+
+#[tokio::test]
+async fn with_no_usable_front_proxy_ca_every_client_is_refused() {
+    let f = start().await;
+    f.trust
+        .refuse(blend_scaler::external_metrics::front_proxy::TrustError::MissingConfigMap);
+    assert!(
+        get(&aggregator(&f), &f, "/apis", Some("system:kube-aggregator"))
+            .await
+            .is_err()
+    );
+    stop(f).await;
+}
+
+#[tokio::test]
+async fn the_group_is_refused_naming_the_owner_while_another_service_owns_the_apiservice() {
+    let f = start_owned(Ownership::Other(
+        "Service keda/keda-operator-metrics-apiserver".into(),
+    ))
+    .await;
+    let c = aggregator(&f);
+    for path in [
+        "/apis",
+        "/apis/external.metrics.k8s.io",
+        "/apis/external.metrics.k8s.io/v1beta1",
+        VALUE_PATH,
+    ] {
+        let (code, _, body) = get(&c, &f, path, Some("alice")).await.unwrap();
+        assert_eq!(code, 503, "{path}: {body}");
+        assert_eq!(body["reason"], "ServiceUnavailable", "{path}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("keda/keda-operator-metrics-apiserver")
+                && message.contains("v1beta1.external.metrics.k8s.io"),
+            "{path}: {message}"
+        );
+    }
+    assert!(
+        f.policy.asked.lock().is_empty(),
+        "no review for a group not served"
+    );
+    assert_eq!(
+        f.ownership.state(),
+        Ownership::Other("Service keda/keda-operator-metrics-apiserver".into())
+    );
+    // Unauthenticated callers learn nothing about the owner.
+    let (code, _, _) = get(&c, &f, "/apis", None).await.unwrap();
     assert_eq!(code, 401);
     stop(f).await;
 }

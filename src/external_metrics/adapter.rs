@@ -5,12 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use tokio::task::JoinHandle;
 
+use super::apiservice::{self, ServiceName};
+use super::authz::{CacheTtl, Delegated, SubjectAccessReviews};
 use super::cluster::{self, ClusterOptions};
-use super::server::{self, AdapterTls, Listener, Registry};
+use super::front_proxy::FrontProxy;
+use super::server::{self, Access, AdapterTls, Listener, Registry};
 use crate::engine::Engine;
 
 /// `serve`'s External Metrics API flags (SPEC section 8; the chart renders these names).
@@ -79,6 +82,11 @@ pub struct AdapterFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// The Service the APIService must point at to be ours (`--external-metrics-service`).
+    pub service: Option<ServiceName>,
+    /// How often the APIService's owner is checked again.
+    pub apiservice_recheck: std::time::Duration,
+    pub authorization_cache: CacheTtl,
 }
 
 impl ExternalMetricsArgs {
@@ -107,20 +115,31 @@ impl ExternalMetricsArgs {
                 "BLEND_SCALER_EXTERNAL_METRICS_TLS_KEY",
             )?,
             client_ca: self.external_metrics_client_ca.clone(),
+            service: self
+                .external_metrics_service
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--external-metrics-service: {e}"))?,
+            apiservice_recheck: apiservice::RECHECK,
+            authorization_cache: CacheTtl::default(),
         }))
     }
 }
 
-/// The running adapter: the listener and the watcher.
+/// The running adapter: the listener, the BlendedMetric watcher, and the tasks that follow
+/// the front-proxy CA and the APIService's owner.
 pub struct Adapter {
     pub listener: Listener,
-    watcher: JoinHandle<()>,
+    watchers: Vec<JoinHandle<()>>,
 }
 
 impl Adapter {
     pub fn abort(&self) {
         self.listener.abort();
-        self.watcher.abort();
+        for w in &self.watchers {
+            w.abort();
+        }
     }
 }
 
@@ -131,27 +150,42 @@ pub async fn start(
     engine: Arc<Engine>,
     options: ClusterOptions,
 ) -> anyhow::Result<Adapter> {
-    let Some(ca) = &files.client_ca else {
-        bail!(
-            "--external-metrics-addr needs --external-metrics-client-ca \
-             (BLEND_SCALER_EXTERNAL_METRICS_CLIENT_CA): reading the front-proxy CA from \
-             kube-system/extension-apiserver-authentication is not built yet"
-        );
+    let mut watchers = Vec::new();
+    let front_proxy = match &files.client_ca {
+        Some(ca) => {
+            let pem = std::fs::read(ca).with_context(|| {
+                format!("--external-metrics-client-ca: reading {}", ca.display())
+            })?;
+            // A CA given by file is trusted for any name it signs; the ConfigMap's
+            // `requestheader-allowed-names` narrows it when read from the cluster.
+            FrontProxy::fixed(&pem, Vec::new()).map_err(|e| {
+                anyhow::anyhow!("--external-metrics-client-ca {}: {e}", ca.display())
+            })?
+        }
+        None => {
+            let fp = FrontProxy::unloaded();
+            watchers.push(fp.watch(client.clone()));
+            fp
+        }
     };
-    let client_ca_pem = std::fs::read(ca)
-        .with_context(|| format!("--external-metrics-client-ca: reading {}", ca.display()))?;
-    let registry = Arc::new(Registry::default());
+    let ownership = apiservice::Guard::new(files.service.clone());
+    watchers.push(ownership.watch(client.clone(), files.apiservice_recheck));
+    let access = Access {
+        front_proxy,
+        authorizer: Arc::new(Delegated::new(
+            SubjectAccessReviews::new(client.clone()),
+            files.authorization_cache,
+        )),
+        ownership,
+    };
+    let registry = Arc::new(Registry::unlisted());
     let tls = AdapterTls {
         cert: files.cert,
         key: files.key,
-        client_ca_pem,
-        // A CA given by file is trusted for any name it signs; the ConfigMap's
-        // `requestheader-allowed-names` narrows it when read from the cluster.
-        allowed_names: Vec::new(),
     };
-    let listener = server::start(files.addr, tls, engine.clone(), registry.clone()).await?;
-    let watcher = cluster::spawn(client, engine, registry, options);
-    Ok(Adapter { listener, watcher })
+    let listener = server::start(files.addr, tls, access, engine.clone(), registry.clone()).await?;
+    watchers.push(cluster::spawn(client, engine, registry, options));
+    Ok(Adapter { listener, watchers })
 }
 
 #[cfg(test)]

@@ -59,6 +59,9 @@ struct Known {
     spec: BlendedMetricSpec,
     generation: Option<i64>,
     status: Option<BlendedMetricStatus>,
+    /// The last failed status write, logged once until it changes or a write succeeds (a
+    /// missing RBAC rule would otherwise log every object every interval).
+    write_error: Option<String>,
 }
 
 type Key = (String, String);
@@ -101,14 +104,17 @@ async fn run(
                             seen.insert(key.clone());
                         }
                         registry.upsert(&key.0, &key.1, obj.spec.clone());
+                        let write_error = known.remove(&key).and_then(|k| k.write_error);
                         known.insert(key.clone(), Known {
                             spec: obj.spec,
                             generation: obj.metadata.generation,
                             status: obj.status,
+                            write_error,
                         });
                         reconcile(&client, &engine, &mut known, &key).await;
                     }
                     Ok(Event::InitDone) => {
+                        registry.mark_listed();
                         let seen = relisted.take().unwrap_or_default();
                         known.retain(|key, _| {
                             let keep = seen.contains(key);
@@ -165,14 +171,23 @@ async fn reconcile(
         Ok(stored) => {
             if let Some(k) = known.get_mut(key) {
                 k.status = stored.status;
+                k.write_error = None;
             }
         }
-        Err(e) => tracing::warn!(
-            namespace = %namespace,
-            blendedmetric = %name,
-            error = %e,
-            "writing BlendedMetric status"
-        ),
+        Err(e) => {
+            let error = e.to_string();
+            if let Some(k) = known.get_mut(key)
+                && k.write_error.as_ref() != Some(&error)
+            {
+                tracing::warn!(
+                    namespace = %namespace,
+                    blendedmetric = %name,
+                    %error,
+                    "writing BlendedMetric status"
+                );
+                k.write_error = Some(error);
+            }
+        }
     }
 }
 

@@ -2,8 +2,11 @@
 //! the same decision the gRPC scaler gives, for plain HPAs, configured by `BlendedMetric`s.
 
 pub mod adapter;
+pub mod apiservice;
+pub mod authz;
 pub mod cluster;
 pub mod documents;
+pub mod front_proxy;
 pub mod quantity;
 pub mod selector;
 pub mod server;
@@ -48,8 +51,27 @@ pub enum ApiError {
         name: String,
         source: EngineError,
     },
+    #[error(
+        "the BlendedMetrics are not listed from the Kubernetes API yet, so whether {metric} exists is not known; try again"
+    )]
+    NotListed { metric: String },
     #[error("Internal error occurred: {0}")]
     Internal(String),
+    /// The SubjectAccessReview could not be made; the cause is logged, not answered.
+    #[error(
+        "Internal error occurred: the authorization check (SubjectAccessReview) could not be made"
+    )]
+    AuthorizationFailed,
+    #[error(
+        "APIService {} belongs to {owner}, not to this adapter (Service {ours}); not serving external.metrics.k8s.io. This adapter never changes that APIService: beside KEDA, use the gRPC scaler",
+        apiservice::NAME
+    )]
+    NotOwner { owner: String, ours: String },
+    #[error(
+        "the owner of APIService {} is not known yet ({reason}); not serving external.metrics.k8s.io until it is",
+        apiservice::NAME
+    )]
+    OwnerUnknown { reason: String },
 }
 
 impl ApiError {
@@ -71,7 +93,10 @@ impl ApiError {
                 EngineError::NotEnabled(_) => (404, "NotFound"),
                 EngineError::Exhausted(_) => (429, "TooManyRequests"),
             },
-            ApiError::Internal(_) => (500, "InternalError"),
+            ApiError::Internal(_) | ApiError::AuthorizationFailed => (500, "InternalError"),
+            ApiError::NotOwner { .. }
+            | ApiError::OwnerUnknown { .. }
+            | ApiError::NotListed { .. } => (503, "ServiceUnavailable"),
         };
         (code, documents::status(code, reason, &self.to_string()))
     }

@@ -1,6 +1,7 @@
 //! The HTTPS listener of the External Metrics API: mTLS against the front-proxy CA, identity
-//! from `X-Remote-*` only on that verified connection, and the metric route answered by the
-//! same engine and cache as the gRPC scaler.
+//! from `X-Remote-*` only on that verified connection, a SubjectAccessReview per metric read,
+//! the group served only while its APIService is ours or absent, and the metric route
+//! answered by the same engine and cache as the gRPC scaler.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -18,20 +19,50 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::authz::{Authorizer, MetricRead, UserInfo};
 use super::documents::{self, ExternalMetricValue};
-use super::{ApiError, NAME_LABEL, quantity, selector};
+use super::front_proxy::FrontProxy;
+use super::{ApiError, NAME_LABEL, apiservice, quantity, selector};
 use crate::crd::BlendedMetricSpec;
 use crate::engine::{Engine, EngineError, ObjectRef};
 use crate::tls::{ClientCa, ReloadingTls};
 use crate::transport::{self, TransportLimits};
 
 /// The `BlendedMetric`s the adapter serves, by namespace and name.
-#[derive(Default)]
 pub struct Registry {
     objects: RwLock<HashMap<(String, String), BlendedMetricSpec>>,
+    /// Until the first list from the API server, a name missing here may exist: such a read
+    /// is 503 (try again), not 404.
+    listed: std::sync::atomic::AtomicBool,
+}
+
+/// A registry filled by hand: complete from the start.
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            objects: RwLock::default(),
+            listed: true.into(),
+        }
+    }
 }
 
 impl Registry {
+    /// A registry a watcher fills: incomplete until [`Registry::mark_listed`].
+    pub fn unlisted() -> Self {
+        Self {
+            objects: RwLock::default(),
+            listed: false.into(),
+        }
+    }
+
+    pub fn mark_listed(&self) {
+        self.listed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn listed(&self) -> bool {
+        self.listed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn upsert(&self, namespace: &str, name: &str, spec: BlendedMetricSpec) {
         self.objects
             .write()
@@ -52,41 +83,40 @@ impl Registry {
     }
 }
 
-/// PEM files of the listener: the serving certificate, and the CA front-proxy client
-/// certificates must chain to, with the CNs allowed (empty: any).
+/// PEM files of the listener's serving certificate.
 #[derive(Clone, Debug)]
 pub struct AdapterTls {
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
-    pub client_ca_pem: Vec<u8>,
-    pub allowed_names: Vec<String>,
+}
+
+/// Who may call: the front-proxy trust (the handshake and each request), the authorizer of
+/// each metric read, and whether the group is ours to serve.
+#[derive(Clone)]
+pub struct Access {
+    pub front_proxy: Arc<FrontProxy>,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub ownership: Arc<apiservice::Guard>,
 }
 
 #[derive(Clone)]
 struct AppState {
     engine: Arc<Engine>,
     registry: Arc<Registry>,
+    access: Access,
 }
 
-/// The verified front-proxy connection's identity headers (research note 4.2).
-#[derive(Clone, Debug)]
-struct Caller {
-    user: String,
-}
-
-fn caller(headers: &HeaderMap, verified: bool) -> Result<Caller, ApiError> {
-    if !verified {
+/// The identity on this request: `X-Remote-*` count only while the connection's certificate
+/// verifies against the current front-proxy trust (research note 4.2).
+fn caller(
+    s: &AppState,
+    headers: &HeaderMap,
+    peer: &[CertificateDer<'static>],
+) -> Result<UserInfo, ApiError> {
+    if !s.access.front_proxy.verified(peer) {
         return Err(ApiError::Unauthorized);
     }
-    let user = headers
-        .get_all("x-remote-user")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| !v.is_empty())
-        .ok_or(ApiError::Unauthorized)?;
-    Ok(Caller {
-        user: user.to_string(),
-    })
+    UserInfo::from_headers(headers).ok_or(ApiError::Unauthorized)
 }
 
 fn json(code: u16, body: &Value) -> Response {
@@ -103,16 +133,22 @@ fn error(e: ApiError) -> Response {
     json(code, &body)
 }
 
-/// The routes; `verified` says the connection's client certificate passed the CN check.
-fn router(state: AppState, verified: bool) -> Router {
-    let doc = move |d: fn() -> Value| {
-        move |headers: HeaderMap| async move {
-            match caller(&headers, verified) {
-                Ok(_) => json(200, &d()),
-                Err(e) => error(e),
+/// The routes for one connection, whose client certificate chain is `peer`.
+fn router(state: AppState, peer: Arc<[CertificateDer<'static>]>) -> Router {
+    let doc = {
+        let peer = peer.clone();
+        move |d: fn() -> Value| {
+            let peer = peer.clone();
+            move |State(s): State<AppState>, headers: HeaderMap| async move {
+                let allowed = caller(&s, &headers, &peer).and_then(|_| s.access.ownership.allows());
+                match allowed {
+                    Ok(()) => json(200, &d()),
+                    Err(e) => error(e),
+                }
             }
         }
     };
+    let metric_peer = peer.clone();
     Router::new()
         .route("/apis", get(doc(documents::api_group_list)))
         .route(
@@ -130,42 +166,64 @@ fn router(state: AppState, verified: bool) -> Router {
                       Path((namespace, metric)): Path<(String, String)>,
                       Query(q): Query<HashMap<String, String>>,
                       headers: HeaderMap| async move {
-                    match metric_value(&s, &headers, verified, &namespace, &metric, &q).await {
+                    match metric_value(&s, &headers, &metric_peer, &namespace, &metric, &q).await {
                         Ok(v) => json(200, &v),
                         Err(e) => error(e),
                     }
                 },
             ),
         )
-        .fallback(move |headers: HeaderMap, uri: axum::http::Uri| async move {
-            match caller(&headers, verified) {
-                Err(e) => error(e),
-                Ok(_) => json(
-                    404,
-                    &documents::status(
+        .fallback(
+            move |State(s): State<AppState>, headers: HeaderMap, uri: axum::http::Uri| async move {
+                match caller(&s, &headers, &peer) {
+                    Err(e) => error(e),
+                    Ok(_) => json(
                         404,
-                        "NotFound",
-                        &format!(
-                            "the server could not find the requested resource ({})",
-                            uri.path()
+                        &documents::status(
+                            404,
+                            "NotFound",
+                            &format!(
+                                "the server could not find the requested resource ({})",
+                                uri.path()
+                            ),
                         ),
                     ),
-                ),
-            }
-        })
+                }
+            },
+        )
         .with_state(state)
 }
 
 async fn metric_value(
     s: &AppState,
     headers: &HeaderMap,
-    verified: bool,
+    peer: &[CertificateDer<'static>],
     namespace: &str,
     metric: &str,
     query: &HashMap<String, String>,
 ) -> Result<Value, ApiError> {
-    let caller = caller(headers, verified)?;
-    tracing::debug!(user = %caller.user, namespace, metric, "external metric read");
+    let user = caller(s, headers, peer)?;
+    s.access.ownership.allows()?;
+    tracing::debug!(user = %user.user, namespace, metric, "external metric read");
+    let read = MetricRead {
+        user,
+        namespace: namespace.to_string(),
+        metric: metric.to_string(),
+    };
+    match s.access.authorizer.allowed(&read).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(ApiError::Forbidden {
+                user: read.user.user,
+                metric: read.metric,
+                namespace: read.namespace,
+            });
+        }
+        Err(error) => {
+            tracing::error!(%error, user = %read.user.user, namespace, metric, "authorization check failed");
+            return Err(ApiError::AuthorizationFailed);
+        }
+    }
     let text = query.get("labelSelector").map(String::as_str).unwrap_or("");
     let sel = selector::parse(text)?;
     let name = sel
@@ -175,7 +233,15 @@ async fn metric_value(
     let not_found = || ApiError::NotFound {
         metric: metric.to_string(),
     };
-    let spec = s.registry.get(namespace, &name).ok_or_else(not_found)?;
+    let spec = s
+        .registry
+        .get(namespace, &name)
+        .ok_or_else(|| match s.registry.listed() {
+            true => not_found(),
+            false => ApiError::NotListed {
+                metric: metric.to_string(),
+            },
+        })?;
     let labels = BTreeMap::from([(NAME_LABEL.to_string(), name.clone())]);
     if !sel.matches(&labels) {
         return Err(not_found());
@@ -236,26 +302,12 @@ impl Listener {
     }
 }
 
-/// The client certificate's CN is in `allowed` (empty: any CN the CA signed).
-fn name_allowed(leaf: Option<&CertificateDer<'_>>, allowed: &[String]) -> bool {
-    let Some(leaf) = leaf else { return false };
-    if allowed.is_empty() {
-        return true;
-    }
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
-        return false;
-    };
-    cert.subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok())
-        .any(|cn| allowed.iter().any(|a| a == cn))
-}
-
 /// Binds `addr` and serves the API over HTTPS with mandatory client certificates, with the
 /// default [`TransportLimits`]; the serving certificate and key are re-read when they change.
 pub async fn start(
     addr: SocketAddr,
     tls: AdapterTls,
+    access: Access,
     engine: Arc<Engine>,
     registry: Arc<Registry>,
 ) -> anyhow::Result<Listener> {
@@ -263,7 +315,7 @@ pub async fn start(
     let material = ReloadingTls::load(
         &tls.cert,
         &tls.key,
-        ClientCa::Pem(tls.client_ca_pem.clone()),
+        ClientCa::Verifier(access.front_proxy.verifier()),
         &[b"h2", b"http/1.1"],
     )?;
     let listener = TcpListener::bind(addr)
@@ -272,21 +324,22 @@ pub async fn start(
     let addr = listener.local_addr()?;
     ReloadingTls::watch(&material, limits.tls_reload_interval);
     let incoming = transport::accept_tls(listener, &limits, material);
-    let state = AppState { engine, registry };
-    let allowed = tls.allowed_names;
+    let state = AppState {
+        engine,
+        registry,
+        access,
+    };
     let task = tokio::spawn(transport::serve_http(
         incoming,
         limits,
         move |stream: &transport::Tls| {
-            let verified = name_allowed(
-                stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first()),
-                &allowed,
-            );
-            router(state.clone(), verified)
+            let peer: Arc<[CertificateDer<'static>]> = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            router(state.clone(), peer)
         },
     ));
     tracing::info!(%addr, "external metrics API serving");

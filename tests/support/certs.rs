@@ -1,0 +1,41 @@
+//! rcgen CAs and leaves for the External Metrics listener's tests.
+//!
+//! Include it from a test file with `#[path = "support/certs.rs"] mod certs;`.
+#![allow(dead_code)] // Each test binary uses its own part of this module.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+
+pub struct Ca {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+pub fn ca(name: &str) -> Ca {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(p, key),
+    }
+}
+
+/// A leaf signed by `ca`: (certificate PEM, key PEM).
+pub fn leaf(ca: &Ca, cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> (String, String) {
+    let mut p =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![eku];
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A front-proxy client certificate with `cn` from `ca`, as the aggregator holds one.
+pub fn front_proxy_client(ca: &Ca, cn: &str) -> (String, String) {
+    leaf(ca, cn, &[], ExtendedKeyUsagePurpose::ClientAuth)
+}
