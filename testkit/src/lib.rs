@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aggregator;
 pub mod kube_api;
 pub mod prometheus;
 pub mod servicebus;
