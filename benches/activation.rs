@@ -28,10 +28,7 @@ const KEDA_POLL: Duration = Duration::from_secs(30);
 fn main() {
     let args = Args::parse();
     let trials: usize = args.get("trials", 20);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     eprintln!("activation: {trials} trials; {}", support::machine());
     let mut latencies = rt.block_on(run(trials));
     latencies.sort();

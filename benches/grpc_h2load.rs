@@ -64,10 +64,7 @@ fn main() {
         .collect();
     let rust_log = args.string("rust-log", "info");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     rt.block_on(async move {
         let doubles = Doubles::start(&kind).await;
         let object = doubles.object();

@@ -42,10 +42,7 @@ fn main() {
     // The scaler's log filter: `info` is what `serve` runs with by default.
     let rust_log = args.string("rust-log", "info");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     rt.block_on(async move {
         let upstreams = Upstreams::start(&kind).await;
         let objects = Arc::new(objects(&kind, n_objects, &upstreams));

@@ -46,10 +46,7 @@ fn main() {
     // KEDA calls each object from its own loop: effectively unbounded concurrency.
     let concurrency: usize = args.get("concurrency", 1_000);
     let scaler_env = args.string("scaler-env", "");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     eprintln!(
         "memory: {n} objects, {namespaces} Service Bus namespaces, {queries} queries on \
          {servers} Prometheus servers; {}",

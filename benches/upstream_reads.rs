@@ -65,10 +65,7 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("--objects N,N,…"))
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime();
     eprintln!(
         "upstream_reads: {signal}, {minutes} simulated minutes at 1/{scale} speed; {}",
         support::machine()

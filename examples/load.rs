@@ -5,7 +5,7 @@
 //! `scripts/load` builds and runs it; flags: `--streams N --pollers N --seconds N --binary PATH`.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use blend_scaler_testkit::servicebus::ServiceBusDouble;
+use support::{Server, free_port, status_kib};
 use tonic::transport::{Channel, Endpoint};
+
+mod support;
 
 struct Args {
     streams: usize,
@@ -29,48 +32,14 @@ fn args() -> Args {
         seconds: 60,
         binary: "target/release/blend-scaler".into(),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--streams" => a.streams = value.parse().expect("--streams N"),
-            "--pollers" => a.pollers = value.parse().expect("--pollers N"),
-            "--seconds" => a.seconds = value.parse().expect("--seconds N"),
-            "--binary" => a.binary = value,
-            other => panic!("unknown flag {other}"),
-        }
-    }
+    support::flags(|flag, value| match flag {
+        "--streams" => a.streams = value.parse().expect("--streams N"),
+        "--pollers" => a.pollers = value.parse().expect("--pollers N"),
+        "--seconds" => a.seconds = value.parse().expect("--seconds N"),
+        "--binary" => a.binary = value,
+        other => panic!("unknown flag {other}"),
+    });
     a
-}
-
-/// Kills the server when the run ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// 200 ScaledObjects over 20 queues of one namespace; streams and pollers share them.
@@ -140,7 +109,7 @@ async fn main() {
             .expect("warm-up");
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_start = rss_kib(pid);
+    let rss_start = status_kib(pid, "VmRSS:");
 
     let answers = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -205,7 +174,7 @@ async fn main() {
     let mut rss_loaded = None;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = rss_kib(pid);
+        let now = status_kib(pid, "VmRSS:");
         peak = peak.max(now);
         if rss_loaded.is_none() && started.elapsed() >= Duration::from_secs(5) {
             rss_loaded = Some(now);
@@ -216,7 +185,7 @@ async fn main() {
         let _ = t.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let rss_end = rss_kib(pid);
+    let rss_end = status_kib(pid, "VmRSS:");
     let answered = answers.load(Ordering::Relaxed);
     println!(
         "streams {} pollers {} for {:.0} s: GetMetrics {:.0}/s, stream messages {}, errors {}",

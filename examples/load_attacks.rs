@@ -11,7 +11,7 @@
 //! answers every query with 15 MiB of series under `/big…`, and a small answer elsewhere.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use parking_lot::Mutex;
+use support::{Server, free_port, status_kib};
 use tonic::transport::{Channel, Endpoint};
+
+mod support;
 
 type Client = ExternalScalerClient<Channel>;
 
@@ -40,53 +43,19 @@ fn args() -> Args {
         seconds: 20,
         only: Vec::new(),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--binary" => a.binary = value,
-            "--objects" => a.objects = value.parse().expect("--objects N"),
-            "--servers" => a.servers = value.parse().expect("--servers N"),
-            "--seconds" => a.seconds = value.parse().expect("--seconds N"),
-            "--only" => a.only = value.split(',').map(str::to_owned).collect(),
-            other => panic!("unknown flag {other}"),
-        }
-    }
+    support::flags(|flag, value| match flag {
+        "--binary" => a.binary = value,
+        "--objects" => a.objects = value.parse().expect("--objects N"),
+        "--servers" => a.servers = value.parse().expect("--servers N"),
+        "--seconds" => a.seconds = value.parse().expect("--seconds N"),
+        "--only" => a.only = value.split(',').map(str::to_owned).collect(),
+        other => panic!("unknown flag {other}"),
+    });
     a
-}
-
-/// Kills the server (by its own pid) when the run ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn md(pairs: &[(&str, String)]) -> HashMap<String, String> {

@@ -303,14 +303,7 @@ fn parse_headers(variable: &str, text: &str) -> anyhow::Result<Vec<(String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{self, Origin};
-
-    fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::metadata::{self, Origin, from_pairs};
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -338,7 +331,7 @@ mod tests {
             ("BLEND_SCALER_CREDENTIAL_TENANT_B_NAMESPACES", "tenant-b"),
         ]));
         let access = Access::default();
-        let m = |name: &str| md(&[("queueName", "q"), ("credential", name)]);
+        let m = |name: &str| from_pairs(&[("queueName", "q"), ("credential", name)]);
         assert!(
             access
                 .check_names(&m("tenant-b"), "tenant-b", &creds)
@@ -361,7 +354,7 @@ mod tests {
     #[test]
     fn a_credential_without_a_namespace_list_serves_nobody() {
         let creds = Credentials::from_vars(vars(&[("BLEND_SCALER_CREDENTIAL_ORDERS", CS)]));
-        let m = md(&[("queueName", "q"), ("credential", "orders")]);
+        let m = from_pairs(&[("queueName", "q"), ("credential", "orders")]);
         assert!(
             Access::default()
                 .check_names(&m, "default", &creds)
@@ -377,7 +370,7 @@ mod tests {
 
     #[test]
     fn workload_identity_is_opt_in_per_namespace() {
-        let m = md(&[("queueName", "q"), ("namespace", "orders")]);
+        let m = from_pairs(&[("queueName", "q"), ("namespace", "orders")]);
         let plan = || metadata::parse(&m, Origin::Keda, &Credentials::default()).unwrap();
         let access =
             Access::from_vars(vars(&[(WORKLOAD_IDENTITY_NAMESPACES, "production")])).unwrap();
@@ -411,7 +404,7 @@ mod tests {
                 ("threshold", "1"),
             ];
             pairs.extend_from_slice(extra);
-            metadata::parse(&md(&pairs), Origin::Keda, &Credentials::default()).unwrap()
+            metadata::parse(&from_pairs(&pairs), Origin::Keda, &Credentials::default()).unwrap()
         };
         let mut p = plan("http://mimir.monitoring:8080/prometheus", &[]);
         access.apply(&mut p, "payments").unwrap();

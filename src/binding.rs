@@ -250,17 +250,10 @@ pub fn is_loopback(url: &Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{self, Origin};
-
-    fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::metadata::{self, Origin, from_pairs};
 
     fn check(rules: &HostRules, creds: &Credentials, pairs: &[(&str, &str)]) -> Vec<String> {
-        let m = md(pairs);
+        let m = from_pairs(pairs);
         let plan = metadata::parse(&m, Origin::Keda, creds).expect("the metadata parses");
         match rules.check(&m, &plan, creds) {
             Ok(()) => vec![],

@@ -334,8 +334,13 @@ const SIGNAL_METRICS: [SignalMetric; 4] = [
 
 type ObjectMetric = (&'static str, &'static str, fn(&Figures) -> Option<f64>);
 
-/// Per-ScaledObject series beside `desired_replicas`.
-const OBJECT_METRICS: [ObjectMetric; 7] = [
+/// Per-ScaledObject series, `desired_replicas` first.
+const OBJECT_METRICS: [ObjectMetric; 8] = [
+    (
+        "desired_replicas",
+        "Blended replica count last answered for a ScaledObject",
+        |f| f.desired,
+    ),
     ("max_replicas", "The trigger's maxReplicas clamp", |f| {
         f.max_replicas
     }),
@@ -385,21 +390,6 @@ impl Collector for ObjectSeries {
             .iter()
             .map(|(o, figures)| (o.clone(), *figures))
             .collect();
-        let mut family = encoder.encode_descriptor(
-            "desired_replicas",
-            "Blended replica count last answered for a ScaledObject",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (o, figures) in objects.iter() {
-            if let Some(d) = figures.desired {
-                let labels = [
-                    ("scaledobject_namespace", o.scaledobject_namespace.as_str()),
-                    ("scaledobject", o.scaledobject.as_str()),
-                ];
-                ConstGauge::new(d).encode(family.encode_family(&labels)?)?;
-            }
-        }
         for (name, help, pick) in OBJECT_METRICS {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for (o, figures) in objects.iter() {

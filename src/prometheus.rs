@@ -11,7 +11,7 @@
 //! becomes 0, and only with `ignoreNullValues` (KEDA's default).
 //!
 //! The HTTP exchange is done with the `reqwest` client directly, and the answer is decoded by
-//! [`wire`] (values only, capped; the crate's types for errors). The crate's own
+//! [`wire`](self::wire) (values only, capped; the crate's types for errors). The crate's own
 //! `InstantQueryBuilder` cannot carry
 //! `queryParameters`: it only takes parameter names as `&'static str`, and these names arrive
 //! at run time in trigger metadata (leaking one string per name a ScaledObject invents would
@@ -25,24 +25,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use prometheus_http_query::error::{PrometheusError, PrometheusErrorType};
-use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName};
 use tokio::time::Instant;
 use url::Url;
 
 use crate::binding::HostRules;
 use crate::cache::{self, GroupRead, Keyed, Refresher, SignalCache, Upstream};
-use crate::http::{self, Limits};
+use crate::http;
 use crate::metadata::{Aggregation, PrometheusAuth, PrometheusPlan, PrometheusTls};
 use crate::metrics::Metrics;
-use crate::offload::{self, Work};
 use crate::secret::Secret;
 use crate::signal::SignalError;
 
+mod answer;
+mod connect;
 mod wire;
 
-use wire::{Data, Envelope};
+use answer::{interpret, send};
+use connect::{Connection, SharedClient, basic_token, build_client, connect};
 
 /// Per-request timeout when the trigger sets no `timeout` (KEDA's HTTP default as well).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -241,28 +240,6 @@ pub fn source(
     ))
 }
 
-/// How one [`Server`] is reached: the shared HTTP client of its TLS identity, the headers
-/// its requests carry, and where its instant queries go.
-#[derive(Clone)]
-struct Connection {
-    http: Arc<SharedClient>,
-    headers: HeaderMap,
-    query_url: Url,
-}
-
-/// An HTTP client shared by every server reached with one TLS identity (most share the one
-/// without), counted in its upstream's `live_clients` while it lives.
-struct SharedClient {
-    client: reqwest::Client,
-    live: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Drop for SharedClient {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// Reads instant queries from Prometheus servers.
 pub struct PrometheusUpstream {
     metrics: Metrics,
@@ -391,322 +368,6 @@ impl Upstream for PrometheusUpstream {
             // One query per item: nothing is read that was not asked for.
             seen_in_passing: HashMap::new(),
         }
-    }
-}
-
-fn config_error(server: &Server, what: &str) -> SignalError {
-    SignalError::Setup(format!(
-        "the Prometheus client for {} could not be set up: {what}",
-        server.label()
-    ))
-}
-
-/// How requests to one server are made on `http`: auth and custom headers on every request,
-/// sent to the server's query URL.
-fn connect(server: &Server, http: Arc<SharedClient>) -> Result<Connection, SignalError> {
-    let config_error = |what: &str| config_error(server, what);
-    let mut url = Url::parse(&server.address).map_err(|_| config_error("bad serverAddress"))?;
-    let path = url.path().trim_end_matches('/').to_string();
-    url.set_path(&format!("{path}/api/v1/query"));
-    url.set_fragment(None);
-
-    let mut headers = HeaderMap::new();
-    for (name, value) in &server.headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| config_error(&format!("`{name}` is not a header name")))?;
-        headers.append(
-            name.clone(),
-            http::sensitive(value.expose())
-                .ok_or_else(|| config_error(&format!("the value of header `{name}` is invalid")))?,
-        );
-    }
-    // Like KEDA, a bearer token wins over basic auth for `Authorization`; a custom auth header
-    // is added under its own name (and replaces a custom header of the same name).
-    let authorization = match (&server.auth.bearer, &server.auth.basic) {
-        (Some(token), _) => Some(format!("Bearer {}", token.expose())),
-        (None, Some((user, pass))) => Some(format!(
-            "Basic {}",
-            basic_token(user.expose(), pass.expose())
-        )),
-        (None, None) => None,
-    };
-    if let Some(value) = authorization {
-        headers.insert(
-            AUTHORIZATION,
-            http::sensitive(&value)
-                .ok_or_else(|| config_error("the credentials are not header-safe"))?,
-        );
-    }
-    if let Some((name, value)) = &server.auth.custom {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| config_error("`customAuthHeader` is not a header name"))?;
-        headers.insert(
-            name,
-            http::sensitive(value.expose())
-                .ok_or_else(|| config_error("`customAuthValueFromEnv` is not header-safe"))?,
-        );
-    }
-
-    Ok(Connection {
-        http,
-        headers,
-        query_url: url,
-    })
-}
-
-/// The HTTP client for a TLS identity (`server`'s): its client certificate and CA, if any,
-/// and redirects within a server's own origin.
-fn build_client(server: &Server, hosts: &HostRules) -> Result<reqwest::Client, SignalError> {
-    let config_error = |what: &str| config_error(server, what);
-    let mut builder =
-        http::client_builder(CONNECT_TIMEOUT, hosts).redirect(same_origin_redirects());
-    if let Some(tls) = &server.auth.tls {
-        // reqwest wants the certificate chain and its key in one PEM buffer.
-        let pem = format!("{}\n{}\n", tls.cert.expose(), tls.key.expose());
-        let identity = reqwest::Identity::from_pem(pem.as_bytes()).map_err(|_| {
-            config_error("`certFromEnv`/`keyFromEnv` are not a PEM certificate and key")
-        })?;
-        builder = builder.identity(identity);
-        if let Some(ca) = &tls.ca {
-            // As KEDA (Go's RootCAs): a given CA replaces the system roots.
-            let roots = reqwest::Certificate::from_pem_bundle(ca.expose().as_bytes())
-                .map_err(|_| config_error("`caFromEnv` is not a PEM certificate"))?;
-            if roots.is_empty() {
-                return Err(config_error("`caFromEnv` holds no certificate"));
-            }
-            builder = builder.tls_certs_only(roots);
-        }
-    }
-    builder
-        .build()
-        .map_err(|e| config_error(&http::error_chain(&e.without_url())))
-}
-
-/// Follows redirects within the server's own origin only. Custom headers and custom auth
-/// values go with every request, and reqwest strips only the standard credential headers on a
-/// cross-host redirect, so following one could hand a secret to another host. A redirect
-/// elsewhere (an SSO login page, say) is answered as the 3xx it is: an error.
-fn same_origin_redirects() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        let same_origin = attempt
-            .previous()
-            .first()
-            .is_some_and(|first| first.origin() == attempt.url().origin());
-        if attempt.previous().len() > 10 || !same_origin {
-            attempt.stop()
-        } else {
-            attempt.follow()
-        }
-    })
-}
-
-fn basic_token(user: &str, pass: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-}
-
-/// One GET of `/api/v1/query`: the decoded data, or what the answer means as an error.
-async fn send(
-    connection: &Connection,
-    server: &Server,
-    query: &Query,
-) -> Result<Data, SignalError> {
-    let mut params: Vec<(&str, &str)> = vec![("query", &query.query)];
-    if let Some(ns) = &server.namespace {
-        params.push(("namespace", ns));
-    }
-    params.extend(
-        query
-            .parameters
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-
-    let request = connection
-        .http
-        .client
-        .get(connection.query_url.clone())
-        .headers(connection.headers.clone())
-        .query(&params);
-    let limits = Limits {
-        timeout: server.timeout,
-        max_body_bytes: MAX_BODY_BYTES,
-    };
-    let answer = http::exchange(
-        request,
-        &format!("Prometheus at {}", server.label()),
-        limits,
-    )
-    .await
-    .map_err(|e| e.map_text(|t| server.scrub(t)))?;
-    let status = answer.status;
-    let retry_after = answer.retry_after;
-    let body = answer.body;
-    // The body counts against the answer budget until it is decoded.
-    let _budget = answer.budget;
-    let is_json = answer
-        .headers
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("application/json"));
-
-    let (decoded, body) = if !is_json {
-        (None, body)
-    } else if body.len() <= INLINE_DECODE_BYTES {
-        (Some(serde_json::from_slice::<Envelope>(&body)), body)
-    } else {
-        offload::run(Work::Answer, move || {
-            (Some(serde_json::from_slice::<Envelope>(&body)), Vec::new())
-        })
-        .await
-    };
-    match decoded {
-        Some(Err(e)) if e.to_string().starts_with(wire::TOO_MANY_SERIES) => {
-            Err(SignalError::OverLimit(format!(
-                "Prometheus at {} answered more than {} series; no scaling query needs that \
-                 many (aggregate them in the query)",
-                server.label(),
-                wire::MAX_SERIES
-            )))
-        }
-        Some(Ok(Envelope::Success { data })) if status.is_success() => Ok(data),
-        Some(Ok(Envelope::Error(e))) => Err(api_error(status, &e, retry_after, server)),
-        Some(Err(e)) if status.is_success() => {
-            // serde's message can quote the body: it goes to the log only.
-            log_detail(server, status, &e.to_string());
-            Err(SignalError::Malformed(format!(
-                "Prometheus at {} sent an answer that is not a query result",
-                server.label()
-            )))
-        }
-        _ if status.is_success() => Err(SignalError::Malformed(format!(
-            "Prometheus at {} answered HTTP {} without JSON",
-            server.label(),
-            status.as_u16()
-        ))),
-        _ => Err(http_error(
-            status,
-            &String::from_utf8_lossy(&body),
-            retry_after,
-            server,
-        )),
-    }
-}
-
-/// A Prometheus `{"status":"error"}` answer. `bad_data` is the query (or a query parameter)
-/// being refused: a metadata problem the operator must fix, not an outage.
-fn api_error(
-    status: StatusCode,
-    e: &PrometheusError,
-    retry_after: Option<Duration>,
-    server: &Server,
-) -> SignalError {
-    log_detail(
-        server,
-        status,
-        &format!("{}: {}", e.error_type(), e.message()),
-    );
-    match e.error_type() {
-        PrometheusErrorType::BadData => SignalError::InvalidQuery(format!(
-            "Prometheus at {} refused it as bad_data (its message is in the scaler's log)",
-            server.label()
-        )),
-        PrometheusErrorType::Timeout => {
-            SignalError::QueryTimeout(format!("Prometheus at {}", server.label()))
-        }
-        _ => http_status(status, retry_after, server),
-    }
-}
-
-/// The text of an error answer goes to the scaler's log, scrubbed of the server's secrets and
-/// cut short; never into an error a caller sees (audit finding H2: an internal host's page
-/// read back through error text).
-fn log_detail(server: &Server, status: StatusCode, text: &str) {
-    tracing::warn!(
-        upstream = UPSTREAM,
-        server = %server.label(),
-        status = status.as_u16(),
-        detail = %server.scrub(text),
-        "Prometheus answered an error"
-    );
-}
-
-/// A non-2xx answer that is not a Prometheus error (a proxy's page, an auth gateway).
-fn http_error(
-    status: StatusCode,
-    body: &str,
-    retry_after: Option<Duration>,
-    server: &Server,
-) -> SignalError {
-    if !body.trim().is_empty() {
-        log_detail(server, status, body);
-    }
-    http_status(status, retry_after, server)
-}
-
-/// The error for a status code alone: a fixed cause naming the server.
-fn http_status(status: StatusCode, retry_after: Option<Duration>, server: &Server) -> SignalError {
-    let code = status.as_u16();
-    let detail = format!("Prometheus at {}", server.label());
-    match code {
-        // Prometheus itself only answers 400 for a query it cannot parse or evaluate as asked.
-        400 => SignalError::InvalidQuery(detail),
-        401 | 403 => SignalError::Unauthorized {
-            status: code,
-            detail,
-        },
-        429 | 503 if retry_after.is_some() || code == 429 => SignalError::Throttled {
-            status: code,
-            retry_after,
-        },
-        _ => SignalError::Http {
-            status: code,
-            detail,
-        },
-    }
-}
-
-/// One number from an answered query (KEDA's rules, plus `seriesAggregation`):
-/// - no series: 0 with `ignoreNullValues`, else [`SignalError::NullResult`];
-/// - several series: [`SignalError::MultipleSeries`] unless `seriesAggregation` is set;
-/// - a NaN or infinite value: 0 with `ignoreNullValues` (for each series before
-///   aggregating), else [`SignalError::NullResult`];
-/// - a scalar answer counts as one series; a range vector is a query problem.
-fn interpret(data: Data, query: &Query) -> Result<f64, SignalError> {
-    let values: Vec<f64> = match data {
-        Data::Vector(values) => values,
-        Data::Scalar(value) => vec![value],
-        Data::Matrix => {
-            return Err(SignalError::InvalidQuery(
-                "the query returns a range vector; an instant vector or a scalar is needed \
-                 (drop the `[…]` range or wrap it in a function such as rate())"
-                    .into(),
-            ));
-        }
-    };
-    if values.is_empty() {
-        return if query.ignore_null_values {
-            Ok(0.0)
-        } else {
-            Err(SignalError::NullResult)
-        };
-    }
-    if values.len() > 1 && query.series_aggregation.is_none() {
-        return Err(SignalError::MultipleSeries(values.len()));
-    }
-    let mut finite = Vec::with_capacity(values.len());
-    for v in values {
-        if v.is_finite() {
-            finite.push(v);
-        } else if query.ignore_null_values {
-            finite.push(0.0);
-        } else {
-            return Err(SignalError::NullResult);
-        }
-    }
-    match query.series_aggregation {
-        Some(aggregation) => aggregation.apply(&finite).ok_or(SignalError::NullResult),
-        None => Ok(finite[0]),
     }
 }
 

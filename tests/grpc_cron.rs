@@ -3,6 +3,8 @@
 
 #[path = "support/keda.rs"]
 mod keda;
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,8 +17,9 @@ use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::proto::{GetMetricsRequest, ScaledObjectRef};
 use blend_scaler::server::{self, Running, ServerConfig, TlsFiles};
 use chrono::{TimeZone, Utc};
+use pki::{Pki, keda_channel, pki};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -246,64 +249,31 @@ async fn metrics_and_probes_are_served_over_http() {
     server.shutdown().await.unwrap();
 }
 
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: String,
-    client_cert: String,
-    client_key: String,
-}
-
-fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client = CertificateParams::new(vec!["keda-operator".to_string()])
-        .unwrap()
-        .signed_by(&client_key, &issuer)
-        .unwrap();
+/// `pki`'s server certificate, key and CA in a fresh directory, as `serve` is given them.
+fn tls_files(pki: &Pki) -> (tempfile::TempDir, TlsFiles) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.path().join("tls.crt"), server.pem()).unwrap();
-    std::fs::write(dir.path().join("tls.key"), server_key.serialize_pem()).unwrap();
-    Pki {
-        dir,
-        ca: ca.pem(),
-        client_cert: client.pem(),
-        client_key: client_key.serialize_pem(),
-    }
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &pki.server_cert).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &pki.server_key).unwrap();
+    let files = TlsFiles {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+        client_ca: Some(dir.path().join("ca.pem")),
+    };
+    (dir, files)
 }
 
 #[tokio::test]
 async fn mtls_admits_a_client_with_a_certificate_and_refuses_one_without() {
-    let pki = pki();
-    let files = TlsFiles {
-        cert: pki.dir.path().join("tls.crt"),
-        key: pki.dir.path().join("tls.key"),
-        client_ca: Some(pki.dir.path().join("ca.pem")),
-    };
+    let pki = pki("1", &["localhost"]);
+    let (_dir, files) = tls_files(&pki);
     let server = start(Arc::new(AtomicI64::new(0)), Some(files)).await;
     let url = format!("https://localhost:{}", server.grpc_addr.port());
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca))
         .domain_name("localhost");
 
-    let with_cert = Channel::from_shared(url.clone())
-        .unwrap()
-        .tls_config(
-            tls.clone()
-                .identity(Identity::from_pem(&pki.client_cert, &pki.client_key)),
-        )
-        .unwrap()
-        .connect()
+    let with_cert = keda_channel(server.grpc_addr.port(), &pki.ca, &pki)
         .await
         .unwrap();
     let mut client = ExternalScalerClient::new(with_cert);

@@ -4,6 +4,8 @@
 
 #[path = "support/keda.rs"]
 mod keda;
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::path::Path;
 use std::process::Command;
@@ -15,54 +17,13 @@ use blend_scaler::proto::ScaledObjectRef;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::server::{self, Running, ServerConfig, TlsFiles};
 use blend_scaler::transport::TransportLimits;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use pki::{Pki, keda_channel, pki};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const POD: &str = "blend-scaler-7d9f-abcde";
 /// The Service name the chart's certificates carry; never an address.
 const SERVICE: &str = "blend-scaler.blend-scaler.svc";
-
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
-}
-
-/// A CA, a server certificate for `localhost` and the Service name (no IP address), and a
-/// client certificate for KEDA.
-fn pki(generation: &str) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("ca {generation}"));
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let mut server_params =
-        CertificateParams::new(vec!["localhost".to_string(), SERVICE.to_string()]).unwrap();
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("server {generation}"));
-    let server = server_params.signed_by(&server_key, &issuer).unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client = CertificateParams::new(vec!["keda-operator".to_string()])
-        .unwrap()
-        .signed_by(&client_key, &issuer)
-        .unwrap();
-    Pki {
-        ca: ca.pem(),
-        server_cert: server.pem(),
-        server_key: server_key.serialize_pem(),
-        client_cert: client.pem(),
-        client_key: client_key.serialize_pem(),
-    }
-}
 
 /// Writes each file beside itself and renames it into place, as a renewal would.
 fn publish(dir: &Path, pki: &Pki) {
@@ -118,16 +79,7 @@ fn cron_object() -> ScaledObjectRef {
 
 /// KEDA's call over mTLS, so the pod has a decision to show.
 async fn ask_as_keda(running: &Running, pki: &Pki) {
-    let channel = Channel::from_shared(format!("https://localhost:{}", running.grpc_addr.port()))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&pki.ca))
-                .domain_name("localhost")
-                .identity(Identity::from_pem(&pki.client_cert, &pki.client_key)),
-        )
-        .unwrap()
-        .connect()
+    let channel = keda_channel(running.grpc_addr.port(), &pki.ca, pki)
         .await
         .unwrap();
     let mut client = ExternalScalerClient::new(channel);
@@ -191,7 +143,7 @@ async fn presented(running: &Running, ca: &str) -> CertificateDer<'static> {
 async fn the_http_port_serves_decisions_over_tls_without_a_client_certificate_and_refuses_plain_http()
  {
     let dir = tempfile::tempdir().unwrap();
-    let first = pki("1");
+    let first = pki("1", &["localhost", SERVICE]);
     publish(dir.path(), &first);
     let running = scaler(dir.path()).await;
     ask_as_keda(&running, &first).await;
@@ -219,7 +171,7 @@ async fn the_http_port_serves_decisions_over_tls_without_a_client_certificate_an
     assert!(refused.is_err(), "plain HTTP was answered: {refused:?}");
 
     // A client that does not trust the serving CA is refused the handshake.
-    let stranger = https_client(&pki("other").ca);
+    let stranger = https_client(&pki("other", &["localhost", SERVICE]).ca);
     assert!(
         stranger
             .get(https(&running, "/readyz"))
@@ -233,7 +185,7 @@ async fn the_http_port_serves_decisions_over_tls_without_a_client_certificate_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_renewed_in_place_is_served_on_the_http_port_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let first = pki("1");
+    let first = pki("1", &["localhost", SERVICE]);
     publish(dir.path(), &first);
     let running = scaler(dir.path()).await;
     let before = presented(&running, &first.ca).await;
@@ -242,7 +194,7 @@ async fn a_certificate_renewed_in_place_is_served_on_the_http_port_without_a_res
         CertificateDer::from_pem_slice(first.server_cert.as_bytes()).unwrap()
     );
 
-    let second = pki("2");
+    let second = pki("2", &["localhost", SERVICE]);
     publish(dir.path(), &second);
     let want = CertificateDer::from_pem_slice(second.server_cert.as_bytes()).unwrap();
     // Bounded by count, not asserted on time: the reload is polled, so wait for it.
@@ -270,7 +222,7 @@ async fn presented_any(running: &Running, cas: &[&str]) -> CertificateDer<'stati
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_from_reads_an_https_port_with_the_ca_and_server_name_given() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = pki("1");
+    let pki = pki("1", &["localhost", SERVICE]);
     publish(dir.path(), &pki);
     let running = scaler(dir.path()).await;
     ask_as_keda(&running, &pki).await;

@@ -4,6 +4,8 @@
 
 #[path = "support/keda.rs"]
 mod keda;
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,48 +15,9 @@ use blend_scaler::proto::ScaledObjectRef;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
 use blend_scaler::server::{self, Running, ServerConfig, TlsFiles};
 use blend_scaler::transport::TransportLimits;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use pki::{Pki, keda_channel, pki};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-/// A CA, a server certificate for `localhost` and a client certificate, all PEM.
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
-}
-
-fn pki(generation: &str) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("ca {generation}"));
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let mut server_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("server {generation}"));
-    let server = server_params.signed_by(&server_key, &issuer).unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client = CertificateParams::new(vec!["keda-operator".to_string()])
-        .unwrap()
-        .signed_by(&client_key, &issuer)
-        .unwrap();
-    Pki {
-        ca: ca.pem(),
-        server_cert: server.pem(),
-        server_key: server_key.serialize_pem(),
-        client_cert: client.pem(),
-        client_key: client_key.serialize_pem(),
-    }
-}
 
 /// Writes `pki` into a fresh timestamped directory and points `..data` at it in one rename,
 /// as kubelet's AtomicWriter does; `tls.crt`, `tls.key`, `ca.crt` are fixed symlinks into
@@ -129,25 +92,6 @@ fn der(pem: &str) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
 }
 
-/// A KEDA-like client with `client`'s certificate, trusting the CA in `ca` (PEM).
-async fn channel(
-    running: &Running,
-    ca: &str,
-    client: &Pki,
-) -> Result<Channel, tonic::transport::Error> {
-    Channel::from_shared(format!("https://localhost:{}", running.grpc_addr.port()))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(ca))
-                .domain_name("localhost")
-                .identity(Identity::from_pem(&client.client_cert, &client.client_key)),
-        )
-        .unwrap()
-        .connect()
-        .await
-}
-
 fn cron_object() -> ScaledObjectRef {
     keda::object(
         "production",
@@ -163,7 +107,7 @@ fn cron_object() -> ScaledObjectRef {
 /// Whether a fresh connection with `client`'s certificate gets an answer from a server
 /// whose certificate chains to `ca`.
 async fn admitted(running: &Running, client: &Pki, ca: &str) -> bool {
-    match channel(running, ca, client).await {
+    match keda_channel(running.grpc_addr.port(), ca, client).await {
         Err(_) => false,
         Ok(ch) => ExternalScalerClient::new(ch)
             .is_active(cron_object())
@@ -175,13 +119,16 @@ async fn admitted(running: &Running, client: &Pki, ca: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_and_client_ca_renewed_in_place_serve_new_handshakes_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (old, new) = (pki("old"), pki("new"));
+    let (old, new) = (pki("old", &["localhost"]), pki("new", &["localhost"]));
     publish(dir.path(), "2026_12_03_old", &old);
     let running = scaler(dir.path()).await;
 
     // KEDA's long-lived connection, opened with the old material.
-    let mut established =
-        ExternalScalerClient::new(channel(&running, &old.ca, &old).await.unwrap());
+    let mut established = ExternalScalerClient::new(
+        keda_channel(running.grpc_addr.port(), &old.ca, &old)
+            .await
+            .unwrap(),
+    );
     established.is_active(cron_object()).await.unwrap();
     assert_eq!(
         presented(&running, &[&old, &new], &old).await,
@@ -216,7 +163,7 @@ async fn a_certificate_and_client_ca_renewed_in_place_serve_new_handshakes_witho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_whose_key_does_not_fit_keeps_the_previous_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (old, new) = (pki("old"), pki("new"));
+    let (old, new) = (pki("old", &["localhost"]), pki("new", &["localhost"]));
     publish(dir.path(), "2026_12_03_old", &old);
     let running = scaler(dir.path()).await;
 

@@ -73,10 +73,7 @@ impl ExternalScaler for Baseline {
 
 /// Runs the baseline server on a loopback port and prints the address; runs until killed.
 pub fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::runtime();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap());

@@ -11,6 +11,14 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The multi-threaded runtime every bench drives its clients and doubles on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// `--key value` pairs after cargo's own `--bench`.
 pub struct Args(HashMap<String, String>);
 

@@ -40,14 +40,19 @@ pub const MAX_LISTED_ERRORS: usize = 10;
 /// key's length, and a typo of a known key is short.
 const MAX_SUGGESTED_KEY_BYTES: usize = 64;
 
+/// Trigger metadata from `(key, value)` pairs, for tests.
+#[cfg(test)]
+pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A plan from `(key, value)` pairs as KEDA sends them, for tests; panics on invalid metadata.
 #[cfg(test)]
 pub(crate) fn test_plan(pairs: &[(&str, &str)]) -> Plan {
-    let m: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    parse(&m, Origin::Keda, &Credentials::default()).expect("valid metadata")
+    parse(&from_pairs(pairs), Origin::Keda, &Credentials::default()).expect("valid metadata")
 }
 
 pub const DEFAULT_METRIC_NAME: &str = "blended-replicas";

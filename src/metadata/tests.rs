@@ -1,14 +1,7 @@
 use super::*;
 
-fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 fn keda(pairs: &[(&str, &str)]) -> Result<Plan, MetadataErrors> {
-    parse(&md(pairs), Origin::Keda, &Credentials::default())
+    parse(&from_pairs(pairs), Origin::Keda, &Credentials::default())
 }
 
 fn keys(errs: &MetadataErrors) -> Vec<&str> {
@@ -105,7 +98,7 @@ fn no_signal_at_all_is_an_error() {
 
 #[test]
 fn size_limits_are_enforced() {
-    let mut m = md(&[("queueName", "q"), ("namespace", "ns")]);
+    let mut m = from_pairs(&[("queueName", "q"), ("namespace", "ns")]);
     for i in 0..70 {
         m.insert(format!("k{i}"), "v".into());
     }
@@ -123,7 +116,7 @@ fn size_limits_are_enforced() {
 /// keys gave a million-character error.
 #[test]
 fn oversized_keys_get_one_immediate_error_and_no_suggestion_work() {
-    let mut m = md(&[("start", "0 8 * * *"), ("end", "0 9 * * *")]);
+    let mut m = from_pairs(&[("start", "0 8 * * *"), ("end", "0 9 * * *")]);
     m.insert("x".repeat(256 << 10), "v".into());
     m.insert("y".repeat(MAX_KEY_BYTES + 1), "v".into());
     let started = std::time::Instant::now();
@@ -145,7 +138,7 @@ fn oversized_keys_get_one_immediate_error_and_no_suggestion_work() {
 
 #[test]
 fn an_error_message_lists_at_most_ten_problems_and_counts_the_rest() {
-    let mut m = md(&[("start", "0 8 * * *"), ("end", "0 9 * * *")]);
+    let mut m = from_pairs(&[("start", "0 8 * * *"), ("end", "0 9 * * *")]);
     for i in 0..40 {
         m.insert(format!("unknown{i:02}"), "v".into());
     }
@@ -219,7 +212,7 @@ fn a_broken_connection_string_is_named_but_not_echoed() {
 #[test]
 fn in_a_file_connection_from_env_is_a_variable_name() {
     let plan = parse(
-        &md(&[
+        &from_pairs(&[
             ("queueName", "q"),
             ("namespace", "bus"),
             ("connectionFromEnv", "SERVICEBUS_CONNECTION"),
@@ -238,7 +231,7 @@ fn a_named_credential_is_read_from_the_scaler_environment() {
         CS.to_string(),
     )]);
     let plan = parse(
-        &md(&[("queueName", "q"), ("credential", "orders-bus")]),
+        &from_pairs(&[("queueName", "q"), ("credential", "orders-bus")]),
         Origin::Keda,
         &creds,
     )
@@ -460,7 +453,7 @@ fn a_prometheus_credential_supplies_basic_auth() {
         "basic:scaler:pa55".to_string(),
     )]);
     let plan = parse(
-        &md(&[
+        &from_pairs(&[
             ("serverAddress", "http://p:9090"),
             ("query", "up"),
             ("threshold", "1"),

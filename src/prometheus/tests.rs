@@ -1,5 +1,9 @@
+use super::answer::{api_error, http_error, interpret};
+use super::connect::build_client;
+use super::wire::{Data, Envelope};
 use super::*;
 use crate::metadata::{Credentials, Origin, parse};
+use reqwest::StatusCode;
 
 fn plan(extra: &[(&str, &str)]) -> PrometheusPlan {
     let mut md: HashMap<String, String> = [

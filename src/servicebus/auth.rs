@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::percent_decode_str;
 use sha2::Sha256;
 use tokio::time::Instant;
 
@@ -37,17 +37,9 @@ const UPSTREAM: &str = "azure_ad";
 /// A token response is a few KiB of JSON; anything much larger is not one.
 const MAX_TOKEN_BODY_BYTES: usize = 64 * 1024;
 
-/// What `sr`, `sig` and `skn` are encoded with: everything but unreserved characters, the
-/// way `HttpUtility.UrlEncode`, `quote_plus` and `url.QueryEscape` agree on for URIs.
-const TOKEN_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
 /// Percent-encodes a value for a SAS token.
 pub fn token_encode(value: &str) -> String {
-    utf8_percent_encode(value, TOKEN_ENCODE).to_string()
+    http::escape(value)
 }
 
 /// Decodes a percent-encoded SAS token field (`+` is a space, as in a form).
@@ -186,7 +178,7 @@ impl WorkloadIdentityConfig {
         format!(
             "{}/{}/oauth2/v2.0/token",
             self.authority_host.trim_end_matches('/'),
-            utf8_percent_encode(&self.tenant_id, TOKEN_ENCODE)
+            http::escape(&self.tenant_id)
         )
     }
 }

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::time::Instant;
 
 use crate::binding::HostRules;
@@ -30,13 +29,6 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// Answers up to this size are parsed where they arrive; larger ones (list pages) on a
 /// blocking thread ([`crate::offload`]).
 const INLINE_PARSE_BYTES: usize = 64 * 1024;
-
-/// Entity names are sent as path segments; only unreserved characters stay as they are.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -275,7 +267,7 @@ impl Client {
             url.push('&');
             url.push_str(k);
             url.push('=');
-            url.push_str(&utf8_percent_encode(v, SEGMENT).to_string());
+            url.push_str(&http::escape(v));
         }
         let request = self
             .http
@@ -320,7 +312,7 @@ fn entity_path(names: &[&str]) -> Result<String, SignalError> {
                     "`{name}` is not a valid Service Bus entity name"
                 )));
             }
-            out.push(utf8_percent_encode(segment, SEGMENT).to_string());
+            out.push(http::escape(segment));
         }
     }
     Ok(out.join("/"))

@@ -477,13 +477,13 @@ impl Controller {
     ) -> u32 {
         let cur = i64::from(current);
         if desired > current {
-            let limit = self.scale_up_limit(t, cur, &b.scale_up).max(cur);
+            let limit = self.limit(t, cur, &b.scale_up, true).max(cur);
             let allowed = i64::from(max).min(limit);
             if i64::from(desired) > allowed {
                 return allowed as u32;
             }
         } else if desired < current {
-            let limit = self.scale_down_limit(t, cur, &b.scale_down).min(cur);
+            let limit = self.limit(t, cur, &b.scale_down, false).min(cur);
             let allowed = i64::from(min).max(limit);
             if i64::from(desired) < allowed {
                 return allowed as u32;
@@ -499,41 +499,30 @@ impl Controller {
             + change_in_period(&self.scale_down_events, policy.period_seconds, t)
     }
 
-    /// `calculateScaleUpLimitWithScalingRules`.
-    fn scale_up_limit(&self, t: u64, current: i64, rules: &Rules) -> i64 {
-        let (mut result, pick): (i64, fn(i64, i64) -> i64) = match rules.select {
-            Select::Disabled => return current,
-            Select::Min => (i64::from(i32::MAX), i64::min),
-            Select::Max => (i64::from(i32::MIN), i64::max),
+    /// How far `rules` let the replicas move from `current`: upwards
+    /// (`calculateScaleUpLimitWithScalingRules`) or downwards
+    /// (`calculateScaleDownLimitWithBehaviors`). `selectPolicy: Max` takes the policy that
+    /// allows the biggest change: the highest limit going up, the lowest going down.
+    fn limit(&self, t: u64, current: i64, rules: &Rules, up: bool) -> i64 {
+        let (mut result, pick): (i64, fn(i64, i64) -> i64) = match (rules.select, up) {
+            (Select::Disabled, _) => return current,
+            (Select::Min, true) | (Select::Max, false) => (i64::from(i32::MAX), i64::min),
+            (Select::Max, true) | (Select::Min, false) => (i64::from(i32::MIN), i64::max),
         };
         for p in &rules.policies {
             let start = self.period_start(t, current, p);
-            let proposed = match p.kind {
-                PolicyKind::Pods => start + i64::from(p.value),
+            let proposed = match (p.kind, up) {
+                (PolicyKind::Pods, true) => start + i64::from(p.value),
+                (PolicyKind::Pods, false) => start - i64::from(p.value),
                 // Rounded up, so a small percentage still adds a pod; the same floating-point
                 // steps as the controller.
-                PolicyKind::Percent => {
+                (PolicyKind::Percent, true) => {
                     (start as f64 * (1.0 + f64::from(p.value) / 100.0)).ceil() as i64
                 }
-            };
-            result = pick(result, proposed);
-        }
-        result
-    }
-
-    /// `calculateScaleDownLimitWithBehaviors`.
-    fn scale_down_limit(&self, t: u64, current: i64, rules: &Rules) -> i64 {
-        let (mut result, pick): (i64, fn(i64, i64) -> i64) = match rules.select {
-            Select::Disabled => return current,
-            Select::Min => (i64::from(i32::MIN), i64::max),
-            Select::Max => (i64::from(i32::MAX), i64::min),
-        };
-        for p in &rules.policies {
-            let start = self.period_start(t, current, p);
-            let proposed = match p.kind {
-                PolicyKind::Pods => start - i64::from(p.value),
                 // Truncated (Go's `int32(float64)`): the change is rounded up.
-                PolicyKind::Percent => (start as f64 * (1.0 - f64::from(p.value) / 100.0)) as i64,
+                (PolicyKind::Percent, false) => {
+                    (start as f64 * (1.0 - f64::from(p.value) / 100.0)) as i64
+                }
             };
             result = pick(result, proposed);
         }
