@@ -417,17 +417,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ..DecisionsOptions::default()
         },
     };
+    // Before anything listens: without its client the adapter cannot start.
+    let kube_client = match &adapter {
+        Some(_) => Some(kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!(
+                "--external-metrics-addr needs the Kubernetes API (KUBECONFIG or in-cluster): {e}"
+            )
+        })?),
+        None => None,
+    };
     let running = server::start_with_default_sources(config).await?;
-    let adapter = match adapter {
-        Some(files) => {
-            let client = kube::Client::try_default().await.context(
-                "--external-metrics-addr needs the Kubernetes API (KUBECONFIG or in-cluster)",
-            )?;
+    let adapter = match (adapter, kube_client) {
+        (Some(files), Some(client)) => {
             let engine = running.engine.clone();
             let options = Default::default();
             Some(crate::external_metrics::adapter::start(files, client, engine, options).await?)
         }
-        None => None,
+        _ => None,
     };
     running.run_until(shutdown_signal()).await?;
     if let Some(adapter) = adapter {
