@@ -491,3 +491,79 @@ async fn an_apiservice_pointing_at_this_adapter_is_served() {
     assert_eq!(body["items"][0]["value"], "4");
     f.stop().await;
 }
+
+#[tokio::test]
+async fn an_adapter_that_cannot_read_the_apiservice_serves_nothing_of_the_group() {
+    // A fixed client CA file, and an API server that is gone before the adapter starts.
+    let api = KubeApi::start().await.unwrap();
+    let kubeconfig = Kubeconfig::from_yaml(&api.kubeconfig("default")).unwrap();
+    drop(api);
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let serving = ca("serving-ca");
+    let (cert, key) = leaf(
+        &serving,
+        "blend-scaler-adapter",
+        &["localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key).unwrap();
+    let front_proxy = ca("front-proxy-ca");
+    std::fs::write(dir.path().join("ca.crt"), &front_proxy.pem).unwrap();
+    let (running, _grpc) =
+        keda::start(ServerConfig::loopback(), Default::default(), Metrics::new()).await;
+    let adapter = adapter::start(
+        AdapterFiles {
+            addr: ([127, 0, 0, 1], 0).into(),
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            client_ca: Some(dir.path().join("ca.crt")),
+            service: Some(OURS.parse().unwrap()),
+            apiservice_recheck: Duration::from_millis(100),
+            authorization_cache: CacheTtl::default(),
+        },
+        client,
+        running.engine.clone(),
+        ClusterOptions::default(),
+    )
+    .await
+    .unwrap();
+    let c = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(serving.pem.as_bytes()).unwrap()])
+        .identity(
+            reqwest::Identity::from_pem(
+                {
+                    let (c, k) = front_proxy_client(&front_proxy, "any-cn-the-file-ca-signed");
+                    format!("{c}{k}")
+                }
+                .as_bytes(),
+            )
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let resp = c
+        .get(format!(
+            "https://localhost:{}{DISCOVERY}",
+            adapter.listener.addr.port()
+        ))
+        .header("X-Remote-User", "system:kube-aggregator")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: Value = resp.json().await.unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("not known yet") && message.contains("v1beta1.external.metrics.k8s.io"),
+        "{message}"
+    );
+    adapter.abort();
+    running.shutdown().await.unwrap();
+}

@@ -135,10 +135,21 @@ impl Guard {
         let found = match api.get_opt(NAME).await {
             Ok(found) => Ownership::of(found.as_ref(), self.ours.as_ref()),
             Err(error) => {
-                tracing::warn!(apiservice = NAME, %error, "could not read the APIService");
                 let mut state = self.state.write();
                 if let Ownership::Unknown(_) = *state {
+                    // RBAC without `get` on apiservices lands here, and the group stays off.
+                    tracing::error!(
+                        apiservice = NAME,
+                        %error,
+                        "could not read the APIService; not serving external.metrics.k8s.io until it is read"
+                    );
                     *state = Ownership::Unknown(format!("reading APIService {NAME} failed"));
+                } else {
+                    tracing::warn!(
+                        apiservice = NAME,
+                        %error,
+                        "could not read the APIService; keeping the last answer"
+                    );
                 }
                 return state.clone();
             }

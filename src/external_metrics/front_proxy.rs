@@ -194,11 +194,20 @@ impl FrontProxy {
                         ),
                         Err(error) => tracing::error!(%error, "front-proxy client CA unusable"),
                     },
-                    Err(error) => tracing::warn!(
-                        configmap = %configmap_name(),
-                        %error,
-                        "watching the front-proxy client CA failed; keeping the current one"
-                    ),
+                    Err(error) => match me.problem() {
+                        // RBAC without extension-apiserver-authentication-reader lands here.
+                        Some(refusing) => tracing::error!(
+                            configmap = %configmap_name(),
+                            %error,
+                            %refusing,
+                            "watching the front-proxy client CA failed"
+                        ),
+                        None => tracing::warn!(
+                            configmap = %configmap_name(),
+                            %error,
+                            "watching the front-proxy client CA failed; keeping the current one"
+                        ),
+                    },
                 }
             }
         })
