@@ -7,6 +7,8 @@
 mod certs;
 #[path = "support/keda.rs"]
 mod keda;
+#[path = "support/kube.rs"]
+mod kube_support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,6 @@ use blend_scaler_testkit::KubeApi;
 use blend_scaler_testkit::kube_api::{Decision, Kind};
 use certs::{Ca, ca, front_proxy_client, leaf};
 use chrono::{TimeZone, Utc};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::{Value, json};
 
@@ -121,13 +122,7 @@ async fn start(apiservice_value: Option<Value>) -> Fixture {
     };
     let (running, _grpc) = keda::start(config, Default::default(), Metrics::new()).await;
 
-    let kubeconfig = Kubeconfig::from_yaml(&api.kubeconfig("default")).unwrap();
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let client = kube_support::client(&api.kubeconfig("default")).await;
     let adapter = adapter::start(
         AdapterFiles {
             addr: ([127, 0, 0, 1], 0).into(),
@@ -158,13 +153,7 @@ async fn start(apiservice_value: Option<Value>) -> Fixture {
 }
 
 fn client(f: &Fixture, identity: Option<(String, String)>) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(f.serving_ca.as_bytes()).unwrap()])
-        .timeout(Duration::from_secs(5));
-    if let Some((cert, key)) = identity {
-        b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
-    }
-    b.build().unwrap()
+    certs::https_client(&f.serving_ca, identity)
 }
 
 fn aggregator(f: &Fixture) -> reqwest::Client {
@@ -496,14 +485,9 @@ async fn an_apiservice_pointing_at_this_adapter_is_served() {
 async fn an_adapter_that_cannot_read_the_apiservice_serves_nothing_of_the_group() {
     // A fixed client CA file, and an API server that is gone before the adapter starts.
     let api = KubeApi::start().await.unwrap();
-    let kubeconfig = Kubeconfig::from_yaml(&api.kubeconfig("default")).unwrap();
+    let kubeconfig = api.kubeconfig("default");
     drop(api);
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let client = kube_support::client(&kubeconfig).await;
     let dir = tempfile::tempdir().unwrap();
     let serving = ca("serving-ca");
     let (cert, key) = leaf(

@@ -4,6 +4,8 @@
 
 #[path = "support/keda.rs"]
 mod keda;
+#[path = "support/kube.rs"]
+mod kube_support;
 
 use std::time::Duration;
 
@@ -13,15 +15,10 @@ use blend_scaler::external_metrics::server::Registry;
 use blend_scaler::server::{Running, ServerConfig};
 use blend_scaler_testkit::kube_api::Kind;
 use blend_scaler_testkit::{KubeApi, StaticPrometheus};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 
 async fn client(api: &KubeApi) -> kube::Client {
-    let kubeconfig = Kubeconfig::from_yaml(&api.kubeconfig("default")).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
+    kube_support::client(&api.kubeconfig("default")).await
 }
 
 fn prometheus_metadata(prom: &StaticPrometheus, threshold: &str) -> Value {

@@ -8,6 +8,8 @@
 //! With `BLEND_SCALER_TRANSCRIPT=DIR` the kubectl commands and their outputs are written to
 //! files in DIR (scripts/adapter-transcript puts them in docs/metrics-adapter.md).
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/keda.rs"]
 mod keda;
 
@@ -23,50 +25,12 @@ use blend_scaler::simulate::hpa::{self, Metric};
 use blend_scaler_testkit::aggregator::{Aggregator, AggregatorOptions};
 use blend_scaler_testkit::kube_api::{Decision, Kind};
 use blend_scaler_testkit::{KubeApi, StaticPrometheus};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use certs::{ca, leaf_in_groups};
+use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::{Value, json};
 
 const SERVICE_NAME: &str = "blend-scaler-adapter.blend-scaler.svc";
 const HPA_USER: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let key = KeyPair::generate().unwrap();
-    let cert = p.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
-    }
-}
-
-/// A leaf signed by `ca`: (certificate PEM, key PEM).
-fn leaf(
-    ca: &Ca,
-    cn: &str,
-    orgs: &[&str],
-    sans: &[&str],
-    eku: ExtendedKeyUsagePurpose,
-) -> (String, String) {
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    for o in orgs {
-        p.distinguished_name.push(DnType::OrganizationName, *o);
-    }
-    p.extended_key_usages = vec![eku];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -145,7 +109,7 @@ async fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let serving = ca("adapter-serving-ca");
-    let (cert, key) = leaf(
+    let (cert, key) = leaf_in_groups(
         &serving,
         "blend-scaler-adapter",
         &[],
@@ -156,7 +120,7 @@ async fn start() -> Fixture {
     write(d, "adapter.crt", &cert);
     write(d, "adapter.key", &key);
     let front_proxy = ca("front-proxy-ca");
-    let (fp_cert, fp_key) = leaf(
+    let (fp_cert, fp_key) = leaf_in_groups(
         &front_proxy,
         "front-proxy-client",
         &[],
@@ -168,7 +132,7 @@ async fn start() -> Fixture {
     write(d, "front-proxy-client.key", &fp_key);
     // The emulated kube-apiserver: its serving CA, and the CA its users' certificates chain to.
     let cluster = ca("cluster-ca");
-    let (api_cert, api_key) = leaf(
+    let (api_cert, api_key) = leaf_in_groups(
         &cluster,
         "kube-apiserver",
         &[],
@@ -177,7 +141,7 @@ async fn start() -> Fixture {
     );
     write(d, "cluster-ca.crt", &cluster.pem);
     let users = ca("client-ca");
-    let (hpa_cert, hpa_key) = leaf(
+    let (hpa_cert, hpa_key) = leaf_in_groups(
         &users,
         HPA_USER,
         &[

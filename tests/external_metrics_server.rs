@@ -149,13 +149,7 @@ async fn start_owned(ownership: Ownership) -> Fixture {
 }
 
 fn client(f: &Fixture, identity: Option<(String, String)>) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(f.serving_ca.as_bytes()).unwrap()])
-        .timeout(Duration::from_secs(5));
-    if let Some((cert, key)) = identity {
-        b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
-    }
-    b.build().unwrap()
+    certs::https_client(&f.serving_ca, identity)
 }
 
 fn aggregator(f: &Fixture) -> reqwest::Client {

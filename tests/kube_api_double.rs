@@ -1,6 +1,9 @@
 //! The test kit's Kubernetes API double, driven by the real `kube` client the adapter uses:
 //! if the double's JSON drifted from the API's, these calls would fail to decode.
 
+#[path = "support/kube.rs"]
+mod kube_support;
+
 use std::time::Duration;
 
 use blend_scaler::crd::{BlendedMetric, BlendedMetricStatus};
@@ -13,16 +16,11 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use serde_json::json;
 
 async fn client(api: &KubeApi) -> kube::Client {
-    let kubeconfig = Kubeconfig::from_yaml(&api.kubeconfig("default")).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
+    kube_support::client(&api.kubeconfig("default")).await
 }
 
 fn blended_metric(namespace: &str, name: &str, replicas: &str) -> serde_json::Value {

@@ -26,9 +26,24 @@ pub fn ca(name: &str) -> Ca {
 
 /// A leaf signed by `ca`: (certificate PEM, key PEM).
 pub fn leaf(ca: &Ca, cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> (String, String) {
+    leaf_in_groups(ca, cn, &[], sans, eku)
+}
+
+/// A leaf whose subject also names `orgs`: Kubernetes reads each O of a client certificate
+/// as one of the user's groups.
+pub fn leaf_in_groups(
+    ca: &Ca,
+    cn: &str,
+    orgs: &[&str],
+    sans: &[&str],
+    eku: ExtendedKeyUsagePurpose,
+) -> (String, String) {
     let mut p =
         CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
+    for o in orgs {
+        p.distinguished_name.push(DnType::OrganizationName, *o);
+    }
     p.extended_key_usages = vec![eku];
     let key = KeyPair::generate().unwrap();
     let cert = p.signed_by(&key, &ca.issuer).unwrap();
@@ -38,4 +53,16 @@ pub fn leaf(ca: &Ca, cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> (
 /// A front-proxy client certificate with `cn` from `ca`, as the aggregator holds one.
 pub fn front_proxy_client(ca: &Ca, cn: &str) -> (String, String) {
     leaf(ca, cn, &[], ExtendedKeyUsagePurpose::ClientAuth)
+}
+
+/// An HTTPS client that trusts only `serving_ca_pem`, presenting `identity` (certificate PEM,
+/// key PEM) when given.
+pub fn https_client(serving_ca_pem: &str, identity: Option<(String, String)>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(serving_ca_pem.as_bytes()).unwrap()])
+        .timeout(std::time::Duration::from_secs(5));
+    if let Some((cert, key)) = identity {
+        b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+    }
+    b.build().unwrap()
 }
