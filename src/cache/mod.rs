@@ -2,8 +2,9 @@
 //!
 //! Values are grouped by *upstream identity* (a Service Bus namespace with its credentials, a
 //! Prometheus server with its auth), not by ScaledObject. Each group has one background task
-//! that reads all of the group's watched items in one [`Upstream::read`] per refresh, however
-//! many ScaledObjects watch them. A never-seen item wakes its group at once, and concurrent
+//! that reads the group's due items in one [`Upstream::read`], however many ScaledObjects watch
+//! them; an item is due once per the interval KEDA asks for it at, never more often than the
+//! refresh interval (the rule is `schedule`'s). A never-seen item wakes its group at once, and concurrent
 //! callers all wait for that same read, unless the group's latest reads saw it in passing (a
 //! list page holds every entity on it): then it is answered from what they saw. Items
 //! nobody asked about for `idle_ttl` are dropped; a group with none left is dropped too,
