@@ -29,20 +29,20 @@ use crate::secret::Secret;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("metadata key `{key}`: {message}")]
 pub struct Refused {
-    pub key: &'static str,
-    pub message: String,
+    pub(crate) key: &'static str,
+    pub(crate) message: String,
 }
 
 /// A set of Kubernetes namespaces: a comma-separated list, `*` for every namespace, empty for
 /// none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Namespaces {
+pub(crate) struct Namespaces {
     every: bool,
     names: BTreeSet<String>,
 }
 
 impl Namespaces {
-    pub fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         let mut out = Self::default();
         for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             if name == "*" {
@@ -54,19 +54,11 @@ impl Namespaces {
         out
     }
 
-    /// Every namespace (`*`).
-    pub fn every() -> Self {
-        Self {
-            every: true,
-            names: BTreeSet::new(),
-        }
-    }
-
-    pub fn allows(&self, namespace: &str) -> bool {
+    pub(crate) fn allows(&self, namespace: &str) -> bool {
         self.every || self.names.contains(namespace)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         !self.every && self.names.is_empty()
     }
 }
@@ -74,13 +66,13 @@ impl Namespaces {
 /// A Prometheus server the operator configured: who may query it, and the headers the scaler
 /// sends to it on the tenant's behalf.
 #[derive(Clone, Debug)]
-pub struct PrometheusServer {
-    pub name: String,
+pub(crate) struct PrometheusServer {
+    pub(crate) name: String,
     /// Scheme, host, port and an optional path prefix.
-    pub url: Url,
-    pub namespaces: Namespaces,
+    pub(crate) url: Url,
+    pub(crate) namespaces: Namespaces,
     /// Values may hold `{namespace}`, replaced by the caller's namespace.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl PrometheusServer {
@@ -95,31 +87,23 @@ impl PrometheusServer {
     }
 }
 
-pub const WORKLOAD_IDENTITY_NAMESPACES: &str = "BLEND_SCALER_WORKLOAD_IDENTITY_NAMESPACES";
-pub const PROMETHEUS_SERVER_PREFIX: &str = "BLEND_SCALER_PROMETHEUS_SERVER_";
-pub const NAMESPACES_SUFFIX: &str = "_NAMESPACES";
-pub const HEADERS_SUFFIX: &str = "_HEADERS";
+pub(crate) const WORKLOAD_IDENTITY_NAMESPACES: &str = "BLEND_SCALER_WORKLOAD_IDENTITY_NAMESPACES";
+pub(crate) const PROMETHEUS_SERVER_PREFIX: &str = "BLEND_SCALER_PROMETHEUS_SERVER_";
+pub(crate) const NAMESPACES_SUFFIX: &str = "_NAMESPACES";
+pub(crate) const HEADERS_SUFFIX: &str = "_HEADERS";
 
 /// The operator's namespace rules, besides the per-credential ones kept with [`Credentials`].
 #[derive(Clone, Debug, Default)]
 pub struct Access {
     /// Namespaces whose Service Bus triggers may use the scaler pod's workload identity.
-    pub workload_identity: Namespaces,
+    pub(crate) workload_identity: Namespaces,
     /// Empty: any server the upstream allowlist admits, for every namespace, with no headers
     /// of the scaler's own (`serve` warns about it). Otherwise only these.
-    pub prometheus_servers: Vec<PrometheusServer>,
+    pub(crate) prometheus_servers: Vec<PrometheusServer>,
 }
 
 impl Access {
-    /// Every namespace may use everything: for tests and local tools that are not multi-tenant.
-    pub fn open() -> Self {
-        Self {
-            workload_identity: Namespaces::every(),
-            prometheus_servers: Vec::new(),
-        }
-    }
-
-    pub fn from_env() -> anyhow::Result<Self> {
+    pub(crate) fn from_env() -> anyhow::Result<Self> {
         Self::from_vars(std::env::vars())
     }
 
@@ -176,7 +160,7 @@ impl Access {
     }
 
     /// Lines `serve` logs at startup: configurations that leave a door open, or shut.
-    pub fn warnings(&self, credentials: &Credentials) -> Vec<String> {
+    pub(crate) fn warnings(&self, credentials: &Credentials) -> Vec<String> {
         let mut out = Vec::new();
         if self.prometheus_servers.is_empty() {
             out.push(format!(
@@ -204,7 +188,7 @@ impl Access {
     /// Before parsing: a named credential must be one the caller's namespace may use. Runs
     /// first so that an unknown name and a forbidden one are refused alike, before the parser
     /// could say which it is.
-    pub fn check_names(
+    pub(crate) fn check_names(
         &self,
         metadata: &HashMap<String, String>,
         namespace: &str,
@@ -231,7 +215,7 @@ impl Access {
 
     /// After parsing: the scaler's identity and the Prometheus server for this namespace, and
     /// the server's own headers added to the plan.
-    pub fn apply(&self, plan: &mut Plan, namespace: &str) -> Result<(), Refused> {
+    pub(crate) fn apply(&self, plan: &mut Plan, namespace: &str) -> Result<(), Refused> {
         if let Some(sb) = &plan.servicebus
             && sb.auth == ServiceBusAuth::WorkloadIdentity
             && !self.workload_identity.allows(namespace)

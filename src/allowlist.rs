@@ -129,7 +129,7 @@ pub struct HostList {
 
 impl HostList {
     /// Parses every entry; the error names the first bad one.
-    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+    pub(crate) fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
         let entries = entries
             .iter()
             .map(|e| e.as_ref())
@@ -152,12 +152,8 @@ impl HostList {
         Ok(list)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// True when `url`'s host and port (the scheme's default when it has none) match an entry.
-    pub fn allows(&self, url: &url::Url) -> bool {
+    pub(crate) fn allows(&self, url: &url::Url) -> bool {
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
             return false;
         };
@@ -172,12 +168,12 @@ impl HostList {
     }
 
     /// True when `host` matches an entry, whatever the port.
-    pub fn allows_host(&self, host: &str) -> bool {
+    pub(crate) fn allows_host(&self, host: &str) -> bool {
         self.entries.iter().any(|e| e.host_matches(host))
     }
 
     /// True when `host` is named by an entry without a wildcard.
-    pub fn names_exactly(&self, host: &str) -> bool {
+    pub(crate) fn names_exactly(&self, host: &str) -> bool {
         self.entries
             .iter()
             .any(|e| e.is_exact() && e.host_matches(host))

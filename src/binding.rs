@@ -22,7 +22,7 @@ use crate::metadata::{
 };
 
 /// The Service Bus DNS suffixes of the Azure clouds (`cloud` metadata).
-pub const PUBLIC_SERVICEBUS_SUFFIXES: [&str; 3] = [
+pub(crate) const PUBLIC_SERVICEBUS_SUFFIXES: [&str; 3] = [
     "servicebus.windows.net",
     "servicebus.usgovcloudapi.net",
     "servicebus.chinacloudapi.cn",
@@ -54,7 +54,7 @@ impl HostRules {
     }
 
     /// Refuses a plan that would send a credential anywhere but its own host.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         metadata: &HashMap<String, String>,
         plan: &Plan,
@@ -238,7 +238,7 @@ fn has_more_than_origin(url: &Url) -> bool {
 }
 
 /// `localhost` or a loopback IP literal. What a name resolves to is checked when connecting.
-pub fn is_loopback(url: &Url) -> bool {
+pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),

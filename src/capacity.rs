@@ -43,20 +43,20 @@ impl Default for Capacity {
 /// A count per Kubernetes namespace, under a cap. Taking a place gives a guard that gives it
 /// back when dropped.
 #[derive(Clone, Debug, Default)]
-pub struct PerNamespace {
+pub(crate) struct PerNamespace {
     counts: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 /// One place taken in a [`PerNamespace`]; given back on drop.
 #[derive(Debug)]
-pub struct Place {
+pub(crate) struct Place {
     counts: Arc<Mutex<HashMap<String, usize>>>,
     namespace: String,
 }
 
 impl PerNamespace {
     /// A place for `namespace`, unless it already holds `max`.
-    pub fn take(&self, namespace: &str, max: usize) -> Option<Place> {
+    pub(crate) fn take(&self, namespace: &str, max: usize) -> Option<Place> {
         let mut counts = self.counts.lock();
         let n = counts.entry(namespace.to_string()).or_insert(0);
         if *n >= max {
@@ -73,7 +73,8 @@ impl PerNamespace {
     }
 
     /// Places taken in `namespace` now.
-    pub fn count(&self, namespace: &str) -> usize {
+    #[cfg(test)]
+    pub(crate) fn count(&self, namespace: &str) -> usize {
         self.counts.lock().get(namespace).copied().unwrap_or(0)
     }
 }

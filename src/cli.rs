@@ -33,11 +33,11 @@ use crate::telemetry::{self, LogFormat};
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the scaler.
     Serve(Box<ServeArgs>),
     /// Validate trigger metadata without calling any upstream.
@@ -54,32 +54,32 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     #[arg(long, env = "BLEND_SCALER_GRPC_ADDR", default_value = "0.0.0.0:9090")]
-    pub grpc_addr: SocketAddr,
+    pub(crate) grpc_addr: SocketAddr,
     #[arg(long, env = "BLEND_SCALER_HTTP_ADDR", default_value = "0.0.0.0:9464")]
-    pub http_addr: SocketAddr,
+    pub(crate) http_addr: SocketAddr,
     /// PEM certificate for TLS on gRPC.
     #[arg(long, env = "BLEND_SCALER_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     /// PEM private key for TLS on gRPC.
     #[arg(long, env = "BLEND_SCALER_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// Require client certificates signed by this CA (mTLS).
     #[arg(long, env = "BLEND_SCALER_TLS_CLIENT_CA", requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
+    pub(crate) tls_client_ca: Option<PathBuf>,
     /// Serve the HTTP port (`/metrics`, `/decisions`, `/livez`, `/readyz`) over TLS too, with
     /// the gRPC certificate (renewed in place the same way). No client certificate is asked
     /// for there, even with --tls-client-ca: Prometheus and kubelet probes present none.
     #[arg(long, env = "BLEND_SCALER_HTTP_TLS", requires = "tls_cert")]
-    pub http_tls: bool,
+    pub(crate) http_tls: bool,
     /// How often each upstream is re-read in the background.
     #[arg(long, env = "BLEND_SCALER_REFRESH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub refresh_interval: Duration,
+    pub(crate) refresh_interval: Duration,
     /// `host[:port]` entries metadata may point at (Service Bus endpoints, Prometheus
     /// servers); `*` matches within one DNS label. Empty allows every host (with a warning).
     #[arg(long, env = "BLEND_SCALER_ALLOW_UPSTREAM", value_delimiter = ',')]
-    pub allow_upstream: Vec<String>,
+    pub(crate) allow_upstream: Vec<String>,
     /// Host names that may be reached on a non-public address (RFC 1918, CGNAT, link-local,
     /// unique-local): in-cluster services such as the cluster's Prometheus.
     #[arg(
@@ -87,62 +87,62 @@ pub struct ServeArgs {
         env = "BLEND_SCALER_ALLOW_PRIVATE_UPSTREAM",
         value_delimiter = ','
     )]
-    pub allow_private_upstream: Vec<String>,
+    pub(crate) allow_private_upstream: Vec<String>,
     /// Let upstreams on loopback addresses be reached, over plain http even with a credential
     /// (local test doubles and demos only).
     #[arg(long, env = "BLEND_SCALER_ALLOW_LOOPBACK_UPSTREAMS")]
-    pub allow_loopback_upstreams: bool,
+    pub(crate) allow_loopback_upstreams: bool,
     /// Private-cloud Service Bus DNS suffixes the scaler's workload identity may be sent to.
     #[arg(
         long,
         env = "BLEND_SCALER_SERVICEBUS_PRIVATE_SUFFIXES",
         value_delimiter = ','
     )]
-    pub servicebus_private_suffix: Vec<String>,
+    pub(crate) servicebus_private_suffix: Vec<String>,
     /// `json` (default when stderr is not a terminal) or `text`.
     #[arg(long, env = "BLEND_SCALER_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
+    pub(crate) log_format: Option<LogFormat>,
     /// Show each Prometheus trigger's query text in `/decisions` (off: a query may name what
     /// not every reader of the HTTP port should see).
     #[arg(long, env = "BLEND_SCALER_DECISIONS_SHOW_QUERIES")]
-    pub decisions_show_queries: bool,
+    pub(crate) decisions_show_queries: bool,
     #[command(flatten)]
-    pub transport: crate::transport::TransportLimits,
+    pub(crate) transport: crate::transport::TransportLimits,
     #[command(flatten)]
-    pub capacity: CapacityArgs,
+    pub(crate) capacity: CapacityArgs,
     #[command(flatten)]
-    pub external_metrics: crate::external_metrics::adapter::ExternalMetricsArgs,
+    pub(crate) external_metrics: crate::external_metrics::adapter::ExternalMetricsArgs,
 }
 
 /// The capacity limits (docs/security.md, "Capacity"); past one, `RESOURCE_EXHAUSTED`.
 #[derive(Args, Debug)]
-pub struct CapacityArgs {
+pub(crate) struct CapacityArgs {
     /// ScaledObject triggers tracked at once.
     #[arg(long, env = "BLEND_SCALER_MAX_SCALEDOBJECTS", default_value_t = Capacity::default().max_objects, value_parser = at_least_one)]
-    pub max_scaledobjects: usize,
+    pub(crate) max_scaledobjects: usize,
     /// ScaledObject triggers tracked at once in one Kubernetes namespace.
     #[arg(long, env = "BLEND_SCALER_MAX_SCALEDOBJECTS_PER_NAMESPACE", default_value_t = Capacity::default().max_objects_per_namespace, value_parser = at_least_one)]
-    pub max_scaledobjects_per_namespace: usize,
+    pub(crate) max_scaledobjects_per_namespace: usize,
     /// Bytes of trigger metadata (keys and values) of all tracked objects together.
     #[arg(long, env = "BLEND_SCALER_MAX_METADATA_BYTES", default_value_t = Capacity::default().max_metadata_bytes, value_parser = at_least_one)]
-    pub max_metadata_bytes: usize,
+    pub(crate) max_metadata_bytes: usize,
     /// Open StreamIsActive streams of one Kubernetes namespace.
     #[arg(long, env = "BLEND_SCALER_MAX_STREAMS_PER_NAMESPACE", default_value_t = Capacity::default().max_streams_per_namespace, value_parser = at_least_one)]
-    pub max_streams_per_namespace: usize,
+    pub(crate) max_streams_per_namespace: usize,
     /// Distinct cron expressions held (equal ones are shared).
     #[arg(long, env = "BLEND_SCALER_MAX_CRON_EXPRESSIONS", default_value_t = Capacity::default().max_cron_expressions, value_parser = at_least_one)]
-    pub max_cron_expressions: usize,
+    pub(crate) max_cron_expressions: usize,
     /// Distinct upstreams read, per signal kind (a Service Bus namespace with its
     /// credential, a Prometheus server with its auth, headers and timeout).
     #[arg(long, env = "BLEND_SCALER_MAX_UPSTREAM_GROUPS", default_value_t = RefreshConfig::default().max_groups, value_parser = at_least_one)]
-    pub max_upstream_groups: usize,
+    pub(crate) max_upstream_groups: usize,
     /// Distinct entities or queries read from one upstream.
     #[arg(long, env = "BLEND_SCALER_MAX_ITEMS_PER_GROUP", default_value_t = RefreshConfig::default().max_items_per_group, value_parser = at_least_one)]
-    pub max_items_per_group: usize,
+    pub(crate) max_items_per_group: usize,
 }
 
 impl CapacityArgs {
-    pub fn capacity(&self) -> Capacity {
+    pub(crate) fn capacity(&self) -> Capacity {
         Capacity {
             max_objects: self.max_scaledobjects,
             max_objects_per_namespace: self.max_scaledobjects_per_namespace,
@@ -163,42 +163,42 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 }
 
 #[derive(Args, Debug)]
-pub struct ExplainArgs {
+pub(crate) struct ExplainArgs {
     #[command(flatten)]
-    pub input: InputArgs,
+    pub(crate) input: InputArgs,
     /// A pod's HTTP port (`http://POD:9464`, or `https://` when it serves `--http-tls`):
     /// print what it last answered for the ScaledObject given as NAMESPACE/NAME instead of
     /// reading the upstreams from here.
     #[arg(long, value_name = "URL")]
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     /// With an `https://` --from: the PEM CA bundle the pod's certificate must chain to; only
     /// these CAs are trusted (default: the system's roots).
     #[arg(long, value_name = "FILE", requires = "from")]
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// With an `https://` --from: the name the pod's certificate must carry when --from names
     /// the pod by address (`--from https://10.1.2.3:9464 --tls-server-name
     /// blend-scaler.blend-scaler.svc`); the connection still goes to --from's address.
     #[arg(long, value_name = "NAME", requires = "from")]
-    pub tls_server_name: Option<String>,
+    pub(crate) tls_server_name: Option<String>,
 }
 
 #[derive(Args, Debug)]
-pub struct InputArgs {
+pub(crate) struct InputArgs {
     /// A ScaledObject YAML file (`-` for stdin); every `external` trigger in it is used.
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     /// Trigger metadata given directly, repeated: `--metadata queueName=orders`.
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
-    pub metadata: Vec<String>,
+    pub(crate) metadata: Vec<String>,
     /// As `serve --allow-loopback-upstreams`: loopback upstreams over plain http (test doubles).
     #[arg(long, env = "BLEND_SCALER_ALLOW_LOOPBACK_UPSTREAMS")]
-    pub allow_loopback_upstreams: bool,
+    pub(crate) allow_loopback_upstreams: bool,
     /// As `serve --allow-private-upstream`: hosts `explain` may read on a non-public address.
     #[arg(
         long,
         env = "BLEND_SCALER_ALLOW_PRIVATE_UPSTREAM",
         value_delimiter = ','
     )]
-    pub allow_private_upstream: Vec<String>,
+    pub(crate) allow_private_upstream: Vec<String>,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -227,18 +227,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// One trigger found in the input.
-pub struct Trigger {
+pub(crate) struct Trigger {
     /// `namespace/name trigger N`, or `--metadata`.
-    pub label: String,
-    pub namespace: String,
-    pub name: String,
-    pub metadata: HashMap<String, String>,
+    pub(crate) label: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) metadata: HashMap<String, String>,
     /// Problems found before parsing (non-string values).
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 /// Reads the triggers to check from a file, stdin or `--metadata`.
-pub fn load_triggers(args: &InputArgs) -> anyhow::Result<(Vec<Trigger>, Origin)> {
+pub(crate) fn load_triggers(args: &InputArgs) -> anyhow::Result<(Vec<Trigger>, Origin)> {
     if !args.metadata.is_empty() {
         if args.file.is_some() {
             bail!("give either a FILE or --metadata, not both");
@@ -280,7 +280,7 @@ pub fn load_triggers(args: &InputArgs) -> anyhow::Result<(Vec<Trigger>, Origin)>
 }
 
 /// Every `external`/`external-push` trigger of every ScaledObject or ScaledJob in `text`.
-pub fn triggers_in_yaml(text: &str) -> anyhow::Result<Vec<Trigger>> {
+pub(crate) fn triggers_in_yaml(text: &str) -> anyhow::Result<Vec<Trigger>> {
     let mut out = Vec::new();
     for doc in scaledobject::documents(text)? {
         if doc.kind == "BlendedMetric" {

@@ -8,7 +8,9 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::{self, Credentials, MetadataError, MetadataErrors, Origin, Plan};
+use crate::metadata::MetadataError;
+#[cfg(test)]
+use crate::metadata::{self, Credentials, MetadataErrors, Origin, Plan};
 
 /// What one `BlendedMetric` asks for.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -70,22 +72,24 @@ pub struct Condition {
     /// `True`, `False` or `Unknown`.
     pub status: String,
     pub reason: String,
-    pub message: String,
+    pub(crate) message: String,
     /// RFC 3339.
     pub last_transition_time: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
+    pub(crate) observed_generation: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct KeyError {
     pub key: String,
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// `*FromEnv` keys: KEDA resolves them from the scale target's environment, and nothing does
 /// that for a `BlendedMetric`, so each one is an error naming the key.
-pub fn from_env_errors<'a>(keys: impl IntoIterator<Item = &'a String>) -> Vec<MetadataError> {
+pub(crate) fn from_env_errors<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+) -> Vec<MetadataError> {
     keys.into_iter()
         .filter(|k| k.ends_with("FromEnv"))
         .map(|k| MetadataError {
@@ -100,7 +104,7 @@ pub fn from_env_errors<'a>(keys: impl IntoIterator<Item = &'a String>) -> Vec<Me
 
 impl BlendedMetricSpec {
     /// The metadata as the engine takes it.
-    pub fn metadata_map(&self) -> HashMap<String, String> {
+    pub(crate) fn metadata_map(&self) -> HashMap<String, String> {
         self.metadata
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -108,7 +112,12 @@ impl BlendedMetricSpec {
     }
 
     /// The plan, or every error (the `*FromEnv` refusals and the parser's), each naming its key.
-    pub fn plan(&self, origin: Origin, credentials: &Credentials) -> Result<Plan, MetadataErrors> {
+    #[cfg(test)]
+    pub(crate) fn plan(
+        &self,
+        origin: Origin,
+        credentials: &Credentials,
+    ) -> Result<Plan, MetadataErrors> {
         let mut errors = from_env_errors(self.metadata.keys());
         match metadata::parse(&self.metadata_map(), origin, credentials) {
             Ok(plan) if errors.is_empty() => return Ok(plan),

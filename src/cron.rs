@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 /// At most this many windows in one trigger (SPEC 7): each holds two parsed expressions and
 /// its own remembered search.
-pub const MAX_WINDOWS: usize = 16;
+pub(crate) const MAX_WINDOWS: usize = 16;
 
 /// An expression must occur within this many days of the parse (two years): one that does
 /// not is a typo (31 February), and searching for it scans every year croner knows, about a
@@ -67,7 +67,7 @@ pub struct Window {
     end: Arc<Expr>,
     start_text: String,
     end_text: String,
-    pub replicas: u32,
+    pub(crate) replicas: u32,
     /// The last search for the next start and end: it holds until the earlier of them, so
     /// each occurrence is searched for once, not on every KEDA call.
     next: Arc<Mutex<Option<Next>>>,
@@ -95,16 +95,16 @@ impl Next {
 /// Every window of one trigger, with the zone they are read in.
 #[derive(Clone, Debug)]
 pub struct CronPlan {
-    pub timezone: Tz,
-    pub windows: Vec<Window>,
+    pub(crate) timezone: Tz,
+    pub(crate) windows: Vec<Window>,
 }
 
 /// What the windows say at one instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CronState {
+pub(crate) struct CronState {
     /// The largest `replicas` of the active windows, 0 when none is active.
-    pub replicas: u32,
-    pub active: bool,
+    pub(crate) replicas: u32,
+    pub(crate) active: bool,
 }
 
 /// Parsed expressions by their normalised text, shared by every window that uses one. A
@@ -253,7 +253,7 @@ impl CronPlan {
     /// Whether [`CronPlan::state`] at `now` has to search for occurrences (some window's
     /// remembered ones have passed): a search can take milliseconds, so the engine runs it
     /// off the async workers, and the state after it is a lookup.
-    pub fn needs_search(&self, now: DateTime<Utc>) -> bool {
+    pub(crate) fn needs_search(&self, now: DateTime<Utc>) -> bool {
         self.windows.iter().any(|w| {
             !w.next
                 .lock()
@@ -261,7 +261,7 @@ impl CronPlan {
         })
     }
 
-    pub fn state(&self, now: DateTime<Utc>) -> CronState {
+    pub(crate) fn state(&self, now: DateTime<Utc>) -> CronState {
         let replicas = self
             .windows
             .iter()

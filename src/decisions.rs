@@ -44,7 +44,7 @@ impl Default for DecisionsOptions {
 }
 
 /// `POD_NAME` (the chart sets it from the downward API), else the host name.
-pub fn pod_name() -> String {
+pub(crate) fn pod_name() -> String {
     ["POD_NAME", "HOSTNAME"]
         .iter()
         .filter_map(|v| std::env::var(v).ok())
@@ -79,7 +79,7 @@ pub struct DecisionView {
     /// The signal whose count became the answer.
     pub decided_by: Option<String>,
     /// The answer is a value kept from a failing upstream (within `staleAfter`).
-    pub held: bool,
+    pub(crate) held: bool,
     pub policy: String,
     pub clamp: Clamp,
     pub stale_after_seconds: f64,
@@ -130,7 +130,11 @@ pub struct ServiceBusView {
 const HELD_REASON: &str = "the latest refresh failed; the value is kept from an earlier read";
 
 /// The view of `tracked` and its last answer (`None`: tracked, not answered yet).
-pub fn view(tracked: &Tracked, last: Option<&LastAnswer>, show_queries: bool) -> DecisionView {
+pub(crate) fn view(
+    tracked: &Tracked,
+    last: Option<&LastAnswer>,
+    show_queries: bool,
+) -> DecisionView {
     let plan = &tracked.plan;
     let mut v = DecisionView {
         scaledobject_namespace: tracked.labels.scaledobject_namespace.clone(),
@@ -203,7 +207,7 @@ fn fill(v: &mut DecisionView, d: &Decision) {
 }
 
 /// The signal table and result line `explain` prints; true when a signal is missing.
-pub fn render_table(v: &DecisionView, out: &mut String) -> bool {
+pub(crate) fn render_table(v: &DecisionView, out: &mut String) -> bool {
     let _ = writeln!(
         out,
         "  {:<11} {:>12} {:>9} {:>7} {:>8}",
@@ -278,7 +282,12 @@ pub fn render_table(v: &DecisionView, out: &mut String) -> bool {
 
 /// What `explain --from` prints for one decision a pod reported: the plan's summary (the
 /// endpoint has no addresses or credentials to show), then the same table as `explain`.
-pub fn render_remote(pod: &str, v: &DecisionView, now: DateTime<Utc>, out: &mut String) -> bool {
+pub(crate) fn render_remote(
+    pod: &str,
+    v: &DecisionView,
+    now: DateTime<Utc>,
+    out: &mut String,
+) -> bool {
     let _ = writeln!(
         out,
         "ScaledObject {}/{} ({}) on pod {pod}",
@@ -326,7 +335,7 @@ pub fn render_remote(pod: &str, v: &DecisionView, now: DateTime<Utc>, out: &mut 
 }
 
 /// The routes, merged into the HTTP port's router.
-pub fn router(engine: Arc<Engine>, options: DecisionsOptions) -> Router {
+pub(crate) fn router(engine: Arc<Engine>, options: DecisionsOptions) -> Router {
     let state = Arc::new((engine, options));
     Router::new()
         .route("/decisions", get(all))
@@ -377,16 +386,16 @@ const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// How `explain --from https://…` checks the pod's certificate.
 #[derive(Clone, Debug, Default)]
-pub struct FetchTls {
+pub(crate) struct FetchTls {
     /// Trust only the CAs in this PEM bundle (`--ca`); `None`: the system's roots.
-    pub ca: Option<std::path::PathBuf>,
+    pub(crate) ca: Option<std::path::PathBuf>,
     /// The name the certificate must carry, when the URL names the pod by address
     /// (`--tls-server-name`).
-    pub server_name: Option<String>,
+    pub(crate) server_name: Option<String>,
 }
 
 /// `explain --from URL NAMESPACE/NAME`: the pod's decisions for one ScaledObject.
-pub async fn fetch(
+pub(crate) async fn fetch(
     base: &str,
     namespace: &str,
     name: &str,

@@ -65,7 +65,7 @@ pub struct SignalCaches {
 }
 
 /// Where wall-clock time comes from (cron windows); `demo` runs a faster one.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+pub(crate) type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -111,10 +111,10 @@ pub struct Tracked {
     fingerprint: u64,
     /// Its metadata's size, counted against `Capacity::max_metadata_bytes`.
     weight: usize,
-    pub plan: Arc<Plan>,
-    pub labels: ObjectLabels,
+    pub(crate) plan: Arc<Plan>,
+    pub(crate) labels: ObjectLabels,
     /// The trigger's `metricName` (one ScaledObject may have several triggers).
-    pub metric_name: String,
+    pub(crate) metric_name: String,
     /// The plan's entries in the signal caches, keyed once here rather than on every call.
     servicebus: Option<Arc<dyn CacheEntry>>,
     prometheus: Option<Arc<dyn CacheEntry>>,
@@ -125,17 +125,17 @@ pub struct Tracked {
 
 impl Tracked {
     /// The last decision given to a caller, if any.
-    pub fn last(&self) -> Option<Arc<LastAnswer>> {
+    pub(crate) fn last(&self) -> Option<Arc<LastAnswer>> {
         self.last.lock().clone()
     }
 }
 
 /// A decision as it was given: when, and the Service Bus entity's other counts then.
 #[derive(Clone, Debug)]
-pub struct LastAnswer {
-    pub at: DateTime<Utc>,
-    pub decision: Decision,
-    pub servicebus: Option<EntityCounts>,
+pub(crate) struct LastAnswer {
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) decision: Decision,
+    pub(crate) servicebus: Option<EntityCounts>,
 }
 
 pub struct Engine {
@@ -358,7 +358,7 @@ impl Engine {
     }
 
     /// Every tracked ScaledObject, by namespace, name and metric name.
-    pub fn tracked(&self) -> Vec<Arc<Tracked>> {
+    pub(crate) fn tracked(&self) -> Vec<Arc<Tracked>> {
         let mut all: Vec<Arc<Tracked>> = self.objects.iter().map(|(_, t)| t).collect();
         all.sort_by(|a, b| (&a.labels, &a.metric_name).cmp(&(&b.labels, &b.metric_name)));
         all
@@ -367,7 +367,7 @@ impl Engine {
     /// Reads the signals from the cache and decides, without recording anything (a look at
     /// the answer; [`Engine::answer`] is the one that counts, and the one that counts as KEDA
     /// asking, which keeps the upstream read).
-    pub async fn peek(&self, tracked: &Tracked) -> Decision {
+    pub(crate) async fn peek(&self, tracked: &Tracked) -> Decision {
         self.decision(tracked, false).await
     }
 
@@ -496,7 +496,10 @@ impl Engine {
 
     /// Change notifications for every upstream group `tracked` reads, each held at the fast
     /// interval while the returned guards live.
-    pub fn watch(&self, tracked: &Tracked) -> Vec<(watch::Receiver<u64>, Box<dyn Send + Sync>)> {
+    pub(crate) fn watch(
+        &self,
+        tracked: &Tracked,
+    ) -> Vec<(watch::Receiver<u64>, Box<dyn Send + Sync>)> {
         [&tracked.servicebus, &tracked.prometheus]
             .into_iter()
             .flatten()
@@ -507,7 +510,7 @@ impl Engine {
 
 /// Why a signal of `d` was refused by a capacity limit, if one was: the caller is told so
 /// (`RESOURCE_EXHAUSTED`), not answered without that signal.
-pub fn exhausted(d: &Decision) -> Option<String> {
+pub(crate) fn exhausted(d: &Decision) -> Option<String> {
     d.missing.iter().find_map(|m| match m.error.as_deref() {
         Some(SignalError::Capacity(why)) => Some(why.clone()),
         _ => None,
@@ -515,7 +518,7 @@ pub fn exhausted(d: &Decision) -> Option<String> {
 }
 
 /// Turns a missing signal into the error KEDA sees.
-pub fn unavailable(m: &Missing) -> EngineError {
+pub(crate) fn unavailable(m: &Missing) -> EngineError {
     match m.error.as_deref() {
         Some(SignalError::InvalidQuery(detail)) => {
             return EngineError::InvalidQuery(detail.clone());

@@ -1,5 +1,9 @@
 //! blend-scaler: a KEDA external scaler that blends Service Bus backlog, a Prometheus query
 //! and cron windows into one replica count, answering KEDA from a background-refreshed cache.
+//!
+//! Visibility: an item is `pub` only when `main.rs`, `tests/`, `benches/`, `examples/` or the
+//! fuzz targets use it; everything else is `pub(crate)` (or `pub` inside a private module), so
+//! the compiler reports what nothing uses.
 
 #![forbid(unsafe_code)]
 
@@ -25,7 +29,7 @@ pub mod metrics;
 pub mod offload;
 mod output;
 pub mod prometheus;
-pub mod scaledobject;
+mod scaledobject;
 pub mod secret;
 pub mod server;
 pub mod servicebus;
@@ -33,7 +37,7 @@ pub mod signal;
 #[cfg(feature = "simulate")]
 pub mod simulate;
 mod telemetry;
-pub mod tls;
+mod tls;
 pub mod transport;
 
 /// KEDA's `externalscaler` protocol, generated from `proto/externalscaler.proto`.

@@ -20,48 +20,48 @@ use crate::signal::{EntityCounts, SignalKind};
 
 /// What one answer leaves in a ScaledObject's series.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct AnswerFigures<'a> {
+pub(crate) struct AnswerFigures<'a> {
     /// The answer, when there was one (not for `UNAVAILABLE`).
-    pub replicas: Option<u32>,
+    pub(crate) replicas: Option<u32>,
     /// Each usable signal: kind, value, replicas, age.
-    pub signals: &'a [(SignalKind, f64, u32, Option<Duration>)],
+    pub(crate) signals: &'a [(SignalKind, f64, u32, Option<Duration>)],
     /// Each signal without a usable value, with the age of its last good value if any.
-    pub missing: &'a [(SignalKind, Option<Duration>)],
+    pub(crate) missing: &'a [(SignalKind, Option<Duration>)],
     /// The plan's `maxReplicas` clamp.
-    pub max_replicas: Option<u32>,
+    pub(crate) max_replicas: Option<u32>,
     /// The plan's `staleAfter`.
-    pub stale_after: Duration,
+    pub(crate) stale_after: Duration,
     /// The other counts of the Service Bus entity the answer read.
-    pub servicebus: Option<EntityCounts>,
+    pub(crate) servicebus: Option<EntityCounts>,
 }
 
 /// A ScaledObject as KEDA names it, the labels of its series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ObjectLabels {
-    pub scaledobject_namespace: String,
-    pub scaledobject: String,
+pub(crate) struct ObjectLabels {
+    pub(crate) scaledobject_namespace: String,
+    pub(crate) scaledobject: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamLabels {
-    pub upstream: &'static str,
-    pub outcome: &'static str,
+pub(crate) struct UpstreamLabels {
+    pub(crate) upstream: &'static str,
+    pub(crate) outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamKindLabels {
-    pub upstream: &'static str,
+pub(crate) struct UpstreamKindLabels {
+    pub(crate) upstream: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GrpcLabels {
-    pub method: &'static str,
-    pub code: &'static str,
+pub(crate) struct GrpcLabels {
+    pub(crate) method: &'static str,
+    pub(crate) code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabels {
-    pub method: &'static str,
+pub(crate) struct MethodLabels {
+    pub(crate) method: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -171,7 +171,12 @@ impl Metrics {
         out
     }
 
-    pub fn upstream_request(&self, upstream: &'static str, outcome: &'static str, took: Duration) {
+    pub(crate) fn upstream_request(
+        &self,
+        upstream: &'static str,
+        outcome: &'static str,
+        took: Duration,
+    ) {
         self.0
             .upstream_requests
             .get_or_create(&UpstreamLabels { upstream, outcome })
@@ -182,7 +187,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn grpc_request(&self, method: &'static str, code: &'static str, took: Duration) {
+    pub(crate) fn grpc_request(&self, method: &'static str, code: &'static str, took: Duration) {
         self.0
             .grpc_requests
             .get_or_create(&GrpcLabels { method, code })
@@ -194,7 +199,7 @@ impl Metrics {
     }
 
     /// A group's refresh panicked: its whole task (`task`, restarted) or one read.
-    pub fn refresh_panicked(&self, upstream: &'static str, task: bool) {
+    pub(crate) fn refresh_panicked(&self, upstream: &'static str, task: bool) {
         let family = if task {
             &self.0.refresh_restarts
         } else {
@@ -204,7 +209,7 @@ impl Metrics {
     }
 
     /// A group's refresh went down (a panic) or came back (a read completed).
-    pub fn refresh_group_down(&self, upstream: &'static str, down: bool) {
+    pub(crate) fn refresh_group_down(&self, upstream: &'static str, down: bool) {
         let delta = if down { 1 } else { -1 };
         self.0
             .refresh_down
@@ -216,20 +221,20 @@ impl Metrics {
     }
 
     /// Groups whose refresh is down, of every upstream kind (`/readyz` is not ready above 0).
-    pub fn refresh_groups_down(&self) -> i64 {
+    pub(crate) fn refresh_groups_down(&self) -> i64 {
         self.0
             .refresh_down_total
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    pub fn set_tracked(&self, n: u64) {
+    pub(crate) fn set_tracked(&self, n: u64) {
         self.0.tracked_objects.set(n as i64);
     }
 
     /// Records a ScaledObject's answer: the replicas (when there are some), each usable
     /// signal's figures, and each missing signal's age. A signal missing from this answer
     /// keeps its last value and replicas; its age keeps growing, so a stale signal shows.
-    pub fn record_answer(&self, object: &ObjectLabels, answer: &AnswerFigures<'_>) {
+    pub(crate) fn record_answer(&self, object: &ObjectLabels, answer: &AnswerFigures<'_>) {
         let mut objects = self.0.objects.0.lock();
         let series = match objects.get_mut(object) {
             Some(series) => series,
@@ -266,7 +271,7 @@ impl Metrics {
     }
 
     /// Drops the series of a ScaledObject no longer tracked, so label sets stay bounded.
-    pub fn forget(&self, object: &ObjectLabels) {
+    pub(crate) fn forget(&self, object: &ObjectLabels) {
         self.0.objects.0.lock().remove(object);
     }
 }

@@ -38,7 +38,10 @@ static ANSWER: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(permits()))
 
 /// Runs `f` on a blocking thread once its queue lets it, and returns what it returns. A panic
 /// in `f` carries on in the caller, as if `f` had run there.
-pub async fn run<T: Send + 'static>(work: Work, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn run<T: Send + 'static>(
+    work: Work,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let queue = match work {
         Work::Metadata => &METADATA,
         Work::Answer => &ANSWER,
@@ -69,7 +72,8 @@ impl Drop for Unmark {
 }
 
 /// Whether the caller runs inside [`run`] (for tests that check where work ran).
-pub fn offloaded() -> bool {
+#[cfg(test)]
+pub(crate) fn offloaded() -> bool {
     OFFLOADED.with(Cell::get)
 }
 

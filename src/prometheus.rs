@@ -44,7 +44,7 @@ use answer::{interpret, send};
 use connect::{Connection, SharedClient, basic_token, build_client, connect};
 
 /// Per-request timeout when the trigger sets no `timeout` (KEDA's HTTP default as well).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The label of this upstream in `blend_scaler_upstream_requests_total`.
 const UPSTREAM: &str = "prometheus";
@@ -87,7 +87,7 @@ pub struct Server {
 impl Server {
     /// `host:port` of the server: what errors name, since the full address may carry
     /// credentials in its user-info part.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match Url::parse(&self.address) {
             Ok(u) => match (u.host_str(), u.port_or_known_default()) {
                 (Some(h), Some(p)) => format!("{h}:{p}"),
@@ -98,7 +98,8 @@ impl Server {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
+    #[cfg(test)]
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
@@ -197,12 +198,6 @@ pub struct Query {
     parameters: Vec<(String, String)>,
     ignore_null_values: bool,
     series_aggregation: Option<Aggregation>,
-}
-
-impl Query {
-    pub fn promql(&self) -> &str {
-        &self.query
-    }
 }
 
 /// The cache keys of a plan: which server, and which question.

@@ -31,7 +31,6 @@ pub struct Trigger<'d> {
     pub metadata: HashMap<String, String>,
     /// A problem for each value that is not a string (KEDA takes only strings).
     pub problems: Vec<String>,
-    pub value: &'d Value,
 }
 
 /// Every document of `text`, in order. An unreadable document is an error naming it.
@@ -71,6 +70,7 @@ impl Document {
     }
 
     /// `metadata.annotations[key]`, when it is a string.
+    #[cfg(any(test, feature = "simulate"))]
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.value
             .get("metadata")
@@ -94,7 +94,6 @@ impl Document {
                     kind: t.get("type").and_then(Value::as_str).unwrap_or_default(),
                     metadata,
                     problems,
-                    value: t,
                 }
             })
             .collect()

@@ -30,7 +30,7 @@ pub use crate::tls::TlsFiles;
 
 /// How long a shutdown waits for calls in flight. Kubernetes sends SIGKILL 30 s after SIGTERM
 /// by default; calls are bounded by `--request-timeout` already, this bounds the rest.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
@@ -63,7 +63,7 @@ impl ServerConfig {
 }
 
 /// The signal sources this build has, sharing one metrics registry.
-pub fn default_sources(
+pub(crate) fn default_sources(
     refresh: &RefreshConfig,
     hosts: &HostRules,
     metrics: &Metrics,
@@ -125,7 +125,7 @@ impl Running {
     }
 
     /// Waits until the server stops on its own (an error) or `signal` resolves.
-    pub async fn run_until(
+    pub(crate) async fn run_until(
         mut self,
         signal: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {

@@ -15,7 +15,7 @@ pub enum SignalKind {
 
 impl SignalKind {
     /// The label used in metrics, logs and `explain`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SignalKind::ServiceBus => "servicebus",
             SignalKind::Prometheus => "prometheus",
@@ -90,7 +90,7 @@ pub enum SignalError {
 impl SignalError {
     /// The `outcome` label of `blend_scaler_upstream_requests_total`: a small fixed set, the
     /// same for every upstream.
-    pub fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             SignalError::NotFound(_) => "not_found",
             SignalError::Unauthorized { .. } => "unauthorized",
@@ -103,7 +103,7 @@ impl SignalError {
 
     /// The same error with `f` applied to every free text it carries (to scrub a secret an
     /// upstream echoed).
-    pub fn map_text(self, f: impl Fn(&str) -> String) -> SignalError {
+    pub(crate) fn map_text(self, f: impl Fn(&str) -> String) -> SignalError {
         use SignalError::*;
         match self {
             NotFound(m) => NotFound(f(&m)),
@@ -159,7 +159,7 @@ pub struct Observation {
 
 /// An instant [`GoodReads`] are kept at: the cache's clock, or the simulator's seconds since
 /// the start of a trace.
-pub trait Moment: Copy + PartialOrd {
+pub(crate) trait Moment: Copy + PartialOrd {
     /// How long after `earlier` this is; zero when `earlier` is later.
     fn since(self, earlier: Self) -> Duration;
 }
@@ -180,7 +180,7 @@ impl Moment for Duration {
 /// that sends one every 15 s (four), so a batch landing between two reads is not taken for a
 /// rate of hundreds a second; short enough that a real ramp shows within about a third of it
 /// (docs/drain-time.md, "The rate").
-pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// A read less than this after the one before it is replaced by the next read: a 1 s refresh
 /// keeps about 13 reads of the window, as the default 5 s refresh does, not 60.
@@ -191,7 +191,7 @@ const READ_SPACING: Duration = Duration::from_secs(5);
 /// replays. Everything a decision sees is a function of these reads and the time, never of how
 /// many calls asked.
 #[derive(Clone, Debug, PartialEq)]
-pub struct GoodReads<T> {
+pub(crate) struct GoodReads<T> {
     /// Oldest first; the last is the latest good read.
     reads: VecDeque<(f64, T)>,
     /// The least-squares change per second over `reads`, worked out once per read.
@@ -211,7 +211,7 @@ impl<T> Default for GoodReads<T> {
 impl<T: Moment> GoodReads<T> {
     /// A good read of `value` that finished at `at`. A read no later than the latest (a
     /// clock that did not move) replaces it.
-    pub fn store(&mut self, value: f64, at: T) {
+    pub(crate) fn store(&mut self, value: f64, at: T) {
         let n = self.reads.len();
         let replaces_latest = match self.reads.back() {
             Some(&(_, last)) if at.since(last).is_zero() => true,
@@ -233,14 +233,14 @@ impl<T: Moment> GoodReads<T> {
     }
 
     /// The latest good value and when it was read.
-    pub fn latest(&self) -> Option<(f64, T)> {
+    pub(crate) fn latest(&self) -> Option<(f64, T)> {
         self.reads.back().copied()
     }
 
     /// What a decision at `now` sees: the latest good value, its age, the change per second
     /// over the reads of the last [`RATE_WINDOW`], and the latest refresh's `error` (if it
     /// failed).
-    pub fn observation(&self, now: T, error: Option<Arc<SignalError>>) -> Observation {
+    pub(crate) fn observation(&self, now: T, error: Option<Arc<SignalError>>) -> Observation {
         let latest = self.latest();
         Observation {
             value: latest.map(|(v, _)| v),
@@ -281,7 +281,7 @@ impl Observation {
     }
 
     /// No value, and why.
-    pub fn failed(error: SignalError) -> Self {
+    pub(crate) fn failed(error: SignalError) -> Self {
         Self {
             value: None,
             age: None,
@@ -305,7 +305,7 @@ pub struct EntityCounts {
 impl EntityCounts {
     /// The counts of several entities (a `useRegex` match) added up: a count any entity left
     /// out is unknown for the sum.
-    pub fn sum<'a>(all: impl IntoIterator<Item = &'a EntityCounts>) -> EntityCounts {
+    pub(crate) fn sum<'a>(all: impl IntoIterator<Item = &'a EntityCounts>) -> EntityCounts {
         let add = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_add(b?));
         let zero = Some(0);
         all.into_iter().fold(

@@ -85,7 +85,7 @@ impl Default for TransportLimits {
 
 impl TransportLimits {
     /// Refuses values that would switch a limit off or stop the server from serving.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         let positive = [
             ("--max-connections", self.max_connections as u64),
             (
@@ -124,7 +124,7 @@ impl TransportLimits {
 
     /// The limits of the `/metrics`, `/livez`, `/readyz` listener: kubelet probes and a few
     /// Prometheus scrapers, nothing tenant-sized.
-    pub fn http() -> Self {
+    pub(crate) fn http() -> Self {
         Self {
             max_connections: 32,
             max_concurrent_streams: 16,
@@ -211,11 +211,11 @@ impl Connected for Conn<TcpStream> {
 }
 
 /// What the accept loop yields: plain TCP connections.
-pub type Plain = Conn<TcpStream>;
+pub(crate) type Plain = Conn<TcpStream>;
 /// What the accept loop yields with TLS: connections whose handshake has finished.
-pub type Tls = tokio_rustls::server::TlsStream<Conn<TcpStream>>;
+pub(crate) type Tls = tokio_rustls::server::TlsStream<Conn<TcpStream>>;
 /// The connections of one listener, in the order their handshakes finish.
-pub type Incoming<T> = ReceiverStream<io::Result<T>>;
+pub(crate) type Incoming<T> = ReceiverStream<io::Result<T>>;
 
 /// Accepts on `listener` while fewer than `limits.max_connections` are open.
 pub fn accept_plain(listener: TcpListener, limits: &TransportLimits) -> Incoming<Plain> {
@@ -224,7 +224,7 @@ pub fn accept_plain(listener: TcpListener, limits: &TransportLimits) -> Incoming
 
 /// As [`accept_plain`], with a TLS handshake (bounded by `limits.handshake_timeout`) using
 /// whatever certificate `tls` holds at the time.
-pub fn accept_tls(
+pub(crate) fn accept_tls(
     listener: TcpListener,
     limits: &TransportLimits,
     tls: Arc<ReloadingTls>,

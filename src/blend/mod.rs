@@ -16,7 +16,7 @@ mod drain;
 #[cfg(test)]
 mod tests;
 
-pub use drain::drain_replicas;
+pub(crate) use drain::drain_replicas;
 
 /// Everything one decision looks at.
 #[derive(Clone, Copy, Debug)]
@@ -30,15 +30,15 @@ pub struct Inputs<'a> {
 
 /// One signal's part in a decision.
 #[derive(Clone, Debug, PartialEq)]
-pub struct SignalOutcome {
-    pub kind: SignalKind,
+pub(crate) struct SignalOutcome {
+    pub(crate) kind: SignalKind,
     /// The raw value: active messages, query result, or the cron window's replicas.
-    pub value: f64,
-    pub replicas: u32,
-    pub active: bool,
+    pub(crate) value: f64,
+    pub(crate) replicas: u32,
+    pub(crate) active: bool,
     /// The latest refresh failed and `value` is kept from an earlier one.
-    pub stale: bool,
-    pub age: Option<Duration>,
+    pub(crate) stale: bool,
+    pub(crate) age: Option<Duration>,
 }
 
 /// A signal that has no usable value: never read, or its last good value is older than
@@ -48,22 +48,22 @@ pub struct Missing {
     pub kind: SignalKind,
     /// The latest failure, when there was one.
     pub error: Option<Arc<SignalError>>,
-    pub age: Option<Duration>,
+    pub(crate) age: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     /// The blended, clamped replica count (meaningful when `missing` is empty).
-    pub replicas: u32,
+    pub(crate) replicas: u32,
     /// True when any usable signal is active.
-    pub any_active: bool,
+    pub(crate) any_active: bool,
     /// The signal whose count became the answer, if one did.
-    pub decided_by: Option<SignalKind>,
+    pub(crate) decided_by: Option<SignalKind>,
     /// True when a stale signal (a value kept from a failing upstream, within `staleAfter`)
     /// set the answer, or held it at the last answer ([`hold_while_stale`]).
-    pub held: bool,
-    pub signals: Vec<SignalOutcome>,
-    pub missing: Vec<Missing>,
+    pub(crate) held: bool,
+    pub(crate) signals: Vec<SignalOutcome>,
+    pub(crate) missing: Vec<Missing>,
 }
 
 impl Decision {
@@ -106,7 +106,7 @@ impl Decision {
 /// ScaledObject (still within `maxReplicas`, which may have been lowered since). It is the only
 /// rule that looks at an earlier answer, and it engages only during an upstream failure: with
 /// every signal fresh, the answer is the readings' alone.
-pub fn hold_while_stale(mut d: Decision, last: Option<u32>, plan: &Plan) -> Decision {
+pub(crate) fn hold_while_stale(mut d: Decision, last: Option<u32>, plan: &Plan) -> Decision {
     if let Some(last) = last
         && let Some(stale) = d.signals.iter().find(|s| s.stale).map(|s| s.kind)
         && let held_at = plan.max_replicas.map_or(last, |hi| last.min(hi))

@@ -72,7 +72,7 @@ pub struct GroupRead<I> {
 
 impl<I: Eq + Hash> GroupRead<I> {
     /// Every item failed the same way (a refused connection, a 401 for the whole namespace).
-    pub fn all_failed(items: &[I], error: SignalError) -> Self
+    pub(crate) fn all_failed(items: &[I], error: SignalError) -> Self
     where
         I: Clone,
     {

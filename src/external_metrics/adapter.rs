@@ -18,24 +18,24 @@ use crate::engine::Engine;
 
 /// `serve`'s External Metrics API flags (SPEC section 8; the chart renders these names).
 #[derive(Args, Clone, Debug, Default)]
-pub struct ExternalMetricsArgs {
+pub(crate) struct ExternalMetricsArgs {
     /// Serve `external.metrics.k8s.io/v1beta1` over HTTPS on this address (off when unset).
     #[arg(long, env = "BLEND_SCALER_EXTERNAL_METRICS_ADDR")]
-    pub external_metrics_addr: Option<SocketAddr>,
+    pub(crate) external_metrics_addr: Option<SocketAddr>,
     /// PEM serving certificate of the External Metrics listener.
     #[arg(
         long,
         env = "BLEND_SCALER_EXTERNAL_METRICS_TLS_CERT",
         requires = "external_metrics_addr"
     )]
-    pub external_metrics_tls_cert: Option<PathBuf>,
+    pub(crate) external_metrics_tls_cert: Option<PathBuf>,
     /// PEM private key of the External Metrics listener.
     #[arg(
         long,
         env = "BLEND_SCALER_EXTERNAL_METRICS_TLS_KEY",
         requires = "external_metrics_addr"
     )]
-    pub external_metrics_tls_key: Option<PathBuf>,
+    pub(crate) external_metrics_tls_key: Option<PathBuf>,
     /// The Service (`NAMESPACE/NAME`) an APIService must point at for the adapter to serve
     /// the group: anything else is another adapter's registration.
     #[arg(
@@ -45,7 +45,7 @@ pub struct ExternalMetricsArgs {
         value_parser = service_name,
         requires = "external_metrics_addr"
     )]
-    pub external_metrics_service: Option<String>,
+    pub(crate) external_metrics_service: Option<String>,
     /// PEM CA that front-proxy client certificates must chain to, instead of the
     /// `requestheader-client-ca-file` of `kube-system/extension-apiserver-authentication`.
     #[arg(
@@ -54,7 +54,7 @@ pub struct ExternalMetricsArgs {
         value_name = "FILE",
         requires = "external_metrics_addr"
     )]
-    pub external_metrics_client_ca: Option<PathBuf>,
+    pub(crate) external_metrics_client_ca: Option<PathBuf>,
 }
 
 /// `NAMESPACE/NAME`, each a DNS label as Kubernetes names Services.
@@ -91,7 +91,7 @@ pub struct AdapterFiles {
 
 impl ExternalMetricsArgs {
     /// `None` when the adapter is off; an error naming the missing flag when it is half set.
-    pub fn files(&self) -> anyhow::Result<Option<AdapterFiles>> {
+    pub(crate) fn files(&self) -> anyhow::Result<Option<AdapterFiles>> {
         let Some(addr) = self.external_metrics_addr else {
             return Ok(None);
         };

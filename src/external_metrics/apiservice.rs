@@ -14,15 +14,15 @@ use tokio::task::JoinHandle;
 
 use super::ApiError;
 
-pub const NAME: &str = "v1beta1.external.metrics.k8s.io";
+pub(crate) const NAME: &str = "v1beta1.external.metrics.k8s.io";
 /// How often the owner is checked again after the first check.
-pub const RECHECK: Duration = Duration::from_secs(30);
+pub(crate) const RECHECK: Duration = Duration::from_secs(30);
 
 /// A Service, `NAMESPACE/NAME`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceName {
-    pub namespace: String,
-    pub name: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
 }
 
 impl fmt::Display for ServiceName {
@@ -59,7 +59,7 @@ pub enum Ownership {
 
 impl Ownership {
     /// `found` is the APIService if it exists; `ours` the Service this adapter runs behind.
-    pub fn of(found: Option<&APIService>, ours: Option<&ServiceName>) -> Self {
+    pub(crate) fn of(found: Option<&APIService>, ours: Option<&ServiceName>) -> Self {
         let Some(found) = found else {
             return Self::Absent;
         };
@@ -89,7 +89,7 @@ pub struct Guard {
 
 impl Guard {
     /// Not serving until the first check.
-    pub fn new(ours: Option<ServiceName>) -> Arc<Self> {
+    pub(crate) fn new(ours: Option<ServiceName>) -> Arc<Self> {
         Arc::new(Self {
             ours,
             state: RwLock::new(Ownership::Unknown("not checked yet".into())),
@@ -109,7 +109,7 @@ impl Guard {
     }
 
     /// `Ok` while the group may be served.
-    pub fn allows(&self) -> Result<(), ApiError> {
+    pub(crate) fn allows(&self) -> Result<(), ApiError> {
         match &*self.state.read() {
             Ownership::Absent | Ownership::Ours => Ok(()),
             Ownership::Unknown(reason) => Err(ApiError::OwnerUnknown {
@@ -131,7 +131,7 @@ impl Guard {
 
     /// One GET. A failed check keeps the last answer that was found, so a blip of the API
     /// server does not take the group away; before any answer, the group stays refused.
-    pub async fn check(&self, api: &kube::Api<APIService>) -> Ownership {
+    pub(crate) async fn check(&self, api: &kube::Api<APIService>) -> Ownership {
         let found = match api.get_opt(NAME).await {
             Ok(found) => Ownership::of(found.as_ref(), self.ours.as_ref()),
             Err(error) => {
@@ -177,7 +177,11 @@ impl Guard {
     }
 
     /// Checks now and every `interval` until the task is aborted.
-    pub fn watch(self: &Arc<Self>, client: kube::Client, interval: Duration) -> JoinHandle<()> {
+    pub(crate) fn watch(
+        self: &Arc<Self>,
+        client: kube::Client,
+        interval: Duration,
+    ) -> JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let api: kube::Api<APIService> = kube::Api::all(client);

@@ -14,12 +14,12 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::api::PostParams;
 
-pub const GROUP: &str = "external.metrics.k8s.io";
-pub const VERSION: &str = "v1beta1";
+pub(crate) const GROUP: &str = "external.metrics.k8s.io";
+pub(crate) const VERSION: &str = "v1beta1";
 /// Added to every authenticated user, as `k8s.io/apiserver` does (`AuthenticatedGroupAdder`).
-pub const AUTHENTICATED: &str = "system:authenticated";
+pub(crate) const AUTHENTICATED: &str = "system:authenticated";
 /// Always allowed without a review, as `k8s.io/apiserver`'s delegating authorizer does.
-pub const MASTERS: &str = "system:masters";
+pub(crate) const MASTERS: &str = "system:masters";
 
 const USER_HEADER: &str = "x-remote-user";
 const GROUP_HEADER: &str = "x-remote-group";
@@ -39,7 +39,7 @@ impl UserInfo {
     /// `X-Remote-Extra-<key>` with the key lower-cased and then %-unescaped (a key that does
     /// not unescape to UTF-8 is kept as sent), as `k8s.io/apiserver`'s request-header
     /// authenticator reads them. Only call this for a verified front-proxy connection.
-    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Option<Self> {
         let values = |name: &str| {
             headers
                 .get_all(name)
@@ -93,7 +93,7 @@ pub trait Authorizer: Send + Sync + 'static {
 
 /// The `SubjectAccessReview` for `read`, exactly as the delegating authorizer of
 /// `k8s.io/apiserver` sends it.
-pub fn review(read: &MetricRead) -> SubjectAccessReview {
+pub(crate) fn review(read: &MetricRead) -> SubjectAccessReview {
     SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(read.user.user.clone()),
@@ -115,12 +115,12 @@ pub fn review(read: &MetricRead) -> SubjectAccessReview {
 
 /// Asks kube-apiserver (`POST authorization.k8s.io/v1 subjectaccessreviews`; RBAC:
 /// `system:auth-delegator`).
-pub struct SubjectAccessReviews {
+pub(crate) struct SubjectAccessReviews {
     api: kube::Api<SubjectAccessReview>,
 }
 
 impl SubjectAccessReviews {
-    pub fn new(client: kube::Client) -> Self {
+    pub(crate) fn new(client: kube::Client) -> Self {
         Self {
             api: kube::Api::all(client),
         }
@@ -144,9 +144,9 @@ impl Authorizer for SubjectAccessReviews {
 /// How long decisions are kept (see docs/metrics-adapter.md for why these).
 #[derive(Clone, Copy, Debug)]
 pub struct CacheTtl {
-    pub allowed: Duration,
-    pub denied: Duration,
-    pub capacity: u64,
+    pub(crate) allowed: Duration,
+    pub(crate) denied: Duration,
+    pub(crate) capacity: u64,
 }
 
 impl Default for CacheTtl {
@@ -173,13 +173,13 @@ impl moka::Expiry<MetricRead, bool> for DecisionExpiry {
 
 /// `system:masters` allowed outright, other decisions cached per full attribute set
 /// (user, groups, extra, namespace, metric); failures are not cached.
-pub struct Delegated<A> {
+pub(crate) struct Delegated<A> {
     inner: A,
     decisions: moka::sync::Cache<MetricRead, bool>,
 }
 
 impl<A: Authorizer> Delegated<A> {
-    pub fn new(inner: A, ttl: CacheTtl) -> Self {
+    pub(crate) fn new(inner: A, ttl: CacheTtl) -> Self {
         Self {
             inner,
             decisions: moka::sync::Cache::builder()

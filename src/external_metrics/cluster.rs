@@ -27,14 +27,14 @@ use crate::engine::{Engine, EngineError, ObjectRef};
 use crate::metadata::MetadataError;
 
 /// The field manager of the adapter's status writes.
-pub const FIELD_MANAGER: &str = "blend-scaler";
+pub(crate) const FIELD_MANAGER: &str = "blend-scaler";
 
 /// Per-key errors kept in a status: enough to fix the first ones, bounded in size.
 const MAX_STATUS_ERRORS: usize = 20;
 
 /// The name the engine tracks a `BlendedMetric` under: the metric route and the status writer
 /// use the same one, so they share one tracked object, one cache entry and one capacity slot.
-pub fn engine_object_name(name: &str) -> String {
+pub(crate) fn engine_object_name(name: &str) -> String {
     format!("blendedmetric/{name}")
 }
 
@@ -211,7 +211,7 @@ fn merge_body(status: &BlendedMetricStatus) -> Value {
 
 /// What serving one `BlendedMetric` gives now.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Serving {
         metric_name: String,
         replicas: u32,
@@ -231,7 +231,7 @@ pub enum Outcome {
 
 /// The route's answer for this object, without recording it as an answer: the status writer
 /// is not a caller, and must not change what `/decisions` and the metrics show.
-pub async fn evaluate(
+pub(crate) async fn evaluate(
     engine: &Engine,
     namespace: &str,
     name: &str,
@@ -319,7 +319,7 @@ fn failed(e: EngineError) -> Outcome {
 
 /// The status for `outcome`. `lastTransitionTime` is the stored condition's while its status
 /// holds, so the content is the same whichever replica writes it.
-pub fn status_for(
+pub(crate) fn status_for(
     outcome: &Outcome,
     generation: Option<i64>,
     stored: Option<&BlendedMetricStatus>,

@@ -7,12 +7,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-pub const GROUP: &str = "external.metrics.k8s.io";
-pub const VERSION: &str = "v1beta1";
-pub const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
+pub(crate) const GROUP: &str = "external.metrics.k8s.io";
+pub(crate) const VERSION: &str = "v1beta1";
+pub(crate) const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
 /// The one placeholder resource discovery lists: the HPA asks for metrics by name without
 /// listing them, and an empty list breaks `kubectl api-resources`.
-pub const PLACEHOLDER_RESOURCE: &str = "externalmetrics";
+pub(crate) const PLACEHOLDER_RESOURCE: &str = "externalmetrics";
 
 /// `GET /apis/external.metrics.k8s.io/v1beta1`.
 pub fn api_resource_list() -> Value {
@@ -56,12 +56,12 @@ pub fn api_group() -> Value {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalMetricValue {
-    pub metric_name: String,
-    pub metric_labels: BTreeMap<String, String>,
+    pub(crate) metric_name: String,
+    pub(crate) metric_labels: BTreeMap<String, String>,
     /// RFC 3339, UTC, whole seconds (apimachinery's `metav1.Time`).
-    pub timestamp: String,
+    pub(crate) timestamp: String,
     /// A canonical Quantity.
-    pub value: String,
+    pub(crate) value: String,
 }
 
 impl ExternalMetricValue {
@@ -91,7 +91,7 @@ pub fn value_list(item: &ExternalMetricValue) -> Value {
 }
 
 /// A `metav1.Status` failure.
-pub fn status(code: u16, reason: &str, message: &str) -> Value {
+pub(crate) fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({
         "kind": "Status",
         "apiVersion": "v1",

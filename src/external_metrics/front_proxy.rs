@@ -21,10 +21,10 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::task::JoinHandle;
 
-pub const CONFIGMAP_NAMESPACE: &str = "kube-system";
-pub const CONFIGMAP_NAME: &str = "extension-apiserver-authentication";
-pub const CA_KEY: &str = "requestheader-client-ca-file";
-pub const ALLOWED_NAMES_KEY: &str = "requestheader-allowed-names";
+pub(crate) const CONFIGMAP_NAMESPACE: &str = "kube-system";
+pub(crate) const CONFIGMAP_NAME: &str = "extension-apiserver-authentication";
+pub(crate) const CA_KEY: &str = "requestheader-client-ca-file";
+pub(crate) const ALLOWED_NAMES_KEY: &str = "requestheader-allowed-names";
 
 /// Why no client is accepted right now.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +69,7 @@ impl std::fmt::Debug for FrontProxy {
 
 impl FrontProxy {
     /// Refuses every client until [`FrontProxy::set`] or [`FrontProxy::apply`] succeeds.
-    pub fn unloaded() -> Arc<Self> {
+    pub(crate) fn unloaded() -> Arc<Self> {
         Arc::new(Self {
             current: RwLock::new(Arc::new(Trust {
                 verifier: Err(TrustError::NotLoaded),
@@ -112,7 +112,7 @@ impl FrontProxy {
     }
 
     /// Follows the ConfigMap's latest state (`None`: it does not exist).
-    pub fn apply(&self, configmap: Option<&ConfigMap>) -> Result<(), TrustError> {
+    pub(crate) fn apply(&self, configmap: Option<&ConfigMap>) -> Result<(), TrustError> {
         match parse_configmap(configmap) {
             Ok((pem, names)) => self.set(
                 pem.as_bytes(),
@@ -127,7 +127,7 @@ impl FrontProxy {
     }
 
     /// Why clients are refused right now, if they are.
-    pub fn problem(&self) -> Option<TrustError> {
+    pub(crate) fn problem(&self) -> Option<TrustError> {
         self.current.read().verifier.as_ref().err().cloned()
     }
 
@@ -156,14 +156,14 @@ impl FrontProxy {
     }
 
     /// The verifier to hand rustls: it asks this trust on every handshake.
-    pub fn verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
+    pub(crate) fn verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
         Arc::new(Current(self.clone()))
     }
 
     /// The connection's certificate chain verifies against the current CA (client-auth EKU
     /// included) and its CN is allowed. Checked per request: the handshake may predate a
     /// rotation.
-    pub fn verified(&self, peer: &[CertificateDer<'static>]) -> bool {
+    pub(crate) fn verified(&self, peer: &[CertificateDer<'static>]) -> bool {
         let trust = self.current.read().clone();
         let (Ok(verifier), Some((leaf, intermediates))) = (&trust.verifier, peer.split_first())
         else {
@@ -178,7 +178,7 @@ impl FrontProxy {
     /// Watches the ConfigMap and applies every change until the returned task is aborted.
     /// Watch errors keep the current trust (the watcher retries with backoff); a deleted
     /// ConfigMap or a bad key refuses clients.
-    pub fn watch(self: &Arc<Self>, client: kube::Client) -> JoinHandle<()> {
+    pub(crate) fn watch(self: &Arc<Self>, client: kube::Client) -> JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, CONFIGMAP_NAMESPACE);
@@ -220,7 +220,7 @@ fn configmap_name() -> String {
 
 /// The CA bundle and allowed names in the ConfigMap kube-apiserver writes. A missing
 /// allowed-names key means any CN, as in `k8s.io/apiserver` (the CA still has to sign it).
-pub fn parse_configmap(cm: Option<&ConfigMap>) -> Result<(String, Vec<String>), TrustError> {
+pub(crate) fn parse_configmap(cm: Option<&ConfigMap>) -> Result<(String, Vec<String>), TrustError> {
     let cm = cm.ok_or(TrustError::MissingConfigMap)?;
     let data = cm.data.as_ref();
     let get = |key: &str| data.and_then(|d| d.get(key)).map(String::as_str);

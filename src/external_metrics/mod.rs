@@ -17,7 +17,7 @@ use crate::engine::EngineError;
 use crate::metadata::MetadataErrors;
 
 /// The label an HPA's selector names its `BlendedMetric` by.
-pub const NAME_LABEL: &str = "blend-scaler.io/name";
+pub(crate) const NAME_LABEL: &str = "blend-scaler.io/name";
 
 /// Errors of the External Metrics API; [`ApiError::status`] is the one place they become
 /// HTTP codes and `metav1.Status` reasons (research note 1.6).

@@ -26,7 +26,8 @@ pub fn from_milli(milli: i64) -> String {
 
 /// A finite value as milli-units, rounded away from zero like `MilliValue()`; `None` for NaN,
 /// infinities and values past `i64` milli-units.
-pub fn milli_ceil(value: f64) -> Option<i64> {
+#[cfg(test)]
+pub(crate) fn milli_ceil(value: f64) -> Option<i64> {
     let m = value * 1000.0;
     let m = if m >= 0.0 { m.ceil() } else { m.floor() };
     if !m.is_finite() || m.abs() >= i64::MAX as f64 {

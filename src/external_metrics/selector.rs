@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Operator {
+pub(crate) enum Operator {
     /// `=`
     Equals,
     /// `==`
@@ -28,10 +28,10 @@ pub enum Operator {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Requirement {
-    pub key: String,
-    pub operator: Operator,
+    pub(crate) key: String,
+    pub(crate) operator: Operator,
     /// Sorted and unique, as Go keeps them.
-    pub values: Vec<String>,
+    pub(crate) values: Vec<String>,
 }
 
 /// A parsed selector: every requirement must hold. Empty selects everything.
@@ -72,12 +72,12 @@ impl Requirement {
 }
 
 impl Selector {
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| r.matches(labels))
     }
 
     /// The single value `key` is pinned to (`key=v`, `key==v` or `key in (v)`), if any.
-    pub fn pinned(&self, key: &str) -> Option<&str> {
+    pub(crate) fn pinned(&self, key: &str) -> Option<&str> {
         self.0.iter().find_map(|r| match r.operator {
             Operator::Equals | Operator::DoubleEquals | Operator::In
                 if r.key == key && r.values.len() == 1 =>

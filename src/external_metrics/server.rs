@@ -55,7 +55,7 @@ impl Registry {
         }
     }
 
-    pub fn mark_listed(&self) {
+    pub(crate) fn mark_listed(&self) {
         self.listed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -69,7 +69,7 @@ impl Registry {
             .insert((namespace.into(), name.into()), spec);
     }
 
-    pub fn remove(&self, namespace: &str, name: &str) {
+    pub(crate) fn remove(&self, namespace: &str, name: &str) {
         self.objects
             .write()
             .remove(&(namespace.to_string(), name.to_string()));

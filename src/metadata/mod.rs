@@ -21,7 +21,11 @@ mod servicebus;
 mod tests;
 
 pub use keys::known_keys;
-pub use plan::*;
+pub(crate) use plan::*;
+pub use plan::{
+    Aggregation, ConnectionAuth, ConnectionString, Credentials, Entity, Origin, Plan,
+    PrometheusPlan, ServiceBusAuth, ServiceBusPlan,
+};
 
 /// At most this many keys in one trigger's metadata.
 pub const MAX_KEYS: usize = 64;
@@ -33,9 +37,10 @@ pub const MAX_KEY_BYTES: usize = 256;
 /// protobuf's per-entry framing, plus the object's name and namespace. The gRPC server refuses
 /// a bigger message before decoding it, so an oversized request costs no worker time
 /// (audit finding H4; docs/security.md).
-pub const MAX_REQUEST_BYTES: usize = MAX_KEYS * (MAX_KEY_BYTES + MAX_VALUE_BYTES + 16) + 4096;
+pub(crate) const MAX_REQUEST_BYTES: usize =
+    MAX_KEYS * (MAX_KEY_BYTES + MAX_VALUE_BYTES + 16) + 4096;
 /// An error message lists at most this many problems (`check` prints them all).
-pub const MAX_LISTED_ERRORS: usize = 10;
+pub(crate) const MAX_LISTED_ERRORS: usize = 10;
 /// Unknown keys longer than this get no "did you mean": the comparison costs time in the
 /// key's length, and a typo of a known key is short.
 const MAX_SUGGESTED_KEY_BYTES: usize = 64;
@@ -55,14 +60,14 @@ pub(crate) fn test_plan(pairs: &[(&str, &str)]) -> Plan {
     parse(&from_pairs(pairs), Origin::Keda, &Credentials::default()).expect("valid metadata")
 }
 
-pub const DEFAULT_METRIC_NAME: &str = "blended-replicas";
-pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_METRIC_NAME: &str = "blended-replicas";
+pub(crate) const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// One problem with one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetadataError {
-    pub key: String,
-    pub message: String,
+    pub(crate) key: String,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for MetadataError {
@@ -96,7 +101,7 @@ impl fmt::Display for MetadataErrors {
 /// Too many keys, or a key too long: one error, found without looking at anything else.
 /// Work on metadata (fingerprints, suggestions, parsing) grows with its size, and a caller
 /// can send 4 MiB of it, so this comes first, in the engine and in the parser.
-pub fn oversized(m: &HashMap<String, String>) -> Option<MetadataErrors> {
+pub(crate) fn oversized(m: &HashMap<String, String>) -> Option<MetadataErrors> {
     let message = if m.len() > MAX_KEYS {
         format!("has {} keys; at most {MAX_KEYS} are accepted", m.len())
     } else {

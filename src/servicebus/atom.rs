@@ -12,20 +12,22 @@ use quick_xml::name::ResolveResult;
 use crate::signal::SignalError;
 
 /// The Atom syndication namespace of entries and feeds.
-pub const ATOM_NS: &str = "http://www.w3.org/2005/Atom";
+pub(crate) const ATOM_NS: &str = "http://www.w3.org/2005/Atom";
 /// The namespace of `QueueDescription`, `TopicDescription`, `SubscriptionDescription`.
-pub const CONNECT_NS: &str = "http://schemas.microsoft.com/netservices/2010/10/servicebus/connect";
+#[cfg(test)]
+pub(crate) const CONNECT_NS: &str =
+    "http://schemas.microsoft.com/netservices/2010/10/servicebus/connect";
 /// The namespace of the `CountDetails` children.
-pub const COUNTS_NS: &str = "http://schemas.microsoft.com/netservices/2011/06/servicebus";
+pub(crate) const COUNTS_NS: &str = "http://schemas.microsoft.com/netservices/2011/06/servicebus";
 /// The title of the feed Service Bus answers with, HTTP 200, for an entity that does not exist.
-pub const NOT_FOUND_FEED_TITLE: &str = "Publicly Listed Services";
+pub(crate) const NOT_FOUND_FEED_TITLE: &str = "Publicly Listed Services";
 
 /// Longest upstream error detail kept in an error message.
 const MAX_DETAIL: usize = 400;
 
 /// A feed with more entries than this is refused while it is read: the scaler asks for
 /// pages of 100, so more is a server that ignores `$top`.
-pub const MAX_ENTRIES: usize = 1_000;
+pub(crate) const MAX_ENTRIES: usize = 1_000;
 
 /// What kind of entity an entry describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +40,7 @@ pub enum EntityKind {
 }
 
 impl EntityKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EntityKind::Queue => "queue",
             EntityKind::Topic => "topic",
@@ -51,7 +53,7 @@ impl EntityKind {
 /// The message counts of an entity (`CountDetails`). Absent children stay `None`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CountDetails {
-    pub active: Option<u64>,
+    pub(crate) active: Option<u64>,
     pub dead_letter: Option<u64>,
     pub scheduled: Option<u64>,
     pub transfer: Option<u64>,
@@ -67,7 +69,7 @@ pub struct Description {
     pub counts: CountDetails,
     /// `MessageCount` (queues and subscriptions; topics have none).
     pub message_count: Option<u64>,
-    pub size_in_bytes: Option<u64>,
+    pub(crate) size_in_bytes: Option<u64>,
     /// `SubscriptionCount` (topics only).
     pub subscription_count: Option<u64>,
 }
@@ -90,7 +92,7 @@ impl Description {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Feed {
     pub title: String,
-    pub entries: Vec<Description>,
+    pub(crate) entries: Vec<Description>,
 }
 
 impl Feed {

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
+#[cfg(test)]
 use percent_encoding::percent_decode_str;
 use sha2::Sha256;
 use tokio::time::Instant;
@@ -24,13 +25,13 @@ use crate::signal::SignalError;
 use super::atom::clip;
 
 /// How long a self-signed SAS token is valid.
-pub const SAS_LIFETIME: Duration = Duration::from_secs(3600);
+pub(crate) const SAS_LIFETIME: Duration = Duration::from_secs(3600);
 /// A cached token (SAS or Azure AD) is replaced when it has less than this left, so a
 /// request never leaves with a token that expires in flight.
-pub const RENEW_BEFORE: Duration = Duration::from_secs(300);
+pub(crate) const RENEW_BEFORE: Duration = Duration::from_secs(300);
 /// The Azure AD scope of Service Bus.
-pub const AAD_SCOPE: &str = "https://servicebus.azure.net/.default";
-pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
+pub(crate) const AAD_SCOPE: &str = "https://servicebus.azure.net/.default";
+pub(crate) const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The `upstream` label of the token exchange's request metrics.
 const UPSTREAM: &str = "azure_ad";
@@ -38,12 +39,13 @@ const UPSTREAM: &str = "azure_ad";
 const MAX_TOKEN_BODY_BYTES: usize = 64 * 1024;
 
 /// Percent-encodes a value for a SAS token.
-pub fn token_encode(value: &str) -> String {
+pub(crate) fn token_encode(value: &str) -> String {
     http::escape(value)
 }
 
 /// Decodes a percent-encoded SAS token field (`+` is a space, as in a form).
-pub fn token_decode(value: &str) -> String {
+#[cfg(test)]
+pub(crate) fn token_decode(value: &str) -> String {
     percent_decode_str(&value.replace('+', " "))
         .decode_utf8_lossy()
         .into_owned()
@@ -52,7 +54,7 @@ pub fn token_decode(value: &str) -> String {
 /// The base64 HMAC-SHA256 signature of `"{encoded_resource}\n{expiry}"`. The key is the
 /// UTF-8 bytes of the `SharedAccessKey` as written in the connection string: Service Bus
 /// does not base64-decode it.
-pub fn sas_signature(key: &str, encoded_resource: &str, expiry: u64) -> String {
+pub(crate) fn sas_signature(key: &str, encoded_resource: &str, expiry: u64) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_bytes())
         .expect("HMAC takes a key of any length");
@@ -120,7 +122,8 @@ impl SharedKeySigner {
     }
 
     /// How many tokens are cached (for tests).
-    pub fn cached(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
         self.tokens.lock().len()
     }
 }
@@ -140,11 +143,11 @@ pub struct WorkloadIdentityConfig {
 impl WorkloadIdentityConfig {
     /// From `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE` and
     /// `AZURE_AUTHORITY_HOST` (default [`DEFAULT_AUTHORITY_HOST`]).
-    pub fn from_env() -> Result<Self, String> {
+    pub(crate) fn from_env() -> Result<Self, String> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let get = |name: &str| {
             get(name)
                 .map(|v| v.trim().to_string())
@@ -174,7 +177,7 @@ impl WorkloadIdentityConfig {
     }
 
     /// `{authority}/{tenant}/oauth2/v2.0/token`.
-    pub fn token_url(&self) -> String {
+    pub(crate) fn token_url(&self) -> String {
         format!(
             "{}/{}/oauth2/v2.0/token",
             self.authority_host.trim_end_matches('/'),
@@ -204,7 +207,7 @@ impl std::fmt::Debug for WorkloadIdentity {
 }
 
 impl WorkloadIdentity {
-    pub fn new(
+    pub(crate) fn new(
         config: Result<WorkloadIdentityConfig, String>,
         http: reqwest::Client,
         metrics: Metrics,
@@ -220,7 +223,7 @@ impl WorkloadIdentity {
     }
 
     /// A bearer token for Service Bus, from the cache or a new exchange.
-    pub async fn token(&self) -> Result<Secret, SignalError> {
+    pub(crate) async fn token(&self) -> Result<Secret, SignalError> {
         let config = self
             .config
             .as_ref()
@@ -342,7 +345,7 @@ pub enum Credential {
 }
 
 impl Credential {
-    pub fn from_auth(
+    pub(crate) fn from_auth(
         auth: &ServiceBusAuth,
         identity: &Arc<WorkloadIdentity>,
     ) -> Result<Self, SignalError> {
@@ -373,7 +376,7 @@ impl Credential {
     }
 
     /// The `Authorization` header value for a request to `resource_uri`.
-    pub async fn authorization(&self, resource_uri: &str) -> Result<Secret, SignalError> {
+    pub(crate) async fn authorization(&self, resource_uri: &str) -> Result<Secret, SignalError> {
         match self {
             Credential::SharedKey(signer) => Ok(signer.token(resource_uri, SystemTime::now())),
             Credential::Signature(sig) => Ok(sig.clone()),

@@ -19,12 +19,12 @@ use super::auth::Credential;
 /// The management API version requested.
 pub const API_VERSION: &str = "2021-05";
 /// Entries per list page (`$top`); the service's maximum.
-pub const PAGE_SIZE: usize = 100;
+pub(crate) const PAGE_SIZE: usize = 100;
 /// The `upstream` label of request metrics.
-pub const UPSTREAM: &str = "servicebus";
+pub(crate) const UPSTREAM: &str = "servicebus";
 
 /// The largest answer read: a page of 100 entities is about 250 KiB.
-pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// Answers up to this size are parsed where they arrive; larger ones (list pages) on a
 /// blocking thread ([`crate::offload`]).
@@ -93,16 +93,8 @@ impl Connection {
         })
     }
 
-    pub fn host(&self) -> &str {
+    pub(crate) fn host(&self) -> &str {
         &self.host
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    pub fn credential(&self) -> &Credential {
-        &self.credential
     }
 }
 
@@ -128,15 +120,15 @@ impl Client {
         }
     }
 
-    pub fn http(&self) -> &reqwest::Client {
+    pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    pub fn options(&self) -> &ClientOptions {
+    pub(crate) fn options(&self) -> &ClientOptions {
         &self.options
     }
 

@@ -5,12 +5,15 @@
 //! `scripts/gen-traces` rewrites the files; a test fails when they differ from what this
 //! code makes.
 
+#[cfg(test)]
 use chrono::{Duration, NaiveDate, NaiveDateTime};
 
+#[cfg(test)]
 use super::trace::to_csv;
 
+#[cfg(test)]
 /// The seed of the shipped traces.
-pub const SEED: u64 = 20_260_603;
+pub(crate) const SEED: u64 = 20_260_603;
 
 /// SplitMix64: small, fast, and fully specified.
 #[derive(Clone, Debug)]
@@ -21,7 +24,7 @@ impl Rng {
         Self(seed)
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -34,17 +37,19 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    #[cfg(test)]
     /// Roughly standard normal (Irwin-Hall: the sum of 12 uniforms, less 6).
-    pub fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         (0..12).map(|_| self.uniform()).sum::<f64>() - 6.0
     }
 
     /// A whole number in `lo..=hi`.
-    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+    pub(crate) fn between(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next_u64() % (hi - lo + 1)
     }
 }
 
+#[cfg(test)]
 /// A smooth bump: 1 at `x = 0`, falling to 0 at `|x| = 1` (the biweight kernel).
 fn bump(x: f64) -> f64 {
     if x.abs() >= 1.0 {
@@ -55,34 +60,40 @@ fn bump(x: f64) -> f64 {
     }
 }
 
+#[cfg(test)]
 /// Linear from `a` at `x0` to `b` at `x1`.
 fn ramp(x: f64, x0: f64, x1: f64, a: f64, b: f64) -> f64 {
     a + (b - a) * ((x - x0) / (x1 - x0)).clamp(0.0, 1.0)
 }
 
+#[cfg(test)]
 fn noisy(rng: &mut Rng, value: f64, relative: f64) -> f64 {
     (value * (1.0 + relative * rng.normal().clamp(-3.0, 3.0))).max(0.0)
 }
 
+#[cfg(test)]
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
+#[cfg(test)]
 fn midnight(y: i32, m: u32, d: u32) -> NaiveDateTime {
     NaiveDate::from_ymd_opt(y, m, d)
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .expect("a valid date")
 }
 
+#[cfg(test)]
 /// One shipped trace: its file name (without extension) and CSV text.
-pub struct Generated {
-    pub name: &'static str,
-    pub csv: String,
+pub(crate) struct Generated {
+    pub(crate) name: &'static str,
+    pub(crate) csv: String,
 }
 
+#[cfg(test)]
 /// A weekday in London: traffic follows the day, peaking mid-afternoon, with a batch import
 /// dropping 36,000 extra messages on the queue between 12:30 and 12:40.
-pub fn diurnal(seed: u64) -> Generated {
+pub(crate) fn diurnal(seed: u64) -> Generated {
     let mut rng = Rng::new(seed ^ 0xD1);
     let start = midnight(2026, 6, 3); // a Wednesday
     let rows: Vec<_> = (0..24 * 60)
@@ -114,9 +125,10 @@ pub fn diurnal(seed: u64) -> Generated {
     }
 }
 
+#[cfg(test)]
 /// A day of an idle queue hit by bursts (1 to 8 minutes of 20 to 200 messages a second,
 /// every 20 to 130 minutes): the deployment lives at zero between them.
-pub fn spiky(seed: u64) -> Generated {
+pub(crate) fn spiky(seed: u64) -> Generated {
     let mut rng = Rng::new(seed ^ 0x5B);
     let start = midnight(2026, 6, 4); // a Thursday
     let steps = 24 * 360; // 10-second rows
@@ -174,9 +186,10 @@ pub fn spiky(seed: u64) -> Generated {
     }
 }
 
+#[cfg(test)]
 /// A Monday in New York: steady work in business hours (a morning peak, a lunch dip) on a
 /// cron floor, shoulders morning and evening, and a near-empty night.
-pub fn business_hours(seed: u64) -> Generated {
+pub(crate) fn business_hours(seed: u64) -> Generated {
     let mut rng = Rng::new(seed ^ 0xB5);
     let start = midnight(2026, 6, 1); // a Monday
     let rows: Vec<_> = (0..24 * 60)
@@ -221,10 +234,11 @@ pub fn business_hours(seed: u64) -> Generated {
     }
 }
 
+#[cfg(test)]
 /// A batch producer's day in Europe/Berlin: every 4 to 12 seconds a batch lands on the queue
 /// at once, sized so the mean rate follows the day (about 4 messages a second at night, 40 in
 /// the afternoon); nothing arrives between batches.
-pub fn bursty(seed: u64) -> Generated {
+pub(crate) fn bursty(seed: u64) -> Generated {
     let mut rng = Rng::new(seed ^ 0xB7);
     let start = midnight(2026, 6, 2); // a Tuesday
     let mut per_second = vec![0.0f64; 86_400];
@@ -254,9 +268,10 @@ pub fn bursty(seed: u64) -> Generated {
     }
 }
 
+#[cfg(test)]
 /// A quiet Sunday in UTC: nothing for 30 to 120 minutes at a time, then a short burst (10 to
 /// 60 s of 5 to 40 messages a second); the deployment lives at zero.
-pub fn quiet(seed: u64) -> Generated {
+pub(crate) fn quiet(seed: u64) -> Generated {
     let mut rng = Rng::new(seed ^ 0x0E);
     let start = midnight(2026, 6, 7); // a Sunday
     let mut per_second = vec![0.0f64; 86_400];
@@ -283,9 +298,10 @@ pub fn quiet(seed: u64) -> Generated {
     }
 }
 
+#[cfg(test)]
 /// A steady Friday in Asia/Tokyo at about 10 messages a second, hit at 11:00 by a sudden 10x
 /// spike (100 a second) that lasts 20 minutes and stops as suddenly.
-pub fn spike(seed: u64) -> Generated {
+pub(crate) fn spike(seed: u64) -> Generated {
     let mut rng = Rng::new(seed ^ 0x10);
     let start = midnight(2026, 6, 5); // a Friday
     let rows: Vec<_> = (0..24 * 60)
@@ -316,6 +332,7 @@ pub fn spike(seed: u64) -> Generated {
     }
 }
 
+#[cfg(test)]
 /// `e^x` for `0 <= x <= 10` by its Taylor series: additions and multiplications only, so the
 /// same on every platform (unlike the system `exp`).
 fn exp_series(x: f64) -> f64 {
@@ -327,10 +344,11 @@ fn exp_series(x: f64) -> f64 {
     sum
 }
 
+#[cfg(test)]
 impl Rng {
     /// A Poisson-distributed count with mean `lambda` (Knuth's method, in steps of at most
     /// 10: a sum of Poisson counts is Poisson with the summed mean).
-    pub fn poisson(&mut self, lambda: f64) -> u64 {
+    pub(crate) fn poisson(&mut self, lambda: f64) -> u64 {
         let mut left = lambda.max(0.0);
         let mut count = 0;
         while left > 0.0 {
@@ -350,9 +368,10 @@ impl Rng {
     }
 }
 
+#[cfg(test)]
 /// The same day as `curve`, with each second's arrivals drawn from a Poisson distribution
 /// whose mean is the curve's rate at that second (the query's value is kept as it is).
-pub fn poisson(curve: &Generated, seed: u64, name: &'static str) -> Generated {
+pub(crate) fn poisson(curve: &Generated, seed: u64, name: &'static str) -> Generated {
     let trace = super::trace::Trace::parse(&curve.csv).expect("the generator's own trace parses");
     let mut rng = Rng::new(seed ^ 0x9015);
     let counts: Vec<f64> = trace
@@ -381,6 +400,7 @@ pub fn poisson(curve: &Generated, seed: u64, name: &'static str) -> Generated {
     }
 }
 
+#[cfg(test)]
 /// One row per second whose values differ from the second before (a row holds until the
 /// next), from per-second arrivals and a per-second query value. The last two seconds always
 /// have a row, so the last row (which lasts as long as the one before it) lasts one second.
@@ -401,8 +421,9 @@ fn rows_on_change(
     rows
 }
 
+#[cfg(test)]
 /// Every shipped trace.
-pub fn all(seed: u64) -> Vec<Generated> {
+pub(crate) fn all(seed: u64) -> Vec<Generated> {
     let (d, s, b) = (diurnal(seed), spiky(seed), business_hours(seed));
     let poisson = [
         poisson(&d, seed, "diurnal-poisson"),

@@ -24,22 +24,22 @@ pub struct Metric {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PolicyKind {
+pub(crate) enum PolicyKind {
     Pods,
     Percent,
 }
 
 /// One `behavior.scaleUp|scaleDown.policies[]` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ScalingPolicy {
-    pub kind: PolicyKind,
-    pub value: u32,
-    pub period_seconds: u64,
+pub(crate) struct ScalingPolicy {
+    pub(crate) kind: PolicyKind,
+    pub(crate) value: u32,
+    pub(crate) period_seconds: u64,
 }
 
 /// `selectPolicy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Select {
+pub(crate) enum Select {
     Max,
     Min,
     Disabled,
@@ -47,18 +47,18 @@ pub enum Select {
 
 /// One direction's rules, with the API server's defaults filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rules {
-    pub stabilization_window: u64,
-    pub select: Select,
-    pub policies: Vec<ScalingPolicy>,
+pub(crate) struct Rules {
+    pub(crate) stabilization_window: u64,
+    pub(crate) select: Select,
+    pub(crate) policies: Vec<ScalingPolicy>,
 }
 
 /// `spec.behavior` of the HPA (KEDA copies it from
 /// `advanced.horizontalPodAutoscalerConfig.behavior`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Behavior {
-    pub scale_up: Rules,
-    pub scale_down: Rules,
+pub(crate) struct Behavior {
+    pub(crate) scale_up: Rules,
+    pub(crate) scale_down: Rules,
 }
 
 /// The API server's limits (`pkg/apis/autoscaling/validation`).
@@ -68,7 +68,7 @@ const MAX_PERIOD_SECONDS: u64 = 1800;
 impl Behavior {
     /// The scale-up rules the API server fills in: 4 pods or 100% per 15 s, whichever is
     /// more, no stabilization.
-    pub fn default_scale_up() -> Rules {
+    pub(crate) fn default_scale_up() -> Rules {
         Rules {
             stabilization_window: 0,
             select: Select::Max,
@@ -89,7 +89,7 @@ impl Behavior {
 
     /// The scale-down rules the API server fills in: 100% per 15 s; the window is the
     /// controller's `--horizontal-pod-autoscaler-downscale-stabilization`.
-    pub fn default_scale_down(downscale_stabilization: u64) -> Rules {
+    pub(crate) fn default_scale_down(downscale_stabilization: u64) -> Rules {
         Rules {
             stabilization_window: downscale_stabilization,
             select: Select::Max,
@@ -104,7 +104,7 @@ impl Behavior {
     /// Reads `behavior` as the API server defaults and validates it: a missing direction gets
     /// the defaults, and each missing field of a given direction its default. Errors name the
     /// field below `behavior`.
-    pub fn from_yaml(value: &Value, downscale_stabilization: u64) -> Result<Self, String> {
+    pub(crate) fn from_yaml(value: &Value, downscale_stabilization: u64) -> Result<Self, String> {
         if !value.is_mapping() {
             return Err("behavior: must be a mapping".into());
         }
@@ -119,7 +119,7 @@ impl Behavior {
     }
 
     /// A one-line description, as the report prints it.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "scaleUp {}; scaleDown {}",
             self.scale_up.describe(),
@@ -129,7 +129,7 @@ impl Behavior {
 }
 
 impl Rules {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let select = match self.select {
             Select::Max => "Max",
             Select::Min => "Min",
@@ -242,16 +242,16 @@ fn policy(v: &Value, path: &str) -> Result<ScalingPolicy, String> {
 
 /// The controller's flags and the HPA's `behavior`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Hpa {
+pub(crate) struct Hpa {
     /// `--horizontal-pod-autoscaler-sync-period`.
-    pub sync_period: u64,
+    pub(crate) sync_period: u64,
     /// `--horizontal-pod-autoscaler-tolerance`.
-    pub tolerance: f64,
+    pub(crate) tolerance: f64,
     /// `--horizontal-pod-autoscaler-downscale-stabilization`, used without `behavior` and as
     /// the default scale-down window with it.
-    pub downscale_stabilization: u64,
+    pub(crate) downscale_stabilization: u64,
     /// `None`: the legacy path.
-    pub behavior: Option<Behavior>,
+    pub(crate) behavior: Option<Behavior>,
 }
 
 impl Default for Hpa {
@@ -267,7 +267,7 @@ impl Default for Hpa {
 
 impl Hpa {
     /// A one-line description, as the report prints it.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let behavior = match &self.behavior {
             None => format!(
                 "no behavior (scale-down window {} s, scale-up limit max(2x, 4))",
@@ -314,7 +314,7 @@ struct ScaleEvent {
 
 /// The controller's memory of one HPA between syncs.
 #[derive(Clone, Debug, Default)]
-pub struct Controller {
+pub(crate) struct Controller {
     /// `None` until the first sync, which records the current count as a recommendation
     /// (`recordInitialRecommendation`).
     recommendations: Option<Vec<Recommendation>>,
@@ -336,7 +336,7 @@ impl Controller {
     /// One sync of an HPA with `min..=max` replicas (KEDA sets `min` to
     /// `max(minReplicaCount, 1)`): the replica count it leaves the target at, or `None` when
     /// it could not compute one from the metrics (and so changes nothing).
-    pub fn sync(
+    pub(crate) fn sync(
         &mut self,
         t: u64,
         current: u32,

@@ -5,14 +5,14 @@
 //! [`model::simulate`], [`compare`] and [`report`] are pure; [`run`] only reads the inputs and
 //! writes the outputs. See `docs/simulate.md`.
 
-pub mod compare;
+pub(crate) mod compare;
 pub mod generate;
 pub mod hpa;
-pub mod model;
-pub mod queue;
-pub mod report;
-pub mod scenario;
-pub mod trace;
+pub(crate) mod model;
+pub(crate) mod queue;
+pub(crate) mod report;
+pub(crate) mod scenario;
+pub(crate) mod trace;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,105 +24,93 @@ use clap::Args;
 
 use crate::output::{out, outln};
 
-use compare::{Compared, Tuned};
+#[cfg(test)]
+use compare::Compared;
 use model::Phase;
-pub use scenario::{
-    DEFAULT_POD_START_SECONDS, Overrides, RATE_ANNOTATION, START_ANNOTATION, Scenario,
-};
+pub(crate) use scenario::{Overrides, Scenario};
 use trace::Trace;
 
 #[derive(Args, Debug, Clone)]
-pub struct SimulateArgs {
+pub(crate) struct SimulateArgs {
     /// The trace to replay: CSV of message arrivals and request rate over time
     /// (see docs/simulate.md).
     #[arg(long, value_name = "FILE")]
-    pub trace: PathBuf,
+    pub(crate) trace: PathBuf,
     /// The ScaledObject: its first `external`/`external-push` trigger is blend-scaler's.
     #[arg(long, value_name = "YAML")]
-    pub scaledobject: PathBuf,
+    pub(crate) scaledobject: PathBuf,
     /// The ScaledObject the team runs today, with KEDA's built-in triggers (azure-servicebus,
     /// prometheus, cron), its own spec and behavior: the built-in side [default: the same keys
     /// and spec as --scaledobject].
     #[arg(long, value_name = "YAML")]
-    pub baseline: Option<PathBuf>,
+    pub(crate) baseline: Option<PathBuf>,
     /// Where to write `minutes.csv` and `chart.svg` [default: simulate-<trace name>].
     #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// Messages one ready pod completes per second; overrides the ScaledObject's
     /// `blend-scaler.io/messages-per-second-per-replica` annotation.
     #[arg(long, value_name = "RATE")]
-    pub messages_per_second_per_replica: Option<f64>,
+    pub(crate) messages_per_second_per_replica: Option<f64>,
     /// Seconds from a pod's creation until it takes work; overrides the
     /// `blend-scaler.io/pod-start-seconds` annotation [default: 30]. A list sweeps.
     #[arg(long, value_name = "SECONDS", value_delimiter = ',')]
-    pub pod_start_seconds: Vec<u64>,
+    pub(crate) pod_start_seconds: Vec<u64>,
     /// KEDA's `pollingInterval` for both sides, overriding the ScaledObjects. A list sweeps.
     #[arg(long, value_name = "SECONDS", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
-    pub polling_interval: Vec<u64>,
+    pub(crate) polling_interval: Vec<u64>,
     /// The HPA controller's `--horizontal-pod-autoscaler-sync-period`.
     #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
-    pub hpa_sync_period: u64,
+    pub(crate) hpa_sync_period: u64,
     /// The backlog-age objective: minutes in which the oldest message is older are counted,
     /// and `--tune` looks for a p95 oldest-message age within it.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
-    pub objective: Duration,
+    pub(crate) objective: Duration,
     /// blend-scaler's `--refresh-interval`.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub refresh_interval: Duration,
+    pub(crate) refresh_interval: Duration,
     /// How many phases of KEDA's poll, the HPA's sync and blend-scaler's refresh to average
     /// over.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
-    pub phases: u64,
+    pub(crate) phases: u64,
     /// The seed the phases are drawn from.
     #[arg(long, value_name = "N", default_value_t = 1)]
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Also search each side (the built-in side over `messageCount`, blend-scaler's over a
     /// `drainTime` trigger's `targetDrainSeconds`, both over the same scale-down behaviors) and
     /// show each side's cheapest configuration whose p95 oldest-message age meets the objective.
     #[arg(long)]
-    pub tune: bool,
+    pub(crate) tune: bool,
 }
 
-pub const BUILTIN_LABEL: &str = "built-in triggers";
-pub const SLOW_LABEL: &str = "built-in, slow scale-down";
-pub const TUNED_LABEL: &str = "built-in, tuned";
-pub const BLEND_SLOW_LABEL: &str = "blend-scaler, slow scale-down";
-pub const BLEND_TUNED_LABEL: &str = "blend-scaler, tuned";
-
-/// One combination of a sweep, compared.
-#[derive(Clone, Debug)]
-pub struct Row {
-    /// `pollingInterval` of the blend side (and of the built-in side, unless a baseline sets
-    /// its own and no override was given).
-    pub polling_interval: u64,
-    pub pod_start_seconds: u64,
-    pub compared: Compared,
-    pub tuned: Option<Tuned>,
-    /// `--tune` on blend-scaler's side.
-    pub tuned_blend: Option<Tuned>,
-}
+pub(crate) const BUILTIN_LABEL: &str = "built-in triggers";
+pub(crate) const SLOW_LABEL: &str = "built-in, slow scale-down";
+pub(crate) const TUNED_LABEL: &str = "built-in, tuned";
+pub(crate) const BLEND_SLOW_LABEL: &str = "blend-scaler, slow scale-down";
+pub(crate) const BLEND_TUNED_LABEL: &str = "blend-scaler, tuned";
 
 /// Everything a simulation produces, before anything is written.
 #[derive(Clone, Debug)]
-pub struct Report {
-    pub rows: Vec<Row>,
+pub(crate) struct Report {
+    /// The first scenario (of a sweep, the first combination) compared.
+    #[cfg(test)]
+    pub(crate) compared: Compared,
     /// The text printed to stdout.
-    pub text: String,
-    pub csv: String,
-    pub svg: String,
+    pub(crate) text: String,
+    pub(crate) csv: String,
+    pub(crate) svg: String,
 }
 
 /// What a simulation is asked to do, besides the scenarios.
 #[derive(Clone, Debug)]
-pub struct Options {
-    pub objective: u64,
-    pub phases: Vec<Phase>,
-    pub seed: u64,
-    pub tune: bool,
+pub(crate) struct Options {
+    pub(crate) objective: u64,
+    pub(crate) phases: Vec<Phase>,
+    pub(crate) seed: u64,
+    pub(crate) tune: bool,
 }
 
 /// Simulates every scenario of a sweep and renders: a pure function of its inputs.
-pub fn report(
+pub(crate) fn report(
     trace: &Trace,
     scenarios: &[Scenario],
     trace_name: &str,
@@ -215,15 +203,9 @@ pub fn report(
                 );
             }
         }
-        rows.push(Row {
-            polling_interval: s.settings.keda.polling_interval,
-            pod_start_seconds: s.settings.workload.pod_start_seconds,
-            compared,
-            tuned,
-            tuned_blend,
-        });
+        rows.push(compared);
     }
-    let outcome = &rows[0].compared.first;
+    let outcome = &rows[0].first;
     let csv = report::csv(trace, outcome);
     let svg = report::chart(
         trace,
@@ -234,7 +216,8 @@ pub fn report(
     )
     .map_err(|e| anyhow::anyhow!("drawing the chart: {e}"))?;
     Ok(Report {
-        rows,
+        #[cfg(test)]
+        compared: rows.swap_remove(0),
         text,
         csv,
         svg,
@@ -297,7 +280,7 @@ fn describe(text: &mut String, s: &Scenario, options: &Options) {
 }
 
 /// Reads the files, simulates, and renders; writes nothing.
-pub fn report_for_files(args: &SimulateArgs) -> anyhow::Result<Report> {
+pub(crate) fn report_for_files(args: &SimulateArgs) -> anyhow::Result<Report> {
     let read = |path: &Path| {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
     };
@@ -349,7 +332,7 @@ fn file_name(path: &Path) -> String {
 }
 
 /// `blend-scaler simulate`.
-pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let report = report_for_files(&args)?;
     let out = args.out.clone().unwrap_or_else(|| {
         let stem = args

@@ -144,6 +144,7 @@ impl Phase {
     }
 
     /// The three offsets within the given periods, for the report.
+    #[cfg(test)]
     pub fn within(&self, polling: u64, sync: u64, refresh: u64) -> (u64, u64, u64) {
         (
             self.poll % polling.max(1),

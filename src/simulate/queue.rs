@@ -29,6 +29,7 @@ impl Queue {
 
     /// Second `t`: `rate` messages arrive, then `capacity` messages' worth of work is done,
     /// oldest first. Returns the messages completed.
+    #[cfg(test)]
     pub fn step(&mut self, t: u64, rate: f64, capacity: f64) -> u64 {
         self.step_recording(t, rate, capacity, &mut Vec::new())
     }

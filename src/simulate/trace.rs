@@ -17,6 +17,7 @@
 //! `messages_per_second` is the arrival rate at the Service Bus entity, `requests_per_second`
 //! the value the Prometheus query returns.
 
+#[cfg(test)]
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
@@ -158,6 +159,7 @@ fn parse_time(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
 }
 
 /// Writes rows of `(local time, messages/s, requests/s)` in the CSV form, times without offset.
+#[cfg(test)]
 pub fn to_csv(comments: &[String], timezone: Tz, rows: &[(NaiveDateTime, f64, f64)]) -> String {
     let mut out = String::new();
     for c in comments {
