@@ -2,7 +2,12 @@
 //! C load generator), so the client is not what caps both sides.
 //!
 //! `cargo bench --bench grpc_h2load [-- --metadata cron|all --shapes 1x1,4x10,16x50
-//! --rounds 3 --seconds 5 --method IsActive|GetMetrics --h2load /usr/bin/h2load]`
+//! --rounds 3 --seconds 5 --requests N --method IsActive|GetMetrics --h2load /usr/bin/h2load]`
+//!
+//! `--requests N` sends exactly N calls per round (h2load `-n`, no warm-up) instead of running
+//! for `--seconds`: under `valgrind --tool=callgrind` (`BLEND_BENCH_SCALER_WRAP`), two runs with
+//! different N give the scaler's instructions per call as the difference of their totals over
+//! the difference of N, the same on a loaded machine.
 //!
 //! Two server processes run at once: `blend-scaler serve` (release build) and this binary
 //! re-run as the baseline (the proto with fixed answers, on the same transport code as
@@ -31,6 +36,22 @@ struct Shape {
     streams: usize,
 }
 
+/// How long one h2load round runs.
+#[derive(Clone, Copy)]
+enum Length {
+    Seconds(u64),
+    Requests(u64),
+}
+
+impl std::fmt::Display for Length {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Length::Seconds(s) => write!(f, "{s}s"),
+            Length::Requests(n) => write!(f, "{n} calls"),
+        }
+    }
+}
+
 #[derive(Default, Clone)]
 struct Round {
     rps: f64,
@@ -48,6 +69,12 @@ fn main() {
     let args = Args::parse();
     let rounds: usize = args.get("rounds", 3);
     let seconds: u64 = args.get("seconds", 5);
+    let requests: u64 = args.get("requests", 0);
+    let length = if requests > 0 {
+        Length::Requests(requests)
+    } else {
+        Length::Seconds(seconds)
+    };
     let kind = args.string("metadata", "cron");
     let method = args.string("method", "IsActive");
     let h2load = args.string("h2load", "/usr/bin/h2load");
@@ -89,7 +116,7 @@ fn main() {
         std::fs::write(body.path(), framed).unwrap();
 
         eprintln!(
-            "grpc_h2load: {method}, {kind} metadata, {rounds} rounds of {seconds}s per server \
+            "grpc_h2load: {method}, {kind} metadata, {rounds} rounds of {length} per server \
              and shape; {}",
             support::machine()
         );
@@ -98,8 +125,8 @@ fn main() {
         for shape in &shapes {
             let mut pairs = Vec::new();
             for r in 0..rounds {
-                let a = run(&h2load, &scaler, shape, seconds, body.path(), &method);
-                let b = run(&h2load, &baseline, shape, seconds, body.path(), &method);
+                let a = run(&h2load, &scaler, shape, length, body.path(), &method);
+                let b = run(&h2load, &baseline, shape, length, body.path(), &method);
                 eprintln!(
                     "  {}x{} round {r}: blend-scaler {:.0} rps (p99 {:.2} ms, {:.1} us CPU/call), \
                      baseline {:.0} rps (p99 {:.2} ms, {:.1} us CPU/call), ratio {:.3}",
@@ -226,17 +253,21 @@ fn run(
     h2load: &str,
     server: &Proc,
     shape: &Shape,
-    seconds: u64,
+    length: Length,
     body: &std::path::Path,
     method: &str,
 ) -> Round {
     let log = tempfile::NamedTempFile::new().unwrap();
     let cpu_before = support::cpu_time(server.pid());
-    let out = Command::new(h2load)
+    let mut h2load = Command::new(h2load);
+    match length {
+        Length::Seconds(s) => h2load.args(["-D", &s.to_string(), "--warm-up-time", "1"]),
+        Length::Requests(n) => h2load.args(["-n", &n.to_string()]),
+    };
+    let out = h2load
         .args(["-c", &shape.connections.to_string()])
         .args(["-m", &shape.streams.to_string()])
         .args(["-t", "1"])
-        .args(["-D", &seconds.to_string(), "--warm-up-time", "1"])
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .arg("-d")
         .arg(body)
@@ -282,8 +313,11 @@ fn run(
         round.p50_ms = support::quantile(&latencies, 0.5) as f64 / 1000.0;
         round.p99_ms = support::quantile(&latencies, 0.99) as f64 / 1000.0;
     }
-    // The warm-up second is served too but not counted by h2load: CPU per call over all.
-    let served = round.rps * (seconds as f64 + 1.0);
+    let served = match length {
+        // The warm-up second is served too but not counted by h2load: CPU per call over all.
+        Length::Seconds(s) => round.rps * (s as f64 + 1.0),
+        Length::Requests(n) => n as f64,
+    };
     round.cpu_us = cpu.as_secs_f64() * 1e6 / served.max(1.0);
     round
 }

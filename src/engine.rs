@@ -19,9 +19,11 @@ use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, S
 use crate::metrics::{AnswerFigures, Metrics, ObjectLabels};
 use crate::signal::{EntityCounts, SignalError, SignalKind};
 
+mod key;
 mod objects;
 
-use objects::{Usage, fingerprint, weight};
+use key::{KeyHasher, KeyRef, ObjectKey, fingerprint};
+use objects::{Usage, weight};
 
 /// Errors of the engine layer; `error.rs` maps them to gRPC codes.
 #[derive(Debug, thiserror::Error)]
@@ -143,14 +145,13 @@ pub struct Engine {
     allow: Option<HostList>,
     caches: SignalCaches,
     metrics: Metrics,
-    /// Keyed by namespace, name and metric name: a ScaledObject with two `external` triggers has
-    /// two plans and two answers, which must not share a held answer.
-    objects: moka::sync::Cache<ObjectKey, Arc<Tracked>>,
+    /// By namespace, name and metric name ([`ObjectKey`]).
+    objects: moka::sync::Cache<ObjectKey, Arc<Tracked>, KeyHasher>,
+    /// Seeds the metadata fingerprints.
+    fingerprints: KeyHasher,
     /// What the tracked objects take of the capacity, kept with every insert and eviction.
     usage: Arc<Mutex<Usage>>,
 }
-
-type ObjectKey = (String, String, String);
 
 impl Engine {
     pub fn new(
@@ -179,13 +180,14 @@ impl Engine {
                 usage.release(&key.0, tracked.weight, forgotten);
                 forget_metrics.set_tracked(usage.objects as u64);
             })
-            .build();
+            .build_with_hasher(KeyHasher::default());
         Ok(Self {
             config,
             allow,
             caches,
             metrics,
             objects,
+            fingerprints: KeyHasher::default(),
             usage,
         })
     }
@@ -210,17 +212,13 @@ impl Engine {
         if let Some(e) = metadata::oversized(obj.metadata) {
             return Err(e.into());
         }
-        let fingerprint = fingerprint(obj.metadata);
+        let fingerprint = fingerprint(&self.fingerprints, obj.metadata);
         let metric_name = obj
             .metadata
             .get(metadata::keys::METRIC_NAME)
             .map_or(metadata::DEFAULT_METRIC_NAME, String::as_str);
-        let key = (
-            obj.namespace.to_string(),
-            obj.name.to_string(),
-            metric_name.to_string(),
-        );
-        let current = self.objects.get(&key);
+        let lookup = KeyRef(obj.namespace, obj.name, metric_name);
+        let current = self.objects.get(&lookup);
         if let Some(t) = &current
             && t.fingerprint == fingerprint
         {
@@ -265,6 +263,7 @@ impl Engine {
             metric_name: metric_name.to_string(),
             last: Mutex::new(None),
         });
+        let key = lookup.to_owned();
         if current.is_some() {
             // The eviction listener gives back the replaced plan's weight.
             self.objects.insert(key, tracked.clone());

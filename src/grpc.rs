@@ -87,7 +87,12 @@ async fn observed<T>(
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
     let started = Instant::now();
-    let result = call.instrument(tracing::info_span!("grpc", method)).await;
+    let span = if crate::telemetry::exporting_traces() {
+        tracing::info_span!("grpc", method)
+    } else {
+        tracing::debug_span!("grpc", method)
+    };
+    let result = call.instrument(span).await;
     let code = result.as_ref().err().map_or(Code::Ok, Status::code);
     metrics.grpc_request(method, code_label(code), started.elapsed());
     result
@@ -255,5 +260,61 @@ async fn any_changed(receivers: &mut [watch::Receiver<u64>]) {
     if result.is_err() {
         // The group is gone; the tick keeps the stream going.
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+    use tracing::span;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::{EnvFilter, Layer};
+
+    use super::*;
+
+    /// Records the names of the spans opened and the messages of the events logged.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> Layer<S> for Seen {
+        fn on_new_span(&self, attrs: &span::Attributes<'_>, _: &span::Id, _: Context<'_, S>) {
+            self.0
+                .lock()
+                .push(format!("span {}", attrs.metadata().name()));
+        }
+
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            self.0
+                .lock()
+                .push(format!("event {}", event.metadata().level()));
+        }
+    }
+
+    fn seen_at(filter: &str) -> Vec<String> {
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new(filter))
+            .with(seen.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let metrics = Metrics::new();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(observed(&metrics, "IsActive", async {
+                tracing::info!("decision changed");
+                Ok::<_, Status>(())
+            }))
+        })
+        .unwrap();
+        seen.0.lock().clone()
+    }
+
+    #[test]
+    fn without_a_trace_exporter_the_call_span_is_opened_at_debug_only_and_info_lines_still_log() {
+        assert!(!crate::telemetry::exporting_traces());
+        assert_eq!(seen_at("info"), ["event INFO"]);
+        assert_eq!(seen_at("debug"), ["span grpc", "event INFO"]);
     }
 }

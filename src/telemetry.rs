@@ -2,6 +2,7 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, traces over OTLP/gRPC.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(feature = "otlp")]
 use opentelemetry::trace::TracerProvider as _;
@@ -28,6 +29,18 @@ impl LogFormat {
             LogFormat::Json
         }
     }
+}
+
+/// Set once an OTLP exporter is installed.
+static EXPORTING_TRACES: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans leave the process (OTLP). The per-call gRPC span is made at `info` only
+/// then: in the logs alone it only named the method on the few lines logged inside a call,
+/// and opening it (the JSON layer formats a span's fields when it opens) took about 5,400 of
+/// the 18,900 instructions the scaler's own part of a call took (BENCHMARKS.md, "gRPC
+/// throughput under h2load"). At `debug` it is still there for `RUST_LOG=debug`.
+pub fn exporting_traces() -> bool {
+    EXPORTING_TRACES.load(Ordering::Relaxed)
 }
 
 /// Keeps the trace exporter alive; flushes it when dropped.
@@ -66,6 +79,7 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
             .with(fmt)
             .with(otel)
             .try_init()?;
+        EXPORTING_TRACES.store(provider.is_some(), Ordering::Relaxed);
         Ok(Telemetry(provider))
     }
     #[cfg(not(feature = "otlp"))]

@@ -3,7 +3,6 @@
 //! object reserves while it is parsed. The answer path never touches this.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 
 use parking_lot::Mutex;
 
@@ -127,12 +126,4 @@ impl Engine {
 /// What an object's metadata counts against `Capacity::max_metadata_bytes`.
 pub(super) fn weight(metadata: &HashMap<String, String>) -> usize {
     metadata.iter().map(|(k, v)| k.len() + v.len()).sum()
-}
-
-pub(super) fn fingerprint(metadata: &HashMap<String, String>) -> u64 {
-    let mut pairs: Vec<_> = metadata.iter().collect();
-    pairs.sort();
-    let mut h = DefaultHasher::new();
-    pairs.hash(&mut h);
-    h.finish()
 }
