@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+#![deny(clippy::disallowed_types)]
 
 use std::process::ExitCode;
 

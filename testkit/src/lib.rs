@@ -7,6 +7,8 @@
 //! scaler that misreads them fails against it instead of agreeing with itself.
 
 #![forbid(unsafe_code)]
+// parking_lot's Mutex, as in the scaler (its clippy.toml applies here too).
+#![deny(clippy::disallowed_types)]
 
 pub mod aggregator;
 pub mod kube_api;
