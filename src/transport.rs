@@ -86,37 +86,36 @@ impl Default for TransportLimits {
 impl TransportLimits {
     /// Refuses values that would switch a limit off or stop the server from serving.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
-        let positive = [
-            ("--max-connections", self.max_connections as u64),
-            (
-                "--max-concurrent-streams",
-                u64::from(self.max_concurrent_streams),
-            ),
+        let zero = [
+            ("--max-connections", self.max_connections == 0),
+            ("--max-concurrent-streams", self.max_concurrent_streams == 0),
             (
                 "--max-concurrent-requests",
-                self.max_concurrent_requests as u64,
+                self.max_concurrent_requests == 0,
             ),
             (
                 "--http2-max-local-error-reset-streams",
-                self.http2_max_local_error_reset_streams as u64,
+                self.http2_max_local_error_reset_streams == 0,
             ),
             (
                 "--http2-max-pending-accept-reset-streams",
-                self.http2_max_pending_accept_reset_streams as u64,
-            ),
-            ("--request-timeout", self.request_timeout.as_millis() as u64),
-            (
-                "--handshake-timeout",
-                self.handshake_timeout.as_millis() as u64,
-            ),
-            (
-                "--tls-reload-interval",
-                self.tls_reload_interval.as_millis() as u64,
+                self.http2_max_pending_accept_reset_streams == 0,
             ),
         ];
-        for (flag, value) in positive {
-            if value == 0 {
+        for (flag, zero) in zero {
+            if zero {
                 anyhow::bail!("{flag} must be more than 0");
+            }
+        }
+        // Compared as durations: milliseconds cast to u64 would read 2^64 ms as 0.
+        let durations = [
+            ("--request-timeout", self.request_timeout),
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--tls-reload-interval", self.tls_reload_interval),
+        ];
+        for (flag, d) in durations {
+            if d < Duration::from_millis(1) {
+                anyhow::bail!("{flag} must be at least 1ms");
             }
         }
         Ok(())
@@ -339,5 +338,17 @@ mod tests {
         let parsed = Flags::try_parse_from(["serve", "--request-timeout", "0s"]).unwrap();
         let error = parsed.limits.validate().unwrap_err().to_string();
         assert!(error.contains("--request-timeout"), "{error}");
+    }
+
+    #[test]
+    fn a_timeout_is_compared_as_a_duration_not_as_truncated_milliseconds() {
+        // 2^64 ms: as a u64 count of milliseconds it would wrap to 0 and be refused as zero.
+        let huge = "18446744073709551s 616ms";
+        let parsed = Flags::try_parse_from(["serve", "--handshake-timeout", huge]).unwrap();
+        assert_eq!(parsed.limits.handshake_timeout.as_millis(), 1u128 << 64);
+        parsed.limits.validate().unwrap();
+        let parsed = Flags::try_parse_from(["serve", "--tls-reload-interval", "500us"]).unwrap();
+        let error = parsed.limits.validate().unwrap_err().to_string();
+        assert_eq!(error, "--tls-reload-interval must be at least 1ms");
     }
 }

@@ -250,3 +250,25 @@ fn tune_prints_the_cheapest_builtin_configuration_beside_blend_scaler() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_fractional_or_zero_simulator_duration_is_refused_naming_its_flag() {
+    for (flag, value) in [
+        ("--refresh-interval", "1500ms"),
+        ("--refresh-interval", "0s"),
+        ("--objective", "500ms"),
+    ] {
+        let out = blend_scaler(&[
+            "simulate",
+            "--trace",
+            "traces/diurnal.csv",
+            "--scaledobject",
+            "traces/diurnal.yaml",
+            flag,
+            value,
+        ]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(stderr.contains(flag) && stderr.contains(value), "{stderr}");
+    }
+}

@@ -63,10 +63,10 @@ pub(crate) struct SimulateArgs {
     pub(crate) hpa_sync_period: u64,
     /// The backlog-age objective: minutes in which the oldest message is older are counted,
     /// and `--tune` looks for a p95 oldest-message age within it.
-    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = whole_seconds)]
     pub(crate) objective: Duration,
     /// blend-scaler's `--refresh-interval`.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = positive_whole_seconds)]
     pub(crate) refresh_interval: Duration,
     /// How many phases of KEDA's poll, the HPA's sync and blend-scaler's refresh to average
     /// over.
@@ -301,7 +301,7 @@ pub(crate) fn report_for_files(args: &SimulateArgs) -> anyhow::Result<Report> {
             let overrides = Overrides {
                 messages_per_second_per_replica: args.messages_per_second_per_replica,
                 pod_start_seconds,
-                refresh_interval: Some(args.refresh_interval.as_secs().max(1)),
+                refresh_interval: Some(args.refresh_interval.as_secs()),
                 polling_interval,
                 hpa_sync_period: Some(args.hpa_sync_period),
             };
@@ -329,6 +329,26 @@ fn file_name(path: &Path) -> String {
         || path.display().to_string(),
         |n| n.to_string_lossy().into(),
     )
+}
+
+/// A duration the simulator can use: it steps once a second, so a fraction would be dropped
+/// (`1500ms` read as 1 s, `500ms` as 0). clap names the flag in the error.
+fn whole_seconds(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e}"))?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!(
+            "`{text}` is not a whole number of seconds (the simulator steps once a second)"
+        ));
+    }
+    Ok(d)
+}
+
+/// [`whole_seconds`], at least one.
+fn positive_whole_seconds(text: &str) -> Result<Duration, String> {
+    match whole_seconds(text)? {
+        d if d.is_zero() => Err(format!("`{text}` must be at least 1s")),
+        d => Ok(d),
+    }
 }
 
 /// `blend-scaler simulate`.
