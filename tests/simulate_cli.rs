@@ -253,6 +253,8 @@ fn tune_prints_the_cheapest_builtin_configuration_beside_blend_scaler() {
 
 #[test]
 fn a_fractional_or_zero_simulator_duration_is_refused_naming_its_flag() {
+    // Output in a scratch directory: a run that wrongly succeeds must not write into the tree.
+    let dir = tempfile::tempdir().unwrap();
     for (flag, value) in [
         ("--refresh-interval", "1500ms"),
         ("--refresh-interval", "0s"),
@@ -264,6 +266,8 @@ fn a_fractional_or_zero_simulator_duration_is_refused_naming_its_flag() {
             "traces/diurnal.csv",
             "--scaledobject",
             "traces/diurnal.yaml",
+            "--out",
+            dir.path().to_str().unwrap(),
             flag,
             value,
         ]);
