@@ -9,8 +9,8 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::Upstream;
 use super::schedule::Demand;
+use super::{LookupHash, Upstream};
 use crate::signal::{GoodReads, Observation, SignalError};
 
 /// What the cache holds for one item: when it was last asked about (by anyone, and by KEDA),
@@ -36,7 +36,7 @@ impl ItemState {
 
 pub(super) struct Group<U: Upstream> {
     pub(super) key: U::Group,
-    pub(super) items: Mutex<HashMap<U::Item, ItemState>>,
+    pub(super) items: Mutex<HashMap<U::Item, ItemState, LookupHash>>,
     /// What the latest full read and the wakes since saw in passing
     /// ([`super::GroupRead::seen_in_passing`]), with when each read finished.
     pub(super) seen_in_passing: Mutex<HashMap<U::Item, (f64, Instant)>>,

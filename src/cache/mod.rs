@@ -30,6 +30,11 @@ mod tests;
 pub use keyed::{CacheEntry, Keyed, SignalCache};
 pub use refresher::{FastWatch, Refresher};
 
+/// The hash of the maps every KEDA call looks in (a signal's groups, a group's items):
+/// foldhash, seeded per map. SipHash of a group's key (an endpoint with its credential) was
+/// most of what a lookup cost (BENCHMARKS.md, "gRPC throughput under h2load").
+pub(crate) type LookupHash = foldhash::fast::RandomState;
+
 /// An upstream that can read several items of one group in one go.
 pub trait Upstream: Send + Sync + 'static {
     /// What one refresh reads together: one namespace, one server.

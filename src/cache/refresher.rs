@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::group::{Group, ItemState};
 use super::schedule::after;
 use super::task::{TaskHealth, refresh_loop, supervise};
-use super::{RefreshConfig, Upstream};
+use super::{LookupHash, RefreshConfig, Upstream};
 use crate::signal::{Observation, SignalError};
 
 /// moka refuses idle times past 1,000 years; a group idle for ten is gone anyway.
@@ -34,7 +34,7 @@ impl<U: Upstream> Drop for FastWatch<U> {
 pub struct Refresher<U: Upstream> {
     upstream: Arc<U>,
     config: RefreshConfig,
-    groups: moka::sync::Cache<U::Group, Arc<Group<U>>>,
+    groups: moka::sync::Cache<U::Group, Arc<Group<U>>, LookupHash>,
     /// Groups alive (in the map, or still held by a stream's guard), for `max_groups`.
     live: Arc<AtomicUsize>,
 }
@@ -54,7 +54,7 @@ impl<U: Upstream> Refresher<U> {
                     .saturating_add(config.interval.saturating_mul(2))
                     .min(MAX_TIME_TO_IDLE),
             )
-            .build();
+            .build_with_hasher(LookupHash::default());
         Self {
             upstream,
             config,
@@ -96,7 +96,7 @@ impl<U: Upstream> Refresher<U> {
         }
         let group = Arc::new(Group {
             key: key.clone(),
-            items: Mutex::new(HashMap::new()),
+            items: Mutex::new(HashMap::default()),
             seen_in_passing: Mutex::new(HashMap::new()),
             generation: watch::channel(0).0,
             wake: Notify::new(),
@@ -154,14 +154,20 @@ impl<U: Upstream> Refresher<U> {
         let asked = Instant::now();
         {
             let mut items = group.items.lock();
-            let max = self.config.max_items_per_group;
-            if items.len() >= max && !items.contains_key(item) {
-                return Observation::failed(SignalError::Capacity(format!(
-                    "this upstream already has {max} distinct entities or queries watched, \
-                     the limit per upstream (--max-items-per-group)"
-                )));
+            if !items.contains_key(item) {
+                let max = self.config.max_items_per_group;
+                if items.len() >= max {
+                    return Observation::failed(SignalError::Capacity(format!(
+                        "this upstream already has {max} distinct entities or queries \
+                         watched, the limit per upstream (--max-items-per-group)"
+                    )));
+                }
+                // Cloned only here: a call for a known item copies none of its strings.
+                items.insert(item.clone(), ItemState::default());
             }
-            let slot = items.entry(item.clone()).or_default();
+            let Some(slot) = items.get_mut(item) else {
+                unreachable!("inserted above, under the same lock")
+            };
             slot.last_asked = Some(asked);
             if !slot.attempted
                 && let Some(&(v, at)) = group.seen_in_passing.lock().get(item)

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::group::Group;
 use super::schedule::{Action, ItemView, Outcome, Schedule};
-use super::{GroupRead, RefreshConfig, Upstream};
+use super::{GroupRead, LookupHash, RefreshConfig, Upstream};
 use crate::metrics::Metrics;
 use crate::signal::SignalError;
 
@@ -125,7 +125,7 @@ pub(super) async fn refresh_loop<U: Upstream>(
     group: Weak<Group<U>>,
     upstream: Arc<U>,
     config: RefreshConfig,
-    groups: moka::sync::Cache<U::Group, Arc<Group<U>>>,
+    groups: moka::sync::Cache<U::Group, Arc<Group<U>>, LookupHash>,
     health: Arc<TaskHealth>,
 ) {
     let mut schedule = Schedule::new(&config, U::LISTS, Instant::now());

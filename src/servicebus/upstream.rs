@@ -19,7 +19,7 @@ use super::client::{Client, ClientOptions, Connection, PAGE_SIZE};
 use super::read_plan::{Bucket, Compiled, Fetch, Fetched, Gate, Name, Wants};
 use super::values::{seen_in_passing, value};
 use super::{NamespaceKey, Watched};
-use crate::cache::{GroupRead, Upstream};
+use crate::cache::{GroupRead, LookupHash, Upstream};
 use crate::metadata::Entity;
 use crate::metrics::Metrics;
 use crate::signal::{EntityCounts, SignalError};
@@ -47,7 +47,8 @@ pub struct ServiceBusUpstream {
     cross_credential_hold: Duration,
     /// The other counts of each watched item's entities, from the same reads that gave its
     /// value (`blend_scaler_servicebus_*_messages`, `/decisions`): no read of their own.
-    pub(super) counts: moka::sync::Cache<(NamespaceKey, Watched), EntityCounts>,
+    /// Looked up on every KEDA call ([`super::ServiceBusEntry`]), so with the lookup hash.
+    pub(super) counts: moka::sync::Cache<(NamespaceKey, Watched), EntityCounts, LookupHash>,
 }
 
 /// One group's throttling on a host.
@@ -104,7 +105,7 @@ impl ServiceBusUpstream {
             cross_credential_hold: CROSS_CREDENTIAL_HOLD,
             counts: moka::sync::Cache::builder()
                 .time_to_live(COUNTS_KEPT)
-                .build(),
+                .build_with_hasher(LookupHash::default()),
             connections: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
