@@ -1,4 +1,4 @@
-//! Which Kubernetes namespaces may use what (SPEC section 7, audit finding H1).
+//! Which Kubernetes namespaces may use what (docs/security.md, "Namespaces: who may use what").
 //!
 //! One scaler serves every ScaledObject of a cluster, so each ScaledObject author is a tenant.
 //! Whatever the scaler holds on their behalf is authorised by the caller's Kubernetes namespace

@@ -1,6 +1,6 @@
 //! Host lists the operator writes: `--allow-upstream` (where trigger metadata may point) and
-//! `--allow-private-upstream` (which hosts may be reached on a non-public address). SPEC
-//! section 7, audit finding H2.
+//! `--allow-private-upstream` (which hosts may be reached on a non-public address). See
+//! docs/security.md, "Where requests may go".
 //!
 //! An entry is `host[:port]`. The host is compared label by label: `*` matches any run of
 //! characters inside one label and never crosses a dot, so `*.servicebus.windows.net` matches

@@ -1,4 +1,4 @@
-//! Where a credential may travel (SPEC sections 3 and 7, audit finding C1).
+//! Where a credential may travel (docs/security.md, "Credentials go only to their own hosts").
 //!
 //! Trigger metadata is tenant input, so the host a read goes to is tenant input too. A
 //! credential must never follow it: a connection string or named credential goes only to its

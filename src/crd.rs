@@ -1,4 +1,4 @@
-//! The `BlendedMetric` custom resource (`blend-scaler.io/v1alpha1`, SPEC section 8): trigger
+//! The `BlendedMetric` custom resource (`blend-scaler.io/v1alpha1`, docs/metrics-adapter.md): trigger
 //! metadata for the External Metrics API, parsed by the same [`metadata::parse`] as KEDA's.
 
 use std::collections::{BTreeMap, HashMap};

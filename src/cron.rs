@@ -13,7 +13,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use parking_lot::Mutex;
 
-/// At most this many windows in one trigger (SPEC 7): each holds two parsed expressions and
+/// At most this many windows in one trigger (docs/security.md, "Capacity"): each holds two parsed expressions and
 /// its own remembered search.
 pub(crate) const MAX_WINDOWS: usize = 16;
 

@@ -403,7 +403,7 @@ impl Engine {
             servicebus: sb.as_ref(),
             prometheus: prom.as_ref(),
         });
-        // SPEC 4's safety rule, the one use of an earlier answer: only while a value is stale.
+        // The safety rule (README, "Answers to KEDA"), the one use of an earlier answer: only while a value is stale.
         let last = tracked.last().and_then(|l| l.decision.replicas().ok());
         blend::hold_while_stale(decision, last, plan)
     }

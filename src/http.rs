@@ -69,8 +69,8 @@ pub fn operator_client_builder(connect_timeout: Duration) -> reqwest::ClientBuil
         .user_agent(concat!("blend-scaler/", env!("CARGO_PKG_VERSION")))
 }
 
-/// What kind of address an upstream host resolved to, for the connect-time check (SPEC
-/// section 7, audit finding H2).
+/// What kind of address an upstream host resolved to, for the connect-time check (docs/security.md,
+/// "Where requests may go").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddressClass {
     Public,

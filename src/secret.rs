@@ -43,7 +43,7 @@ mod tests {
 
 /// `text` (a URL, or what was meant to be one) with any user-info replaced by `<redacted>`:
 /// `http://admin:pw@prom:9090` shows as `http://<redacted>@prom:9090`. Works on text that does
-/// not parse as a URL too, since error messages quote exactly such text (audit finding L1).
+/// not parse as a URL too, since error messages quote exactly such text (docs/security.md, "Low findings").
 pub(crate) fn without_userinfo(text: &str) -> String {
     let (scheme, rest) = match text.find("://") {
         Some(i) => (&text[..i + 3], &text[i + 3..]),

@@ -106,7 +106,7 @@ impl Running {
 
     /// [`Running::shutdown`] with its own bound: calls still in flight after `grace` (a read
     /// of a slow upstream, a client that never finishes its request) are dropped, so a
-    /// terminating pod exits well inside Kubernetes' grace period (audit finding L9).
+    /// terminating pod exits well inside Kubernetes' grace period (docs/security.md, "Low findings").
     pub async fn shutdown_within(mut self, grace: Duration) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -289,7 +289,7 @@ fn http_router(metrics: Metrics, ready: Arc<AtomicBool>, engine: Arc<Engine>) ->
                 async move {
                     // Objects KEDA stopped asking about leave the cache lazily; settle it so
                     // `blend_scaler_tracked_scaledobjects` (and the forgotten objects' series)
-                    // are current at every scrape (audit finding L4).
+                    // are current at every scrape (docs/security.md, "Low findings").
                     engine.tracked_count();
                     (
                         [(

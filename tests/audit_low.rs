@@ -1,4 +1,4 @@
-//! The audit's low findings over the wire (issue 12 point 10): the tracked-objects gauge is
+//! The audit's low findings over the wire (docs/security.md, "Low findings"): the tracked-objects gauge is
 //! current, shutdown is bounded whatever a client leaves in flight, and an absurd refresh
 //! interval cannot panic. (User-info passwords: tests/cli_check.rs.)
 

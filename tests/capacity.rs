@@ -1,4 +1,4 @@
-//! Capacity limits over the wire (audit finding H3): past each cap the caller gets
+//! Capacity limits over the wire (docs/security.md, "Capacity"): past each cap the caller gets
 //! `RESOURCE_EXHAUSTED` and the scaler keeps nothing; within them everything answers as
 //! before. The real gRPC server, a real Prometheus (`apt-get install -y prometheus`) where a
 //! Prometheus is needed, and a hostile upstream of its own where the finding is about one.

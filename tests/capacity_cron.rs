@@ -1,4 +1,4 @@
-//! The cap on distinct cron expressions over the wire (audit finding H3: 8 KiB of distinct
+//! The cap on distinct cron expressions over the wire (docs/security.md, "Capacity": 8 KiB of distinct
 //! windows held 1.3 MB per object). A test binary of its own: the count is process-wide, so
 //! no other test may parse expressions while this one counts.
 

@@ -1,4 +1,4 @@
-//! Issue 13 points 7 and 8: a `drainTime` answer is a function of the queue's readings and the
+//! A `drainTime` answer (docs/drain-time.md) is a function of the queue's readings and the
 //! time, so two scaler replicas that read the same queue answer alike whichever KEDA calls,
 //! and how often KEDA called before does not move it.
 //!
@@ -110,7 +110,7 @@ async fn two_replicas_on_one_queue_give_the_same_answers_however_keda_alternates
     for step in 0..360u32 {
         // KEDA's calls go to one replica or the other, `b` more often than `a`, and
         // `seldom` only every 5 s: calls closer than the refresh interval are one ask, so
-        // their number does not move the reads. (Reads follow demand, SPEC 5: a replica
+        // their number does not move the reads. (Reads follow demand, README `--refresh-interval`: a replica
         // asked at a longer period reads at that period, and answers from its own readings;
         // docs/drain-time.md says what replicas reading at other instants may differ by.)
         let (first, second) = if step % 2 == 0 { (&a, &b) } else { (&b, &a) };

@@ -1,4 +1,4 @@
-//! Golden JSON for every document the External Metrics API serves (research note 1.2, 1.4, 1.6).
+//! Golden JSON for every document the External Metrics API serves (docs/metrics-adapter.md, "What the API answers").
 
 use std::collections::BTreeMap;
 

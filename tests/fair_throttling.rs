@@ -1,4 +1,4 @@
-//! Throttling stays fair (audit finding M3): one credential's 429 on a Service Bus namespace
+//! Throttling stays fair (docs/security.md, "Throttling stays fair"): one credential's 429 on a Service Bus namespace
 //! holds the other credentials' groups on that host back for a bounded time only, while the
 //! group that got it honours its whole `Retry-After`. The real gRPC server and the Service Bus
 //! double (the management API cannot be run locally).

@@ -2,7 +2,8 @@
 //! (GetMetrics, then IsActive), over the Service Bus double and a real Prometheus, while the
 //! upstreams refuse, throttle, stall, break their bodies or vanish.
 //!
-//! For every fault the answers are checked against SPEC 4 and 5:
+//! For every fault the answers are checked against README's "Answers to KEDA" and the read
+//! bounds of docs/servicebus.md and docs/prometheus.md:
 //! - the gRPC code is OK or UNAVAILABLE (bad credentials and missing entities included), never
 //!   UNKNOWN, and the server never panics;
 //! - a failure is never read as 0: within `staleAfter` the last good value is held (and the
@@ -40,7 +41,7 @@ const INTERVAL: Duration = Duration::from_millis(250);
 /// `staleAfter` of every ScaledObject here.
 const STALE: Duration = Duration::from_secs(3);
 const STALE_AFTER: &str = "3s";
-/// KEDA's deadline is 3 s; SPEC 4 bounds a first read at 2 s. Generous for a loaded machine.
+/// KEDA's deadline is 3 s; README ("Answers to KEDA") bounds a first read at 2 s. Generous for a loaded machine.
 const ANSWER_BOUND: Duration = Duration::from_millis(2_500);
 /// How often the tests poll, like an impatient KEDA.
 const POLL: Duration = Duration::from_millis(100);
@@ -909,7 +910,7 @@ async fn a_stale_signal_holds_the_blended_answer_then_drops_out_for_the_healthy_
 
     // Service Bus fails (its value is kept, stale) and the traffic falls to 5 / 10 = 1:
     // fresh, the blend would be 3, but while a value is stale the answer may not fall below
-    // the last one (SPEC 4's safety rule).
+    // the last one (the safety rule, README "Answers to KEDA").
     double.inject(Fault::Truncated, None);
     let fault_at = Instant::now();
     // Wait until a read has failed, so the Service Bus value is the kept one.
@@ -923,7 +924,7 @@ async fn a_stale_signal_holds_the_blended_answer_then_drops_out_for_the_healthy_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Past staleAfter the backlog drops out and the healthy Prometheus decides alone (SPEC 4).
+    // Past staleAfter the backlog drops out and the healthy Prometheus decides alone (README, "Answers to KEDA").
     let seen = poll_until(
         &s,
         &blended,
@@ -1077,7 +1078,7 @@ async fn retry_after_quiets_the_whole_namespace_whatever_the_credential() {
     finish(s).await;
 }
 
-/// SPEC 4's partial outage: one signal failing is not a full outage.
+/// The partial outage of README's "Answers to KEDA": one signal failing is not a full outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_prometheus_beside_a_healthy_backlog_holds_then_drops_out_never_unavailable() {
     let prom = Prometheus::builder().start().await;

@@ -1,4 +1,4 @@
-//! SPEC 7: no secret ever shows in a log line, an error message, `/metrics`, or
+//! docs/security.md: no secret ever shows in a log line, an error message, `/metrics`, or
 //! `check`/`explain` output.
 //!
 //! One unique token is the Service Bus SharedAccessKey (in `connectionFromEnv`), the
@@ -231,7 +231,7 @@ async fn one_secret_in_a_connection_string_a_bearer_token_and_a_header_never_lea
     // and a Prometheus gateway that refuses the secret bearer token and echoes it back.
     let other = ServiceBusDouble::start().await.unwrap();
     other.set_queue("orders", 1);
-    // Each failing signal alone: beside a healthy one it would not fail the answer (SPEC 4).
+    // Each failing signal alone: beside a healthy one it would not fail the answer (README, "Answers to KEDA").
     let only = |mut md: HashMap<String, String>, keep_servicebus: bool| {
         let servicebus = ["endpoint", "connectionFromEnv", "queueName", "messageCount"];
         md.retain(|k, _| k == "staleAfter" || servicebus.contains(&k.as_str()) == keep_servicebus);

@@ -226,7 +226,7 @@ async fn fifty_scaledobjects_on_one_namespace_answer_keda_from_shared_reads() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
 
-    // SPEC 5 over the whole run: one namespace, 6 watched entities in 1 topic, so at most
+    // The read bound of docs/servicebus.md ("Requests") over the whole run: one namespace, 6 watched entities in 1 topic, so at most
     // ceil(6 / 100) + 1 = 2 reads per refresh; refreshes come once per interval, and each of
     // the two bursts of never-seen objects (the fifty, then the ghost) may add two.
     let elapsed = started.elapsed();

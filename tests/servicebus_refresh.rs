@@ -1,5 +1,5 @@
 //! The Service Bus signal through the cache, against the double: reads shared per
-//! namespace within SPEC 5's bound, Retry-After honoured, not-found reported, patterns.
+//! namespace within docs/servicebus.md's bound, Retry-After honoured, not-found reported, patterns.
 //!
 //! These use real time with a short refresh interval: paused time would jump the clock
 //! while a request is on the loopback socket.
@@ -114,7 +114,7 @@ async fn fifty_scaledobjects_over_five_entities_share_one_read_per_list_per_refr
     let sub_lists = double.requests_to("/events/Subscriptions");
     let log = double.request_log();
     // Each refresh is exactly one page of queues and one of the topic's subscriptions
-    // (SPEC 5: ceil(5 / 100) + 1 topic = 2), never per-entity reads. (A refresh in flight
+    // (docs/servicebus.md, "Requests": ceil(5 / 100) + 1 topic = 2), never per-entity reads. (A refresh in flight
     // when the counts were reset may show as half a refresh.)
     assert_eq!(double.requests(), queue_lists + sub_lists, "{log:?}");
     assert!(queue_lists.abs_diff(sub_lists) <= 1, "{log:?}");

@@ -1,4 +1,4 @@
-//! No tenant can stall another (audit finding H4), over the wire: oversized metadata is
+//! No tenant can stall another (docs/security.md, "No tenant can stall another"), over the wire: oversized metadata is
 //! refused before any work with one short error, cron windows that never come are refused
 //! at parse, and parsing runs off the async workers. The latency a victim sees while these
 //! attacks run is measured by `scripts/load-attacks` (BENCHMARKS.md), not here.

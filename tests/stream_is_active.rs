@@ -1,4 +1,4 @@
-//! SPEC 4, `StreamIsActive`: the current state at once, then `true` as soon as the cached
+//! `StreamIsActive` (README, "Answers to KEDA"): the current state at once, then `true` as soon as the cached
 //! state turns active; an idle Service Bus entity is re-read at least every second while a
 //! stream is open, and only at the normal interval once it is closed. Over the real server
 //! and the Service Bus double, with the default refresh settings (5 s, 1 s while streamed).

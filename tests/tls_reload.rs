@@ -1,4 +1,4 @@
-//! Certificates renewed in place under a running server (audit finding M4): the files are laid
+//! Certificates renewed in place under a running server (docs/security.md, "TLS material reloads without a restart"): the files are laid
 //! out and swapped the way kubelet and cert-manager's csi-driver do it, a `..data` symlink
 //! replaced atomically, and the server is watched through fresh handshakes.
 

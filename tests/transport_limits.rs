@@ -1,4 +1,4 @@
-//! The gRPC listener's HTTP/2 and connection limits (audit finding M2), driven over the wire:
+//! The gRPC listener's HTTP/2 and connection limits (docs/security.md, "Transport limits"), driven over the wire:
 //! raw HTTP/2 frames where a well-behaved client library would refuse to misbehave, the `h2`
 //! crate for the Rapid Reset pattern, and KEDA's own calls for the gRPC-level limits.
 

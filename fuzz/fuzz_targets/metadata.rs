@@ -2,7 +2,7 @@
 //!
 //! Besides "never panics", two properties: a parse is deterministic, and a secret value
 //! (a `*FromEnv` credential, a connection string's key, a `customHeaders` value) never
-//! shows in the errors or in the plan as `check` prints it (SPEC 7).
+//! shows in the errors or in the plan as `check` prints it (docs/security.md).
 #![no_main]
 
 use std::collections::HashMap;

@@ -2,7 +2,7 @@
 //!
 //! Pure: no I/O, no clock, no memory of earlier answers, so every scaler replica that read
 //! the same upstreams answers the same, however often KEDA calls it. (While an upstream
-//! fails, the engine applies SPEC 4's safety rule on top: [`hold_while_stale`].) The gRPC layer, `explain` and `simulate` all call [`decide`].
+//! fails, the engine applies the safety rule of README's "Answers to KEDA" on top: [`hold_while_stale`].) The gRPC layer, `explain` and `simulate` all call [`decide`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,7 +67,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The replica count from the signals that have a usable value (SPEC 4: a partial outage is
+    /// The replica count from the signals that have a usable value (README, "Answers to KEDA": a partial outage is
     /// not a full one). Unknowable only when no configured signal has a value, or when one is
     /// missing because its metadata is wrong: a refused query is a configuration error that must
     /// reach the ScaledObject's author, not an outage to decide around.
@@ -101,7 +101,7 @@ impl Decision {
     }
 }
 
-/// SPEC 4's safety rule: while a value kept from a failing upstream is in the decision, the
+/// The safety rule (README, "Answers to KEDA"): while a value kept from a failing upstream is in the decision, the
 /// answer may hold or rise but not fall below `last`, the count last answered for this
 /// ScaledObject (still within `maxReplicas`, which may have been lowered since). It is the only
 /// rule that looks at an earlier answer, and it engages only during an upstream failure: with

@@ -98,7 +98,7 @@ pub struct RefreshConfig {
     /// The shortest time between two reads of an item (`--refresh-interval`); an item is
     /// re-read once per the interval KEDA asks for it at, when that is longer.
     pub interval: Duration,
-    /// How often a group is re-read while someone streams one of its items (SPEC 4).
+    /// How often a group is re-read while someone streams one of its items (README, "Answers to KEDA").
     pub fast_interval: Duration,
     /// How long a never-seen item's first read may make a caller wait.
     pub first_read_timeout: Duration,

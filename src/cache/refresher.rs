@@ -129,7 +129,7 @@ impl<U: Upstream> Refresher<U> {
     }
 
     /// The current observation of `item` for a KEDA call (`GetMetrics`, `IsActive`): the call
-    /// counts as demand, which is what keeps the item read (SPEC 5, "reads follow demand").
+    /// counts as demand, which is what keeps the item read (README, `--refresh-interval`: reads follow demand).
     /// A never-seen item is answered from what the group's latest reads saw in passing, if
     /// they saw it; otherwise it is read at once, and this waits for that first read, shared
     /// with every concurrent caller, at most `first_read_timeout`. So does a call that finds

@@ -6,7 +6,7 @@
 //! them and is tested without a clock. All instant arithmetic saturates: a huge
 //! `--refresh-interval` or Retry-After means "much later", never a panic.
 //!
-//! Reads follow demand (SPEC 5): an item is re-read once per the interval KEDA asks for it at
+//! Reads follow demand (README, `--refresh-interval`): an item is re-read once per the interval KEDA asks for it at
 //! ([`Demand::period`], never shorter than `--refresh-interval`), and only while KEDA still asks.
 //! So however the objects share items, an item costs its upstream at most one read per KEDA
 //! call, where the built-in trigger costs one read per call; a group that lists its items
@@ -172,8 +172,8 @@ impl Schedule {
     /// never-seen items. KEDA's polls also come spread over its polling interval, each
     /// bringing one never-seen item: within the wake spacing (the shorter of the two
     /// intervals) of the last read's start they wait for the next wake read together, so a
-    /// namespace is read once a second at most, not once per new ScaledObject (SPEC 5), and a
-    /// first answer still comes within about a second plus the read (SPEC 4).
+    /// namespace is read once a second at most, not once per new ScaledObject (docs/servicebus.md, "Requests"), and a
+    /// first answer still comes within about a second plus the read (README, "Answers to KEDA").
     pub fn wake_read_at(&self, now: Instant, coalesce: Duration) -> Instant {
         let spaced = self
             .last_started

@@ -16,7 +16,7 @@ use super::front_proxy::FrontProxy;
 use super::server::{self, Access, AdapterTls, Listener, Registry};
 use crate::engine::Engine;
 
-/// `serve`'s External Metrics API flags (SPEC section 8; the chart renders these names).
+/// `serve`'s External Metrics API flags (docs/metrics-adapter.md, "Running it"; the chart renders these names).
 #[derive(Args, Clone, Debug, Default)]
 pub(crate) struct ExternalMetricsArgs {
     /// Serve `external.metrics.k8s.io/v1beta1` over HTTPS on this address (off when unset).

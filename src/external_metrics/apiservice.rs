@@ -1,4 +1,4 @@
-//! Who owns `v1beta1.external.metrics.k8s.io` (research note 3.2). There is one such
+//! Who owns `v1beta1.external.metrics.k8s.io` (docs/metrics-adapter.md, "The KEDA conflict"). There is one such
 //! APIService per cluster and KEDA's metrics server usually holds it; the adapter serves the
 //! group only while the APIService is absent or points at its own Service, and never
 //! creates, patches or deletes one. Checked with a GET at start and every interval after.

@@ -1,4 +1,4 @@
-//! Who is asking and whether they may (research note 4.2-4.3): the identity the front proxy
+//! Who is asking and whether they may (docs/metrics-adapter.md, "Who may read"): the identity the front proxy
 //! forwards in `X-Remote-*` headers (read only on a verified connection; the caller checks
 //! that), and a `SubjectAccessReview` per metric read, cached briefly, behind the small
 //! [`Authorizer`] trait so tests can put a local policy in its place.
@@ -73,7 +73,7 @@ impl UserInfo {
 }
 
 /// One metric read to authorise: `list` on resource `metric` of `external.metrics.k8s.io`
-/// in `namespace`, the verb kube-apiserver derives for the HPA's GET (research note 1.3).
+/// in `namespace`, the verb kube-apiserver derives for the HPA's GET (docs/metrics-adapter.md, "Who may read").
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MetricRead {
     pub user: UserInfo,

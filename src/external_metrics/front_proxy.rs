@@ -1,4 +1,4 @@
-//! The front-proxy trust (research note 4.2): the CA the aggregator's client certificate
+//! The front-proxy trust (docs/metrics-adapter.md, "Who may read"): the CA the aggregator's client certificate
 //! must chain to and the CNs allowed, read from `kube-system/extension-apiserver-authentication`
 //! and followed as kube-apiserver rewrites it. The handshake and every request check the
 //! certificate against the trust current at that moment, so a rotated CA is accepted and the

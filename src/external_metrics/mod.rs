@@ -1,4 +1,4 @@
-//! The Kubernetes External Metrics API (`external.metrics.k8s.io/v1beta1`, SPEC section 8):
+//! The Kubernetes External Metrics API (`external.metrics.k8s.io/v1beta1`, docs/metrics-adapter.md):
 //! the same decision the gRPC scaler gives, for plain HPAs, configured by `BlendedMetric`s.
 
 pub mod adapter;
@@ -20,7 +20,7 @@ use crate::metadata::MetadataErrors;
 pub(crate) const NAME_LABEL: &str = "blend-scaler.io/name";
 
 /// Errors of the External Metrics API; [`ApiError::status`] is the one place they become
-/// HTTP codes and `metav1.Status` reasons (research note 1.6).
+/// HTTP codes and `metav1.Status` reasons (docs/metrics-adapter.md, "What the API answers").
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]

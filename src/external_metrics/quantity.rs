@@ -105,7 +105,7 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn the_research_table_is_what_go_emits() {
+    fn every_quantity_is_written_as_go_writes_it() {
         for (milli, text) in [
             (0, "0"),
             (1, "1m"),

@@ -107,7 +107,7 @@ struct AppState {
 }
 
 /// The identity on this request: `X-Remote-*` count only while the connection's certificate
-/// verifies against the current front-proxy trust (research note 4.2).
+/// verifies against the current front-proxy trust (docs/metrics-adapter.md, "Who may read").
 fn caller(
     s: &AppState,
     headers: &HeaderMap,

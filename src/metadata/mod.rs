@@ -36,7 +36,7 @@ pub const MAX_KEY_BYTES: usize = 256;
 /// The largest request that can carry valid metadata: every key and value at its cap, with
 /// protobuf's per-entry framing, plus the object's name and namespace. The gRPC server refuses
 /// a bigger message before decoding it, so an oversized request costs no worker time
-/// (audit finding H4; docs/security.md).
+/// (docs/security.md, "No tenant can stall another").
 pub(crate) const MAX_REQUEST_BYTES: usize =
     MAX_KEYS * (MAX_KEY_BYTES + MAX_VALUE_BYTES + 16) + 4096;
 /// An error message lists at most this many problems (`check` prints them all).

@@ -127,7 +127,7 @@ pub(super) fn api_error(
 }
 
 /// The text of an error answer goes to the scaler's log, scrubbed of the server's secrets and
-/// cut short; never into an error a caller sees (audit finding H2: an internal host's page
+/// cut short; never into an error a caller sees (docs/security.md, "Where requests may go": an internal host's page
 /// read back through error text).
 fn log_detail(server: &Server, status: StatusCode, text: &str) {
     tracing::warn!(

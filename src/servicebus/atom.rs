@@ -462,7 +462,7 @@ pub fn error_from(status: u16, body: &str, what: &str) -> SignalError {
 }
 
 /// The error for an `<Error>` answer. Its `<Detail>` is the upstream's text: it goes to the
-/// scaler's log, never into the error a caller sees (audit finding H2).
+/// scaler's log, never into the error a caller sees (docs/security.md, "Where requests may go").
 fn error_document(status: Option<u16>, e: &ErrorBody, what: &str) -> SignalError {
     let status = status
         .or_else(|| e.code.trim().parse::<u16>().ok())

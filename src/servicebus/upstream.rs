@@ -28,8 +28,8 @@ use crate::signal::{EntityCounts, SignalError};
 const MAX_PAGES: usize = 100;
 /// Requests of one refresh in flight at once.
 const CONCURRENCY: usize = 4;
-/// The longest another group's 429/503 on the same host holds a group back (issue 12, point
-/// 8). Service Bus throttles per namespace, so a pause is polite; past this long the group
+/// The longest another group's 429/503 on the same host holds a group back (docs/security.md,
+/// "Throttling stays fair"). Service Bus throttles per namespace, so a pause is polite; past this long the group
 /// asks for itself, and honours the `Retry-After` it gets.
 pub const CROSS_CREDENTIAL_HOLD: Duration = Duration::from_secs(30);
 

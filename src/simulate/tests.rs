@@ -463,7 +463,7 @@ fn segments_trace(segments: &[(usize, f64, Option<usize>)]) -> Trace {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
 
-    /// Issue 13 point 7: the answer is the readings', so KEDA's call rate cannot move it.
+    /// The answer is the readings' (docs/drain-time.md), so KEDA's call rate cannot move it.
     /// With `minReplicaCount: 1` (KEDA's activation out of the way) the polls are the only
     /// calls that change with `pollingInterval`.
     #[test]
