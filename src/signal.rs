@@ -157,22 +157,32 @@ pub struct Observation {
     pub rate: Option<f64>,
 }
 
-/// An instant [`GoodReads`] are kept at: the cache's clock, or the simulator's seconds since
-/// the start of a trace.
-pub(crate) trait Moment: Copy + PartialOrd {
+/// An instant [`GoodReads`] and the cache's read schedule are kept at: the cache's clock, or
+/// the simulator's time since the start of a trace, so both run the same rules.
+pub(crate) trait Moment: Copy + Ord + std::fmt::Debug {
     /// How long after `earlier` this is; zero when `earlier` is later.
     fn since(self, earlier: Self) -> Duration;
+    /// `d` later; `None` past the last instant the clock can hold.
+    fn plus(self, d: Duration) -> Option<Self>;
 }
 
 impl Moment for tokio::time::Instant {
     fn since(self, earlier: Self) -> Duration {
         self.saturating_duration_since(earlier)
     }
+
+    fn plus(self, d: Duration) -> Option<Self> {
+        self.checked_add(d)
+    }
 }
 
 impl Moment for Duration {
     fn since(self, earlier: Self) -> Duration {
         self.saturating_sub(earlier)
+    }
+
+    fn plus(self, d: Duration) -> Option<Self> {
+        self.checked_add(d)
     }
 }
 

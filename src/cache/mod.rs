@@ -19,10 +19,10 @@ use std::time::Duration;
 use crate::metrics::Metrics;
 use crate::signal::SignalError;
 
-mod group;
+pub(crate) mod group;
 mod keyed;
 mod refresher;
-mod schedule;
+pub(crate) mod schedule;
 mod task;
 #[cfg(test)]
 mod tests;

@@ -173,31 +173,12 @@ impl<U: Upstream> Refresher<U> {
                 && let Some(&(v, at)) = group.seen_in_passing.lock().get(item)
             {
                 // From here on the group's reads include it.
-                slot.attempted = true;
-                slot.read_at = Some(at);
-                slot.reads.store(v, at);
+                slot.read(at, Ok(v));
             }
-            if keda {
-                let interval = self.config.interval;
-                let due =
-                    |slot: &ItemState| slot.read_at.and_then(|at| slot.demand.due(at, interval));
-                let was_due = due(slot).is_some();
-                // Only when KEDA had stopped asking: a read already due (held back by
-                // Retry-After, or slow) is what an answer from the cache is for.
-                if !was_due
-                    && slot
-                        .read_at
-                        .is_some_and(|at| slot.demand.lapsed(at, asked, interval))
-                {
-                    slot.lapsed = true;
-                }
-                slot.demand.called(asked, interval);
-                if !was_due && due(slot).is_some() {
-                    // The task may be sleeping past the read this call asks for.
-                    group.wake.notify_one();
-                }
+            if keda && slot.keda_call(asked, self.config.interval) {
+                group.wake.notify_one();
             }
-            if slot.attempted && !slot.lapsed {
+            if slot.answerable() {
                 return slot.observation(asked);
             }
         }
@@ -207,8 +188,7 @@ impl<U: Upstream> Refresher<U> {
             let done = tokio::time::timeout_at(deadline, changes.changed()).await;
             let items = group.items.lock();
             let slot = items.get(item).cloned().unwrap_or_default();
-            let read = slot.attempted && !slot.lapsed;
-            if read || !matches!(done, Ok(Ok(()))) {
+            if slot.answerable() || !matches!(done, Ok(Ok(()))) {
                 return slot.observation(Instant::now());
             }
         }

@@ -18,6 +18,10 @@ use rand::RngExt;
 use tokio::time::Instant;
 
 use super::RefreshConfig;
+use crate::signal::Moment;
+
+/// How long a wake waits for more never-seen items before reading.
+pub(crate) const COALESCE: Duration = Duration::from_millis(5);
 
 /// The furthest ahead anything is scheduled: beyond it, "later" is as good as "never".
 const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -28,31 +32,43 @@ const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 const RECENT_GAPS: usize = 4;
 
 /// `at + d`, or as far ahead as instants go when that overflows.
-pub(crate) fn after(at: Instant, d: Duration) -> Instant {
-    at.checked_add(d.min(FAR))
-        .or_else(|| at.checked_add(Duration::from_secs(365 * 24 * 3600)))
+pub(crate) fn after<T: Moment>(at: T, d: Duration) -> T {
+    at.plus(d.min(FAR))
+        .or_else(|| at.plus(Duration::from_secs(365 * 24 * 3600)))
         .unwrap_or(at)
 }
 
 /// When KEDA asks for one item (`GetMetrics`, `IsActive` of any object watching it); a
-/// stream's looks and `/decisions` are not KEDA asking.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Demand {
+/// stream's looks and `/decisions` are not KEDA asking. `T` is the clock: the server's, or
+/// the simulator's (which replays this rule, `simulate::cache`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Demand<T = Instant> {
     /// The latest call that counted: calls closer than the refresh interval to it are the same
     /// ask (a poll's `IsActive` and `GetMetrics`, or many objects sharing the item).
-    counted: Option<Instant>,
+    counted: Option<T>,
     /// The gaps between the latest counted calls (zero: none yet), oldest overwritten first.
     gaps: [Duration; RECENT_GAPS],
     next_gap: usize,
 }
 
-impl Demand {
+// By hand: no calls needs no default instant.
+impl<T> Default for Demand<T> {
+    fn default() -> Self {
+        Self {
+            counted: None,
+            gaps: [Duration::ZERO; RECENT_GAPS],
+            next_gap: 0,
+        }
+    }
+}
+
+impl<T: Moment> Demand<T> {
     /// KEDA asked for the item at `at`; `merge` is the refresh interval.
-    pub fn called(&mut self, at: Instant, merge: Duration) {
+    pub fn called(&mut self, at: T, merge: Duration) {
         match self.counted {
-            Some(c) if at.saturating_duration_since(c) < merge => {}
+            Some(c) if at.since(c) < merge => {}
             Some(c) => {
-                self.gaps[self.next_gap] = at.saturating_duration_since(c);
+                self.gaps[self.next_gap] = at.since(c);
                 self.next_gap = (self.next_gap + 1) % RECENT_GAPS;
                 self.counted = Some(at);
             }
@@ -74,7 +90,7 @@ impl Demand {
     /// When the item is read next after a read that finished at `read`: a period later, if
     /// KEDA asked for it since; `None` until it does (or if it never did). So an item is
     /// never read more often than KEDA asks for it, however the reads fall.
-    pub fn due(&self, read: Instant, floor: Duration) -> Option<Instant> {
+    pub fn due(&self, read: T, floor: Duration) -> Option<T> {
         let last = self.counted?;
         (last > read).then(|| after(read, self.period(floor)))
     }
@@ -84,17 +100,17 @@ impl Demand {
     /// read, as a never-seen item's first caller does, rather than be answered from it.
     /// Ask before [`Demand::called`] records the call, whose gap would lengthen the period,
     /// and only of an item not due already (no call since its read).
-    pub fn lapsed(&self, read: Instant, now: Instant, floor: Duration) -> bool {
-        now.saturating_duration_since(read) > self.period(floor).saturating_add(floor)
+    pub fn lapsed(&self, read: T, now: T, floor: Duration) -> bool {
+        now.since(read) > self.period(floor).saturating_add(floor)
     }
 }
 
 /// One item as the schedule sees it when the task decides.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct ItemView<'a> {
-    pub demand: &'a Demand,
+pub(crate) struct ItemView<'a, T = Instant> {
+    pub demand: &'a Demand<T>,
     /// When its latest read (good or not) finished; `None` before its first.
-    pub read: Option<Instant>,
+    pub read: Option<T>,
     /// A caller waits for its read: never read yet, or its value lapsed.
     pub waiting: bool,
 }
@@ -122,7 +138,7 @@ pub(crate) struct Outcome {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Schedule {
+pub(crate) struct Schedule<T = Instant> {
     interval: Duration,
     fast_interval: Duration,
     max_backoff: Duration,
@@ -130,18 +146,18 @@ pub(crate) struct Schedule {
     lists: bool,
     failures: u32,
     /// Never read before this (Retry-After, backoff).
-    not_before: Instant,
+    not_before: T,
     /// When to look again if nothing wakes the group.
-    next_check: Instant,
+    next_check: T,
     /// When the latest scheduled read finished (a stream's fast interval counts from it).
-    last_scheduled: Option<Instant>,
+    last_scheduled: Option<T>,
     /// When the latest read of any kind started.
-    last_started: Option<Instant>,
+    last_started: Option<T>,
 }
 
-impl Schedule {
+impl<T: Moment> Schedule<T> {
     /// A new group's schedule. Its first read comes from the wake of whoever created it.
-    pub fn new(config: &RefreshConfig, lists: bool, now: Instant) -> Self {
+    pub fn new(config: &RefreshConfig, lists: bool, now: T) -> Self {
         Self {
             interval: config.interval,
             fast_interval: config.fast_interval,
@@ -157,7 +173,7 @@ impl Schedule {
 
     /// When to look again if nothing wakes the group: the next item due, never before
     /// Retry-After or backoff.
-    pub fn sleep_until(&self) -> Instant {
+    pub fn sleep_until(&self) -> T {
         self.next_check.max(self.not_before)
     }
 
@@ -174,7 +190,7 @@ impl Schedule {
     /// intervals) of the last read's start they wait for the next wake read together, so a
     /// namespace is read once a second at most, not once per new ScaledObject (docs/servicebus.md, "Requests"), and a
     /// first answer still comes within about a second plus the read (README, "Answers to KEDA").
-    pub fn wake_read_at(&self, now: Instant, coalesce: Duration) -> Instant {
+    pub fn wake_read_at(&self, now: T, coalesce: Duration) -> T {
         let spaced = self
             .last_started
             .map_or(self.not_before, |t| after(t, self.spacing()));
@@ -191,9 +207,9 @@ impl Schedule {
     /// alone, so a Prometheus server is not asked every query again for each new one.
     pub fn next_action(
         &mut self,
-        now: Instant,
+        now: T,
         woken: bool,
-        items: &[ItemView<'_>],
+        items: &[ItemView<'_, T>],
         streaming: bool,
     ) -> Action {
         let spacing = self.spacing();
@@ -204,7 +220,7 @@ impl Schedule {
             self.next_check = after(now, self.fast_interval);
             return Action::Wait;
         }
-        let dues: Vec<Option<Instant>> = items
+        let dues: Vec<Option<T>> = items
             .iter()
             .map(|v| v.read.and_then(|r| v.demand.due(r, self.interval)))
             .collect();
@@ -249,7 +265,7 @@ impl Schedule {
     }
 
     /// A read that [`Schedule::next_action`] asked for finished at `finished`.
-    pub fn read_done(&mut self, finished: Instant, scheduled: bool, outcome: Outcome) {
+    pub fn read_done(&mut self, finished: T, scheduled: bool, outcome: Outcome) {
         if scheduled {
             self.last_scheduled = Some(finished);
         }

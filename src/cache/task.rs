@@ -13,13 +13,10 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use super::group::Group;
-use super::schedule::{Action, ItemView, Outcome, Schedule};
+use super::schedule::{Action, COALESCE, ItemView, Outcome, Schedule};
 use super::{GroupRead, LookupHash, RefreshConfig, Upstream};
 use crate::metrics::Metrics;
 use crate::signal::SignalError;
-
-/// How long a wake waits for more never-seen items before reading.
-const COALESCE: Duration = Duration::from_millis(5);
 
 /// Whether a group's refresh is down: from a panic (of its task, or of a read, which is
 /// reported as an error for every item) until a read completes without one. A group whose
@@ -147,17 +144,8 @@ pub(super) async fn refresh_loop<U: Upstream>(
                 slot.last_asked
                     .is_some_and(|t| now.saturating_duration_since(t) < config.idle_ttl)
             });
-            let (keys, views): (Vec<&U::Item>, Vec<ItemView<'_>>) = items
-                .iter()
-                .map(|(item, slot)| {
-                    let view = ItemView {
-                        demand: &slot.demand,
-                        read: slot.read_at,
-                        waiting: !slot.attempted || slot.lapsed,
-                    };
-                    (item, view)
-                })
-                .unzip();
+            let (keys, views): (Vec<&U::Item>, Vec<ItemView<'_>>) =
+                items.iter().map(|(item, slot)| (item, slot.view())).unzip();
             let action = schedule.next_action(now, woken, &views, streaming());
             let read: Vec<U::Item> = match &action {
                 Action::Read { which, .. } => which.iter().map(|&i| keys[i].clone()).collect(),
@@ -218,25 +206,16 @@ fn store<U: Upstream>(
         let Some(slot) = slots.get_mut(item) else {
             continue;
         };
-        slot.attempted = true;
-        slot.read_at = Some(finished);
-        slot.lapsed = false;
-        match values.remove(item).unwrap_or(Err(SignalError::Unreported(
+        let value = values.remove(item).unwrap_or(Err(SignalError::Unreported(
             "the upstream did not report this item",
-        ))) {
-            Ok(v) => {
-                any_ok = true;
-                slot.reads.store(v, finished);
-                slot.error = None;
-            }
-            Err(e) => {
-                let e = Arc::new(e);
-                if e.retry_after().is_some() {
-                    throttled = Some(e.clone());
-                }
-                slot.error = Some(e);
-            }
+        )));
+        let value = value.map_err(Arc::new);
+        match &value {
+            Ok(_) => any_ok = true,
+            Err(e) if e.retry_after().is_some() => throttled = Some(e.clone()),
+            Err(_) => {}
         }
+        slot.read(finished, value);
     }
     // A wake's read throttled holds the whole group back: the items it did not read say why
     // their values are ageing.

@@ -70,7 +70,7 @@ fn run_blend(
     settings: &model::Settings,
     phase: Phase,
 ) -> model::Run {
-    let mut blend = model::Blend::new(plan, &settings.blend, phase);
+    let mut blend = model::Blend::new(plan, &settings.blend);
     model::run(trace, settings, phase, &mut blend)
 }
 

@@ -5,6 +5,7 @@
 //! [`model::simulate`], [`compare`] and [`report`] are pure; [`run`] only reads the inputs and
 //! writes the outputs. See `docs/simulate.md`.
 
+pub(crate) mod cache;
 pub(crate) mod compare;
 pub mod generate;
 pub mod hpa;
@@ -68,8 +69,7 @@ pub(crate) struct SimulateArgs {
     /// blend-scaler's `--refresh-interval`.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = positive_whole_seconds)]
     pub(crate) refresh_interval: Duration,
-    /// How many phases of KEDA's poll, the HPA's sync and blend-scaler's refresh to average
-    /// over.
+    /// How many phases of KEDA's poll and the HPA's sync to average over.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub(crate) phases: u64,
     /// The seed the phases are drawn from.
@@ -227,14 +227,17 @@ pub(crate) fn report(
 /// The settings of both sides, the phases and the notes.
 fn describe(text: &mut String, s: &Scenario, options: &Options) {
     let w = &s.settings.workload;
-    let refresh = if s.settings.blend.push {
-        1
+    let reads = if s.settings.blend.push {
+        "every second (the stream is open)".to_string()
     } else {
-        s.settings.blend.refresh_interval
+        format!(
+            "as KEDA asks, at least {} s apart",
+            s.settings.blend.refresh_interval
+        )
     };
     let _ = writeln!(
         text,
-        "pods: {} messages/s each, ready {} s after creation; blend-scaler refresh {refresh} s",
+        "pods: {} messages/s each, ready {} s after creation; blend-scaler reads {reads}",
         w.messages_per_second_per_replica, w.pod_start_seconds
     );
     let side = |settings: &model::Settings| {
@@ -269,7 +272,7 @@ fn describe(text: &mut String, s: &Scenario, options: &Options) {
     );
     let _ = writeln!(
         text,
-        "phases: {} of KEDA's poll, the HPA's sync and the refresh, drawn from seed {}; \
+        "phases: {} of KEDA's poll and the HPA's sync, drawn from seed {}; \
          each cell: the mean (lowest-highest phase)",
         options.phases.len(),
         options.seed

@@ -2,15 +2,17 @@
 //! of whole seconds.
 //!
 //! Each second `t`, in this order:
-//! 1. blend-scaler's background refresh reads the queue and the query when due (and, for
-//!    `external-push`, the open `StreamIsActive` pushes a change of activity to KEDA);
-//! 2. KEDA polls every `pollingInterval`: scale 0 -> 1 when a trigger is active, 1 -> 0 after
+//! 1. KEDA polls every `pollingInterval`: scale 0 -> 1 when a trigger is active, 1 -> 0 after
 //!    `cooldownPeriod` without one;
-//! 3. the HPA syncs every `--hpa-sync-period` when the target has replicas;
+//! 2. the HPA syncs every `--hpa-sync-period` when the target has replicas;
+//! 3. blend-scaler's background refresh reads the queue and the query when the server's
+//!    schedule says, for the calls of steps 1 and 2 (which it follows), in the rest of the
+//!    second (and, for `external-push`, the open `StreamIsActive` pushes a change of activity
+//!    to KEDA);
 //! 4. the second's arrivals join the queue ([`Queue`]) and ready pods work it, oldest message
 //!    first.
 //!
-//! Each loop ticks at its own [`Phase`] within its period.
+//! KEDA's poll and the HPA each tick at their own [`Phase`] within their period.
 //!
 //! Everything here is pure: [`simulate`] takes a trace, a plan and settings and returns the
 //! per-second series of both configurations.
@@ -22,8 +24,10 @@ use chrono::{DateTime, Utc};
 use crate::blend::{self, Inputs};
 use crate::cron::CronPlan;
 use crate::metadata::Plan;
-use crate::signal::GoodReads;
 
+use super::cache::Cached;
+#[cfg(test)]
+use super::cache::Log;
 use super::hpa::{Controller, Hpa, Metric};
 use super::queue::Queue;
 use super::trace::Trace;
@@ -111,46 +115,42 @@ pub struct Outcome {
 
 /// Where each loop's ticks fall: KEDA polls at the seconds `t` with
 /// `t % pollingInterval == poll % pollingInterval`, the HPA syncs at
-/// `t % syncPeriod == sync % syncPeriod`, blend-scaler refreshes at
-/// `t % refreshInterval == refresh % refreshInterval`. The three loops are independent in a
-/// cluster, so a comparison averages over several drawn phases ([`Phase::draw`]).
+/// `t % syncPeriod == sync % syncPeriod`. The two loops are independent in a cluster, so a
+/// comparison averages over several drawn phases ([`Phase::draw`]). blend-scaler's reads
+/// have no phase of their own: they follow these calls, as the server's do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Phase {
     pub poll: u64,
     pub sync: u64,
-    pub refresh: u64,
 }
 
 impl Phase {
-    /// Polls and refreshes on multiples of their interval, the HPA 7 s after: the one phase
-    /// the model used before it drew them.
-    pub const FIXED: Phase = Phase {
-        poll: 0,
-        sync: 7,
-        refresh: 0,
-    };
+    /// Polls on multiples of the polling interval, the HPA 7 s after: the one phase the model
+    /// used before it drew them.
+    pub const FIXED: Phase = Phase { poll: 0, sync: 7 };
 
     /// `n` phases drawn from `seed`: the same seed always gives the same phases. Offsets are
     /// drawn below 3600 s and taken modulo each loop's period where used.
     pub fn draw(seed: u64, n: usize) -> Vec<Phase> {
         let mut rng = super::generate::Rng::new(seed ^ 0x9_4A5E);
         (0..n)
-            .map(|_| Phase {
-                poll: rng.between(0, 3599),
-                sync: rng.between(0, 3599),
-                refresh: rng.between(0, 3599),
+            .map(|_| {
+                let phase = Phase {
+                    poll: rng.between(0, 3599),
+                    sync: rng.between(0, 3599),
+                };
+                // Once the refresh loop's phase, before reads followed KEDA's calls: still
+                // drawn, so a seed gives the polls and syncs it always gave.
+                rng.between(0, 3599);
+                phase
             })
             .collect()
     }
 
-    /// The three offsets within the given periods, for the report.
+    /// The two offsets within the given periods, for the report.
     #[cfg(test)]
-    pub fn within(&self, polling: u64, sync: u64, refresh: u64) -> (u64, u64, u64) {
-        (
-            self.poll % polling.max(1),
-            self.sync % sync.max(1),
-            self.refresh % refresh.max(1),
-        )
+    pub fn within(&self, polling: u64, sync: u64) -> (u64, u64) {
+        (self.poll % polling.max(1), self.sync % sync.max(1))
     }
 }
 
@@ -167,7 +167,7 @@ pub struct Sides<'a> {
 /// Runs both configurations over the whole trace, at one phase of the loops.
 pub fn simulate(trace: &Trace, sides: &Sides, phase: Phase) -> Outcome {
     let mut builtin = sides.builtin.clone();
-    let mut blend = Blend::new(sides.plan, &sides.blend_settings.blend, phase);
+    let mut blend = Blend::new(sides.plan, &sides.blend_settings.blend);
     Outcome {
         builtin: run(trace, sides.builtin_settings, phase, &mut builtin),
         blend: run(trace, sides.blend_settings, phase, &mut blend),
@@ -270,49 +270,52 @@ fn secs(t: u64) -> Duration {
     Duration::from_secs(t)
 }
 
-/// blend-scaler as one `external` (or `external-push`) trigger: a cache refreshed in the
-/// background, kept in the cache's own [`GoodReads`], and the real [`blend::decide`] on every
-/// call. As in the engine, a call only reads: the answer is the readings', however many calls.
+/// blend-scaler as one `external` (or `external-push`) trigger: the server's cache of each
+/// upstream ([`Cached`]: read when the server's schedule says, for the calls KEDA makes) and
+/// the real [`blend::decide`] on every call. As in the engine, a call only reads: the answer
+/// is the readings', however many calls.
 pub struct Blend<'p> {
     plan: &'p Plan,
-    interval: u64,
-    offset: u64,
     push: bool,
-    servicebus: GoodReads<Duration>,
-    prometheus: GoodReads<Duration>,
+    servicebus: Cached,
+    prometheus: Cached,
+    /// The `StreamIsActive` stream is open (`external-push`, from the first second).
+    streaming: bool,
     pushed: Option<bool>,
 }
 
 impl<'p> Blend<'p> {
-    pub fn new(plan: &'p Plan, settings: &BlendSettings, phase: Phase) -> Self {
-        // An open stream keeps the cache at the fast interval (1 s), as `cache.rs` does.
-        let interval = if settings.push {
-            1
-        } else {
-            settings.refresh_interval.max(1)
-        };
+    pub fn new(plan: &'p Plan, settings: &BlendSettings) -> Self {
+        let interval = secs(settings.refresh_interval.max(1));
         Self {
             plan,
-            interval,
-            offset: phase.refresh % interval,
             push: settings.push,
-            servicebus: GoodReads::default(),
-            prometheus: GoodReads::default(),
+            servicebus: Cached::new(interval),
+            prometheus: Cached::new(interval),
+            streaming: false,
             pushed: None,
         }
     }
 
-    fn decision(&self, t: u64, world: &World) -> blend::Decision {
+    /// The queue's cache: when KEDA asked for it and when it was read.
+    #[cfg(test)]
+    pub fn servicebus_log(&self) -> &Log {
+        self.servicebus.log()
+    }
+
+    /// The decision at `at`, from a look at each cache (`keda`: a KEDA call's, which counts
+    /// as demand and may wait for a read; otherwise the stream's).
+    fn decision(&mut self, at: Duration, keda: bool, world: &World) -> blend::Decision {
         let sb = self
             .plan
             .servicebus
             .is_some()
-            .then(|| self.servicebus.observation(secs(t), None));
+            .then(|| self.servicebus.look(at, keda, world.backlog as f64));
         let prom = self
             .plan
             .prometheus
             .is_some()
-            .then(|| self.prometheus.observation(secs(t), None));
+            .then(|| self.prometheus.look(at, keda, world.requests));
         blend::decide(Inputs {
             plan: self.plan,
             now: world.now,
@@ -320,34 +323,72 @@ impl<'p> Blend<'p> {
             prometheus: prom.as_ref(),
         })
     }
-}
 
-impl Scaler for Blend<'_> {
-    fn tick(&mut self, t: u64, world: &World) -> Option<bool> {
-        if t % self.interval != self.offset {
-            return None;
-        }
-        self.servicebus.store(world.backlog as f64, secs(t));
-        self.prometheus.store(world.requests, secs(t));
-        if !self.push {
-            return None;
-        }
-        // The stream evaluates after each refresh, and sends only changes.
-        let active = self.decision(t, world).active().ok()?;
+    /// The stream's look and what it sends: only changes of activity.
+    fn stream(&mut self, at: Duration, world: &World) -> Option<bool> {
+        let active = self.decision(at, false, world).active().ok()?;
         if self.pushed == Some(active) {
             return None;
         }
         self.pushed = Some(active);
         Some(active)
     }
+}
+
+impl Scaler for Blend<'_> {
+    fn tick(&mut self, t: u64, world: &World) -> Option<bool> {
+        let mut first = None;
+        if self.push && !self.streaming {
+            // KEDA opens the stream as it starts watching the ScaledObject; the stream looks
+            // at once (waiting for the first reads) and keeps its groups at the fast interval.
+            self.streaming = true;
+            let has = (
+                self.plan.servicebus.is_some(),
+                self.plan.prometheus.is_some(),
+            );
+            if has.0 {
+                self.servicebus.open_stream(secs(t));
+            }
+            if has.1 {
+                self.prometheus.open_stream(secs(t));
+            }
+            first = self.stream(secs(t), world);
+        }
+        let until = secs(t + 1);
+        let sb = self
+            .plan
+            .servicebus
+            .is_some()
+            .then(|| self.servicebus.advance(until, world.backlog as f64, false));
+        let prom = self
+            .plan
+            .prometheus
+            .is_some()
+            .then(|| self.prometheus.advance(until, world.requests, false));
+        if !self.push {
+            return None;
+        }
+        // The stream looks again after each refresh.
+        match sb.flatten().max(prom.flatten()) {
+            Some(read) => self.stream(read, world).or(first),
+            None => first,
+        }
+    }
 
     fn read(&mut self, t: u64, world: &World) -> (Vec<Result<Metric, ()>>, bool) {
         // KEDA reads an external scaler with GetMetrics, then IsActive.
-        let metric = self.decision(t, world).replicas().ok().map(|r| Metric {
-            value: f64::from(r),
-            target: 1.0,
-        });
-        let active = self.decision(t, world).active().unwrap_or(false);
+        let metric = self
+            .decision(secs(t), true, world)
+            .replicas()
+            .ok()
+            .map(|r| Metric {
+                value: f64::from(r),
+                target: 1.0,
+            });
+        let active = self
+            .decision(secs(t), true, world)
+            .active()
+            .unwrap_or(false);
         (vec![metric.ok_or(())], active)
     }
 }
@@ -436,10 +477,6 @@ pub fn run(trace: &Trace, settings: &Settings, phase: Phase, scaler: &mut dyn Sc
                 deployment.scale(r, t, work.pod_start_seconds);
             }
         };
-        if let Some(active) = scaler.tick(t, &world) {
-            let target = activation.report(t, active, deployment.replicas(), keda);
-            scale_to(target, &mut deployment);
-        }
         if t % polling == poll_at {
             let (_, active) = scaler.read(t, &world);
             let target = activation.report(t, active, deployment.replicas(), keda);
@@ -452,6 +489,10 @@ pub fn run(trace: &Trace, settings: &Settings, phase: Phase, scaler: &mut dyn Sc
             if target.is_none() {
                 out.metric_errors += 1;
             }
+            scale_to(target, &mut deployment);
+        }
+        if let Some(active) = scaler.tick(t, &world) {
+            let target = activation.report(t, active, deployment.replicas(), keda);
             scale_to(target, &mut deployment);
         }
 
@@ -528,27 +569,47 @@ mod tests {
     }
 
     #[test]
-    fn blend_reads_the_cache_its_refresh_filled_and_knows_the_rate() {
+    fn blend_reads_the_queue_when_keda_asks_and_answers_from_the_cache_between() {
         let p = plan(&[
             ("queueName", "q"),
             ("namespace", "ns"),
             ("messageCount", "5"),
         ]);
-        let mut b = Blend::new(&p, &BlendSettings::default(), Phase::FIXED);
+        let mut b = Blend::new(&p, &BlendSettings::default());
         let world = |backlog| World {
             now: Utc::now(),
             backlog,
             requests: 0.0,
         };
+        // The first call waits for the first read, made at once.
+        assert_eq!(b.read(0, &world(10)).0, vec![m(2.0, 1.0)]);
         b.tick(0, &world(10));
-        // Not due: the cache keeps 10 although the queue has 100.
-        b.tick(3, &world(100));
+        // 3 s later: the same ask, answered from the cache, which keeps 10.
         let (metrics, active) = b.read(3, &world(100));
         assert_eq!(metrics, vec![m(2.0, 1.0)]);
         assert!(active);
-        b.tick(5, &world(60));
-        assert_eq!(b.servicebus.observation(secs(7), None).rate, Some(10.0));
-        assert_eq!(b.servicebus.observation(secs(7), None).age, Some(secs(2)));
+        for t in 3..15 {
+            b.tick(t, &world(100));
+        }
+        // 15 s on, longer than the period KEDA had asked at (the refresh interval, with no gap
+        // between calls yet) plus a refresh: the value lapsed, and the call waits for a read.
+        assert_eq!(b.read(15, &world(60)).0, vec![m(12.0, 1.0)]);
+        for t in 15..30 {
+            b.tick(t, &world(60));
+        }
+        // Another 15 s, now the period: answered from the cache, and the queue read after.
+        assert_eq!(b.read(30, &world(0)).0, vec![m(12.0, 1.0)]);
+        b.tick(30, &world(0));
+        let ms = Duration::from_millis;
+        assert_eq!(
+            b.servicebus_log().reads,
+            vec![ms(5), ms(15_005), ms(30_005)]
+        );
+        let seen = b.servicebus.look(secs(31), false, 0.0);
+        assert_eq!(seen.value, Some(0.0));
+        // The least-squares line through 10, 60 and 0 read 15 s apart.
+        let rate = seen.rate.unwrap();
+        assert!((rate + 1.0 / 3.0).abs() < 1e-9, "{rate}");
     }
 
     #[test]
@@ -564,7 +625,6 @@ mod tests {
                 refresh_interval: 5,
                 push: true,
             },
-            Phase::FIXED,
         );
         let world = |backlog| World {
             now: Utc::now(),

@@ -1,7 +1,5 @@
 use super::*;
 
-const COALESCE: Duration = Duration::from_millis(5);
-
 fn config() -> RefreshConfig {
     RefreshConfig {
         interval: Duration::from_secs(5),
