@@ -1,7 +1,7 @@
 //! Resident memory of `blend-scaler serve`: idle, and with 10,000 ScaledObjects tracked.
 //!
 //! `cargo bench --bench memory [-- --objects 10000 --namespaces 20 --prometheus-servers 5
-//! --queries 2000]`
+//! --queries 2000 --baseline PATH]`
 //!
 //! The scaler runs as its own process (the binary cargo built with this bench); its `VmRSS`
 //! is read from `/proc/PID/status`. Every object blends all three signals, each with its own
@@ -11,6 +11,11 @@
 //! business-hours windows in one of eight time zones. KEDA's first poll (`GetMetricSpec`,
 //! `GetMetrics`, `IsActive`) registers each object; two more polls follow while the
 //! background refreshes run, and resident memory is sampled throughout.
+//!
+//! `--baseline PATH` runs another `blend-scaler` build (say main's, copied before a change)
+//! through the same steps against the same doubles, one after the other (the baseline first,
+//! then this build; `--rounds N` alternates them N times and keeps each one's median), and
+//! prints both columns in one table.
 
 mod support;
 
@@ -46,30 +51,51 @@ fn main() {
     // KEDA calls each object from its own loop: effectively unbounded concurrency.
     let concurrency: usize = args.get("concurrency", 1_000);
     let scaler_env = args.string("scaler-env", "");
+    let baseline = args.string("baseline", "");
+    let rounds: usize = args.get("rounds", 1);
     let rt = support::runtime();
     eprintln!(
         "memory: {n} objects, {namespaces} Service Bus namespaces, {queries} queries on \
          {servers} Prometheus servers; {}",
         support::machine()
     );
+    let mut builds = Vec::new();
+    if !baseline.is_empty() {
+        builds.push(("baseline", baseline.clone()));
+    }
+    builds.push(("this build", support::scaler_binary().to_string()));
     rt.block_on(run(
-        n,
-        namespaces,
-        servers,
-        queries,
-        concurrency,
+        Shape {
+            n,
+            namespaces,
+            servers,
+            queries,
+            concurrency,
+        },
         &scaler_env,
+        &builds,
+        rounds.max(1),
     ));
 }
 
-async fn run(
+/// What the bench tracks and how hard KEDA's first poll comes.
+#[derive(Clone, Copy)]
+struct Shape {
     n: usize,
     namespaces: usize,
     servers: usize,
     queries: usize,
     concurrency: usize,
-    scaler_env: &str,
-) {
+}
+
+async fn run(shape: Shape, scaler_env: &str, builds: &[(&str, String)], rounds: usize) {
+    let Shape {
+        n,
+        namespaces,
+        servers,
+        queries,
+        ..
+    } = shape;
     let mut doubles = Vec::new();
     for _ in 0..namespaces {
         doubles.push(ServiceBusDouble::start().await.unwrap());
@@ -128,7 +154,76 @@ async fn run(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let scaler = support::start_scaler(&env);
+
+    // Per build, per row: the figure of every round.
+    let mut figures: Vec<Vec<Vec<u64>>> = vec![Vec::new(); builds.len()];
+    let mut states: Vec<String> = Vec::new();
+    let mut tracked = Vec::new();
+    for round in 0..rounds {
+        for (b, (label, binary)) in builds.iter().enumerate() {
+            eprintln!("  round {}, {label} ({binary}):", round + 1);
+            let (rows, count) = measure(binary, &env, &objects, shape).await;
+            states = rows.iter().map(|(state, _)| state.clone()).collect();
+            if figures[b].is_empty() {
+                figures[b] = vec![Vec::new(); rows.len()];
+            }
+            for (i, (_, kib)) in rows.into_iter().enumerate() {
+                figures[b][i].push(kib);
+            }
+            tracked.push(format!("{label} {count}"));
+        }
+    }
+
+    println!();
+    println!(
+        "Resident memory of blend-scaler serve (VmRSS), {n} ScaledObjects with all three \
+         signals ({namespaces} Service Bus namespaces, {queries} queries on {servers} \
+         Prometheus servers); tracked per /metrics: {}{}:",
+        tracked.join(", "),
+        if rounds > 1 {
+            format!("; median of {rounds} rounds")
+        } else {
+            String::new()
+        }
+    );
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+    let median = |v: &[u64]| {
+        let mut v: Vec<f64> = v.iter().map(|&k| k as f64).collect();
+        support::median(&mut v) as u64
+    };
+    let labels: Vec<&str> = builds.iter().map(|(label, _)| *label).collect();
+    if builds.len() == 1 {
+        println!("| state | VmRSS |");
+        println!("| --- | ---: |");
+    } else {
+        println!("| state | {} | ratio |", labels.join(" | "));
+        println!("| --- |{} ---: |", " ---: |".repeat(labels.len()));
+    }
+    for (i, state) in states.iter().enumerate() {
+        let values: Vec<u64> = figures.iter().map(|f| median(&f[i])).collect();
+        let cells: Vec<String> = values.iter().map(|&k| mib(k)).collect();
+        match values.as_slice() {
+            [base, this] => println!(
+                "| {state} | {} | {:.2} |",
+                cells.join(" | "),
+                *this as f64 / (*base).max(1) as f64
+            ),
+            _ => println!("| {state} | {} |", cells.join(" | ")),
+        }
+    }
+    drop(doubles);
+}
+
+/// One build through the steps: idle, KEDA's first poll, two more polls with refreshes
+/// between them, and a pause. Rows of (state, VmRSS in KiB), and the tracked count it reports.
+async fn measure(
+    binary: &str,
+    env: &[(&str, &str)],
+    objects: &Arc<Vec<ScaledObjectRef>>,
+    shape: Shape,
+) -> (Vec<(String, u64)>, String) {
+    let n = shape.n;
+    let scaler = support::start_scaler_at(binary, env);
     let pid = scaler.pid();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = scaler.rss_kib();
@@ -158,9 +253,9 @@ async fn run(
     }
     let mut rows: Vec<(String, u64)> = vec![("idle (no ScaledObject)".into(), idle)];
     let started = Instant::now();
-    let codes = poll_all(&channels, &objects, true, concurrency).await;
+    let codes = poll_all(&channels, objects, true, shape.concurrency).await;
     eprintln!(
-        "  first poll of {n} objects in {:.1} s: {codes:?}",
+        "    first poll of {n} objects in {:.1} s: {codes:?}",
         started.elapsed().as_secs_f64()
     );
     rows.push((
@@ -170,8 +265,8 @@ async fn run(
     for pass in 2..=3 {
         // Two refresh intervals between polls: every group read again, twice.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let codes = poll_all(&channels, &objects, false, concurrency).await;
-        eprintln!("  poll {pass}: {codes:?}");
+        let codes = poll_all(&channels, objects, false, shape.concurrency).await;
+        eprintln!("    poll {pass}: {codes:?}");
         rows.push((format!("{n} tracked, after poll {pass}"), scaler.rss_kib()));
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -183,20 +278,9 @@ async fn run(
         "peak (sampled every 100 ms)".into(),
         peak.load(Ordering::Relaxed),
     ));
-
-    println!();
-    println!(
-        "Resident memory of blend-scaler serve (VmRSS), {n} ScaledObjects with all three \
-         signals ({namespaces} Service Bus namespaces, {queries} queries on {servers} \
-         Prometheus servers); tracked per /metrics: {tracked}:"
-    );
-    println!("| state | VmRSS |");
-    println!("| --- | ---: |");
-    for (state, kib) in rows {
-        println!("| {state} | {:.1} MiB |", kib as f64 / 1024.0);
-    }
+    drop(channels);
     drop(scaler);
-    drop(doubles);
+    (rows, tracked)
 }
 
 /// One KEDA poll of every object (with `GetMetricSpec` the first time), `concurrency` at a time;

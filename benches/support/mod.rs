@@ -110,15 +110,20 @@ pub fn scaler_binary() -> &'static str {
 ///
 /// `BLEND_BENCH_SCALER_WRAP` (e.g. `heaptrack -o /tmp/scaler`) runs it under a profiler.
 pub fn start_scaler(extra_env: &[(&str, &str)]) -> Proc {
+    start_scaler_at(scaler_binary(), extra_env)
+}
+
+/// Like [`start_scaler`], for another build of `blend-scaler` (a baseline run side by side).
+pub fn start_scaler_at(binary: &str, extra_env: &[(&str, &str)]) -> Proc {
     let wrap = std::env::var("BLEND_BENCH_SCALER_WRAP").unwrap_or_default();
     let mut words = wrap.split_whitespace();
     let mut cmd = match words.next() {
         Some(program) => {
             let mut c = Command::new(program);
-            c.args(words).arg(scaler_binary());
+            c.args(words).arg(binary);
             c
         }
-        None => Command::new(scaler_binary()),
+        None => Command::new(binary),
     };
     cmd.args([
         "serve",
