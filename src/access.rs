@@ -254,7 +254,8 @@ impl Access {
                 });
             }
             let value = value.replace("{namespace}", namespace);
-            p.custom_headers.push((name.clone(), Secret::new(value)));
+            p.custom_headers
+                .push((name.clone(), Secret::shared(&value)));
         }
         Ok(())
     }

@@ -65,8 +65,8 @@ impl PartialEq for Expr {
 pub struct Window {
     start: Arc<Expr>,
     end: Arc<Expr>,
-    start_text: String,
-    end_text: String,
+    start_text: Arc<str>,
+    end_text: Arc<str>,
     pub(crate) replicas: u32,
     /// The last search for the next start and end: it holds until the earlier of them, so
     /// each occurrence is searched for once, not on every KEDA call.
@@ -201,8 +201,8 @@ impl Window {
         Ok(Self {
             start: start_cron,
             end: end_cron,
-            start_text: normalize(start),
-            end_text: normalize(end),
+            start_text: crate::intern::intern(&normalize(start)),
+            end_text: crate::intern::intern(&normalize(end)),
             replicas,
             next: Arc::new(Mutex::new(None)),
         })

@@ -137,9 +137,9 @@ pub(crate) fn view(
 ) -> DecisionView {
     let plan = &tracked.plan;
     let mut v = DecisionView {
-        scaledobject_namespace: tracked.labels.scaledobject_namespace.clone(),
-        scaledobject: tracked.labels.scaledobject.clone(),
-        metric_name: tracked.metric_name.clone(),
+        scaledobject_namespace: tracked.labels.scaledobject_namespace.to_string(),
+        scaledobject: tracked.labels.scaledobject.to_string(),
+        metric_name: tracked.metric_name.to_string(),
         answered_at: last.map(|l| l.at),
         replicas: None,
         active: None,
@@ -368,7 +368,7 @@ async fn one(
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
     let found = collect(&state, |t| {
-        t.labels.scaledobject_namespace == namespace && t.labels.scaledobject == name
+        *t.labels.scaledobject_namespace == *namespace && *t.labels.scaledobject == *name
     });
     if found.decisions.is_empty() {
         let body = serde_json::json!({

@@ -116,7 +116,7 @@ pub struct Tracked {
     pub(crate) plan: Arc<Plan>,
     pub(crate) labels: ObjectLabels,
     /// The trigger's `metricName` (one ScaledObject may have several triggers).
-    pub(crate) metric_name: String,
+    pub(crate) metric_name: Arc<str>,
     /// The plan's entries in the signal caches, keyed once here rather than on every call.
     servicebus: Option<Arc<dyn CacheEntry>>,
     prometheus: Option<Arc<dyn CacheEntry>>,
@@ -250,20 +250,20 @@ impl Engine {
                 )));
             }
         }
+        let key = lookup.to_owned();
         let tracked = Arc::new(Tracked {
             fingerprint,
             weight,
             servicebus: entry(&self.caches.servicebus, &plan.servicebus),
             prometheus: entry(&self.caches.prometheus, &plan.prometheus),
-            plan: Arc::new(plan),
             labels: ObjectLabels {
-                scaledobject_namespace: obj.namespace.to_string(),
-                scaledobject: obj.name.to_string(),
+                scaledobject_namespace: key.0.clone(),
+                scaledobject: key.1.clone(),
             },
-            metric_name: metric_name.to_string(),
+            metric_name: key.2.clone(),
+            plan: Arc::new(plan),
             last: Mutex::new(None),
         });
-        let key = lookup.to_owned();
         if current.is_some() {
             // The eviction listener gives back the replaced plan's weight.
             self.objects.insert(key, tracked.clone());

@@ -214,7 +214,7 @@ impl ExternalScaler for ScalerService {
             let (tracked, replicas) = self.engine.replicas(object(r)?).await?;
             Ok(Response::new(GetMetricsResponse {
                 metric_values: vec![MetricValue {
-                    metric_name: tracked.plan.metric_name.clone(),
+                    metric_name: tracked.plan.metric_name.to_string(),
                     metric_value: i64::from(replicas),
                     metric_value_float: f64::from(replicas),
                 }],

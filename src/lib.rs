@@ -27,6 +27,7 @@ pub mod external_metrics;
 mod grpc;
 mod grpc_status;
 mod http;
+mod intern;
 pub mod metadata;
 pub mod metrics;
 pub mod offload;

@@ -38,8 +38,8 @@ pub(crate) struct AnswerFigures<'a> {
 /// A ScaledObject as KEDA names it, the labels of its series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct ObjectLabels {
-    pub(crate) scaledobject_namespace: String,
-    pub(crate) scaledobject: String,
+    pub(crate) scaledobject_namespace: Arc<str>,
+    pub(crate) scaledobject: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -400,8 +400,8 @@ impl Collector for ObjectSeries {
             for (o, figures) in objects.iter() {
                 let Some(v) = pick(figures) else { continue };
                 let labels = [
-                    ("scaledobject_namespace", o.scaledobject_namespace.as_str()),
-                    ("scaledobject", o.scaledobject.as_str()),
+                    ("scaledobject_namespace", o.scaledobject_namespace.as_ref()),
+                    ("scaledobject", o.scaledobject.as_ref()),
                 ];
                 ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
             }
@@ -414,8 +414,8 @@ impl Collector for ObjectSeries {
                         continue;
                     };
                     let labels = [
-                        ("scaledobject_namespace", o.scaledobject_namespace.as_str()),
-                        ("scaledobject", o.scaledobject.as_str()),
+                        ("scaledobject_namespace", o.scaledobject_namespace.as_ref()),
+                        ("scaledobject", o.scaledobject.as_ref()),
                         ("signal", kind.as_str()),
                     ];
                     ConstGauge::new(v).encode(family.encode_family(&labels)?)?;

@@ -75,7 +75,7 @@ const MAX_DETAIL_CHARS: usize = 300;
 /// applies to every query sent to it. Two plans with equal `Server`s share one refresh.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Server {
-    address: String,
+    address: Arc<str>,
     auth: PrometheusAuth,
     /// Sorted by name (stable, so repeated names keep their order): header order carries no
     /// meaning, and must not split one server into two groups.
@@ -158,7 +158,7 @@ impl fmt::Debug for Server {
                 let _ = u.set_password(None);
                 u.to_string()
             }
-            _ => self.address.clone(),
+            _ => self.address.to_string(),
         };
         f.debug_struct("Server")
             .field("address", &address)
@@ -193,7 +193,7 @@ fn auth_modes(auth: &PrometheusAuth) -> Vec<&'static str> {
 /// One question to a server, and how its answer becomes one number.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Query {
-    query: String,
+    query: Arc<str>,
     /// Sorted by name (stable), for the same reason as [`Server::headers`].
     parameters: Vec<(String, String)>,
     ignore_null_values: bool,

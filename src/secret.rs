@@ -1,15 +1,23 @@
 //! A string that must never be printed.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Holds a credential. `Debug` and `Display` print `<redacted>`, so a secret can sit inside any
 /// struct that is logged or shown by `check` without leaking; only [`Secret::expose`] reads it.
+/// Clones share the value: every cache key made from a plan clones its credentials.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Secret(String);
+pub struct Secret(Arc<str>);
 
 impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+    pub fn new(value: impl AsRef<str>) -> Self {
+        Self(Arc::from(value.as_ref()))
+    }
+
+    /// A secret that many plans repeat (a connection string's key): one copy for them all
+    /// ([`crate::intern`]). Tokens made per request use [`Secret::new`].
+    pub fn shared(value: &str) -> Self {
+        Self(crate::intern::intern(value))
     }
 
     pub fn expose(&self) -> &str {

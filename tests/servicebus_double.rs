@@ -28,7 +28,7 @@ fn connect(double: &ServiceBusDouble, key: &str) -> Connection {
     };
     Connection::new(
         &cs.endpoint.unwrap(),
-        Credential::SharedKey(SharedKeySigner::new(name, key)),
+        Credential::SharedKey(SharedKeySigner::new(name.to_string(), key)),
     )
     .unwrap()
 }
@@ -181,7 +181,7 @@ async fn sas_tokens_verify_and_a_wrong_key_is_refused_without_being_shown() {
 
 fn namespace(double: &ServiceBusDouble, auth: ServiceBusAuth) -> NamespaceKey {
     NamespaceKey {
-        endpoint: double.endpoint(),
+        endpoint: double.endpoint().into(),
         auth,
     }
 }

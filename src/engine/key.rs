@@ -6,25 +6,31 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
 
 /// Namespace, name and metric name: a ScaledObject with two `external` triggers has two plans
-/// and two answers, which must not share a held answer.
-pub(super) type ObjectKey = (String, String, String);
+/// and two answers, which must not share a held answer. The object's labels share these texts.
+pub(super) type ObjectKey = (Arc<str>, Arc<str>, Arc<str>);
 
 /// An [`ObjectKey`] over a call's own strings, so a lookup allocates nothing. It hashes as
-/// the owned key does: a tuple hashes its fields in order, and `String` hashes as `str`.
+/// the owned key does: a tuple hashes its fields in order, and `Arc<str>` hashes as `str`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct KeyRef<'a>(pub &'a str, pub &'a str, pub &'a str);
 
 impl KeyRef<'_> {
+    /// Thousands of objects share a namespace and a metric name: one copy of each.
     pub(super) fn to_owned(self) -> ObjectKey {
-        (self.0.to_string(), self.1.to_string(), self.2.to_string())
+        (
+            crate::intern::intern(self.0),
+            self.1.into(),
+            crate::intern::intern(self.2),
+        )
     }
 }
 
 impl moka::Equivalent<ObjectKey> for KeyRef<'_> {
     fn equivalent(&self, key: &ObjectKey) -> bool {
-        self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+        self.0 == &*key.0 && self.1 == &*key.1 && self.2 == &*key.2
     }
 }
 

@@ -260,7 +260,7 @@ pub(crate) async fn evaluate(
         Err(e) => return failed(e),
     };
     let decision = engine.peek(&tracked).await;
-    let metric_name = tracked.plan.metric_name.clone();
+    let metric_name = tracked.plan.metric_name.to_string();
     if let Some(why) = crate::engine::exhausted(&decision) {
         return failed(EngineError::Exhausted(why));
     }

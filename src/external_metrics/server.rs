@@ -271,7 +271,7 @@ async fn metric_value(
         .await;
     let replicas = match decided {
         Ok((tracked, r)) => {
-            if tracked.plan.metric_name != metric {
+            if &*tracked.plan.metric_name != metric {
                 return Err(not_found());
             }
             r

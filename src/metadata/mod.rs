@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono_tz::Tz;
@@ -272,7 +273,7 @@ impl Parser<'_> {
     /// A `*FromEnv` value: the secret itself from KEDA, a variable name in a file.
     fn secret(&self, key: &str) -> Option<Secret> {
         let v = self.get(key)?;
-        Some(Secret::new(v))
+        Some(Secret::shared(v))
     }
 
     fn plan(&mut self) -> Option<Plan> {
@@ -281,10 +282,8 @@ impl Parser<'_> {
         }
         self.check_shape();
 
-        let metric_name = self
-            .get(keys::METRIC_NAME)
-            .unwrap_or(DEFAULT_METRIC_NAME)
-            .to_string();
+        let metric_name =
+            crate::intern::intern(self.get(keys::METRIC_NAME).unwrap_or(DEFAULT_METRIC_NAME));
         if metric_name.len() > 63
             || !metric_name
                 .bytes()

@@ -2,12 +2,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
 
 use crate::access::{NAMESPACES_SUFFIX, Namespaces};
 use crate::cron::CronPlan;
+use crate::intern::intern;
 use crate::secret::Secret;
 
 /// How the blended replica count is formed from the signals.
@@ -77,7 +79,7 @@ impl fmt::Display for Aggregation {
 /// A validated trigger.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    pub metric_name: String,
+    pub metric_name: Arc<str>,
     pub policy: Policy,
     pub min_replicas: Option<u32>,
     pub max_replicas: Option<u32>,
@@ -90,8 +92,11 @@ pub struct Plan {
 /// What a Service Bus trigger watches.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Entity {
-    Queue(String),
-    Subscription { topic: String, subscription: String },
+    Queue(Arc<str>),
+    Subscription {
+        topic: Arc<str>,
+        subscription: Arc<str>,
+    },
 }
 
 impl fmt::Display for Entity {
@@ -110,14 +115,14 @@ impl fmt::Display for Entity {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionString {
     /// `https://<host>` from `Endpoint=sb://<host>/`.
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Arc<str>>,
     pub auth: ConnectionAuth,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ConnectionAuth {
     /// `SharedAccessKeyName` + `SharedAccessKey`: the scaler signs its own tokens.
-    Key { name: String, key: Secret },
+    Key { name: Arc<str>, key: Secret },
     /// `SharedAccessSignature`: a ready token, used as is.
     Signature(Secret),
 }
@@ -145,14 +150,14 @@ impl ConnectionString {
                     } else {
                         "https"
                     };
-                    endpoint = Some(match url.port() {
+                    endpoint = Some(intern(&match url.port() {
                         Some(port) => format!("{scheme}://{host}:{port}"),
                         None => format!("{scheme}://{host}"),
-                    });
+                    }));
                 }
-                "sharedaccesskeyname" => key_name = Some(value.trim().to_string()),
-                "sharedaccesskey" => key = Some(Secret::new(value.trim())),
-                "sharedaccesssignature" => signature = Some(Secret::new(value.trim())),
+                "sharedaccesskeyname" => key_name = Some(intern(value.trim())),
+                "sharedaccesskey" => key = Some(Secret::shared(value.trim())),
+                "sharedaccesssignature" => signature = Some(Secret::shared(value.trim())),
                 _ => {}
             }
         }
@@ -189,7 +194,7 @@ pub enum ServiceBusAuth {
 pub struct ServiceBusPlan {
     /// Base URL of the management API, `https://<namespace>.<suffix>` unless overridden.
     /// Empty only offline, when it will come from a connection string KEDA resolves.
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
     pub entity: Entity,
     /// Entity names are anchored regular expressions (KEDA's `useRegex`).
     pub use_regex: bool,
@@ -226,8 +231,8 @@ pub struct PrometheusTls {
 
 #[derive(Clone, Debug)]
 pub struct PrometheusPlan {
-    pub server_address: String,
-    pub query: String,
+    pub server_address: Arc<str>,
+    pub query: Arc<str>,
     pub threshold: f64,
     pub activation_threshold: f64,
     pub query_parameters: Vec<(String, String)>,

@@ -1,6 +1,7 @@
 //! The Prometheus keys: server, query, null handling, headers and authentication.
 
 use super::*;
+use crate::intern::intern;
 
 impl Parser<'_> {
     pub(super) fn pairs(&mut self, key: &str) -> Vec<(String, String)> {
@@ -26,8 +27,10 @@ impl Parser<'_> {
 
     pub(super) fn prometheus(&mut self) -> Option<PrometheusPlan> {
         let server = self.get(keys::SERVER_ADDRESS).map(str::to_string)?;
-        let server_address = self.url(keys::SERVER_ADDRESS, &server);
-        let query = self.required(keys::QUERY, "with `serverAddress`");
+        let server_address = self.url(keys::SERVER_ADDRESS, &server).map(|s| intern(&s));
+        let query = self
+            .required(keys::QUERY, "with `serverAddress`")
+            .map(|q| intern(&q));
         let threshold = if self.has(keys::THRESHOLD) {
             self.number(keys::THRESHOLD, None, true)
         } else {
@@ -39,7 +42,7 @@ impl Parser<'_> {
         let custom_headers: Vec<(String, Secret)> = self
             .pairs(keys::CUSTOM_HEADERS)
             .into_iter()
-            .map(|(k, v)| (k, Secret::new(v)))
+            .map(|(k, v)| (k, Secret::shared(&v)))
             .collect();
         for (name, _) in &custom_headers {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -211,12 +214,12 @@ impl Parser<'_> {
 fn parse_prometheus_credential(text: &str) -> Result<PrometheusAuth, String> {
     let mut auth = PrometheusAuth::default();
     if let Some(token) = text.strip_prefix("bearer:") {
-        auth.bearer = Some(Secret::new(token));
+        auth.bearer = Some(Secret::shared(token));
     } else if let Some(rest) = text.strip_prefix("basic:") {
         let (user, pass) = rest
             .split_once(':')
             .ok_or("must be `basic:<user>:<password>`")?;
-        auth.basic = Some((Secret::new(user), Secret::new(pass)));
+        auth.basic = Some((Secret::shared(user), Secret::shared(pass)));
     } else {
         return Err("must start with `bearer:` or `basic:`".into());
     }

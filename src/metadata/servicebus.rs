@@ -1,6 +1,7 @@
 //! The Service Bus keys: entity, endpoint, counts and authentication.
 
 use super::*;
+use crate::intern::intern;
 
 impl Parser<'_> {
     pub(super) fn servicebus(&mut self) -> Option<ServiceBusPlan> {
@@ -10,25 +11,25 @@ impl Parser<'_> {
                 None
             }
             (Some(q), None) => {
-                let q = q.to_string();
+                let q = intern(q);
                 if self.m.contains_key(keys::SUBSCRIPTION_NAME) {
                     self.err(keys::SUBSCRIPTION_NAME, "is only used with `topicName`");
                 }
                 Some(Entity::Queue(q))
             }
             (None, Some(t)) => {
-                let topic = t.to_string();
+                let topic = intern(t);
                 let sub = self.required(keys::SUBSCRIPTION_NAME, "with `topicName`");
                 sub.map(|subscription| Entity::Subscription {
                     topic,
-                    subscription,
+                    subscription: intern(&subscription),
                 })
             }
             (None, None) => None,
         };
         let use_regex = self.boolean(keys::USE_REGEX, false);
         if use_regex {
-            let names: Vec<(&str, String)> = match &entity {
+            let names: Vec<(&str, Arc<str>)> = match &entity {
                 Some(Entity::Queue(q)) => vec![(keys::QUEUE_NAME, q.clone())],
                 Some(Entity::Subscription {
                     topic,
@@ -77,7 +78,7 @@ impl Parser<'_> {
         })
     }
 
-    pub(super) fn servicebus_auth(&mut self) -> (Option<ServiceBusAuth>, Option<String>) {
+    pub(super) fn servicebus_auth(&mut self) -> (Option<ServiceBusAuth>, Option<Arc<str>>) {
         if let Some(secret) = self.secret(keys::CONNECTION_FROM_ENV) {
             if self.m.contains_key(keys::CREDENTIAL) {
                 self.err(
@@ -139,9 +140,9 @@ impl Parser<'_> {
 
     pub(super) fn servicebus_endpoint(
         &mut self,
-        from_connection: Option<String>,
+        from_connection: Option<Arc<str>>,
         auth: &Option<ServiceBusAuth>,
-    ) -> Option<String> {
+    ) -> Option<Arc<str>> {
         let suffix = match self.get(keys::CLOUD).unwrap_or("AzurePublicCloud") {
             "AzurePublicCloud" => Some("servicebus.windows.net".to_string()),
             "AzureUSGovernmentCloud" => Some("servicebus.usgovcloudapi.net".to_string()),
@@ -163,7 +164,7 @@ impl Parser<'_> {
             self.err(keys::ENDPOINT_SUFFIX, "is only used with `cloud: Private`");
         }
         if let Some(ep) = self.get(keys::ENDPOINT).map(str::to_string) {
-            return self.url(keys::ENDPOINT, &ep);
+            return self.url(keys::ENDPOINT, &ep).map(|ep| intern(&ep));
         }
         if let Some(ep) = from_connection {
             return Some(ep);
@@ -179,14 +180,14 @@ impl Parser<'_> {
                 );
                 return None;
             }
-            return suffix.map(|s| format!("https://{ns}.{s}"));
+            return suffix.map(|s| intern(&format!("https://{ns}.{s}")));
         }
         match auth {
             // Auth already failed and said so; a missing endpoint would only repeat it.
             None => None,
             // The connection string KEDA resolves will carry the endpoint.
             Some(ServiceBusAuth::ResolvedByKeda { .. } | ServiceBusAuth::NamedCredential(_)) => {
-                Some(String::new())
+                Some("".into())
             }
             Some(ServiceBusAuth::ConnectionString(_)) => {
                 self.err(

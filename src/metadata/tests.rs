@@ -20,7 +20,7 @@ fn a_cron_trigger_parses_with_defaults() {
         ("timezone", "America/New_York"),
     ])
     .unwrap();
-    assert_eq!(plan.metric_name, DEFAULT_METRIC_NAME);
+    assert_eq!(&*plan.metric_name, DEFAULT_METRIC_NAME);
     assert_eq!(plan.policy, Policy::Max);
     assert_eq!(plan.stale_after, Duration::from_secs(60));
     let cron = plan.cron.unwrap();
@@ -82,7 +82,7 @@ fn reserved_keda_keys_are_ignored() {
     ])
     .unwrap();
     let sb = plan.servicebus.unwrap();
-    assert_eq!(sb.endpoint, "https://ns.servicebus.windows.net");
+    assert_eq!(&*sb.endpoint, "https://ns.servicebus.windows.net");
     assert_eq!(sb.auth, ServiceBusAuth::WorkloadIdentity);
     assert_eq!(sb.message_count, 5.0);
 }
@@ -175,12 +175,12 @@ fn a_cron_window_that_never_comes_is_refused_naming_its_key() {
 fn a_connection_string_gives_endpoint_and_key_and_never_shows_the_key() {
     let plan = keda(&[("queueName", "q"), ("connectionFromEnv", CS)]).unwrap();
     let sb = plan.servicebus.as_ref().unwrap();
-    assert_eq!(sb.endpoint, "https://orders.servicebus.windows.net");
+    assert_eq!(&*sb.endpoint, "https://orders.servicebus.windows.net");
     let ServiceBusAuth::ConnectionString(cs) = &sb.auth else {
         panic!("expected a connection string")
     };
     assert!(
-        matches!(&cs.auth, ConnectionAuth::Key { name, key } if name == "scaler" && key.expose() == "c2VjcmV0PT0=")
+        matches!(&cs.auth, ConnectionAuth::Key { name, key } if &**name == "scaler" && key.expose() == "c2VjcmV0PT0=")
     );
     for shown in [format!("{plan}"), format!("{plan:?}")] {
         assert!(!shown.contains("c2VjcmV0"), "{shown}");
@@ -195,7 +195,7 @@ fn an_explicit_endpoint_wins_over_the_connection_string() {
         ("endpoint", "http://127.0.0.1:8080/"),
     ])
     .unwrap();
-    assert_eq!(plan.servicebus.unwrap().endpoint, "http://127.0.0.1:8080");
+    assert_eq!(&*plan.servicebus.unwrap().endpoint, "http://127.0.0.1:8080");
 }
 
 #[test]
@@ -237,7 +237,7 @@ fn a_named_credential_is_read_from_the_scaler_environment() {
     )
     .unwrap();
     assert_eq!(
-        plan.servicebus.unwrap().endpoint,
+        &*plan.servicebus.unwrap().endpoint,
         "https://orders.servicebus.windows.net"
     );
     let errs = keda(&[("queueName", "q"), ("credential", "missing")]).unwrap_err();
@@ -256,7 +256,7 @@ fn clouds_pick_their_suffix_and_private_needs_one() {
     ])
     .unwrap();
     assert_eq!(
-        plan.servicebus.unwrap().endpoint,
+        &*plan.servicebus.unwrap().endpoint,
         "https://ns.servicebus.chinacloudapi.cn"
     );
     let errs = keda(&[
@@ -273,7 +273,7 @@ fn clouds_pick_their_suffix_and_private_needs_one() {
         ("endpointSuffix", "sb.local"),
     ])
     .unwrap();
-    assert_eq!(plan.servicebus.unwrap().endpoint, "https://ns.sb.local");
+    assert_eq!(&*plan.servicebus.unwrap().endpoint, "https://ns.sb.local");
 }
 
 #[test]

@@ -352,7 +352,7 @@ impl Credential {
         match auth {
             ServiceBusAuth::ConnectionString(cs) => Ok(match &cs.auth {
                 ConnectionAuth::Key { name, key } => {
-                    Credential::SharedKey(SharedKeySigner::new(name.clone(), key.clone()))
+                    Credential::SharedKey(SharedKeySigner::new(name.to_string(), key.clone()))
                 }
                 // Some tools hand out the token without its scheme.
                 ConnectionAuth::Signature(sig)

@@ -41,7 +41,7 @@ pub use self::upstream::{CROSS_CREDENTIAL_HOLD, ServiceBusUpstream};
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NamespaceKey {
     /// The management endpoint, normalised (lower-case host, no trailing slash).
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
     pub auth: ServiceBusAuth,
 }
 
@@ -75,11 +75,17 @@ pub fn key(plan: &ServiceBusPlan) -> (NamespaceKey, Watched) {
     )
 }
 
-fn normalise_endpoint(endpoint: &str) -> String {
-    let endpoint = endpoint.trim();
-    match url::Url::parse(endpoint) {
+/// The plan's own (shared) text when it is normal already, as parsed endpoints are.
+fn normalise_endpoint(endpoint: &Arc<str>) -> Arc<str> {
+    let trimmed = endpoint.trim();
+    let normal = match url::Url::parse(trimmed) {
         Ok(url) => url.as_str().trim_end_matches('/').to_string(),
-        Err(_) => endpoint.trim_end_matches('/').to_string(),
+        Err(_) => trimmed.trim_end_matches('/').to_string(),
+    };
+    if *normal == **endpoint {
+        endpoint.clone()
+    } else {
+        crate::intern::intern(&normal)
     }
 }
 

@@ -301,7 +301,7 @@ impl Upstream for ServiceBusUpstream {
                 } => {
                     // A pattern topic without regex syntax is one topic: no topic list.
                     let t = if Name::plain(topic, item.use_regex) {
-                        Ok(Name::Exact(topic.clone()))
+                        Ok(Name::Exact(topic.to_string()))
                     } else {
                         Name::new(topic, true)
                     };

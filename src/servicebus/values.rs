@@ -34,13 +34,13 @@ pub(super) fn seen_in_passing(
     };
     let mut seen = HashMap::new();
     for (name, v) in unwatched(&Bucket::Queues, queues) {
-        seen.insert(exact(Entity::Queue(name)), v);
+        seen.insert(exact(Entity::Queue(name.into())), v);
     }
     for (lower, w) in topics {
         for (name, v) in unwatched(&Bucket::Topic(lower.clone()), w) {
             let entity = Entity::Subscription {
-                topic: w.name.clone(),
-                subscription: name,
+                topic: w.name.as_str().into(),
+                subscription: name.into(),
             };
             seen.insert(exact(entity), v);
         }
