@@ -264,8 +264,6 @@ pub fn cpu_time(pid: u32) -> Duration {
 pub struct FakePrometheus {
     pub addr: SocketAddr,
     pub queries: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Requests by their raw query string.
-    pub by_query: std::sync::Arc<parking_lot::Mutex<HashMap<String, u64>>>,
     pub value: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -276,13 +274,11 @@ impl FakePrometheus {
         use std::sync::atomic::{AtomicU64, Ordering};
         let queries = Arc::new(AtomicU64::new(0));
         let value = Arc::new(AtomicU64::new(value.to_bits()));
-        let by_query = Arc::new(parking_lot::Mutex::new(HashMap::new()));
-        let (q, v, b) = (queries.clone(), value.clone(), by_query.clone());
+        let (q, v) = (queries.clone(), value.clone());
         let app = axum::Router::new().route(
             "/api/v1/query",
-            axum::routing::get(move |axum::extract::RawQuery(raw): axum::extract::RawQuery| {
+            axum::routing::get(move || {
                 q.fetch_add(1, Ordering::SeqCst);
-                *b.lock().entry(raw.unwrap_or_default()).or_insert(0) += 1;
                 let value = f64::from_bits(v.load(Ordering::SeqCst));
                 async move {
                     let now = std::time::SystemTime::now()
@@ -306,7 +302,6 @@ impl FakePrometheus {
         Self {
             addr,
             queries,
-            by_query,
             value,
             task,
         }
@@ -318,11 +313,6 @@ impl FakePrometheus {
 
     pub fn queries(&self) -> u64 {
         self.queries.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// The most requests any one query got: each refresh asks every query once.
-    pub fn refreshes(&self) -> u64 {
-        self.by_query.lock().values().copied().max().unwrap_or(0)
     }
 }
 

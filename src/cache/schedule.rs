@@ -240,7 +240,12 @@ impl<T: Moment> Schedule<T> {
                 items[i].waiting
                     || (any_due
                         && (stream_due.is_some()
-                            || dues[i].is_some_and(|d| self.lists || d <= soon)))
+                            // A list costs the same pages for one item as for all:
+                            // reading every item keeps the group on one cycle, where items
+                            // that came at different moments would each keep a list of
+                            // their own going.
+                            || self.lists
+                            || dues[i].is_some_and(|d| d <= soon)))
             })
             .collect();
         if now < self.not_before || which.is_empty() || (!any_due && !woken) {
