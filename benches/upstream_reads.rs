@@ -80,7 +80,13 @@ fn main() {
         // The first minute in real time: startup depends on how new objects arrive, and on
         // a real-time coalescing pause in the cache that a shortened schedule would not
         // shorten with it.
-        let startup = rt.block_on(scenario(&signal, n, cached, 1.0, WARMUP.as_secs_f64() / 60.0));
+        let startup = rt.block_on(scenario(
+            &signal,
+            n,
+            cached,
+            1.0,
+            WARMUP.as_secs_f64() / 60.0,
+        ));
         eprintln!("  {n} objects, first minute in real time: {startup:?}");
         let steady = rt.block_on(scenario(&signal, n, cached, scale, minutes));
         eprintln!("  {n} objects, {minutes} minutes at 1/{scale}: {steady:?}");
