@@ -462,3 +462,49 @@ async fn a_keda_call_after_a_lapse_waits_for_a_read_rather_than_take_an_old_valu
     assert!(asked.elapsed() <= Duration::from_secs(2));
     assert_eq!(t.reads.load(Ordering::SeqCst), reads + 1);
 }
+
+/// The table read as a list: one read costs the same whatever items it covers.
+struct Listing(Arc<Table>);
+
+impl Upstream for Listing {
+    type Group = &'static str;
+    type Item = &'static str;
+    const LISTS: bool = true;
+
+    async fn read(&self, group: &&'static str, items: &[&'static str]) -> GroupRead<&'static str> {
+        self.0.read(group, items).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_listed_group_whose_objects_came_one_by_one_is_read_once_per_keda_poll() {
+    const QUEUES: [&str; 10] = ["q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "q9"];
+    let t = table(&QUEUES.map(|q| (q, 1.0)));
+    let r = Refresher::new(Listing(t.clone()), config());
+    // KEDA polls each object every 30 s, the HPA answered from KEDA's own cache
+    // (useCachedMetrics); the objects' phases are 3 s apart, so each came to the cache alone.
+    let start = Instant::now();
+    let mut calls: Vec<(Duration, &str)> = (0..20u32)
+        .flat_map(|k| {
+            QUEUES
+                .iter()
+                .enumerate()
+                .map(move |(i, q)| (Duration::from_secs(30 * u64::from(k) + 3 * i as u64), *q))
+        })
+        .collect();
+    calls.sort();
+    let mut after_first_minute = None;
+    for (at, q) in calls {
+        if at >= Duration::from_secs(60) && after_first_minute.is_none() {
+            after_first_minute = Some(t.reads.load(Ordering::SeqCst));
+        }
+        tokio::time::sleep_until(start + at).await;
+        assert_eq!(r.observe(&"ns", &q).await.value, Some(1.0));
+    }
+    let later = t.reads.load(Ordering::SeqCst) - after_first_minute.unwrap();
+    // Nine minutes of polls: one list per poll, and one more for the cycle in progress.
+    assert!(
+        later <= 18 + 1,
+        "{later} lists in nine minutes of 30 s polls"
+    );
+}
