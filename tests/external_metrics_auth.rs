@@ -21,9 +21,8 @@ use blend_scaler::metrics::Metrics;
 use blend_scaler::server::{Running, ServerConfig};
 use blend_scaler_testkit::KubeApi;
 use blend_scaler_testkit::kube_api::{Decision, Kind};
-use certs::{Ca, ca, front_proxy_client, leaf};
+use certs::{Ca, ca, front_proxy_client, serving_certificate};
 use chrono::{TimeZone, Utc};
-use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::{Value, json};
 
 const OURS: &str = "blend-scaler/blend-scaler-adapter";
@@ -101,17 +100,46 @@ async fn start(apiservice_value: Option<Value>) -> Fixture {
             "desiredReplicas": "4",
         }},
     }));
+    let client = kube_support::client(&api.kubeconfig("default")).await;
+    start_adapter(
+        Some(api),
+        client,
+        front_proxy,
+        Trust::ConfigMap,
+        ClusterOptions {
+            status_interval: Duration::from_millis(200),
+        },
+    )
+    .await
+}
 
+/// Where the adapter learns the front-proxy CA.
+enum Trust {
+    /// `kube-system/extension-apiserver-authentication`, as `serve` reads it by default.
+    ConfigMap,
+    /// A fixed client CA file holding `front_proxy`'s certificate.
+    File,
+}
+
+/// The gRPC server and the adapter on its engine, with a fresh serving certificate, reading
+/// the cluster through `client`.
+async fn start_adapter(
+    api: Option<KubeApi>,
+    client: kube::Client,
+    front_proxy: Ca,
+    trust: Trust,
+    cluster: ClusterOptions,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let serving = ca("serving-ca");
-    let (cert, key) = leaf(
-        &serving,
-        "blend-scaler-adapter",
-        &["localhost"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
-    std::fs::write(dir.path().join("tls.key"), key).unwrap();
+    let serving = serving_certificate(dir.path(), &["localhost"]);
+    let client_ca = match trust {
+        Trust::ConfigMap => None,
+        Trust::File => {
+            let path = dir.path().join("ca.crt");
+            std::fs::write(&path, &front_proxy.pem).unwrap();
+            Some(path)
+        }
+    };
 
     // Wednesday 10:00 in Berlin: inside the business-hours window, so the value is 4.
     let now = Utc.with_ymd_and_hms(2026, 12, 2, 9, 0, 0).unwrap();
@@ -122,28 +150,25 @@ async fn start(apiservice_value: Option<Value>) -> Fixture {
     };
     let (running, _grpc) = keda::start(config, Default::default(), Metrics::new()).await;
 
-    let client = kube_support::client(&api.kubeconfig("default")).await;
     let adapter = adapter::start(
         AdapterFiles {
             addr: ([127, 0, 0, 1], 0).into(),
             cert: dir.path().join("tls.crt"),
             key: dir.path().join("tls.key"),
-            client_ca: None,
+            client_ca,
             service: Some(OURS.parse().unwrap()),
             apiservice_recheck: Duration::from_millis(100),
             authorization_cache: CacheTtl::default(),
         },
         client,
         running.engine.clone(),
-        ClusterOptions {
-            status_interval: Duration::from_millis(200),
-        },
+        cluster,
     )
     .await
     .unwrap();
     Fixture {
         base: format!("https://localhost:{}", adapter.listener.addr.port()),
-        api: Some(api),
+        api,
         front_proxy,
         serving_ca: serving.pem,
         adapter,
@@ -487,56 +512,23 @@ async fn an_adapter_that_cannot_read_the_apiservice_serves_nothing_of_the_group(
     let api = KubeApi::start().await.unwrap();
     let kubeconfig = api.kubeconfig("default");
     drop(api);
-    let client = kube_support::client(&kubeconfig).await;
-    let dir = tempfile::tempdir().unwrap();
-    let serving = ca("serving-ca");
-    let (cert, key) = leaf(
-        &serving,
-        "blend-scaler-adapter",
-        &["localhost"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
-    std::fs::write(dir.path().join("tls.key"), key).unwrap();
-    let front_proxy = ca("front-proxy-ca");
-    std::fs::write(dir.path().join("ca.crt"), &front_proxy.pem).unwrap();
-    let (running, _grpc) =
-        keda::start(ServerConfig::loopback(), Default::default(), Metrics::new()).await;
-    let adapter = adapter::start(
-        AdapterFiles {
-            addr: ([127, 0, 0, 1], 0).into(),
-            cert: dir.path().join("tls.crt"),
-            key: dir.path().join("tls.key"),
-            client_ca: Some(dir.path().join("ca.crt")),
-            service: Some(OURS.parse().unwrap()),
-            apiservice_recheck: Duration::from_millis(100),
-            authorization_cache: CacheTtl::default(),
-        },
-        client,
-        running.engine.clone(),
+    let f = start_adapter(
+        None,
+        kube_support::client(&kubeconfig).await,
+        ca("front-proxy-ca"),
+        Trust::File,
         ClusterOptions::default(),
     )
-    .await
-    .unwrap();
-    let c = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(serving.pem.as_bytes()).unwrap()])
-        .identity(
-            reqwest::Identity::from_pem(
-                {
-                    let (c, k) = front_proxy_client(&front_proxy, "any-cn-the-file-ca-signed");
-                    format!("{c}{k}")
-                }
-                .as_bytes(),
-            )
-            .unwrap(),
-        )
-        .build()
-        .unwrap();
+    .await;
+    let c = client(
+        &f,
+        Some(front_proxy_client(
+            &f.front_proxy,
+            "any-cn-the-file-ca-signed",
+        )),
+    );
     let resp = c
-        .get(format!(
-            "https://localhost:{}{DISCOVERY}",
-            adapter.listener.addr.port()
-        ))
+        .get(format!("{}{DISCOVERY}", f.base))
         .header("X-Remote-User", "system:kube-aggregator")
         .send()
         .await
@@ -548,6 +540,5 @@ async fn an_adapter_that_cannot_read_the_apiservice_serves_nothing_of_the_group(
         message.contains("not known yet") && message.contains("v1beta1.external.metrics.k8s.io"),
         "{message}"
     );
-    adapter.abort();
-    running.shutdown().await.unwrap();
+    f.stop().await;
 }

@@ -19,7 +19,7 @@ use blend_scaler::external_metrics::front_proxy::FrontProxy;
 use blend_scaler::external_metrics::server::{self, Access, AdapterTls, Registry};
 use blend_scaler::metrics::Metrics;
 use blend_scaler::server::ServerConfig;
-use certs::{Ca, ca, leaf};
+use certs::{Ca, ca, leaf, serving_certificate};
 use chrono::{TimeZone, Utc};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -79,16 +79,11 @@ async fn start() -> Fixture {
 
 async fn start_owned(ownership: Ownership) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let serving = ca("serving-ca");
-    let front_proxy = ca("front-proxy-ca");
-    let (cert, key) = leaf(
-        &serving,
-        "blend-scaler-adapter",
+    let serving = serving_certificate(
+        dir.path(),
         &["localhost", "blend-scaler-adapter.blend-scaler.svc"],
-        ExtendedKeyUsagePurpose::ServerAuth,
     );
-    std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
-    std::fs::write(dir.path().join("tls.key"), key).unwrap();
+    let front_proxy = ca("front-proxy-ca");
 
     // Wednesday 2026-12-02 10:00 in Berlin: inside the business-hours window.
     let now = Utc.with_ymd_and_hms(2026, 12, 2, 9, 0, 0).unwrap();

@@ -3,6 +3,8 @@
 //! Include it from a test file with `#[path = "support/certs.rs"] mod certs;`.
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
+use std::path::Path;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
@@ -48,6 +50,21 @@ pub fn leaf_in_groups(
     let key = KeyPair::generate().unwrap();
     let cert = p.signed_by(&key, &ca.issuer).unwrap();
     (cert.pem(), key.serialize_pem())
+}
+
+/// A fresh serving CA and the adapter's serving certificate from it for `names`, written as
+/// `tls.crt` and `tls.key` in `dir`.
+pub fn serving_certificate(dir: &Path, names: &[&str]) -> Ca {
+    let serving = ca("serving-ca");
+    let (cert, key) = leaf(
+        &serving,
+        "blend-scaler-adapter",
+        names,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    serving
 }
 
 /// A front-proxy client certificate with `cn` from `ca`, as the aggregator holds one.
