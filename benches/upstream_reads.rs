@@ -17,7 +17,7 @@
 //! coalescing pause, the read's own duration). Then the whole 10 minutes run on a real
 //! schedule shortened `--scale` times (default 20): every duration of the model (poll, HPA
 //! period, refresh interval 5 s, fast interval 1 s, the 10 minutes) is divided by the same
-//! factor. Reads follow KEDA's calls (SPEC 5), so that run's reads after the first minute are
+//! factor. Reads follow KEDA's calls (docs/servicebus.md, "Requests"), so that run's reads after the first minute are
 //! counted as they are, from the double's request log, and reported per KEDA polling interval
 //! (30 s); the 10-minute total is the first minute's reads plus those. Paused tokio time cannot
 //! be used: it would jump the clock while a request is on the loopback socket.
@@ -108,12 +108,59 @@ struct Counts {
     steady_hpa_reads: u64,
     /// Distinct upstream items (entities, queries) the objects watch.
     items: usize,
-    /// gRPC calls that failed (none expected).
-    errors: u64,
+    /// gRPC calls that failed (none expected), by status code.
+    errors: ErrorCodes,
     /// The reads a KEDA polling interval needs at most for these objects after the first
-    /// minute: one list pass (SPEC 5: `ceil(entities / 100)` pages plus one per watched topic)
+    /// minute: one list pass (docs/servicebus.md, "Requests": `ceil(entities / 100)` pages plus one per watched topic)
     /// or one read per distinct query, per interval KEDA asks at.
     bound_per_poll: u64,
+}
+
+/// Failed gRPC calls by status code, so a failure's cause is named in the report.
+#[derive(Default)]
+struct ErrorCodes {
+    by_code: [AtomicU64; 17],
+    /// The first failure's message, which names the cause the code alone does not.
+    first: std::sync::OnceLock<String>,
+}
+
+impl ErrorCodes {
+    fn count<T>(&self, result: Result<T, tonic::Status>) {
+        if let Err(status) = result {
+            let code = (status.code() as usize).min(self.by_code.len() - 1);
+            self.by_code[code].fetch_add(1, Ordering::Relaxed);
+            let _ = self.first.set(status.message().to_string());
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.by_code.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// `0`, or the total with its codes and the first message: `7403 (Unavailable 7403: "…")`.
+    fn describe(&self) -> String {
+        let by_code: Vec<String> = (0..self.by_code.len())
+            .filter_map(|i| {
+                let n = self.by_code[i].load(Ordering::Relaxed);
+                (n > 0).then(|| format!("{:?} {n}", tonic::Code::from_i32(i as i32)))
+            })
+            .collect();
+        match by_code.is_empty() {
+            true => "0".into(),
+            false => format!(
+                "{} ({}: {:?})",
+                self.total(),
+                by_code.join(", "),
+                self.first.get().map(String::as_str).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+impl std::fmt::Debug for ErrorCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 trait Upstream: Send + Sync {
@@ -206,7 +253,7 @@ async fn scenario(signal: &str, n: usize, cached: bool, scale: f64, minutes: f64
                 })
                 .collect();
             items = n;
-            // SPEC 5: ceil(entities / 100) plus one per watched topic.
+            // ceil(entities / 100) list pages plus one list per watched topic.
             bound = (n.div_ceil(100) as u64 + subscriptions.len() as u64) * asks_per_poll(cached);
             sources.servicebus = Some(blend_scaler::servicebus::source(
                 refresh.clone(),
@@ -251,7 +298,7 @@ async fn scenario(signal: &str, n: usize, cached: bool, scale: f64, minutes: f64
     let hpa = Arc::new(AtomicU64::new(0));
     let steady_polls = Arc::new(AtomicU64::new(0));
     let steady_hpa = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(ErrorCodes::default());
     let mut rng = Rng::new(0x5eed_0000 + n as u64);
     let mut tasks = Vec::new();
     for o in objects {
@@ -282,27 +329,23 @@ async fn scenario(signal: &str, n: usize, cached: bool, scale: f64, minutes: f64
                     t = hpa_tick.tick(), if !cached => { if t >= end { break } false }
                 };
                 let now = Instant::now();
-                let mut failed = false;
                 if !spec_sent {
-                    failed |= client.get_metric_spec(o.clone()).await.is_err();
+                    errors.count(client.get_metric_spec(o.clone()).await);
                     spec_sent = true;
                 }
                 if is_poll {
-                    failed |= client.is_active(o.clone()).await.is_err();
-                    failed |= client.get_metrics(get_metrics(&o)).await.is_err();
+                    errors.count(client.is_active(o.clone()).await);
+                    errors.count(client.get_metrics(get_metrics(&o)).await);
                     polls.fetch_add(1, Ordering::Relaxed);
                     if now >= warm_end {
                         steady_polls.fetch_add(1, Ordering::Relaxed);
                     }
                 } else {
-                    failed |= client.get_metrics(get_metrics(&o)).await.is_err();
+                    errors.count(client.get_metrics(get_metrics(&o)).await);
                     hpa.fetch_add(1, Ordering::Relaxed);
                     if now >= warm_end {
                         steady_hpa.fetch_add(1, Ordering::Relaxed);
                     }
-                }
-                if failed {
-                    errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
@@ -323,8 +366,19 @@ async fn scenario(signal: &str, n: usize, cached: bool, scale: f64, minutes: f64
         steady_polls: steady_polls.load(Ordering::Relaxed),
         steady_hpa_reads: steady_hpa.load(Ordering::Relaxed),
         items,
-        errors: errors.load(Ordering::Relaxed),
+        errors: Arc::try_unwrap(errors).unwrap_or_default(),
         bound_per_poll: bound,
+    }
+}
+
+fn errors_described(start: &Counts, steady: &Counts) -> String {
+    match (start.errors.total(), steady.errors.total()) {
+        (0, 0) => "0".into(),
+        _ => format!(
+            "first minute {}; shortened run {}",
+            start.errors.describe(),
+            steady.errors.describe()
+        ),
     }
 }
 
@@ -383,7 +437,7 @@ fn report(signal: &str, cached: bool, minutes: f64, scale: f64, rows: &[(usize, 
             start.reads,
             steady.bound_per_poll,
             builtin as f64 / (blend as f64).max(1.0),
-            start.errors + steady.errors
+            errors_described(start, steady)
         );
     }
 }
