@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio_util::task::AbortOnDropHandle;
 
 /// PEM material and where the extension server is.
 #[derive(Clone, Debug)]
@@ -54,13 +55,7 @@ pub struct Forwarded {
 pub struct Aggregator {
     addr: SocketAddr,
     forwarded: Arc<Mutex<Vec<Forwarded>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Aggregator {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDropHandle<()>,
 }
 
 /// The user and groups of a client certificate: CN and every O, as kube-apiserver reads them.
@@ -148,7 +143,7 @@ impl Aggregator {
         let addr = listener.local_addr()?;
         let forwarded = Arc::new(Mutex::new(Vec::new()));
         let log = forwarded.clone();
-        let task = tokio::spawn(async move {
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
@@ -184,11 +179,11 @@ impl Aggregator {
                     .await;
                 });
             }
-        });
+        }));
         Ok(Self {
             addr,
             forwarded,
-            task,
+            _task: task,
         })
     }
 

@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
+use tokio_util::task::AbortOnDropHandle;
 
 /// The bearer token the generated kubeconfig carries; any other is answered 401.
 pub const TOKEN: &str = "kube-api-double-token";
@@ -197,13 +198,7 @@ struct Shared {
 pub struct KubeApi {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for KubeApi {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: AbortOnDropHandle<()>,
 }
 
 impl KubeApi {
@@ -229,13 +224,10 @@ impl KubeApi {
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
         Ok(Self {
             addr,
             shared,
-            server,
+            _server: crate::serve(listener, app),
         })
     }
 

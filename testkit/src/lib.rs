@@ -18,3 +18,13 @@ pub mod servicebus;
 pub use kube_api::KubeApi;
 pub use prometheus::StaticPrometheus;
 pub use servicebus::ServiceBusDouble;
+
+use tokio_util::task::AbortOnDropHandle;
+
+/// Serves `app` on `listener` until the handle is dropped; a failed accept loop leaves
+/// requests refused.
+fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    }))
+}

@@ -5,17 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio_util::task::AbortOnDropHandle;
+
 /// Serves `/api/v1/query` on loopback until dropped.
 pub struct StaticPrometheus {
     addr: SocketAddr,
     value: Arc<AtomicU64>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for StaticPrometheus {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: AbortOnDropHandle<()>,
 }
 
 impl StaticPrometheus {
@@ -39,13 +35,10 @@ impl StaticPrometheus {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
         Ok(Self {
             addr,
             value,
-            server,
+            _server: crate::serve(listener, app),
         })
     }
 

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use self::auth::verify_sas;
 use self::serve::handle;
@@ -154,13 +155,7 @@ pub struct Served {
 /// The running double. Dropping it stops the server.
 pub struct ServiceBusDouble {
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ServiceBusDouble {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: AbortOnDropHandle<()>,
 }
 
 impl ServiceBusDouble {
@@ -191,11 +186,10 @@ impl ServiceBusDouble {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(shared.clone());
-        let task = tokio::spawn(async move {
-            // Ends only when aborted; a failed accept loop leaves requests refused.
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { shared, task })
+        Ok(Self {
+            shared,
+            _server: crate::serve(listener, app),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
