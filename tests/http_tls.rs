@@ -9,17 +9,15 @@ mod pki;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blend_scaler::decisions::{Decisions, DecisionsOptions};
 use blend_scaler::proto::ScaledObjectRef;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
-use blend_scaler::server::{self, Running, ServerConfig, TlsFiles};
-use blend_scaler::transport::TransportLimits;
-use pki::{Pki, keda_channel, pki};
+use blend_scaler::server::Running;
+use pki::{Pki, keda_channel, pki, start_reloading};
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 
 const POD: &str = "blend-scaler-7d9f-abcde";
 /// The Service name the chart's certificates carry; never an address.
@@ -38,30 +36,16 @@ fn publish(dir: &Path, pki: &Pki) {
     }
 }
 
-/// gRPC with mTLS (`--tls-client-ca`) and `--http-tls`, certificates re-read every 100 ms.
+/// gRPC with mTLS and `--http-tls`, certificates re-read every 100 ms.
 async fn scaler(dir: &Path) -> Running {
-    let mut config = ServerConfig::loopback();
-    config.tls = Some(TlsFiles {
-        cert: dir.join("tls.crt"),
-        key: dir.join("tls.key"),
-        client_ca: Some(dir.join("ca.crt")),
-    });
-    config.http_tls = true;
-    config.transport = TransportLimits {
-        tls_reload_interval: Duration::from_millis(100),
-        ..TransportLimits::default()
-    };
-    config.decisions = DecisionsOptions {
-        pod: POD.to_string(),
-        ..DecisionsOptions::default()
-    };
-    server::start(
-        config,
-        Default::default(),
-        blend_scaler::metrics::Metrics::new(),
-    )
+    start_reloading(dir, |config| {
+        config.http_tls = true;
+        config.decisions = DecisionsOptions {
+            pod: POD.to_string(),
+            ..DecisionsOptions::default()
+        };
+    })
     .await
-    .unwrap()
 }
 
 fn cron_object() -> ScaledObjectRef {
@@ -117,26 +101,10 @@ fn explain(args: &[&str]) -> std::process::Output {
         .expect("running blend-scaler explain")
 }
 
-/// The certificate the HTTP port presents in a new handshake (trusting `ca`).
+/// The certificate the HTTP port presents in a new handshake without a client certificate
+/// (trusting `ca`).
 async fn presented(running: &Running, ca: &str) -> CertificateDer<'static> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(running.http_addr.unwrap())
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("a TLS handshake without a client certificate");
-    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    pki::presented(running.http_addr.unwrap(), ca, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,16 +8,14 @@ mod keda;
 mod pki;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blend_scaler::proto::ScaledObjectRef;
 use blend_scaler::proto::external_scaler_client::ExternalScalerClient;
-use blend_scaler::server::{self, Running, ServerConfig, TlsFiles};
-use blend_scaler::transport::TransportLimits;
-use pki::{Pki, keda_channel, pki};
+use blend_scaler::server::Running;
+use pki::{Pki, keda_channel, pki, start_reloading};
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// Writes `pki` into a fresh timestamped directory and points `..data` at it in one rename,
 /// as kubelet's AtomicWriter does; `tls.crt`, `tls.key`, `ca.crt` are fixed symlinks into
@@ -39,53 +37,15 @@ fn publish(dir: &Path, generation: &str, pki: &Pki) {
     }
 }
 
+/// gRPC with mTLS only, certificates re-read every 100 ms.
 async fn scaler(dir: &Path) -> Running {
-    let mut config = ServerConfig::loopback();
-    config.http_addr = None;
-    config.tls = Some(TlsFiles {
-        cert: dir.join("tls.crt"),
-        key: dir.join("tls.key"),
-        client_ca: Some(dir.join("ca.crt")),
-    });
-    config.transport = TransportLimits {
-        tls_reload_interval: Duration::from_millis(100),
-        ..TransportLimits::default()
-    };
-    server::start(
-        config,
-        Default::default(),
-        blend_scaler::metrics::Metrics::new(),
-    )
-    .await
-    .unwrap()
+    start_reloading(dir, |config| config.http_addr = None).await
 }
 
-/// The certificate the server presents in a new handshake (trusting any of `cas`).
+/// The certificate the gRPC port presents in a new handshake (trusting any of `cas`).
 async fn presented(running: &Running, cas: &[&Pki], client: &Pki) -> CertificateDer<'static> {
-    let mut roots = rustls::RootCertStore::empty();
-    for pki in cas {
-        roots
-            .add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap())
-            .unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from_pem_slice(client.client_cert.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(client.client_key.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let tcp = tokio::net::TcpStream::connect(running.grpc_addr)
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("a TLS handshake");
-    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    let bundle: String = cas.iter().map(|pki| pki.ca.as_str()).collect();
+    pki::presented(running.grpc_addr, &bundle, Some(client)).await
 }
 
 fn der(pem: &str) -> CertificateDer<'static> {

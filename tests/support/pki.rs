@@ -1,10 +1,20 @@
 //! Certificates for the TLS tests, made fresh by rcgen: a CA, a server certificate and KEDA's
-//! client certificate, all PEM, and the KEDA-side gRPC channel that presents it.
+//! client certificate, all PEM, the KEDA-side gRPC channel that presents it, a server that
+//! re-reads its certificate files quickly, and the certificate a fresh handshake sees.
 //!
 //! Include it from a test file with `#[path = "support/pki.rs"] mod pki;`.
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blend_scaler::server::{self, Running, ServerConfig, TlsFiles};
+use blend_scaler::transport::TransportLimits;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 pub struct Pki {
@@ -45,6 +55,63 @@ pub fn pki(generation: &str, server_names: &[&str]) -> Pki {
         client_cert: client.pem(),
         client_key: client_key.serialize_pem(),
     }
+}
+
+/// A loopback server whose gRPC port requires mTLS from `tls.crt`, `tls.key` and `ca.crt` in
+/// `dir` (`--tls-client-ca`), re-read every 100 ms so a test sees a renewal within seconds;
+/// `configure` sets the rest of the config first.
+pub async fn start_reloading(dir: &Path, configure: impl FnOnce(&mut ServerConfig)) -> Running {
+    let mut config = ServerConfig::loopback();
+    configure(&mut config);
+    config.tls = Some(TlsFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+        client_ca: Some(dir.join("ca.crt")),
+    });
+    config.transport = TransportLimits {
+        tls_reload_interval: Duration::from_millis(100),
+        ..TransportLimits::default()
+    };
+    server::start(
+        config,
+        Default::default(),
+        blend_scaler::metrics::Metrics::new(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The certificate the server on `addr` presents in a new handshake for `localhost`, trusting
+/// the CAs in `ca_bundle` (PEM) and presenting `client`'s certificate when given.
+pub async fn presented(
+    addr: SocketAddr,
+    ca_bundle: &str,
+    client: Option<&Pki>,
+) -> CertificateDer<'static> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_bundle.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(client) => config
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(client.client_cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(client.client_key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => config.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("a TLS handshake");
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
 /// A channel to the gRPC port on loopback as KEDA opens it: presenting `client`'s
