@@ -66,10 +66,25 @@ fn a_service_that_is_not_namespace_slash_name_is_refused_by_its_flag() {
 
 #[test]
 fn the_adapter_flags_need_the_address() {
-    let out = serve(&["--external-metrics-tls-cert", "/tls.crt"], &[]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("--external-metrics-addr"), "{stderr}");
+    for flag in [
+        "--external-metrics-tls-cert",
+        "--external-metrics-tls-key",
+        "--external-metrics-service",
+        "--external-metrics-client-ca",
+    ] {
+        let value = if flag == "--external-metrics-service" {
+            "blend-scaler/blend-scaler-adapter"
+        } else {
+            "/tls.crt"
+        };
+        let out = serve(&[flag, value], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}");
+        assert!(
+            stderr.contains("--external-metrics-addr"),
+            "{flag}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -22,19 +22,20 @@ pub(crate) struct ExternalMetricsArgs {
     /// Serve `external.metrics.k8s.io/v1beta1` over HTTPS on this address (off when unset).
     #[arg(long, env = "BLEND_SCALER_EXTERNAL_METRICS_ADDR")]
     pub(crate) external_metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub(crate) listener: ListenerArgs,
+}
+
+/// The listener's flags: each means nothing without `--external-metrics-addr`, so clap
+/// refuses any of them alone, naming that flag.
+#[derive(Args, Clone, Debug, Default)]
+#[group(requires = "external_metrics_addr", multiple = true)]
+pub(crate) struct ListenerArgs {
     /// PEM serving certificate of the External Metrics listener.
-    #[arg(
-        long,
-        env = "BLEND_SCALER_EXTERNAL_METRICS_TLS_CERT",
-        requires = "external_metrics_addr"
-    )]
+    #[arg(long, env = "BLEND_SCALER_EXTERNAL_METRICS_TLS_CERT")]
     pub(crate) external_metrics_tls_cert: Option<PathBuf>,
     /// PEM private key of the External Metrics listener.
-    #[arg(
-        long,
-        env = "BLEND_SCALER_EXTERNAL_METRICS_TLS_KEY",
-        requires = "external_metrics_addr"
-    )]
+    #[arg(long, env = "BLEND_SCALER_EXTERNAL_METRICS_TLS_KEY")]
     pub(crate) external_metrics_tls_key: Option<PathBuf>,
     /// The Service (`NAMESPACE/NAME`) an APIService must point at for the adapter to serve
     /// the group: anything else is another adapter's registration.
@@ -42,8 +43,7 @@ pub(crate) struct ExternalMetricsArgs {
         long,
         env = "BLEND_SCALER_EXTERNAL_METRICS_SERVICE",
         value_name = "NAMESPACE/NAME",
-        value_parser = service_name,
-        requires = "external_metrics_addr"
+        value_parser = service_name
     )]
     pub(crate) external_metrics_service: Option<String>,
     /// PEM CA that front-proxy client certificates must chain to, instead of the
@@ -51,8 +51,7 @@ pub(crate) struct ExternalMetricsArgs {
     #[arg(
         long,
         env = "BLEND_SCALER_EXTERNAL_METRICS_CLIENT_CA",
-        value_name = "FILE",
-        requires = "external_metrics_addr"
+        value_name = "FILE"
     )]
     pub(crate) external_metrics_client_ca: Option<PathBuf>,
 }
@@ -105,17 +104,18 @@ impl ExternalMetricsArgs {
         Ok(Some(AdapterFiles {
             addr,
             cert: need(
-                &self.external_metrics_tls_cert,
+                &self.listener.external_metrics_tls_cert,
                 "external-metrics-tls-cert",
                 "BLEND_SCALER_EXTERNAL_METRICS_TLS_CERT",
             )?,
             key: need(
-                &self.external_metrics_tls_key,
+                &self.listener.external_metrics_tls_key,
                 "external-metrics-tls-key",
                 "BLEND_SCALER_EXTERNAL_METRICS_TLS_KEY",
             )?,
-            client_ca: self.external_metrics_client_ca.clone(),
+            client_ca: self.listener.external_metrics_client_ca.clone(),
             service: self
+                .listener
                 .external_metrics_service
                 .as_deref()
                 .map(str::parse)
@@ -205,8 +205,10 @@ mod tests {
     fn an_address_without_its_certificate_names_the_missing_flag() {
         let args = ExternalMetricsArgs {
             external_metrics_addr: Some(([127, 0, 0, 1], 6443).into()),
-            external_metrics_tls_key: Some("/k".into()),
-            ..Default::default()
+            listener: ListenerArgs {
+                external_metrics_tls_key: Some("/k".into()),
+                ..Default::default()
+            },
         };
         let e = args.files().unwrap_err().to_string();
         assert!(e.contains("--external-metrics-tls-cert"), "{e}");
