@@ -8,9 +8,7 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::MetadataError;
-#[cfg(test)]
-use crate::metadata::{self, Credentials, MetadataErrors, Origin, Plan};
+use crate::metadata::{MetadataError, MetadataErrors};
 
 /// What one `BlendedMetric` asks for.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -103,30 +101,19 @@ pub(crate) fn from_env_errors<'a>(
 }
 
 impl BlendedMetricSpec {
-    /// The metadata as the engine takes it.
-    pub(crate) fn metadata_map(&self) -> HashMap<String, String> {
-        self.metadata
+    /// The metadata as the engine takes it (parsed there like KEDA's), or the
+    /// [`from_env_errors`] when it has `*FromEnv` keys: the metric route and the status writer
+    /// both serve and report through this.
+    pub(crate) fn engine_metadata(&self) -> Result<HashMap<String, String>, MetadataErrors> {
+        let from_env = from_env_errors(self.metadata.keys());
+        if !from_env.is_empty() {
+            return Err(MetadataErrors(from_env));
+        }
+        Ok(self
+            .metadata
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    /// The plan, or every error (the `*FromEnv` refusals and the parser's), each naming its key.
-    #[cfg(test)]
-    pub(crate) fn plan(
-        &self,
-        origin: Origin,
-        credentials: &Credentials,
-    ) -> Result<Plan, MetadataErrors> {
-        let mut errors = from_env_errors(self.metadata.keys());
-        match metadata::parse(&self.metadata_map(), origin, credentials) {
-            Ok(plan) if errors.is_empty() => return Ok(plan),
-            Ok(_) => {}
-            Err(e) => errors.extend(e.0.into_iter().filter(|e| !e.key.ends_with("FromEnv"))),
-        }
-        errors.sort_by(|a, b| a.key.cmp(&b.key));
-        errors.dedup();
-        Err(MetadataErrors(errors))
+            .collect())
     }
 }
 
@@ -142,6 +129,7 @@ pub fn crd_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::{self, Credentials, Origin};
 
     fn spec(pairs: &[(&str, &str)]) -> BlendedMetricSpec {
         BlendedMetricSpec {
@@ -162,7 +150,7 @@ mod tests {
             ("bearerTokenFromEnv", "TOKEN"),
             ("authModes", "bearer"),
         ]);
-        let errs = s.plan(Origin::Keda, &Credentials::default()).unwrap_err();
+        let errs = s.engine_metadata().unwrap_err();
         assert!(
             errs.0.iter().any(|e| e.key == "bearerTokenFromEnv"),
             "{errs}"
@@ -178,9 +166,14 @@ mod tests {
             ("end", "0 20 * * *"),
             ("desiredReplicas", "4"),
         ]);
-        let plan = s.plan(Origin::Keda, &Credentials::default()).unwrap();
-        let keda =
-            metadata::parse(&s.metadata_map(), Origin::Keda, &Credentials::default()).unwrap();
+        let plan = metadata::parse(
+            &s.engine_metadata().unwrap(),
+            Origin::Keda,
+            &Credentials::default(),
+        )
+        .unwrap();
+        let trigger: HashMap<String, String> = s.metadata.clone().into_iter().collect();
+        let keda = metadata::parse(&trigger, Origin::Keda, &Credentials::default()).unwrap();
         assert_eq!(plan.to_string(), keda.to_string());
     }
 

@@ -237,16 +237,16 @@ pub(crate) async fn evaluate(
     name: &str,
     spec: &BlendedMetricSpec,
 ) -> Outcome {
-    let from_env = crate::crd::from_env_errors(spec.metadata.keys());
-    if !from_env.is_empty() {
-        let errors = crate::metadata::MetadataErrors(from_env);
-        return Outcome::Failed {
-            reason: "InvalidMetadata",
-            message: errors.to_string(),
-            errors: errors.0,
-        };
-    }
-    let metadata = spec.metadata_map();
+    let metadata = match spec.engine_metadata() {
+        Ok(metadata) => metadata,
+        Err(errors) => {
+            return Outcome::Failed {
+                reason: "InvalidMetadata",
+                message: errors.to_string(),
+                errors: errors.0,
+            };
+        }
+    };
     let object = engine_object_name(name);
     let tracked = match engine
         .track(ObjectRef {

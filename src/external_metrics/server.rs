@@ -246,21 +246,19 @@ async fn metric_value(
     if !sel.matches(&labels) {
         return Err(not_found());
     }
-    let metadata = spec.metadata_map();
+    let metadata = spec
+        .engine_metadata()
+        .map_err(|errors| ApiError::InvalidMetadata {
+            namespace: namespace.into(),
+            name: name.clone(),
+            errors,
+        })?;
     let object = super::cluster::engine_object_name(&name);
     let engine_error = |source| ApiError::Engine {
         namespace: namespace.to_string(),
         name: name.clone(),
         source,
     };
-    let from_env = crate::crd::from_env_errors(metadata.keys());
-    if !from_env.is_empty() {
-        return Err(ApiError::InvalidMetadata {
-            namespace: namespace.into(),
-            name: name.clone(),
-            errors: crate::metadata::MetadataErrors(from_env),
-        });
-    }
     let decided = s
         .engine
         .replicas(ObjectRef {
