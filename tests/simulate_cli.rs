@@ -16,20 +16,39 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Runs `simulate` on `trace` and `scaledobject` writing into `out`, with `args` after them.
+fn simulate_in(out: &Path, trace: &str, scaledobject: &str, args: &[&str]) -> Output {
+    let mut all = vec![
+        "simulate",
+        "--trace",
+        trace,
+        "--scaledobject",
+        scaledobject,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    blend_scaler(&all)
+}
+
+/// [`simulate_in`] on the shipped diurnal trace and its ScaledObject.
+fn simulate_diurnal(out: &Path, args: &[&str]) -> Output {
+    simulate_in(out, "traces/diurnal.csv", "traces/diurnal.yaml", args)
+}
+
+/// [`simulate_in`] a fresh directory: (stdout, stderr, success).
+fn simulate(trace: &str, scaledobject: &str, args: &[&str]) -> (String, String, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = simulate_in(dir.path(), trace, scaledobject, args);
+    (text(&out.stdout), text(&out.stderr), out.status.success())
+}
+
 #[test]
 fn simulate_prints_the_table_writes_csv_and_chart_and_repeats_byte_for_byte() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut stdouts = Vec::new();
     for dir in &dirs {
-        let out = blend_scaler(&[
-            "simulate",
-            "--trace",
-            "traces/diurnal.csv",
-            "--scaledobject",
-            "traces/diurnal.yaml",
-            "--out",
-            dir.path().to_str().unwrap(),
-        ]);
+        let out = simulate_diurnal(dir.path(), &[]);
         let stdout = text(&out.stdout);
         assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
         for expected in [
@@ -84,15 +103,12 @@ fn simulate_names_a_bad_trace_line_and_exits_non_zero() {
         "time,messages_per_second,requests_per_second\n2026-06-01T00:00:00,lots,1\n",
     )
     .unwrap();
-    let out = blend_scaler(&[
-        "simulate",
-        "--trace",
+    let out = simulate_in(
+        dir.path(),
         trace.to_str().unwrap(),
-        "--scaledobject",
         "traces/diurnal.yaml",
-        "--out",
-        dir.path().to_str().unwrap(),
-    ]);
+        &[],
+    );
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
@@ -100,23 +116,6 @@ fn simulate_names_a_bad_trace_line_and_exits_non_zero() {
         "{stderr}"
     );
     assert!(!dir.path().join("chart.svg").exists());
-}
-
-/// Runs `simulate` with `args` after the trace and ScaledObject, into a fresh directory.
-fn simulate(trace: &str, scaledobject: &str, args: &[&str]) -> (String, String, bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut all = vec![
-        "simulate",
-        "--trace",
-        trace,
-        "--scaledobject",
-        scaledobject,
-        "--out",
-        dir.path().to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    let out = blend_scaler(&all);
-    (text(&out.stdout), text(&out.stderr), out.status.success())
 }
 
 #[test]
@@ -260,17 +259,7 @@ fn a_fractional_or_zero_simulator_duration_is_refused_naming_its_flag() {
         ("--refresh-interval", "0s"),
         ("--objective", "500ms"),
     ] {
-        let out = blend_scaler(&[
-            "simulate",
-            "--trace",
-            "traces/diurnal.csv",
-            "--scaledobject",
-            "traces/diurnal.yaml",
-            "--out",
-            dir.path().to_str().unwrap(),
-            flag,
-            value,
-        ]);
+        let out = simulate_diurnal(dir.path(), &[flag, value]);
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{flag} {value} was accepted");
         assert!(stderr.contains(flag) && stderr.contains(value), "{stderr}");
