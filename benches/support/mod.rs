@@ -115,16 +115,7 @@ pub fn start_scaler(extra_env: &[(&str, &str)]) -> Proc {
 
 /// Like [`start_scaler`], for another build of `blend-scaler` (a baseline run side by side).
 pub fn start_scaler_at(binary: &str, extra_env: &[(&str, &str)]) -> Proc {
-    let wrap = std::env::var("BLEND_BENCH_SCALER_WRAP").unwrap_or_default();
-    let mut words = wrap.split_whitespace();
-    let mut cmd = match words.next() {
-        Some(program) => {
-            let mut c = Command::new(program);
-            c.args(words).arg(binary);
-            c
-        }
-        None => Command::new(binary),
-    };
+    let mut cmd = wrapped("BLEND_BENCH_SCALER_WRAP", binary);
     cmd.args([
         "serve",
         "--grpc-addr",
@@ -171,15 +162,35 @@ pub fn start_scaler_at(binary: &str, extra_env: &[(&str, &str)]) -> Proc {
     }
 }
 
+/// `binary`, run by the command in the environment variable `wrap` (a profiler) if it is set.
+fn wrapped(wrap: &str, binary: impl AsRef<std::ffi::OsStr>) -> Command {
+    let wrap = std::env::var(wrap).unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    }
+}
+
 /// Re-runs this bench binary with `BLEND_BENCH_ROLE=role`; the child prints its address.
+///
+/// `BLEND_BENCH_BASELINE_WRAP` runs it under a profiler, as `BLEND_BENCH_SCALER_WRAP` does
+/// the scaler (instructions per call of both sides, measured the same way).
 pub fn start_self(role: &str) -> Proc {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env("BLEND_BENCH_ROLE", role)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting a bench child");
+    let mut child = wrapped(
+        "BLEND_BENCH_BASELINE_WRAP",
+        std::env::current_exe().unwrap(),
+    )
+    .env("BLEND_BENCH_ROLE", role)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("starting a bench child");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let addr = lines
