@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -110,6 +110,9 @@ pub(super) struct Group<U: Upstream> {
     pub(super) generation: watch::Sender<u64>,
     pub(super) wake: Notify,
     pub(super) fast_watchers: AtomicUsize,
+    /// Its task dropped it from the map: callers holding it ([`super::refresher::Held`])
+    /// look in the map again.
+    pub(super) retired: AtomicBool,
     /// The refresher's count of live groups, which this one leaves when dropped.
     pub(super) live: Arc<AtomicUsize>,
 }

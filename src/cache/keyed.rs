@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::refresher::Held;
 use super::{Refresher, Upstream};
 use crate::signal::{EntityCounts, Observation};
 
@@ -56,6 +57,12 @@ pub trait CacheEntry: Send + Sync + 'static {
     fn counts(&self) -> Option<EntityCounts> {
         None
     }
+    /// A number that changes after every refresh of the group the entry last found (none
+    /// before it found one): what comes of the group's reads needs looking up again only
+    /// when it changed.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Adapts a [`Refresher`] to a plan type through a function from plan to (group, item).
@@ -79,25 +86,37 @@ impl<U: Upstream, P: Send + Sync + 'static> SignalCache<P> for Keyed<U, P> {
         Arc::new(KeyedEntry {
             refresher: self.refresher.clone(),
             group,
+            held: Held::default(),
             item,
         })
     }
 }
 
-/// A plan's (group, item) in a [`Refresher`].
+/// A plan's (group, item) in a [`Refresher`], and its way to the group between calls.
 struct KeyedEntry<U: Upstream> {
     refresher: Arc<Refresher<U>>,
     group: U::Group,
+    held: Held<U>,
     item: U::Item,
 }
 
 impl<U: Upstream> CacheEntry for KeyedEntry<U> {
     fn observe(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
-        Box::pin(self.refresher.observe(&self.group, &self.item))
+        Box::pin(
+            self.refresher
+                .look_held(&self.group, &self.held, &self.item, true),
+        )
     }
 
     fn peek(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
-        Box::pin(self.refresher.peek(&self.group, &self.item))
+        Box::pin(
+            self.refresher
+                .look_held(&self.group, &self.held, &self.item, false),
+        )
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.held.generation()
     }
 
     fn watch(&self) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {

@@ -2,15 +2,15 @@
 //! refresh task) and answers callers from the group's items.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::group::{Group, ItemState};
+use super::group::Group;
 use super::schedule::after;
 use super::task::{TaskHealth, refresh_loop, supervise};
 use super::{LookupHash, RefreshConfig, Upstream};
@@ -27,6 +27,26 @@ pub struct FastWatch<U: Upstream> {
 impl<U: Upstream> Drop for FastWatch<U> {
     fn drop(&mut self) {
         self.group.fast_watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A caller's way to its group kept between calls (a tracked object's cache entry), so a
+/// call does not hash the group's key into the map each time. Weak: the map still owns the
+/// group, and a group its task dropped is not kept alive by the objects that watched it.
+pub(super) struct Held<U: Upstream>(Mutex<Option<(Weak<Group<U>>, Instant)>>);
+
+impl<U: Upstream> Held<U> {
+    /// The generation of the group held, if it is still alive.
+    pub(super) fn generation(&self) -> Option<u64> {
+        let group = self.0.lock().as_ref()?.0.upgrade()?;
+        let n = *group.generation.borrow();
+        Some(n)
+    }
+}
+
+impl<U: Upstream> Default for Held<U> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
     }
 }
 
@@ -101,6 +121,7 @@ impl<U: Upstream> Refresher<U> {
             generation: watch::channel(0).0,
             wake: Notify::new(),
             fast_watchers: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
             live: self.live.clone(),
         });
         let (weak, upstream, config, groups) = (
@@ -136,37 +157,72 @@ impl<U: Upstream> Refresher<U> {
     /// the value older than KEDA's period plus one refresh ([`super::schedule::Demand::lapsed`]): KEDA had
     /// stopped asking, so nothing kept it read.
     pub async fn observe(&self, key: &U::Group, item: &U::Item) -> Observation {
-        self.look(key, item, true).await
+        self.look(self.group(key), item, true).await
     }
 
     /// The current observation of `item` without counting as KEDA asking: a stream's looks
     /// (its group is read at the fast interval anyway) and `/decisions`.
     pub async fn peek(&self, key: &U::Group, item: &U::Item) -> Observation {
-        self.look(key, item, false).await
+        self.look(self.group(key), item, false).await
     }
 
-    async fn look(&self, key: &U::Group, item: &U::Item, keda: bool) -> Observation {
-        let group = match self.group(key) {
+    /// [`Self::observe`] (`keda`) or [`Self::peek`] through `held`, a handle to the group
+    /// that a caller keeps between calls ([`Held`]).
+    pub(super) async fn look_held(
+        &self,
+        key: &U::Group,
+        held: &Held<U>,
+        item: &U::Item,
+        keda: bool,
+    ) -> Observation {
+        self.look(self.held_group(key, held), item, keda).await
+    }
+
+    /// `key`'s group through `held` while it is the group the map holds, else from the map.
+    /// The map is still asked at least once per refresh interval, so its idle timer sees
+    /// the calls as it did when every call looked there, and a group replaced in the map
+    /// (dropped by its task, evicted while a stream held it) is left within one interval.
+    fn held_group(&self, key: &U::Group, held: &Held<U>) -> Result<Arc<Group<U>>, SignalError> {
+        let now = Instant::now();
+        let mut held = held.0.lock();
+        if let Some((weak, looked)) = &*held
+            && now.saturating_duration_since(*looked) < self.config.interval
+            && let Some(group) = weak.upgrade()
+            && !group.retired.load(Ordering::SeqCst)
+        {
+            return Ok(group);
+        }
+        let group = self.group(key)?;
+        *held = Some((Arc::downgrade(&group), now));
+        Ok(group)
+    }
+
+    async fn look(
+        &self,
+        group: Result<Arc<Group<U>>, SignalError>,
+        item: &U::Item,
+        keda: bool,
+    ) -> Observation {
+        let group = match group {
             Ok(g) => g,
             Err(e) => return Observation::failed(e),
         };
-        let mut changes = group.generation.subscribe();
         let asked = Instant::now();
-        {
+        let mut changes = {
             let mut items = group.items.lock();
-            if !items.contains_key(item) {
-                let max = self.config.max_items_per_group;
-                if items.len() >= max {
-                    return Observation::failed(SignalError::Capacity(format!(
-                        "this upstream already has {max} distinct entities or queries \
-                         watched, the limit per upstream (--max-items-per-group)"
-                    )));
+            let slot = match items.get_mut(item) {
+                Some(slot) => slot,
+                None => {
+                    let max = self.config.max_items_per_group;
+                    if items.len() >= max {
+                        return Observation::failed(SignalError::Capacity(format!(
+                            "this upstream already has {max} distinct entities or queries \
+                             watched, the limit per upstream (--max-items-per-group)"
+                        )));
+                    }
+                    // Cloned only here: a call for a known item copies none of its strings.
+                    items.entry(item.clone()).or_default()
                 }
-                // Cloned only here: a call for a known item copies none of its strings.
-                items.insert(item.clone(), ItemState::default());
-            }
-            let Some(slot) = items.get_mut(item) else {
-                unreachable!("inserted above, under the same lock")
             };
             slot.last_asked = Some(asked);
             if !slot.attempted
@@ -181,7 +237,10 @@ impl<U: Upstream> Refresher<U> {
             if slot.answerable() {
                 return slot.observation(asked);
             }
-        }
+            // Under the items lock: a read stores its values under it before it bumps the
+            // generation, so no read that finishes from here on goes unseen.
+            group.generation.subscribe()
+        };
         group.wake.notify_one();
         let deadline = after(Instant::now(), self.config.first_read_timeout);
         loop {

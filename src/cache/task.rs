@@ -157,6 +157,7 @@ pub(super) async fn refresh_loop<U: Upstream>(
             Action::Read { scheduled, .. } => scheduled,
             Action::Wait => continue,
             Action::Drop => {
+                g.retired.store(true, Ordering::SeqCst);
                 groups.invalidate(&g.key);
                 return;
             }

@@ -338,6 +338,57 @@ async fn items_nobody_asks_about_are_dropped_with_their_group() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_entry_whose_group_was_dropped_is_answered_by_a_new_group_with_a_read_of_its_own() {
+    let t = table(&[("orders", 1.0)]);
+    let keyed = Keyed::new(
+        Refresher::from_arc(t.clone(), config()),
+        |p: &(&'static str, &'static str)| *p,
+    );
+    let orders = keyed.entry(&("ns", "orders"));
+    assert_eq!(orders.observe().await.value, Some(1.0));
+    // Idle past the items' idle time: the group's task drops it and ends.
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let reads = t.reads.load(Ordering::SeqCst);
+    t.values.lock().insert("orders", 2.0);
+    // The entry held the old group: it finds a new one, which reads the item afresh.
+    assert_eq!(orders.observe().await.value, Some(2.0));
+    assert_eq!(t.reads.load(Ordering::SeqCst), reads + 1);
+    // And the new group is refreshed as any: KEDA's next call past the period reads again.
+    t.values.lock().insert("orders", 3.0);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    orders.observe().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(orders.observe().await.value, Some(3.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_on_one_group_share_its_reads_however_often_they_are_asked() {
+    let t = table(&[("orders", 1.0), ("billing", 2.0)]);
+    let keyed = Keyed::new(
+        Refresher::from_arc(t.clone(), config()),
+        |p: &(&'static str, &'static str)| *p,
+    );
+    let (orders, billing) = (
+        keyed.entry(&("ns", "orders")),
+        keyed.entry(&("ns", "billing")),
+    );
+    let (a, b) = tokio::join!(orders.observe(), billing.observe());
+    assert_eq!((a.value, b.value), (Some(1.0), Some(2.0)));
+    assert_eq!(t.reads.load(Ordering::SeqCst), 1, "one first read for both");
+    // KEDA asks both every second for a minute: one group, read once per period at most.
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        orders.observe().await;
+        billing.observe().await;
+    }
+    let reads = t.reads.load(Ordering::SeqCst);
+    assert!(
+        (11..=13).contains(&reads),
+        "{reads} reads in a minute at a 5 s period"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_panicking_read_reports_an_error_and_the_group_keeps_being_refreshed() {
     let t = table(&[("orders", 4.0)]);
     *t.panic.lock() = true;

@@ -123,6 +123,7 @@ impl SignalCache<ServiceBusPlan> for ServiceBusCache {
             entry: self.keyed.entry(plan),
             key: key(plan),
             upstream: self.upstream.clone(),
+            counts: parking_lot::Mutex::new(None),
         })
     }
 }
@@ -132,6 +133,10 @@ struct ServiceBusEntry {
     entry: Arc<dyn CacheEntry>,
     key: (NamespaceKey, Watched),
     upstream: Arc<ServiceBusUpstream>,
+    /// The counts as last looked up, and the group's generation then: a read stores its
+    /// counts before it bumps the generation, so until the next bump they are the same, and
+    /// a KEDA call need not hash the key into the upstream's table again.
+    counts: parking_lot::Mutex<Option<(u64, Option<EntityCounts>)>>,
 }
 
 impl CacheEntry for ServiceBusEntry {
@@ -148,7 +153,16 @@ impl CacheEntry for ServiceBusEntry {
     }
 
     fn counts(&self) -> Option<EntityCounts> {
-        self.upstream.counts.get(&self.key)
+        let generation = self.entry.generation();
+        let mut last = self.counts.lock();
+        if let (Some(now), Some((then, counts))) = (generation, *last)
+            && now == then
+        {
+            return counts;
+        }
+        let counts = self.upstream.counts.get(&self.key);
+        *last = generation.map(|g| (g, counts));
+        counts
     }
 }
 
