@@ -1,5 +1,5 @@
 //! The engine keys a ScaledObject's signals in their caches once, when it starts tracking it,
-//! not on every KEDA call (issue 18: no per-call rebuild of cache keys).
+//! not on every KEDA call: a call looks its signals up by keys it already holds.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -71,7 +71,7 @@ def test_parameters_file_names_declared_params():
         assert re.search(rf"^param {name}\b", main, re.M), name
 
 
-# ---- issue 14: the dead-letter path, lock timing, the seed's data services ------
+# ---- the dead-letter path, lock timing, the seed's data services ---------------
 
 
 def _iso_seconds(text: str) -> int:

@@ -271,7 +271,7 @@ def test_readme_documents_every_top_level_value():
         assert f"`{key}" in readme, f"charts/blend-scaler/README.md values table lacks {key}"
 
 
-# ---- chart conventions (issue 14.9) and stable pod templates (14.5) ------------
+# ---- chart conventions and stable pod templates ---------------------------------
 
 
 PER_REVISION_LABELS = ("helm.sh/chart", "app.kubernetes.io/version")

@@ -1,4 +1,4 @@
-"""The chart's metrics adapter (externalMetrics.*, issue 15 point 4): what it
+"""The chart's metrics adapter (externalMetrics.*): what it
 renders, what it refuses, and the Helm `lookup` against a local Kubernetes API
 test server standing in for a cluster that already has an APIService."""
 

@@ -106,7 +106,7 @@ def test_the_flow_list_names_real_ports(platform):
             assert int(f["port"]) in dst.ports.values(), f"{_flow_id(f)}: {dst.name} has no port {f['port']}"
 
 
-def test_the_policy_bug_of_issue_14_is_caught(platform):
+def test_the_keda_ingress_policy_without_port_9666_is_caught(platform):
     """With the keda-ingress policy as it was, the metrics-apiserver cannot reach the operator."""
     pods, _, policies, ns_labels = platform
     old = d.load_file(d.REPO / "tests" / "deploy" / "broken" / "keda-ingress-without-9666.yaml")[0]

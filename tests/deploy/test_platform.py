@@ -1,4 +1,4 @@
-"""What a fresh cluster needs beyond schemas (issue 14): workloads beside their
+"""What a fresh cluster needs beyond schemas: workloads beside their
 ScaledObjects, a Prometheus behind every trigger's serverAddress, the scaler
 out of the controllers' wait chain, KEDA in HA, fallbacks that keep healthy
 signals, and the Dapr resiliency and tracing configuration."""

@@ -40,9 +40,9 @@ resource scalerFederatedCredential 'Microsoft.ManagedIdentity/userAssignedIdenti
 // rule with Manage rights, with Entra ID the "Azure Service Bus Data Owner"
 // role. Data Receiver/Sender are refused, and the ARM Reader role only opens
 // management.azure.com, which the scaler does not call. Scope: the namespace,
-// because one paged $Resources/Queues read replaces per-queue reads (SPEC 5);
-// an entity-scoped assignment would make that list call fail. See
-// docs/deploy.md for the trade-off.
+// because one paged $Resources/Queues read replaces per-queue reads
+// (docs/servicebus.md, "Requests"); an entity-scoped assignment would make
+// that list call fail. See docs/deploy.md for the trade-off.
 resource scalerServiceBusDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(serviceBusNamespace.id, scalerIdentity.id, 'Azure Service Bus Data Owner')
   scope: serviceBusNamespace
