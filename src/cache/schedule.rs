@@ -95,6 +95,41 @@ impl<T: Moment> Demand<T> {
         (last > read).then(|| after(read, self.period(floor)))
     }
 
+    /// Whether KEDA asks at a steady pace: its recent gaps (at least one known) within a
+    /// refresh interval (`floor`) of each other. So it is when one clock asks (KEDA's poll
+    /// alone at zero replicas, or with `useCachedMetrics`), and not when the poll and the
+    /// HPA's reads interleave, whose next call is not a period after the latest.
+    fn steady(&self, floor: Duration) -> bool {
+        let known = self.gaps.iter().filter(|g| !g.is_zero());
+        match (known.clone().min(), known.max()) {
+            (Some(shortest), Some(longest)) => longest.saturating_sub(*shortest) <= floor,
+            _ => false,
+        }
+    }
+
+    /// As [`Demand::due`], for an item read on its own while KEDA asks at a steady pace:
+    /// timed for KEDA's next call, one refresh interval (`floor`) before it is expected (the
+    /// latest call plus a period), so that call is answered from a value about a refresh
+    /// interval old rather than from one read just after the call before, a period old. (The
+    /// built-in trigger reads at the call itself: at zero replicas only KEDA's poll asks, and
+    /// a read just after each poll would leave every poll a period behind the queue.) Still
+    /// only after a call since the read, and never later than a period and a refresh after
+    /// it, the age an answer may have: a read that follows its call moves a refresh later
+    /// each period until it comes a refresh before the next.
+    pub fn due_ahead(&self, read: T, floor: Duration) -> Option<T> {
+        if !self.steady(floor) {
+            return self.due(read, floor);
+        }
+        let last = self.counted?;
+        (last > read).then(|| {
+            let period = self.period(floor);
+            let ahead = after(last, period.saturating_sub(floor));
+            ahead
+                .min(after(read, period.saturating_add(floor)))
+                .max(after(read, floor))
+        })
+    }
+
     /// Whether a call at `now` finds the value read at `read` older than KEDA's period plus
     /// one refresh (KEDA had stopped asking, so nothing was read): then the caller waits for a
     /// read, as a never-seen item's first caller does, rather than be answered from it.
@@ -199,8 +234,9 @@ impl<T: Moment> Schedule<T> {
 
     /// What to do at `now`, after a wake (`woken`) or the sleep.
     ///
-    /// Items come due a period after their last read while KEDA asks for them
-    /// ([`Demand::due`]); what is due within the spacing is read together. A group that lists
+    /// Items come due while KEDA asks for them, a refresh interval before their next call is
+    /// expected ([`Demand::due_ahead`]), or, in a listed group of several, a period after
+    /// their last read ([`Demand::due`]); what is due within the spacing is read together. A group that lists
     /// its items reads every item KEDA still asks for whenever one is due, which keeps them
     /// on one cycle. While a stream is open everything is read at the fast interval, asked
     /// for or not. Waiting items (never read, lapsed) go with any read; a wake reads them
@@ -220,9 +256,17 @@ impl<T: Moment> Schedule<T> {
             self.next_check = after(now, self.fast_interval);
             return Action::Wait;
         }
+        // One read serves every item of a listed group, at one moment: it cannot come just
+        // before each item's own next call, so a listed group of several keeps one cycle.
+        let ahead = !self.lists || items.len() == 1;
         let dues: Vec<Option<T>> = items
             .iter()
-            .map(|v| v.read.and_then(|r| v.demand.due(r, self.interval)))
+            .map(|v| {
+                v.read.and_then(|r| match ahead {
+                    true => v.demand.due_ahead(r, self.interval),
+                    false => v.demand.due(r, self.interval),
+                })
+            })
             .collect();
         let soon = after(now, spacing);
         let stream_due = if streaming {

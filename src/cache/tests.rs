@@ -139,14 +139,17 @@ async fn an_item_is_read_again_once_per_keda_call_at_most_and_never_on_a_look() 
         after_first,
         "nobody asked since"
     );
-    // KEDA asks again, within its period and a refresh (5 s, then 5 s): answered from the
-    // cache at once, and the item is read a period after its last read, which is now.
+    // KEDA asks again, 9 s after its first call, within its period and a refresh: answered
+    // from the cache at once. The item is read a refresh before KEDA's next call is
+    // expected (9 s on, at 18 s): at 13 s, not now.
     let asked = Instant::now();
     let obs = r.observe(&"ns", &"orders").await;
     assert_eq!(asked.elapsed(), Duration::ZERO);
     assert_eq!(obs.value, Some(1.0));
     assert!(obs.age.unwrap() >= Duration::from_secs(9));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(3_900)).await;
+    assert_eq!(t.reads.load(Ordering::SeqCst), after_first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(t.reads.load(Ordering::SeqCst), after_first + 1);
     assert_eq!(r.observe(&"ns", &"orders").await.value, Some(9.0));
 }
@@ -277,7 +280,8 @@ async fn a_failure_keeps_the_last_good_value_and_reports_the_error() {
     t.values.lock().clear();
     tokio::time::sleep(Duration::from_millis(5_100)).await;
     r.observe(&"ns", &"orders").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // (read 100 ms on: a refresh before the next call, expected a 5.1 s period later)
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let obs = r.observe(&"ns", &"orders").await;
     assert_eq!(obs.value, Some(4.0));
     assert!(obs.age.unwrap() >= Duration::from_secs(5));
@@ -353,11 +357,12 @@ async fn an_entry_whose_group_was_dropped_is_answered_by_a_new_group_with_a_read
     // The entry held the old group: it finds a new one, which reads the item afresh.
     assert_eq!(orders.observe().await.value, Some(2.0));
     assert_eq!(t.reads.load(Ordering::SeqCst), reads + 1);
-    // And the new group is refreshed as any: KEDA's next call past the period reads again.
+    // And the new group is refreshed as any: KEDA's next call past the period reads again,
+    // a refresh before the call after it is expected (6 s on): 1 s later.
     t.values.lock().insert("orders", 3.0);
     tokio::time::sleep(Duration::from_secs(6)).await;
     orders.observe().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(orders.observe().await.value, Some(3.0));
 }
 
@@ -404,7 +409,8 @@ async fn a_panicking_read_reports_an_error_and_the_group_keeps_being_refreshed()
     *t.panic.lock() = false;
     tokio::time::sleep(Duration::from_millis(5_100)).await;
     r.observe(&"ns", &"orders").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // (read 100 ms on: a refresh before the next call, expected a 5.1 s period later)
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(r.observe(&"ns", &"orders").await.value, Some(4.0));
     assert_eq!(t.reads.load(Ordering::SeqCst), 2);
     assert_eq!(r.group_count(), 1);
@@ -453,7 +459,8 @@ async fn a_panicking_read_is_counted_and_holds_the_group_down_until_a_read_compl
     // Crash-looping: every refresh panics, the group stays down.
     tokio::time::sleep(Duration::from_millis(5_100)).await;
     r.observe(&"ns", &"orders").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // (read 100 ms on: a refresh before the next call, expected a 5.1 s period later)
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(t.reads.load(Ordering::SeqCst), 2);
     assert_eq!(metrics.refresh_groups_down(), 1);
     // Fixed: the next read completes and the group is up again.

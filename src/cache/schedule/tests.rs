@@ -105,6 +105,71 @@ fn an_item_is_due_a_period_after_its_read_only_while_keda_still_asks() {
 }
 
 #[test]
+fn an_item_read_on_its_own_is_due_a_refresh_before_the_next_call_expected_and_no_later_than_a_period_and_a_refresh()
+ {
+    let t0 = Instant::now();
+    let mut d = Demand::default();
+    d.called(t0, secs(5.0));
+    d.called(t0 + secs(30.0), secs(5.0));
+    // The next call is expected at 60 s: read at 55 s.
+    assert_eq!(
+        d.due_ahead(t0 + secs(29.0), secs(5.0)),
+        Some(t0 + secs(55.0))
+    );
+    // A read long before: not left older than a period and a refresh.
+    assert_eq!(
+        d.due_ahead(t0 + secs(1.0), secs(5.0)),
+        Some(t0 + secs(36.0))
+    );
+    // No call since the read: nothing due.
+    assert_eq!(d.due_ahead(t0 + secs(31.0), secs(5.0)), None);
+}
+
+#[test]
+fn polled_alone_an_item_soon_answers_each_poll_from_a_value_at_most_a_refresh_old() {
+    // At zero replicas only KEDA's poll asks (every 30 s): the built-in trigger reads at
+    // each poll, so blend-scaler's answer must not be a whole poll behind it.
+    let t0 = Instant::now();
+    let mut s = Schedule::new(&config(), true, t0);
+    let mut items = vec![Item::new()];
+    let mut ages = Vec::new();
+    let mut reads = 0;
+    let mut now = t0;
+    for k in 0..20 {
+        let call = t0 + secs(3.0 + 30.0 * k as f64);
+        while s.sleep_until() < call {
+            now = s.sleep_until().max(now);
+            if step(&mut s, now, false, &mut items).is_some() {
+                reads += 1;
+            }
+        }
+        let before = items[0].read;
+        items[0].call(call);
+        // A call that finds its value lapsed waits for a read made at once.
+        let waited = items[0].waiting;
+        if step(&mut s, call, waited, &mut items).is_some() {
+            reads += 1;
+        }
+        if let (Some(r), false) = (before, waited) {
+            ages.push((call - r).as_secs_f64());
+        } else if before.is_some() {
+            ages.push(0.0);
+        }
+        now = call;
+    }
+    assert!(reads <= 20, "{reads} reads for 20 polls");
+    // The second poll waits for a read (KEDA's period is not known yet, so its value looks
+    // lapsed); from the third, each read moves a refresh later until it comes a refresh
+    // before the poll.
+    assert_eq!(
+        ages[..7],
+        [0.0, 30.0, 25.0, 20.0, 15.0, 10.0, 5.0],
+        "{ages:?}"
+    );
+    assert!(ages[7..].iter().all(|&a| a == 5.0), "{ages:?}");
+}
+
+#[test]
 fn a_call_finding_its_value_older_than_the_period_and_a_refresh_is_lapsed() {
     let t0 = Instant::now();
     let mut d = Demand::default();
@@ -154,8 +219,10 @@ fn reads_stop_when_keda_stops_asking_and_never_outnumber_its_calls() {
             reads.push((now - t0).as_secs_f64());
         }
     }
-    // Five calls: the first read and one for each later call.
-    assert_eq!(reads, [15.0, 30.0, 45.0, 60.0], "{reads:?}");
+    // Five calls, five reads: the first, then one for each later call. They move from just
+    // after a call (at most a period and a refresh after the read before: 20 s) to a
+    // refresh before the next call expected (40, 55), the last for a call that never came.
+    assert_eq!(reads, [20.0, 40.0, 55.0, 70.0], "{reads:?}");
 }
 
 #[test]
@@ -171,14 +238,27 @@ fn items_read_one_by_one_are_read_when_each_is_due_and_listed_ones_all_together(
             item.call(t0);
         }
         step(&mut s, t0, true, &mut items);
-        // Both asked since; only item 0's period is over at 15 s.
+        // Both asked since. Listed, they are read together when item 0's period is over, at
+        // 15 s. On their own, item 0 (a steady pace) is read a refresh before its next call
+        // (at 30 s), but no later than a period and a refresh after its read: at 20 s; item
+        // 1, asked at an uneven pace (30 s, then 10 s), a period after its read: at 30 s.
         items[1].call(t0 + secs(10.0));
         items[0].call(t0 + secs(15.0));
         let got = step(&mut s, t0 + secs(15.0), false, &mut items);
         if lists {
             assert_eq!(got, Some(vec![0, 1]));
         } else {
-            assert_eq!(got, Some(vec![0]));
+            assert_eq!(got, None);
+            assert_eq!(s.sleep_until(), t0 + secs(20.0));
+            assert_eq!(
+                step(&mut s, t0 + secs(20.0), false, &mut items),
+                Some(vec![0])
+            );
+            assert_eq!(step(&mut s, t0 + secs(29.0), false, &mut items), None);
+            assert_eq!(
+                step(&mut s, t0 + secs(30.0), false, &mut items),
+                Some(vec![1])
+            );
         }
     }
 }
