@@ -16,6 +16,10 @@
 //! through the same steps against the same doubles, one after the other (the baseline first,
 //! then this build; `--rounds N` alternates them N times and keeps each one's median), and
 //! prints both columns in one table.
+//!
+//! Both builds run with the allocator settings the image ships (the Dockerfile's
+//! `GLIBC_TUNABLES`), so the figures are those of what ships; `--allocator glibc-default`
+//! runs them with glibc's defaults instead. `--scaler-env K=V,…` adds to either.
 
 mod support;
 
@@ -51,9 +55,22 @@ fn main() {
     // KEDA calls each object from its own loop: effectively unbounded concurrency.
     let concurrency: usize = args.get("concurrency", 1_000);
     let scaler_env = args.string("scaler-env", "");
+    let allocator = args.string("allocator", "shipped");
     let baseline = args.string("baseline", "");
     let rounds: usize = args.get("rounds", 1);
     let rt = support::runtime();
+    let mut env = match allocator.as_str() {
+        "shipped" => shipped_allocator_env(),
+        "glibc-default" => Vec::new(),
+        other => panic!("--allocator {other}: expected `shipped` or `glibc-default`"),
+    };
+    // `--scaler-env K=V,K2=V2`: extra environment for the scaler.
+    env.extend(
+        scaler_env
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     eprintln!(
         "memory: {n} objects, {namespaces} Service Bus namespaces, {queries} queries on \
          {servers} Prometheus servers; {}",
@@ -72,7 +89,7 @@ fn main() {
             queries,
             concurrency,
         },
-        &scaler_env,
+        &env,
         &builds,
         rounds.max(1),
     ));
@@ -88,7 +105,19 @@ struct Shape {
     concurrency: usize,
 }
 
-async fn run(shape: Shape, scaler_env: &str, builds: &[(&str, String)], rounds: usize) {
+/// `GLIBC_TUNABLES` as the Dockerfile's `ENV` sets it for the image.
+fn shipped_allocator_env() -> Vec<(String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile");
+    let text = std::fs::read_to_string(path).expect("reading the Dockerfile");
+    let value = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ENV GLIBC_TUNABLES="))
+        .next_back()
+        .expect("the Dockerfile sets ENV GLIBC_TUNABLES=…");
+    vec![("GLIBC_TUNABLES".to_string(), value.trim().to_string())]
+}
+
+async fn run(shape: Shape, env: &[(String, String)], builds: &[(&str, String)], rounds: usize) {
     let Shape {
         n,
         namespaces,
@@ -147,12 +176,6 @@ async fn run(shape: Shape, scaler_env: &str, builds: &[(&str, String)], rounds: 
         .collect();
     let objects = Arc::new(objects);
 
-    // `--scaler-env K=V,K2=V2`: extra environment for the scaler (allocator settings).
-    let env: Vec<(String, String)> = scaler_env
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
 
     // Per build, per row: the figure of every round.
@@ -178,7 +201,15 @@ async fn run(shape: Shape, scaler_env: &str, builds: &[(&str, String)], rounds: 
     println!(
         "Resident memory of blend-scaler serve (VmRSS), {n} ScaledObjects with all three \
          signals ({namespaces} Service Bus namespaces, {queries} queries on {servers} \
-         Prometheus servers); tracked per /metrics: {}{}:",
+         Prometheus servers), scaler environment {}; tracked per /metrics: {}{}:",
+        if env.is_empty() {
+            "glibc's defaults".to_string()
+        } else {
+            env.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
         tracked.join(", "),
         if rounds > 1 {
             format!("; median of {rounds} rounds")

@@ -75,3 +75,13 @@ def test_dockerfile_check_catches_root_and_shell_form():
     assert any("not distroless" in e for e in errors)
     assert any("no USER" in e for e in errors)
     assert any("shell form" in e for e in errors)
+
+
+def test_image_keeps_one_malloc_arena():
+    # benches/memory.rs runs the scaler with this line's value: its figures are what ships.
+    text = (d.REPO / "Dockerfile").read_text()
+    lines = [l for l in text.splitlines() if l.startswith("ENV GLIBC_TUNABLES=")]
+    assert len(lines) == 1, lines
+    tunables = dict(t.split("=", 1) for t in lines[0].removeprefix("ENV GLIBC_TUNABLES=").split(":"))
+    assert tunables["glibc.malloc.arena_max"] == "1"
+    assert int(tunables["glibc.malloc.trim_threshold"]) > 0
