@@ -11,7 +11,7 @@ mod prometheus_support;
 use std::time::{Duration, Instant};
 
 use blend_scaler::proto::{GetMetricsRequest, GetMetricsResponse};
-use blend_scaler::server::ServerConfig;
+use blend_scaler::server::{Running, ServerConfig};
 use prometheus_support::Prometheus;
 
 fn cron_object(name: &str) -> blend_scaler::proto::ScaledObjectRef {
@@ -26,13 +26,8 @@ fn cron_object(name: &str) -> blend_scaler::proto::ScaledObjectRef {
     )
 }
 
-async fn tracked_gauge(http: std::net::SocketAddr) -> String {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+async fn tracked_gauge(running: &Running) -> String {
+    let (_, text) = keda::http_get(running, "/metrics").await;
     text.lines()
         .find(|l| l.starts_with("blend_scaler_tracked_scaledobjects "))
         .unwrap_or_else(|| panic!("no gauge in {text}"))
@@ -44,20 +39,19 @@ async fn the_tracked_objects_gauge_follows_objects_in_and_out() {
     let mut config = ServerConfig::loopback();
     config.engine.object_idle_ttl = Duration::from_millis(300);
     let (running, mut client) = keda::start_with_default_sources(config).await;
-    let http = running.http_addr.unwrap();
     for name in ["a", "b", "c"] {
         keda::metric_value(&mut client, &cron_object(name), keda::METRIC)
             .await
             .unwrap();
     }
     assert_eq!(
-        tracked_gauge(http).await,
+        tracked_gauge(&running).await,
         "blend_scaler_tracked_scaledobjects 3"
     );
     // KEDA stops asking (the ScaledObjects were deleted): nothing else touches the engine.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
-        tracked_gauge(http).await,
+        tracked_gauge(&running).await,
         "blend_scaler_tracked_scaledobjects 0"
     );
     running.shutdown().await.unwrap();

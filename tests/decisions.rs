@@ -51,14 +51,8 @@ fn orders(
     )
 }
 
-async fn get(running: &Running, path: &str) -> (u16, String) {
-    let url = format!("http://{}{path}", running.http_addr.expect("an HTTP port"));
-    let r = reqwest::get(&url).await.expect("GET");
-    (r.status().as_u16(), r.text().await.expect("a body"))
-}
-
 async fn decisions(running: &Running, path: &str) -> Decisions {
-    let (status, body) = get(running, path).await;
+    let (status, body) = keda::http_get(running, path).await;
     assert_eq!(status, 200, "{path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
@@ -141,7 +135,7 @@ async fn decisions_show_what_keda_was_answered_per_signal_and_which_one_decided(
     assert_eq!(d.servicebus.as_ref().unwrap().entity, "queue `orders`");
 
     // No query text by default, and never a credential or an address.
-    let (_, body) = get(&running, "/decisions").await;
+    let (_, body) = keda::http_get(&running, "/decisions").await;
     assert_eq!(d.prometheus_query, None);
     for secret_or_address in [
         "http_rps",
@@ -159,7 +153,7 @@ async fn decisions_show_what_keda_was_answered_per_signal_and_which_one_decided(
     // One ScaledObject by name; an unknown one says which pod did not know it.
     let one = decisions(&running, "/decisions/production/orders").await;
     assert_eq!(one.decisions, all.decisions);
-    let (status, body) = get(&running, "/decisions/production/billing").await;
+    let (status, body) = keda::http_get(&running, "/decisions/production/billing").await;
     assert_eq!(status, 404, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["pod"], POD);
@@ -221,7 +215,7 @@ async fn decisions_show_what_keda_was_answered_per_signal_and_which_one_decided(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         keda::poll(&mut client, &obj, keda::METRIC).await.unwrap();
-        let (_, text) = get(&running, "/metrics").await;
+        let (_, text) = keda::http_get(&running, "/metrics").await;
         if text.contains(want) {
             break;
         }
@@ -291,7 +285,7 @@ async fn the_query_text_is_shown_only_when_the_operator_enables_it() {
     keda::poll(&mut client, &obj, keda::METRIC).await.unwrap();
     let d = decisions(&running, "/decisions/production/orders").await;
     assert_eq!(d.decisions[0].prometheus_query.as_deref(), Some(QUERY));
-    let (_, body) = get(&running, "/decisions").await;
+    let (_, body) = keda::http_get(&running, "/decisions").await;
     assert!(!body.contains(&double.connection_string()), "{body}");
 
     // A ScaledObject whose only signal cannot be read: KEDA got UNAVAILABLE, and /decisions
@@ -389,7 +383,7 @@ async fn dead_letter_series_come_from_the_read_that_gives_the_active_count() {
     assert_eq!(s.unwrap().0, 1);
     // One GET per entity gave the value and every other count.
     assert_eq!(double.requests(), 2, "{:?}", double.request_log());
-    let (_, text) = get(&running, "/metrics").await;
+    let (_, text) = keda::http_get(&running, "/metrics").await;
     for line in [
         r#"blend_scaler_servicebus_dead_letter_messages{scaledobject_namespace="production",scaledobject="orders"} 3"#,
         r#"blend_scaler_servicebus_scheduled_messages{scaledobject_namespace="production",scaledobject="orders"} 2"#,
@@ -409,8 +403,8 @@ async fn dead_letter_series_come_from_the_read_that_gives_the_active_count() {
     }
     // Scraping and reading /decisions cost the namespace nothing.
     for _ in 0..5 {
-        get(&running, "/metrics").await;
-        get(&running, "/decisions").await;
+        keda::http_get(&running, "/metrics").await;
+        keda::http_get(&running, "/decisions").await;
     }
     assert_eq!(double.requests(), 2, "{:?}", double.request_log());
     running.shutdown().await.unwrap();

@@ -311,13 +311,7 @@ async fn one_secret_in_a_connection_string_a_bearer_token_and_a_header_never_lea
     }
 
     // /metrics after all of it.
-    let http = running.http_addr.expect("an HTTP listener");
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, text) = keda::http_get(&running, "/metrics").await;
     assert!(text.contains("blend_scaler_grpc_requests_total"), "{text}");
     assert!(
         text.contains(r#"outcome="unauthorized""#),

@@ -57,6 +57,14 @@ pub fn refresh_every(interval: Duration) -> RefreshConfig {
     }
 }
 
+/// GET `path` on `running`'s plain-HTTP port (`/metrics`, `/decisions`, the probes):
+/// (status, body).
+pub async fn http_get(running: &Running, path: &str) -> (u16, String) {
+    let url = format!("http://{}{path}", running.http_addr.expect("an HTTP port"));
+    let r = reqwest::get(&url).await.expect("GET");
+    (r.status().as_u16(), r.text().await.expect("a body"))
+}
+
 /// A gRPC client connected to `running`.
 pub async fn connect(running: &Running) -> Client {
     ExternalScalerClient::connect(format!("http://{}", running.grpc_addr))
