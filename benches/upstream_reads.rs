@@ -112,7 +112,8 @@ struct Counts {
     errors: ErrorCodes,
     /// The reads a KEDA polling interval needs at most for these objects after the first
     /// minute: one list pass (docs/servicebus.md, "Requests": `ceil(entities / 100)` pages plus one per watched topic)
-    /// or one read per distinct query, per interval KEDA asks at.
+    /// or one read per distinct query, per interval KEDA asks at (never shorter than the
+    /// refresh interval).
     bound_per_poll: u64,
 }
 
@@ -216,7 +217,10 @@ async fn scenario(signal: &str, n: usize, cached: bool, scale: f64, minutes: f64
                 })
                 .collect();
             items = distinct;
-            bound = distinct as u64 * asks_per_poll(cached);
+            // A query shared by several objects is asked for by each of them: it is read
+            // once per refresh interval at most, however often they ask.
+            let asks = (n / distinct) as u64 * asks_per_poll(cached);
+            bound = distinct as u64 * asks.min(POLL.as_secs() / REFRESH.as_secs());
             sources.prometheus = Some(blend_scaler::prometheus::source(
                 refresh.clone(),
                 metrics.clone(),
