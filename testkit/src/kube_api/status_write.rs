@@ -85,22 +85,11 @@ pub(super) fn write_status(
                     None => obj.remove("status"),
                 };
             }
-            (Method::PATCH, "application/merge-patch+json") => {
-                if let Some(s) = patch.get("status") {
-                    let mut status = new.get("status").cloned().unwrap_or(Value::Null);
-                    merge(&mut status, s);
-                    new.as_object_mut()
-                        .expect("an object")
-                        .insert("status".into(), status);
-                }
+            (Method::PATCH, "application/apply-patch+yaml") if !q.contains_key("fieldManager") => {
+                return bad_request("PATCH /status: fieldManager is required for apply requests");
             }
-            (Method::PATCH, "application/apply-patch+yaml") => {
-                if !q.contains_key("fieldManager") {
-                    return bad_request(
-                        "PATCH /status: fieldManager is required for apply requests",
-                    );
-                }
-                // One field manager owns the whole status here, so apply is a merge.
+            // One field manager owns the whole status here, so apply is a merge.
+            (Method::PATCH, "application/merge-patch+json" | "application/apply-patch+yaml") => {
                 if let Some(s) = patch.get("status") {
                     let mut status = new.get("status").cloned().unwrap_or(Value::Null);
                     merge(&mut status, s);
