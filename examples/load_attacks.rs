@@ -1,8 +1,8 @@
-//! Load run (not a test): the security audit's resource attacks (findings H3, H4) against a
-//! `blend-scaler serve` process with its default capacity limits, one after another, while a
-//! victim tenant calls `IsActive` every 20 ms on its own connection. Prints, per attack, what
-//! the attacker got (answers and refusals by gRPC code), the server's resident memory, and the
-//! victim's latency (p50, p99, max).
+//! Load run (not a test): the resource and CPU attacks of docs/security.md ("Capacity", "No
+//! tenant can stall another") against a `blend-scaler serve` process with its default capacity
+//! limits, one after another, while a victim tenant calls `IsActive` every 20 ms on its own
+//! connection. Prints, per attack, what the attacker got (answers and refusals by gRPC code), the
+//! server's resident memory, and the victim's latency (p50, p99, max).
 //!
 //! `scripts/load-attacks` builds (release) and runs it; flags: `--binary PATH`, `--objects N`
 //! (default 50,000), `--servers N` (2,000), `--seconds N` per CPU attack (20).
@@ -405,7 +405,7 @@ fn fmt(c: BTreeMap<String, u64>) -> String {
 /// The attacks, by name; each returns its row's title and what the attacker got.
 async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (String, String) {
     match kind {
-        // H3: distinct tiny objects, over as many namespaces as a direct caller likes.
+        // Capacity: distinct tiny objects, over as many namespaces as a direct caller likes.
         "objects" => {
             let objs = (0..a.objects)
                 .map(|i| object(&format!("ns-{}", i % 100), &format!("so-{i}"), tiny_cron()))
@@ -416,7 +416,7 @@ async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (String
                 fmt(got),
             )
         }
-        // H3: the audit's 8 KB of distinct windows (more than 16: invalid).
+        // Capacity: 8 KB of distinct windows (more than 16: invalid).
         "cronbig" => {
             let objs = (0..200)
                 .map(|i| object("cronbig", &format!("big-{i}"), cron_big(i, None)))
@@ -426,7 +426,7 @@ async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (String
                 fmt(flood(ch, objs).await),
             )
         }
-        // H3: the same cut to the 16 windows allowed, every text distinct, 20 namespaces.
+        // Capacity: the same cut to the 16 windows allowed, every text distinct, 20 namespaces.
         "cron16" => {
             let objs = (0..2_000)
                 .map(|i| {
@@ -442,7 +442,7 @@ async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (String
                 fmt(flood(ch, objs).await),
             )
         }
-        // H3: distinct Prometheus servers, one call each, then their refreshes.
+        // Capacity: distinct Prometheus servers, one call each, then their refreshes.
         "servers" => {
             let objs = (0..a.servers)
                 .map(|i| {
@@ -463,7 +463,7 @@ async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (String
                 fmt(got),
             )
         }
-        // H3 + H4: 15 MiB answers, 16 servers x 16 queries, refreshing every 5 s.
+        // Capacity and CPU: 15 MiB answers, 16 servers x 16 queries, refreshing every 5 s.
         "big" => {
             let objs = (0..256)
                 .map(|i| {
@@ -484,7 +484,7 @@ async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (String
                 fmt(got),
             )
         }
-        // H4: answers under every cap but large (9,000 series): decoded every refresh.
+        // CPU: answers under every cap but large (9,000 series): decoded every refresh.
         "decode" => {
             let objs = (0..64)
                 .map(|i| {
@@ -505,7 +505,7 @@ async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (String
                 fmt(got),
             )
         }
-        // H4: oversized keys (the audit's t_cpu and t_stall), 4 callers at once.
+        // CPU: oversized keys, 4 callers at once.
         "huge-key" => {
             let key = Arc::new("x".repeat(256 << 10));
             let got = hammer(ch, 4, a.seconds, move |i| {
@@ -542,7 +542,7 @@ async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (String
                 fmt(got),
             )
         }
-        // H4: windows on 31 February (t_cron_never), 16 per trigger, new text every call.
+        // CPU: windows on 31 February, 16 per trigger, new text every call.
         "never" => {
             let got = hammer(ch, 4, a.seconds, |i| {
                 let ws: Vec<String> = (0..16)

@@ -1134,7 +1134,7 @@ async fn a_failing_prometheus_beside_a_healthy_backlog_holds_then_drops_out_neve
     finish(s).await;
 }
 
-/// Audit M1/M5: a held answer cannot be poisoned by another plan for the same object.
+/// A held answer cannot be poisoned by another plan for the same object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_answer_obeys_the_current_plan_and_is_never_inherited_from_another() {
     let prom = Prometheus::builder().start().await;
@@ -1166,7 +1166,7 @@ async fn a_held_answer_obeys_the_current_plan_and_is_never_inherited_from_anothe
     finish(s).await;
 }
 
-/// Audit M5: two `external` triggers of one ScaledObject keep their own answers.
+/// Two `external` triggers of one ScaledObject keep their own answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_triggers_on_one_scaled_object_do_not_share_a_held_answer() {
     let prom = Prometheus::builder().start().await;
@@ -1192,7 +1192,7 @@ async fn two_triggers_on_one_scaled_object_do_not_share_a_held_answer() {
     finish(s).await;
 }
 
-/// Audit M1: ScaledObjectRef names are Kubernetes names, since they become labels and log fields.
+/// ScaledObjectRef names are Kubernetes names, since they become labels and log fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_that_are_not_kubernetes_names_are_refused_naming_the_field() {
     let s = scaler(Duration::from_secs(1)).await;

@@ -1,4 +1,4 @@
-//! Audit finding H2 over the wire: no server-side request forgery. The allowlist is
+//! docs/security.md "Where requests may go", over the wire: no server-side request forgery. The allowlist is
 //! `host[:port]` with dot-bounded wildcards; the address actually connected to is checked
 //! (loopback, link-local, private ranges and the Kubernetes API refused unless an operator
 //! allows them); and an upstream's response body never travels back to the gRPC caller.

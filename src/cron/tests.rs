@@ -56,7 +56,7 @@ fn a_remembered_search_gives_the_same_answers_as_a_fresh_one() {
     }
 }
 
-/// Found by the audit (H4): 260 windows on 31 February made one IsActive search for 77 s.
+/// docs/security.md "No tenant can stall another": 260 windows on 31 February made one IsActive search for 77 s.
 #[test]
 fn an_expression_that_never_comes_within_two_years_is_refused_at_parse() {
     for never in ["0 0 30 2 *", "0 0 31 2 *", "0 0 31 4 *", "0 0 31 6,9,11 *"] {

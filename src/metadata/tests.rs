@@ -112,7 +112,7 @@ fn size_limits_are_enforced() {
     );
 }
 
-/// Found by the audit (H4): a 256 KiB unknown key cost 9.8 s of edit distance, and 10,000
+/// docs/security.md "No tenant can stall another": a 256 KiB unknown key cost 9.8 s of edit distance, and 10,000
 /// keys gave a million-character error.
 #[test]
 fn oversized_keys_get_one_immediate_error_and_no_suggestion_work() {

@@ -267,7 +267,7 @@ mod tests {
         }
     }
 
-    /// Found by the audit (H3): 15 MiB answers of small series took 614 MiB to read.
+    /// docs/security.md "Capacity": 15 MiB answers of small series took 614 MiB to read.
     #[test]
     fn more_series_than_the_cap_are_refused_while_reading() {
         let series = r#"{"metric":{"pod":"p"},"value":[1,"1"]}"#;
