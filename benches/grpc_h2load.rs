@@ -2,7 +2,13 @@
 //! C load generator), so the client is not what caps both sides.
 //!
 //! `cargo bench --bench grpc_h2load [-- --metadata cron|all --shapes 1x1,4x10,16x50
-//! --rounds 3 --seconds 5 --requests N --method IsActive|GetMetrics --h2load /usr/bin/h2load]`
+//! --rounds 3 --seconds 5 --requests N --method IsActive|GetMetrics --h2load /usr/bin/h2load
+//! --before PATH]`
+//!
+//! `--before PATH` runs another `blend-scaler` build (say main's, copied before a change) as a
+//! third server in every round (this build, the baseline, then that one), so a change is
+//! measured against what it changes in the same minutes of a shared machine: its rows give
+//! each build's ratio to the baseline of the same round, and this build's to that one.
 //!
 //! `--requests N` sends exactly N calls per round (h2load `-n`, no warm-up) instead of running
 //! for `--seconds`: under `valgrind --tool=callgrind` (`BLEND_BENCH_SCALER_WRAP`), two runs with
@@ -90,6 +96,7 @@ fn main() {
         })
         .collect();
     let rust_log = args.string("rust-log", "info");
+    let before_binary = args.string("before", "");
 
     let rt = support::runtime();
     rt.block_on(async move {
@@ -97,8 +104,13 @@ fn main() {
         let object = doubles.object();
         let scaler = support::start_scaler(&[("RUST_LOG", &rust_log)]);
         let baseline = support::start_self("baseline");
+        let before = (!before_binary.is_empty())
+            .then(|| support::start_scaler_at(&before_binary, &[("RUST_LOG", &rust_log)]));
         warm(&scaler, &object).await;
         warm(&baseline, &object).await;
+        if let Some(before) = &before {
+            warm(before, &object).await;
+        }
 
         let body = tempfile::NamedTempFile::new().unwrap();
         let message = match method.as_str() {
@@ -122,11 +134,28 @@ fn main() {
         );
         let codes_before = grpc_codes(&scaler, &method).await;
         let mut table = Vec::new();
+        let mut before_table = Vec::new();
         for shape in &shapes {
             let mut pairs = Vec::new();
+            let mut before_pairs = Vec::new();
             for r in 0..rounds {
                 let a = run(&h2load, &scaler, shape, length, body.path(), &method);
                 let b = run(&h2load, &baseline, shape, length, body.path(), &method);
+                if let Some(before) = &before {
+                    let c = run(&h2load, before, shape, length, body.path(), &method);
+                    eprintln!(
+                        "  {}x{} round {r}: --before build {:.0} rps (p99 {:.2} ms, {:.1} us \
+                         CPU/call), ratio {:.3}; this build / --before {:.3}",
+                        shape.connections,
+                        shape.streams,
+                        c.rps,
+                        c.p99_ms,
+                        c.cpu_us,
+                        c.rps / b.rps,
+                        a.rps / c.rps
+                    );
+                    before_pairs.push((c, b.clone(), a.rps));
+                }
                 eprintln!(
                     "  {}x{} round {r}: blend-scaler {:.0} rps (p99 {:.2} ms, {:.1} us CPU/call), \
                      baseline {:.0} rps (p99 {:.2} ms, {:.1} us CPU/call), ratio {:.3}",
@@ -143,6 +172,7 @@ fn main() {
                 pairs.push((a, b));
             }
             table.push(pairs);
+            before_table.push(before_pairs);
         }
         let codes_after = grpc_codes(&scaler, &method).await;
         let not_ok: u64 = codes_after
@@ -151,6 +181,9 @@ fn main() {
             .map(|(code, n)| n - codes_before.get(code).copied().unwrap_or(0))
             .sum();
         report(&shapes, &table, &kind, &method, not_ok);
+        if before.is_some() {
+            report_before(&shapes, &before_table, &before_binary);
+        }
         drop(doubles);
     });
 }
@@ -322,6 +355,42 @@ fn run(
     round
 }
 
+/// `median (min to max)` of per-round ratios.
+fn spread(mut v: Vec<f64>) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(0.0, f64::max);
+    format!("{:.3} ({min:.3} to {max:.3})", support::median(&mut v))
+}
+
+/// The `--before` build against the same rounds' baseline, and this build against it.
+fn report_before(shapes: &[Shape], table: &[Vec<(Round, Round, f64)>], binary: &str) {
+    println!();
+    println!("The --before build ({binary}) in the same rounds (third of each):");
+    println!(
+        "| connections x streams | --before requests/s (median) | CPU us/call | p99 ms | ratio to baseline (range) | p99 ratio | this build / --before (range) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (shape, rounds) in shapes.iter().zip(table) {
+        let med = |f: &dyn Fn(&(Round, Round, f64)) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            support::median(&mut v)
+        };
+        let range =
+            |f: &dyn Fn(&(Round, Round, f64)) -> f64| spread(rounds.iter().map(f).collect());
+        println!(
+            "| {}x{} | {:.0} | {:.1} | {:.2} | {} | {:.2} | {} |",
+            shape.connections,
+            shape.streams,
+            med(&|r| r.0.rps),
+            med(&|r| r.0.cpu_us),
+            med(&|r| r.0.p99_ms),
+            range(&|r| r.0.rps / r.1.rps),
+            med(&|r| r.0.p99_ms / r.1.p99_ms.max(1e-3)),
+            range(&|r| r.2 / r.0.rps),
+        );
+    }
+}
+
 fn report(shapes: &[Shape], table: &[Vec<(Round, Round)>], kind: &str, method: &str, not_ok: u64) {
     println!();
     println!(
@@ -338,14 +407,11 @@ fn report(shapes: &[Shape], table: &[Vec<(Round, Round)>], kind: &str, method: &
             let mut v: Vec<f64> = pairs.iter().map(f).collect();
             support::median(&mut v)
         };
-        let mut ratios: Vec<f64> = pairs.iter().map(|(a, b)| a.rps / b.rps).collect();
-        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = ratios.iter().copied().fold(0.0, f64::max);
-        let ratio = support::median(&mut ratios);
+        let ratio = spread(pairs.iter().map(|(a, b)| a.rps / b.rps).collect());
         let p99_ratio = med(&|p| p.0.p99_ms / p.1.p99_ms.max(1e-3));
         let failed = |pick: &dyn Fn(&(Round, Round)) -> u64| pairs.iter().map(pick).sum::<u64>();
         println!(
-            "| {}x{} | blend-scaler | {:.0} | {:.1} | {:.2} | {:.2} | {} | {ratio:.3} ({min:.3} to {max:.3}) | {p99_ratio:.2} |",
+            "| {}x{} | blend-scaler | {:.0} | {:.1} | {:.2} | {:.2} | {} | {ratio} | {p99_ratio:.2} |",
             shape.connections,
             shape.streams,
             med(&|p| p.0.rps),
