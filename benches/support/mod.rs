@@ -276,8 +276,13 @@ pub struct FakePrometheus {
     pub addr: SocketAddr,
     pub queries: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub value: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// When each query arrived and its `query` parameter, once [`Self::log_queries`] is on
+    /// (off by default: the memory bench's fakes answer queries for a long time).
+    log: QueryLog,
     task: tokio::task::JoinHandle<()>,
 }
+
+type QueryLog = std::sync::Arc<parking_lot::Mutex<Option<Vec<(tokio::time::Instant, String)>>>>;
 
 impl FakePrometheus {
     pub async fn start(value: f64) -> Self {
@@ -285,11 +290,16 @@ impl FakePrometheus {
         use std::sync::atomic::{AtomicU64, Ordering};
         let queries = Arc::new(AtomicU64::new(0));
         let value = Arc::new(AtomicU64::new(value.to_bits()));
-        let (q, v) = (queries.clone(), value.clone());
+        let log = QueryLog::default();
+        let (q, v, l) = (queries.clone(), value.clone(), log.clone());
         let app = axum::Router::new().route(
             "/api/v1/query",
-            axum::routing::get(move || {
+            axum::routing::get(move |params: axum::extract::Query<HashMap<String, String>>| {
                 q.fetch_add(1, Ordering::SeqCst);
+                if let Some(log) = l.lock().as_mut() {
+                    let query = params.0.get("query").cloned().unwrap_or_default();
+                    log.push((tokio::time::Instant::now(), query));
+                }
                 let value = f64::from_bits(v.load(Ordering::SeqCst));
                 async move {
                     let now = std::time::SystemTime::now()
@@ -314,8 +324,19 @@ impl FakePrometheus {
             addr,
             queries,
             value,
+            log,
             task,
         }
+    }
+
+    /// From now on, every query is logged with its arrival ([`Self::query_log`]).
+    pub fn log_queries(&self) {
+        self.log.lock().get_or_insert_with(Vec::new);
+    }
+
+    /// The queries logged so far: when each arrived, and its `query` parameter.
+    pub fn query_log(&self) -> Vec<(tokio::time::Instant, String)> {
+        self.log.lock().clone().unwrap_or_default()
     }
 
     pub fn url(&self) -> String {
