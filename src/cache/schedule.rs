@@ -31,6 +31,10 @@ const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// of both at the defaults (30 s and 15 s), and one more covers a call that merged with another.
 const RECENT_GAPS: usize = 4;
 
+/// KEDA's default `pollingInterval`: the period an item's value may be as old as, plus a
+/// refresh, before it lapses, until KEDA's calls have shown their own pace (one gap).
+const KEDA_POLLING_INTERVAL: Duration = Duration::from_secs(30);
+
 /// `at + d`, or as far ahead as instants go when that overflows.
 pub(crate) fn after<T: Moment>(at: T, d: Duration) -> T {
     at.plus(d.min(FAR))
@@ -133,10 +137,18 @@ impl<T: Moment> Demand<T> {
     /// Whether a call at `now` finds the value read at `read` older than KEDA's period plus
     /// one refresh (KEDA had stopped asking, so nothing was read): then the caller waits for a
     /// read, as a never-seen item's first caller does, rather than be answered from it.
+    /// Before a gap is known the period is KEDA's default polling interval, not the refresh
+    /// interval: the second call of a new item comes a poll (or an HPA read) after the first,
+    /// and is answered from the first read at once, as every call but a new item's first is
+    /// (SPEC 4), from a value no older than the period plus a refresh.
     /// Ask before [`Demand::called`] records the call, whose gap would lengthen the period,
     /// and only of an item not due already (no call since its read).
     pub fn lapsed(&self, read: T, now: T, floor: Duration) -> bool {
-        now.since(read) > self.period(floor).saturating_add(floor)
+        let period = match self.gaps.iter().all(|g| g.is_zero()) {
+            true => self.period(floor).max(KEDA_POLLING_INTERVAL),
+            false => self.period(floor),
+        };
+        now.since(read) > period.saturating_add(floor)
     }
 }
 

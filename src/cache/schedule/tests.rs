@@ -158,15 +158,27 @@ fn polled_alone_an_item_soon_answers_each_poll_from_a_value_at_most_a_refresh_ol
         now = call;
     }
     assert!(reads <= 20, "{reads} reads for 20 polls");
-    // The second poll waits for a read (KEDA's period is not known yet, so its value looks
-    // lapsed); from the third, each read moves a refresh later until it comes a refresh
-    // before the poll.
-    assert_eq!(
-        ages[..7],
-        [0.0, 30.0, 25.0, 20.0, 15.0, 10.0, 5.0],
-        "{ages:?}"
-    );
-    assert!(ages[7..].iter().all(|&a| a == 5.0), "{ages:?}");
+    // The second poll is answered from the first read (KEDA's default polling interval
+    // stands for the period not known yet); from then on each read moves a refresh later
+    // until it comes a refresh before the poll.
+    assert_eq!(ages[..6], [30.0, 25.0, 20.0, 15.0, 10.0, 5.0], "{ages:?}");
+    assert!(ages[6..].iter().all(|&a| a == 5.0), "{ages:?}");
+}
+
+#[test]
+fn a_new_items_second_call_a_keda_poll_after_its_first_is_answered_from_the_cache() {
+    let t0 = Instant::now();
+    let mut d = Demand::default();
+    d.called(t0, secs(5.0));
+    // Read just after the first call; no gap known yet. The second call a 30 s poll (or a
+    // 15 s HPA read) later is within KEDA's default polling interval plus a refresh...
+    let read = t0 + secs(0.01);
+    assert!(!d.lapsed(read, t0 + secs(15.0), secs(5.0)));
+    assert!(!d.lapsed(read, t0 + secs(30.0), secs(5.0)));
+    // ...and a call after KEDA stopped asking for longer than that waits for a read.
+    assert!(d.lapsed(read, t0 + secs(35.1), secs(5.0)));
+    // A refresh interval longer than KEDA's default poll is the floor still.
+    assert!(!d.lapsed(read, t0 + secs(100.0), secs(60.0)));
 }
 
 #[test]

@@ -75,29 +75,36 @@ fn blend_reads_the_queue_when_keda_asks_and_answers_from_the_cache_between() {
     for t in 3..15 {
         b.tick(t, &world(100));
     }
-    // 15 s on, longer than the period KEDA had asked at (the refresh interval, with no gap
-    // between calls yet) plus a refresh: the value lapsed, and the call waits for a read.
-    assert_eq!(b.read(15, &world(60)).0, vec![m(12.0, 1.0)]);
+    // 15 s on, KEDA's next ask (an HPA read): with no gap between calls known yet, KEDA's
+    // default polling interval stands for the period, so the 15 s old value has not lapsed
+    // and the call is answered from the cache at once; the call makes the queue due, and
+    // it is read just after.
+    assert_eq!(b.read(15, &world(60)).0, vec![m(2.0, 1.0)]);
     for t in 15..30 {
         b.tick(t, &world(60));
     }
-    // Another 15 s, now the period: answered from the cache. KEDA asks at a steady pace,
-    // so the queue is read a refresh before its next call (45 s), but no later than a
-    // period and a refresh after the last read: at 35 s.
+    // Another 15 s, now the period: answered from the read the call at 15 s made due, at
+    // 20 s (a period and a refresh after the first read at the latest). KEDA asks at a
+    // steady pace, so the queue is read a refresh before its next call (45 s), at 40 s,
+    // which is also no later than a period and a refresh after the last read.
     assert_eq!(b.read(30, &world(0)).0, vec![m(12.0, 1.0)]);
-    for t in 30..36 {
+    for t in 30..41 {
         b.tick(t, &world(0));
     }
     let ms = Duration::from_millis;
     assert_eq!(
         b.servicebus_log().reads,
-        vec![ms(5), ms(15_005), ms(35_005)]
+        vec![ms(5), ms(20_005), ms(40_000)]
     );
-    let seen = b.servicebus.look(secs(36), false, 0.0);
+    let seen = b.servicebus.look(secs(41), false, 0.0);
     assert_eq!(seen.value, Some(0.0));
-    // The least-squares line through 10, 60 and 0 read at 0, 15 and 35 s.
+    // The least-squares line through 10, 60 and 0 read at those three moments.
+    let (x, y) = ([0.005, 20.005, 40.0], [10.0, 60.0, 0.0]);
+    let (mx, my) = (x.iter().sum::<f64>() / 3.0, y.iter().sum::<f64>() / 3.0);
+    let slope = (0..3).map(|i| (x[i] - mx) * (y[i] - my)).sum::<f64>()
+        / x.iter().map(|v| (v - mx).powi(2)).sum::<f64>();
     let rate = seen.rate.unwrap();
-    assert!((rate + 16.0 / 37.0).abs() < 1e-9, "{rate}");
+    assert!((rate - slope).abs() < 1e-9, "{rate} against {slope}");
 }
 
 #[test]
