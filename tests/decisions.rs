@@ -10,6 +10,7 @@ mod prometheus;
 use std::process::Command;
 use std::time::Duration;
 
+use blend_scaler::cache::RefreshConfig;
 use blend_scaler::decisions::{Decisions, DecisionsOptions, SignalState};
 use blend_scaler::server::{Running, ServerConfig};
 use blend_scaler_testkit::servicebus::{Counts, ServiceBusDouble};
@@ -347,8 +348,16 @@ async fn dead_letter_series_come_from_the_read_that_gives_the_active_count() {
             transfer_dead_letter: 2,
         },
     );
-    // No background refresh during the test: every read is one a poll caused.
-    let (running, mut client) = scaler(Duration::from_secs(3600), false).await;
+    // No background refresh during the test: every read is one a poll caused. A wake reads
+    // new items at most once per fast interval: short, so a call that missed the first
+    // read's 5 ms coalescing pause (a loaded machine) gets its own read at the next wake
+    // rather than an hour later, after its first-read timeout.
+    let mut config = ServerConfig::loopback();
+    config.engine.refresh = RefreshConfig {
+        fast_interval: Duration::from_millis(100),
+        ..keda::refresh_every(Duration::from_secs(3600))
+    };
+    let (running, mut client) = keda::start_with_default_sources(config).await;
     let queue = keda::object(
         "production",
         "orders",
@@ -368,8 +377,9 @@ async fn dead_letter_series_come_from_the_read_that_gives_the_active_count() {
             ("subscriptionName", "audit".to_string()),
         ]),
     );
-    // Both at once, as KEDA polls after a restart: one refresh of the namespace reads both
-    // (a refresh interval of an hour allows no second one).
+    // Both at once, as KEDA polls after a restart: whether one read covers both or the
+    // second call waits for the next wake, each entity costs one GET (the namespace is
+    // listed only when one read covers two queues, or two subscriptions of a topic).
     let mut other = client.clone();
     let (q, s) = tokio::join!(
         keda::poll(&mut client, &queue, keda::METRIC),
