@@ -140,7 +140,7 @@ impl<T: Moment> Demand<T> {
     /// Before a gap is known the period is KEDA's default polling interval, not the refresh
     /// interval: the second call of a new item comes a poll (or an HPA read) after the first,
     /// and is answered from the first read at once, as every call but a new item's first is
-    /// (SPEC 4), from a value no older than the period plus a refresh.
+    /// (the README's "Answers to KEDA"), from a value no older than the period plus a refresh.
     /// Ask before [`Demand::called`] records the call, whose gap would lengthen the period,
     /// and only of an item not due already (no call since its read).
     pub fn lapsed(&self, read: T, now: T, floor: Duration) -> bool {
