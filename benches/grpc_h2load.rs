@@ -356,6 +356,12 @@ fn run(
 }
 
 /// `median (min to max)` of per-round ratios.
+/// The median of one figure over a shape's rounds.
+fn median_of<T>(rounds: &[T], figure: impl Fn(&T) -> f64) -> f64 {
+    let mut v: Vec<f64> = rounds.iter().map(figure).collect();
+    support::median(&mut v)
+}
+
 fn spread(mut v: Vec<f64>) -> String {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(0.0, f64::max);
@@ -371,10 +377,7 @@ fn report_before(shapes: &[Shape], table: &[Vec<(Round, Round, f64)>], binary: &
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (shape, rounds) in shapes.iter().zip(table) {
-        let med = |f: &dyn Fn(&(Round, Round, f64)) -> f64| {
-            let mut v: Vec<f64> = rounds.iter().map(f).collect();
-            support::median(&mut v)
-        };
+        let med = |f: &dyn Fn(&(Round, Round, f64)) -> f64| median_of(rounds, f);
         let range =
             |f: &dyn Fn(&(Round, Round, f64)) -> f64| spread(rounds.iter().map(f).collect());
         println!(
@@ -403,10 +406,7 @@ fn report(shapes: &[Shape], table: &[Vec<(Round, Round)>], kind: &str, method: &
     );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (shape, pairs) in shapes.iter().zip(table) {
-        let med = |f: &dyn Fn(&(Round, Round)) -> f64| {
-            let mut v: Vec<f64> = pairs.iter().map(f).collect();
-            support::median(&mut v)
-        };
+        let med = |f: &dyn Fn(&(Round, Round)) -> f64| median_of(pairs, f);
         let ratio = spread(pairs.iter().map(|(a, b)| a.rps / b.rps).collect());
         let p99_ratio = med(&|p| p.0.p99_ms / p.1.p99_ms.max(1e-3));
         let failed = |pick: &dyn Fn(&(Round, Round)) -> u64| pairs.iter().map(pick).sum::<u64>();
