@@ -105,7 +105,8 @@ fn check_without_an_external_trigger_says_so() {
 
 #[test]
 fn check_and_explain_never_print_a_user_info_password() {
-    // docs/security.md "Low findings": the plan and the URL error used to print the address as given.
+    // docs/security.md "Low findings": the plan and the URL error used to print the address
+    // as given.
     let good = [
         "check",
         "--metadata",

@@ -1,8 +1,8 @@
-//! docs/security.md "Credentials go only to their own hosts", over the wire: a tenant's trigger metadata cannot send the scaler's
-//! credentials (a connection string, a named credential, a Prometheus credential, the
-//! workload-identity token) to a host the tenant chose. The scaler refuses such a trigger with
-//! `INVALID_ARGUMENT` naming the key, before any request leaves, even with
-//! `--allow-loopback-upstreams` (the harness's setting) and the sink on loopback.
+//! docs/security.md "Credentials go only to their own hosts", over the wire: a tenant's trigger
+//! metadata cannot send the scaler's credentials (a connection string, a named credential, a
+//! Prometheus credential, the workload-identity token) to a host the tenant chose. The scaler
+//! refuses such a trigger with `INVALID_ARGUMENT` naming the key, before any request leaves,
+//! even with `--allow-loopback-upstreams` (the harness's setting) and the sink on loopback.
 
 #[path = "support/keda.rs"]
 mod keda;

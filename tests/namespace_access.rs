@@ -1,7 +1,8 @@
-//! docs/security.md "Namespaces: who may use what", over the wire: what the scaler holds for tenants (named credentials, its
-//! own workload identity, Prometheus servers and their tenant headers) is usable only by the
-//! Kubernetes namespaces configured for it. A refused trigger reads nothing, and the refusal
-//! for a credential that exists elsewhere is the refusal for one that does not exist.
+//! docs/security.md "Namespaces: who may use what", over the wire: what the scaler holds for
+//! tenants (named credentials, its own workload identity, Prometheus servers and their tenant
+//! headers) is usable only by the Kubernetes namespaces configured for it. A refused trigger
+//! reads nothing, and the refusal for a credential that exists elsewhere is the refusal for one
+//! that does not exist.
 
 #[path = "support/keda.rs"]
 mod keda;

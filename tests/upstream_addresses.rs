@@ -1,7 +1,7 @@
-//! docs/security.md "Where requests may go", over the wire: no server-side request forgery. The allowlist is
-//! `host[:port]` with dot-bounded wildcards; the address actually connected to is checked
-//! (loopback, link-local, private ranges and the Kubernetes API refused unless an operator
-//! allows them); and an upstream's response body never travels back to the gRPC caller.
+//! docs/security.md "Where requests may go", over the wire: no server-side request forgery. The
+//! allowlist is `host[:port]` with dot-bounded wildcards; the address actually connected to is
+//! checked (loopback, link-local, private ranges and the Kubernetes API refused unless an
+//! operator allows them); and an upstream's response body never travels back to the gRPC caller.
 
 #[path = "support/keda.rs"]
 mod keda;

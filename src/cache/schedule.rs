@@ -144,9 +144,10 @@ impl<T: Moment> Demand<T> {
     /// Ask before [`Demand::called`] records the call, whose gap would lengthen the period,
     /// and only of an item not due already (no call since its read).
     pub fn lapsed(&self, read: T, now: T, floor: Duration) -> bool {
-        let period = match self.gaps.iter().all(|g| g.is_zero()) {
-            true => self.period(floor).max(KEDA_POLLING_INTERVAL),
-            false => self.period(floor),
+        let period = if self.gaps.iter().all(|g| g.is_zero()) {
+            self.period(floor).max(KEDA_POLLING_INTERVAL)
+        } else {
+            self.period(floor)
         };
         now.since(read) > period.saturating_add(floor)
     }
