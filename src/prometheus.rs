@@ -31,6 +31,7 @@ use url::Url;
 use crate::binding::HostRules;
 use crate::cache::{self, GroupRead, Keyed, Refresher, SignalCache, Upstream};
 use crate::http;
+use crate::intern::Interner;
 use crate::metadata::{Aggregation, PrometheusAuth, PrometheusPlan, PrometheusTls};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -72,11 +73,12 @@ const MAX_CONCURRENT_QUERIES: usize = 16;
 const MAX_DETAIL_CHARS: usize = 300;
 
 /// A Prometheus server as the scaler reaches it: everything that shapes the HTTP client or
-/// applies to every query sent to it. Two plans with equal `Server`s share one refresh.
+/// applies to every query sent to it. Two plans with equal `Server`s share one refresh, and
+/// one copy of the key ([`key`]); plans with other auth, headers or namespace never do.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Server {
     address: Arc<str>,
-    auth: PrometheusAuth,
+    auth: Arc<PrometheusAuth>,
     /// Sorted by name (stable, so repeated names keep their order): header order carries no
     /// meaning, and must not split one server into two groups.
     headers: Vec<(String, Secret)>,
@@ -200,20 +202,23 @@ pub struct Query {
     series_aggregation: Option<Aggregation>,
 }
 
-/// The cache keys of a plan: which server, and which question.
-pub fn key(plan: &PrometheusPlan) -> (Server, Query) {
+/// The cache keys of a plan: which server, and which question. The server is the one shared
+/// copy of an equal server (every entry and group of 10,000 plans on five servers holds one of
+/// five), so it is made when a plan is tracked, not per call.
+pub fn key(plan: &PrometheusPlan) -> (Arc<Server>, Query) {
+    static SERVERS: Interner<Server> = Interner::new();
     let mut headers = plan.custom_headers.clone();
     headers.sort_by(|a, b| a.0.cmp(&b.0));
     let mut parameters = plan.query_parameters.clone();
     parameters.sort_by(|a, b| a.0.cmp(&b.0));
     (
-        Server {
+        SERVERS.share(Server {
             address: plan.server_address.clone(),
             auth: plan.auth.clone(),
             headers,
             namespace: plan.namespace.clone(),
             timeout: plan.timeout.unwrap_or(DEFAULT_TIMEOUT),
-        },
+        }),
         Query {
             query: plan.query.clone(),
             parameters,
@@ -241,7 +246,7 @@ pub struct PrometheusUpstream {
     /// Which addresses the clients connect to.
     hosts: HostRules,
     /// How each server is reached; a server nobody reads for a while is forgotten.
-    connections: moka::sync::Cache<Server, Result<Connection, SignalError>>,
+    connections: moka::sync::Cache<Arc<Server>, Result<Connection, SignalError>>,
     /// HTTP clients by TLS identity, not by server: a client loads TLS roots and keeps a
     /// connection pool (about 130 KB), and two thousand distinct `serverAddress` values
     /// held 270 MB when each had its own.
@@ -269,7 +274,7 @@ impl PrometheusUpstream {
         self.live_clients.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn connection(&self, server: &Server) -> Result<Connection, SignalError> {
+    fn connection(&self, server: &Arc<Server>) -> Result<Connection, SignalError> {
         if let Some(known) = self.connections.get(server) {
             return known;
         }
@@ -309,7 +314,7 @@ impl PrometheusUpstream {
     }
 
     /// Sends one query and turns the answer into one number; records the request.
-    pub async fn query(&self, server: &Server, query: &Query) -> Result<f64, SignalError> {
+    pub async fn query(&self, server: &Arc<Server>, query: &Query) -> Result<f64, SignalError> {
         let connection = self.connection(server)?;
         let started = Instant::now();
         let answer = send(&connection, server, query).await;
@@ -334,10 +339,10 @@ impl Upstream for PrometheusUpstream {
         Some((&self.metrics, "prometheus"))
     }
 
-    type Group = Server;
+    type Group = Arc<Server>;
     type Item = Query;
 
-    async fn read(&self, server: &Server, items: &[Query]) -> GroupRead<Query> {
+    async fn read(&self, server: &Arc<Server>, items: &[Query]) -> GroupRead<Query> {
         if let Err(e) = self.connection(server) {
             return GroupRead::all_failed(items, e);
         }

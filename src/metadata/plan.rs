@@ -9,7 +9,7 @@ use regex::Regex;
 
 use crate::access::{NAMESPACES_SUFFIX, Namespaces};
 use crate::cron::CronPlan;
-use crate::intern::intern;
+use crate::intern::{Interner, intern};
 use crate::secret::Secret;
 
 /// How the blended replica count is formed from the signals.
@@ -222,6 +222,15 @@ pub struct PrometheusAuth {
     pub tls: Option<PrometheusTls>,
 }
 
+impl PrometheusAuth {
+    /// The one shared copy of `self` (equal auths only: two tenants' different credentials
+    /// are never one copy).
+    pub fn shared(self) -> Arc<Self> {
+        static AUTHS: Interner<PrometheusAuth> = Interner::new();
+        AUTHS.share(self)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PrometheusTls {
     pub ca: Option<Secret>,
@@ -241,7 +250,9 @@ pub struct PrometheusPlan {
     pub timeout: Option<Duration>,
     pub ignore_null_values: bool,
     pub series_aggregation: Option<Aggregation>,
-    pub auth: PrometheusAuth,
+    /// Shared by every plan with equal auth ([`PrometheusAuth::shared`]): most plans have
+    /// none, and those that do repeat a few credentials.
+    pub auth: Arc<PrometheusAuth>,
 }
 
 /// Credentials configured on the scaler itself, by name.

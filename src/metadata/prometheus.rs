@@ -56,7 +56,7 @@ impl Parser<'_> {
         let timeout = self.duration(keys::TIMEOUT, None, Duration::from_millis(1));
         let ignore_null_values = self.boolean(keys::IGNORE_NULL_VALUES, true);
         let series_aggregation = self.aggregation(keys::SERIES_AGGREGATION);
-        let auth = self.prometheus_auth();
+        let auth = self.prometheus_auth().shared();
         Some(PrometheusPlan {
             server_address: server_address?,
             query: query?,

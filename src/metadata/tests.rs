@@ -463,7 +463,7 @@ fn a_prometheus_credential_supplies_basic_auth() {
         &creds,
     )
     .unwrap();
-    let (user, pass) = plan.prometheus.unwrap().auth.basic.unwrap();
+    let (user, pass) = plan.prometheus.unwrap().auth.basic.clone().unwrap();
     assert_eq!((user.expose(), pass.expose()), ("scaler", "pa55"));
 }
 

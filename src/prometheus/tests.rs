@@ -83,6 +83,34 @@ fn server_identity_includes_auth_headers_namespace_and_timeout() {
 }
 
 #[test]
+fn plans_with_equal_servers_share_one_key_and_other_credentials_never_do() {
+    let tenant = |token: &str| {
+        plan(&[
+            ("authModes", "bearer"),
+            ("bearerTokenFromEnv", token),
+            ("query", "up"),
+        ])
+    };
+    let (a, a_too, b) = (tenant("token-a"), tenant("token-a"), tenant("token-b"));
+    // Equal auth: one copy in both plans and in both keys.
+    assert!(Arc::ptr_eq(&a.auth, &a_too.auth));
+    assert!(Arc::ptr_eq(&key(&a).0, &key(&a_too).0));
+    // Another tenant's token against the same address and query: its own key, which carries
+    // its own token and not the other's.
+    let (server_a, server_b) = (key(&a).0, key(&b).0);
+    assert!(!Arc::ptr_eq(&a.auth, &b.auth));
+    assert!(!Arc::ptr_eq(&server_a, &server_b));
+    assert_ne!(server_a, server_b);
+    assert_eq!(key(&a).1, key(&b).1, "the question asked is the same");
+    assert_eq!(server_a.secrets(), ["token-a"]);
+    assert_eq!(server_b.secrets(), ["token-b"]);
+    // And a plan without auth shares neither.
+    let open = key(&plan(&[("query", "up")])).0;
+    assert!(open.secrets().is_empty());
+    assert!(!Arc::ptr_eq(&open, &server_a) && !Arc::ptr_eq(&open, &server_b));
+}
+
+#[test]
 fn query_identity_includes_null_handling_and_aggregation() {
     let base = key(&plan(&[])).1;
     for extra in [
