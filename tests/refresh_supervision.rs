@@ -19,10 +19,10 @@ struct Buggy {
 }
 
 impl Upstream for Buggy {
-    type Group = NamespaceKey;
+    type Group = Arc<NamespaceKey>;
     type Item = Watched;
 
-    async fn read(&self, _group: &NamespaceKey, items: &[Watched]) -> GroupRead<Watched> {
+    async fn read(&self, _group: &Arc<NamespaceKey>, items: &[Watched]) -> GroupRead<Watched> {
         if self.broken.load(Ordering::SeqCst) {
             panic!("a bug in the upstream client");
         }

@@ -4,6 +4,7 @@
 #[path = "support/keda.rs"]
 mod keda;
 
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use blend_scaler::cache::Upstream;
@@ -179,11 +180,11 @@ async fn sas_tokens_verify_and_a_wrong_key_is_refused_without_being_shown() {
     assert!(!e.to_string().contains("ExpiredToken"), "{e}");
 }
 
-fn namespace(double: &ServiceBusDouble, auth: ServiceBusAuth) -> NamespaceKey {
-    NamespaceKey {
+fn namespace(double: &ServiceBusDouble, auth: ServiceBusAuth) -> Arc<NamespaceKey> {
+    Arc::new(NamespaceKey {
         endpoint: double.endpoint().into(),
         auth,
-    }
+    })
 }
 
 fn queue(name: &str) -> Watched {

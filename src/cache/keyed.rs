@@ -80,24 +80,38 @@ impl<U: Upstream, P> Keyed<U, P> {
     }
 }
 
-impl<U: Upstream, P: Send + Sync + 'static> SignalCache<P> for Keyed<U, P> {
-    fn entry(&self, plan: &P) -> Arc<dyn CacheEntry> {
+impl<U: Upstream, P> Keyed<U, P> {
+    /// `plan`'s entry as it is, for a cache that keeps it inside an entry of its own.
+    pub(crate) fn keyed_entry(&self, plan: &P) -> KeyedEntry<U> {
         let (group, item) = (self.key)(plan);
-        Arc::new(KeyedEntry {
+        KeyedEntry {
             refresher: self.refresher.clone(),
             group,
             held: Held::default(),
             item,
-        })
+        }
+    }
+}
+
+impl<U: Upstream, P: Send + Sync + 'static> SignalCache<P> for Keyed<U, P> {
+    fn entry(&self, plan: &P) -> Arc<dyn CacheEntry> {
+        Arc::new(self.keyed_entry(plan))
     }
 }
 
 /// A plan's (group, item) in a [`Refresher`], and its way to the group between calls.
-struct KeyedEntry<U: Upstream> {
+pub struct KeyedEntry<U: Upstream> {
     refresher: Arc<Refresher<U>>,
     group: U::Group,
     held: Held<U>,
     item: U::Item,
+}
+
+impl<U: Upstream> KeyedEntry<U> {
+    /// The entry's group and item.
+    pub(crate) fn key(&self) -> (&U::Group, &U::Item) {
+        (&self.group, &self.item)
+    }
 }
 
 impl<U: Upstream> CacheEntry for KeyedEntry<U> {

@@ -30,7 +30,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::binding::HostRules;
-use crate::cache::{CacheEntry, Keyed, RefreshConfig, Refresher, SignalCache};
+use crate::cache::{CacheEntry, Keyed, KeyedEntry, RefreshConfig, Refresher, SignalCache};
+use crate::intern::Interner;
 use crate::metadata::{Aggregation, Entity, ServiceBusAuth, ServiceBusPlan};
 use crate::metrics::Metrics;
 use crate::signal::{EntityCounts, Observation};
@@ -56,13 +57,16 @@ pub struct Watched {
     pub operation: Aggregation,
 }
 
-/// The cache key of a plan: its namespace and what it watches there.
-pub fn key(plan: &ServiceBusPlan) -> (NamespaceKey, Watched) {
+/// The cache key of a plan: its namespace and what it watches there. The namespace is the one
+/// shared copy of an equal namespace with equal credentials (every entry and group of 10,000
+/// plans on twenty namespaces holds one of twenty), so it is made when a plan is tracked.
+pub fn key(plan: &ServiceBusPlan) -> (Arc<NamespaceKey>, Watched) {
+    static NAMESPACES: Interner<NamespaceKey> = Interner::new();
     (
-        NamespaceKey {
+        NAMESPACES.share(NamespaceKey {
             endpoint: normalise_endpoint(&plan.endpoint),
             auth: plan.auth.clone(),
-        },
+        }),
         Watched {
             entity: plan.entity.clone(),
             use_regex: plan.use_regex,
@@ -120,18 +124,16 @@ struct ServiceBusCache {
 impl SignalCache<ServiceBusPlan> for ServiceBusCache {
     fn entry(&self, plan: &ServiceBusPlan) -> Arc<dyn CacheEntry> {
         Arc::new(ServiceBusEntry {
-            entry: self.keyed.entry(plan),
-            key: key(plan),
+            entry: self.keyed.keyed_entry(plan),
             upstream: self.upstream.clone(),
             counts: parking_lot::Mutex::new(None),
         })
     }
 }
 
-/// A plan's entry, with its key kept for the counts.
+/// A plan's entry, and the upstream whose table has the counts under the entry's key.
 struct ServiceBusEntry {
-    entry: Arc<dyn CacheEntry>,
-    key: (NamespaceKey, Watched),
+    entry: KeyedEntry<ServiceBusUpstream>,
     upstream: Arc<ServiceBusUpstream>,
     /// The counts as last looked up, and the group's generation then: a read stores its
     /// counts before it bumps the generation, so until the next bump they are the same, and
@@ -160,7 +162,9 @@ impl CacheEntry for ServiceBusEntry {
         {
             return counts;
         }
-        let counts = self.upstream.counts.get(&self.key);
+        let (group, item) = self.entry.key();
+        // Clones of shared values (the namespace's `Arc`, the entity's names): no allocation.
+        let counts = self.upstream.counts.get(&(group.clone(), item.clone()));
         *last = generation.map(|g| (g, counts));
         counts
     }

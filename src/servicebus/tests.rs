@@ -47,6 +47,42 @@ fn plans_on_one_namespace_share_a_group_and_equal_entities_share_an_item() {
 }
 
 #[test]
+fn one_namespace_with_one_credential_is_one_shared_key_and_another_credential_its_own() {
+    let with_key = |key: &str| {
+        let mut p = plan(
+            "https://ns.servicebus.windows.net",
+            Entity::Queue("orders".into()),
+            false,
+            Aggregation::Sum,
+        );
+        p.auth = ServiceBusAuth::ConnectionString(
+            ConnectionString::parse(&format!("SharedAccessKeyName=a;SharedAccessKey={key}"))
+                .unwrap(),
+        );
+        p
+    };
+    let (a, a_too, b) = (
+        key(&with_key("tenant-a")).0,
+        key(&with_key("tenant-a")).0,
+        key(&with_key("tenant-b")).0,
+    );
+    assert!(Arc::ptr_eq(&a, &a_too));
+    assert!(!Arc::ptr_eq(&a, &b));
+    assert_ne!(a, b);
+    let secret = |k: &NamespaceKey| match &k.auth {
+        ServiceBusAuth::ConnectionString(cs) => match &cs.auth {
+            crate::metadata::ConnectionAuth::Key { key, .. } => key.expose().to_string(),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (secret(&a), secret(&b)),
+        ("tenant-a".into(), "tenant-b".into())
+    );
+}
+
+#[test]
 fn one_exact_name_is_a_get_and_more_or_a_pattern_is_a_list() {
     let mut w = Wants::default();
     w.add(&Name::Exact("Orders".into()));

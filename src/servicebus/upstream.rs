@@ -38,7 +38,7 @@ pub struct ServiceBusUpstream {
     client: Client,
     identity: Arc<WorkloadIdentity>,
     /// Connections (and their token caches) by namespace; idle ones are dropped.
-    connections: moka::sync::Cache<NamespaceKey, Arc<Connection>>,
+    connections: moka::sync::Cache<Arc<NamespaceKey>, Arc<Connection>>,
     /// Hosts that answered 429/503 with `Retry-After`, by the group that was told: until
     /// when, since when and with which status. The group told waits the whole time; every
     /// other group on the host (another credential on the same namespace, another tenant)
@@ -48,7 +48,7 @@ pub struct ServiceBusUpstream {
     /// The other counts of each watched item's entities, from the same reads that gave its
     /// value (`blend_scaler_servicebus_*_messages`, `/decisions`): no read of their own.
     /// Looked up on every KEDA call ([`super::ServiceBusEntry`]), so with the lookup hash.
-    pub(super) counts: moka::sync::Cache<(NamespaceKey, Watched), EntityCounts, LookupHash>,
+    pub(super) counts: moka::sync::Cache<(Arc<NamespaceKey>, Watched), EntityCounts, LookupHash>,
 }
 
 /// One group's throttling on a host.
@@ -172,7 +172,7 @@ impl ServiceBusUpstream {
         }
     }
 
-    fn connection(&self, key: &NamespaceKey) -> Result<Arc<Connection>, SignalError> {
+    fn connection(&self, key: &Arc<NamespaceKey>) -> Result<Arc<Connection>, SignalError> {
         if let Some(c) = self.connections.get(key) {
             return Ok(c);
         }
@@ -267,7 +267,7 @@ impl ServiceBusUpstream {
 }
 
 impl Upstream for ServiceBusUpstream {
-    type Group = NamespaceKey;
+    type Group = Arc<NamespaceKey>;
     type Item = Watched;
     const LISTS: bool = true;
 
@@ -275,7 +275,7 @@ impl Upstream for ServiceBusUpstream {
         Some((self.client.metrics(), "servicebus"))
     }
 
-    async fn read(&self, group: &NamespaceKey, items: &[Watched]) -> GroupRead<Watched> {
+    async fn read(&self, group: &Arc<NamespaceKey>, items: &[Watched]) -> GroupRead<Watched> {
         let conn = match self.connection(group) {
             Ok(c) => c,
             Err(e) => return GroupRead::all_failed(items, e),
