@@ -535,7 +535,7 @@ async fn explain(args: &InputArgs) -> anyhow::Result<ExitCode> {
             }
             Ok((tracked, _)) => {
                 out!("{}", tracked.plan)?;
-                let view = decisions::view(&tracked, tracked.last().as_deref(), true);
+                let view = decisions::view(&tracked, tracked.last().as_ref(), true);
                 let mut out = String::new();
                 failed |= decisions::render_table(&view, &mut out);
                 out!("{out}")?;

@@ -351,7 +351,7 @@ fn collect(state: &Shared, keep: impl Fn(&Tracked) -> bool) -> Decisions {
         .tracked()
         .iter()
         .filter(|t| keep(t))
-        .map(|t| view(t, t.last().as_deref(), options.show_queries))
+        .map(|t| view(t, t.last().as_ref(), options.show_queries))
         .collect();
     Decisions {
         pod: options.pod.clone(),

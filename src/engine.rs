@@ -16,12 +16,15 @@ use crate::blend::{self, Decision, Inputs, Missing};
 use crate::cache::{CacheEntry, RefreshConfig, SignalCache};
 use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
-use crate::metrics::{AnswerFigures, Metrics, ObjectLabels};
-use crate::signal::{EntityCounts, SignalError, SignalKind};
+use crate::metrics::{Metrics, ObjectEntry, ObjectLabels, ObjectSource};
+use crate::signal::{SignalError, SignalKind};
 
+mod answered;
 mod key;
 mod objects;
 
+use answered::Answered;
+pub(crate) use answered::LastAnswer;
 use key::{KeyHasher, KeyRef, ObjectKey, fingerprint};
 use objects::{Usage, weight};
 
@@ -120,24 +123,17 @@ pub struct Tracked {
     /// The plan's entries in the signal caches, keyed once here rather than on every call.
     servicebus: Option<Arc<dyn CacheEntry>>,
     prometheus: Option<Arc<dyn CacheEntry>>,
-    /// The last decision given to a caller, for `/decisions` and the change log; never an
-    /// input to the next decision (that is the readings' alone, the same on every replica).
-    last: Mutex<Option<Arc<LastAnswer>>>,
+    /// The last decision given to a caller, for `/decisions`, the change log and the
+    /// object's series; never an input to the next decision (that is the readings' alone,
+    /// the same on every replica) but through the safety rule.
+    answered: Mutex<Answered>,
 }
 
 impl Tracked {
     /// The last decision given to a caller, if any.
-    pub(crate) fn last(&self) -> Option<Arc<LastAnswer>> {
-        self.last.lock().clone()
+    pub(crate) fn last(&self) -> Option<LastAnswer> {
+        self.answered.lock().last()
     }
-}
-
-/// A decision as it was given: when, and the Service Bus entity's other counts then.
-#[derive(Clone, Debug)]
-pub(crate) struct LastAnswer {
-    pub(crate) at: DateTime<Utc>,
-    pub(crate) decision: Decision,
-    pub(crate) servicebus: Option<EntityCounts>,
 }
 
 pub struct Engine {
@@ -147,6 +143,8 @@ pub struct Engine {
     metrics: Metrics,
     /// By namespace, name and metric name ([`ObjectKey`]).
     objects: moka::sync::Cache<ObjectKey, Arc<Tracked>, KeyHasher>,
+    /// The same objects as the metrics' source of per-object series (held weakly there).
+    _series: Arc<Series>,
     /// Seeds the metadata fingerprints.
     fingerprints: KeyHasher,
     /// What the tracked objects take of the capacity, kept with every insert and eviction.
@@ -165,28 +163,29 @@ impl Engine {
                 HostList::parse(entries).map_err(|e| anyhow::anyhow!("--allow-upstream: {e}"))?,
             ),
         };
-        let forget_metrics = metrics.clone();
+        let count_metrics = metrics.clone();
         let usage = Arc::new(Mutex::new(Usage::default()));
         let evicted = usage.clone();
         let objects = moka::sync::Cache::builder()
             .time_to_idle(config.object_idle_ttl)
             .eviction_listener(move |key: Arc<ObjectKey>, tracked: Arc<Tracked>, cause| {
-                // A replaced entry keeps its labels; only a forgotten object loses its series.
+                // A forgotten object's series go with it (they are made from the objects).
                 let forgotten = cause != moka::notification::RemovalCause::Replaced;
-                if forgotten {
-                    forget_metrics.forget(&tracked.labels);
-                }
                 let mut usage = evicted.lock();
                 usage.release(&key.0, tracked.weight, forgotten);
-                forget_metrics.set_tracked(usage.objects as u64);
+                count_metrics.set_tracked(usage.objects as u64);
             })
             .build_with_hasher(KeyHasher::default());
+        let series = Arc::new(Series(objects.clone()));
+        let source: Arc<dyn ObjectSource> = series.clone();
+        metrics.add_object_source(Arc::downgrade(&source));
         Ok(Self {
             config,
             allow,
             caches,
             metrics,
             objects,
+            _series: series,
             fingerprints: KeyHasher::default(),
             usage,
         })
@@ -275,7 +274,13 @@ impl Engine {
             },
             metric_name: key.2.clone(),
             plan: Arc::new(plan),
-            last: Mutex::new(None),
+            // A new plan of a known object keeps its series' figures until it answers.
+            answered: Mutex::new(
+                current
+                    .as_ref()
+                    .map(|c| c.answered.lock().carried())
+                    .unwrap_or_default(),
+            ),
         });
         if current.is_some() {
             // The eviction listener gives back the replaced plan's weight.
@@ -417,7 +422,7 @@ impl Engine {
             prometheus: prom.as_ref(),
         });
         // The safety rule (README, "Answers to KEDA"), the one use of an earlier answer: only while a value is stale.
-        let last = tracked.last().and_then(|l| l.decision.replicas().ok());
+        let last = tracked.answered.lock().last_replicas();
         blend::hold_while_stale(decision, last, plan)
     }
 
@@ -436,37 +441,16 @@ impl Engine {
         Ok((tracked, decision))
     }
 
+    /// Keeps `d` as `tracked`'s last answer, in place (no allocation: KEDA calls this on
+    /// every answer), and logs a change of the count once.
     fn record(&self, tracked: &Tracked, d: &Decision) {
-        let replicas = d.replicas().ok();
-        let signals: Vec<_> = d
-            .signals
-            .iter()
-            .map(|s| (s.kind, s.value, s.replicas, s.age))
-            .collect();
-        let missing: Vec<_> = d.missing.iter().map(|m| (m.kind, m.age)).collect();
         let servicebus = tracked.servicebus.as_ref().and_then(|e| e.counts());
-        self.metrics.record_answer(
-            &tracked.labels,
-            &AnswerFigures {
-                replicas,
-                signals: &signals,
-                missing: &missing,
-                max_replicas: tracked.plan.max_replicas,
-                stale_after: tracked.plan.stale_after,
-                servicebus,
-            },
-        );
-        let answer = Arc::new(LastAnswer {
-            at: (self.config.clock)(),
-            decision: d.clone(),
-            servicebus,
-        });
-        let before = tracked.last.lock().replace(answer);
-        let Some(replicas) = replicas else {
+        let at = (self.config.clock)();
+        // The count last given (none if the last answer had none, which logs the return).
+        let previous = tracked.answered.lock().record(at, d, servicebus);
+        let Ok(replicas) = d.replicas() else {
             return;
         };
-        // The count last given (none if the last answer had none, which logs the return).
-        let previous = before.and_then(|b| b.decision.replicas().ok());
         if previous != Some(replicas) {
             let detail: Vec<String> = d
                 .signals
@@ -559,6 +543,20 @@ pub(crate) fn unavailable(m: &Missing) -> EngineError {
     EngineError::Unavailable {
         signal: m.kind,
         reason,
+    }
+}
+
+/// The tracked objects as the source of their `/metrics` series.
+struct Series(moka::sync::Cache<ObjectKey, Arc<Tracked>, KeyHasher>);
+
+impl ObjectSource for Series {
+    fn each_object(&self, each: &mut dyn FnMut(ObjectEntry<'_>)) {
+        for (_, tracked) in self.0.iter() {
+            let answered = tracked.answered.lock();
+            if let Some(figures) = answered.figures(&tracked.plan) {
+                each((&tracked.labels, answered.at(), figures));
+            }
+        }
     }
 }
 

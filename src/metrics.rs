@@ -2,10 +2,10 @@
 //! kind, upstream kind, outcome class, RPC method and status code; never URLs, queries,
 //! error strings or secrets.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -17,23 +17,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::signal::{EntityCounts, SignalKind};
-
-/// What one answer leaves in a ScaledObject's series.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct AnswerFigures<'a> {
-    /// The answer, when there was one (not for `UNAVAILABLE`).
-    pub(crate) replicas: Option<u32>,
-    /// Each usable signal: kind, value, replicas, age.
-    pub(crate) signals: &'a [(SignalKind, f64, u32, Option<Duration>)],
-    /// Each signal without a usable value, with the age of its last good value if any.
-    pub(crate) missing: &'a [(SignalKind, Option<Duration>)],
-    /// The plan's `maxReplicas` clamp.
-    pub(crate) max_replicas: Option<u32>,
-    /// The plan's `staleAfter`.
-    pub(crate) stale_after: Duration,
-    /// The other counts of the Service Bus entity the answer read.
-    pub(crate) servicebus: Option<EntityCounts>,
-}
 
 /// A ScaledObject as KEDA names it, the labels of its series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -262,75 +245,76 @@ impl Metrics {
         self.0.tracked_objects.set(n as i64);
     }
 
-    /// Records a ScaledObject's answer: the replicas (when there are some), each usable
-    /// signal's figures, and each missing signal's age. A signal missing from this answer
-    /// keeps its last value and replicas; its age keeps growing, so a stale signal shows.
-    pub(crate) fn record_answer(&self, object: &ObjectLabels, answer: &AnswerFigures<'_>) {
-        let mut objects = self.0.objects.0.lock();
-        let series = match objects.get_mut(object) {
-            Some(series) => series,
-            None => objects.entry(Arc::new(object.clone())).or_default(),
-        };
-        if let Some(r) = answer.replicas {
-            series.desired = Some(f64::from(r));
-        }
-        series.max_replicas = answer.max_replicas.map(f64::from);
-        series.stale_after = Some(answer.stale_after.as_secs_f64());
-        if answer.servicebus.is_some() {
-            series.servicebus = answer.servicebus;
-        }
-        for &(kind, value, replicas, age) in answer.signals {
-            series.signals[kind as usize] = Some(SignalFigures {
-                value: Some(value),
-                replicas: Some(f64::from(replicas)),
-                age: age.map(|a| a.as_secs_f64()),
-                missing: false,
-            });
-        }
-        for &(kind, age) in answer.missing {
-            let f = series.signals[kind as usize].get_or_insert(SignalFigures {
-                value: None,
-                replicas: None,
-                age: None,
-                missing: true,
-            });
-            f.missing = true;
-            if let Some(age) = age {
-                f.age = Some(age.as_secs_f64());
-            }
-        }
-    }
-
-    /// Drops the series of a ScaledObject no longer tracked, so label sets stay bounded.
-    pub(crate) fn forget(&self, object: &ObjectLabels) {
-        self.0.objects.0.lock().remove(object);
+    /// Adds where per-ScaledObject series come from at scrape time (an engine's tracked
+    /// objects). Held weakly: a source dropped is left out, and none keeps another alive.
+    pub(crate) fn add_object_source(&self, source: Weak<dyn ObjectSource>) {
+        let mut sources = self.0.objects.0.lock();
+        sources.retain(|s| s.strong_count() > 0);
+        sources.push(source);
     }
 }
 
-/// The per-ScaledObject series: the last decision's figures, kept once per object and
-/// written out at scrape time. (A label-keyed family per metric held about 1.6 KB per
-/// object in hash tables and label copies, and allocated labels on every KEDA call.)
-#[derive(Debug, Default)]
-struct ObjectSeries(Mutex<BTreeMap<Arc<ObjectLabels>, Figures>>);
+/// What per-ScaledObject series are made of at scrape time: each object's labels, when its
+/// last answer was given, and its figures ([`crate::engine`] keeps them with the object).
+pub(crate) trait ObjectSource: Send + Sync {
+    fn each_object(&self, each: &mut dyn FnMut(ObjectEntry<'_>));
+}
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Figures {
-    desired: Option<f64>,
-    max_replicas: Option<f64>,
-    stale_after: Option<f64>,
+/// One object as a source gives it: labels, when it last answered, and its figures.
+pub(crate) type ObjectEntry<'a> = (&'a ObjectLabels, Option<DateTime<Utc>>, Figures);
+
+/// The per-ScaledObject series, written out at scrape time from what each object keeps of
+/// its answers. (A label-keyed family per metric held about 1.6 KB per object in hash tables
+/// and label copies, and allocated labels on every KEDA call; a map of figures by object
+/// another 500 bytes, a second record of each answer.)
+#[derive(Default)]
+struct ObjectSeries(Mutex<Vec<Weak<dyn ObjectSource>>>);
+
+impl std::fmt::Debug for ObjectSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectSeries")
+            .field("sources", &self.0.lock().len())
+            .finish()
+    }
+}
+
+/// One ScaledObject's series values.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Figures {
+    pub(crate) desired: Option<f64>,
+    pub(crate) max_replicas: Option<f64>,
+    pub(crate) stale_after: Option<f64>,
     /// By [`SignalKind`], in declaration order.
-    signals: [Option<SignalFigures>; 3],
-    servicebus: Option<EntityCounts>,
+    pub(crate) signals: [Option<SignalFigures>; 3],
+    pub(crate) servicebus: Option<EntityCounts>,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct SignalFigures {
+impl Figures {
+    /// `self` with what `later` (a later answer of another trigger of the same object) has:
+    /// its figures where it has them, as if both had written into one series in turn.
+    fn then(self, later: Figures) -> Figures {
+        let mut signals = self.signals;
+        for (mine, theirs) in signals.iter_mut().zip(later.signals) {
+            *mine = theirs.or(*mine);
+        }
+        Figures {
+            desired: later.desired.or(self.desired),
+            max_replicas: later.max_replicas,
+            stale_after: later.stale_after,
+            signals,
+            servicebus: later.servicebus.or(self.servicebus),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct SignalFigures {
     /// `None` until the signal has had a usable value.
-    value: Option<f64>,
-    replicas: Option<f64>,
-    age: Option<f64>,
+    pub(crate) value: Option<f64>,
+    pub(crate) replicas: Option<f64>,
+    pub(crate) age: Option<f64>,
     /// The latest answer had no usable value for it.
-    missing: bool,
+    pub(crate) missing: bool,
 }
 
 const SIGNAL_KINDS: [SignalKind; 3] = [
@@ -420,12 +404,23 @@ impl Collector for ObjectSeries {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Written from a copy: writing 10,000 objects' series takes some 20 ms, and KEDA's
         // calls must not wait for a scrape.
-        let objects: Vec<(Arc<ObjectLabels>, Figures)> = self
-            .0
-            .lock()
-            .iter()
-            .map(|(o, figures)| (o.clone(), *figures))
-            .collect();
+        let sources: Vec<Arc<dyn ObjectSource>> =
+            self.0.lock().iter().filter_map(Weak::upgrade).collect();
+        let mut all: Vec<(ObjectLabels, Option<DateTime<Utc>>, Figures)> = Vec::new();
+        for source in &sources {
+            source.each_object(&mut |(labels, at, figures)| {
+                all.push((labels.clone(), at, figures));
+            });
+        }
+        // The triggers of one object share its series: each in the order it answered.
+        all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut objects: Vec<(ObjectLabels, Figures)> = Vec::with_capacity(all.len());
+        for (labels, _, figures) in all {
+            match objects.last_mut() {
+                Some((last, kept)) if *last == labels => *kept = kept.then(figures),
+                _ => objects.push((labels, figures)),
+            }
+        }
         for (name, help, pick) in OBJECT_METRICS {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for (o, figures) in objects.iter() {
@@ -464,22 +459,14 @@ mod tests {
     #[test]
     fn the_exposition_uses_the_spec_names() {
         let m = Metrics::new();
-        let obj = ObjectLabels {
-            scaledobject_namespace: "prod".into(),
-            scaledobject: "orders".into(),
-        };
-        m.record_answer(
-            &obj,
-            &AnswerFigures {
-                replicas: Some(4),
-                signals: &[(
-                    SignalKind::ServiceBus,
-                    37.0,
-                    4,
-                    Some(Duration::from_secs(2)),
-                )],
-                max_replicas: Some(20),
-                stale_after: Duration::from_secs(60),
+        let source = Objects::source(vec![(
+            labels("orders"),
+            Some(1),
+            Figures {
+                desired: Some(4.0),
+                max_replicas: Some(20.0),
+                stale_after: Some(60.0),
+                signals: [Some(used(37.0, 4.0, Some(2.0))), None, None],
                 servicebus: Some(EntityCounts {
                     active: Some(37),
                     dead_letter: Some(3),
@@ -487,9 +474,9 @@ mod tests {
                     transfer: Some(0),
                     transfer_dead_letter: None,
                 }),
-                ..AnswerFigures::default()
             },
-        );
+        )]);
+        m.add_object_source(Arc::downgrade(&source));
         m.upstream_request("servicebus", "ok", Duration::from_millis(12));
         m.grpc_request("GetMetrics", "OK", Duration::from_millis(1));
         let text = m.encode();
@@ -513,7 +500,7 @@ mod tests {
         }
         // A count the upstream left out is no series, never a 0.
         assert!(!text.contains("blend_scaler_servicebus_transfer_dead_letter_messages{"));
-        m.forget(&obj);
+        drop(source);
         assert!(!m.encode().contains(r#"scaledobject="orders""#));
     }
 
@@ -548,72 +535,113 @@ mod tests {
     }
 
     #[test]
-    fn each_object_keeps_its_last_figures_per_signal_until_forgotten() {
+    fn the_triggers_of_one_object_write_its_series_in_the_order_they_answered() {
         let m = Metrics::new();
-        let obj = |name: &str| ObjectLabels {
-            scaledobject_namespace: "prod".into(),
-            scaledobject: name.into(),
+        let cron = |replicas: f64| Some(used(replicas, replicas, None));
+        let figures = |desired: Option<f64>, signals| Figures {
+            desired,
+            stale_after: Some(60.0),
+            signals,
+            ..Figures::default()
         };
-        let sb = (
-            SignalKind::ServiceBus,
-            37.0,
-            4,
-            Some(Duration::from_secs(2)),
-        );
-        let cron = (SignalKind::Cron, 3.0, 3, None);
-        fn answer<'a>(
-            replicas: Option<u32>,
-            signals: &'a [(SignalKind, f64, u32, Option<Duration>)],
-            missing: &'a [(SignalKind, Option<Duration>)],
-        ) -> AnswerFigures<'a> {
-            AnswerFigures {
-                replicas,
-                signals,
-                missing,
-                stale_after: Duration::from_secs(60),
-                ..AnswerFigures::default()
-            }
-        }
-        m.record_answer(&obj("orders"), &answer(Some(4), &[sb, cron], &[]));
-        m.record_answer(&obj("billing"), &answer(None, &[cron], &[]));
-        // Service Bus missing from the next answer: its last value stays, its age grows.
-        m.record_answer(
-            &obj("orders"),
-            &answer(
-                Some(3),
-                &[(SignalKind::Cron, 3.0, 3, None)],
-                &[(SignalKind::ServiceBus, Some(Duration::from_secs(90)))],
+        let source = Objects::source(vec![
+            // The later answer of `orders`' two triggers wins where it has a figure; the
+            // earlier one's Service Bus figures stay, since the later has none.
+            (
+                labels("orders"),
+                Some(2),
+                figures(None, [None, None, cron(3.0)]),
             ),
-        );
-        // A signal never read has no value, only its missing flag.
-        m.record_answer(
-            &obj("billing"),
-            &answer(None, &[cron], &[(SignalKind::Prometheus, None)]),
-        );
+            (
+                labels("orders"),
+                Some(1),
+                figures(
+                    Some(4.0),
+                    [Some(used(37.0, 4.0, Some(2.0))), None, cron(1.0)],
+                ),
+            ),
+            (
+                labels("billing"),
+                None,
+                figures(
+                    None,
+                    [
+                        None,
+                        Some(SignalFigures {
+                            value: None,
+                            replicas: None,
+                            age: None,
+                            missing: true,
+                        }),
+                        None,
+                    ],
+                ),
+            ),
+        ]);
+        m.add_object_source(Arc::downgrade(&source));
         let text = m.encode();
         for needle in [
             "# TYPE blend_scaler_desired_replicas gauge",
-            "# TYPE blend_scaler_signal_age_seconds gauge",
-            r#"blend_scaler_desired_replicas{scaledobject_namespace="prod",scaledobject="orders"} 3"#,
+            r#"blend_scaler_desired_replicas{scaledobject_namespace="prod",scaledobject="orders"} 4"#,
             r#"blend_scaler_signal_value{scaledobject_namespace="prod",scaledobject="orders",signal="servicebus"} 37"#,
-            r#"blend_scaler_signal_age_seconds{scaledobject_namespace="prod",scaledobject="orders",signal="servicebus"} 90"#,
-            r#"blend_scaler_signal_missing{scaledobject_namespace="prod",scaledobject="orders",signal="servicebus"} 1"#,
+            r#"blend_scaler_signal_value{scaledobject_namespace="prod",scaledobject="orders",signal="cron"} 3"#,
             r#"blend_scaler_signal_missing{scaledobject_namespace="prod",scaledobject="billing",signal="prometheus"} 1"#,
-            r#"blend_scaler_signal_replicas{scaledobject_namespace="prod",scaledobject="billing",signal="cron"} 3"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
-        // No answer yet for billing, and cron values have no age.
+        assert_eq!(
+            text.matches(
+                r#"desired_replicas{scaledobject_namespace="prod",scaledobject="orders"}"#
+            )
+            .count(),
+            1
+        );
+        // No count yet for billing, and a signal never read has no value.
         assert!(
             !text.contains(
                 r#"desired_replicas{scaledobject_namespace="prod",scaledobject="billing"}"#
             )
         );
-        assert!(!text.contains(r#"signal_age_seconds{scaledobject_namespace="prod",scaledobject="orders",signal="cron"}"#));
         assert!(!text.contains(r#"signal_value{scaledobject_namespace="prod",scaledobject="billing",signal="prometheus"}"#));
-        m.forget(&obj("orders"));
-        let text = m.encode();
-        assert!(!text.contains(r#"scaledobject="orders""#), "{text}");
-        assert!(text.contains(r#"scaledobject="billing""#), "{text}");
+        // Cron values have no age.
+        assert!(!text.contains(r#"signal_age_seconds{scaledobject_namespace="prod",scaledobject="orders",signal="cron"}"#));
+    }
+
+    fn labels(name: &str) -> ObjectLabels {
+        ObjectLabels {
+            scaledobject_namespace: "prod".into(),
+            scaledobject: name.into(),
+        }
+    }
+
+    fn used(value: f64, replicas: f64, age: Option<f64>) -> SignalFigures {
+        SignalFigures {
+            value: Some(value),
+            replicas: Some(replicas),
+            age,
+            missing: false,
+        }
+    }
+
+    /// Objects with fixed figures, answered at the given seconds.
+    struct Objects(Vec<(ObjectLabels, Option<DateTime<Utc>>, Figures)>);
+
+    impl Objects {
+        fn source(objects: Vec<(ObjectLabels, Option<i64>, Figures)>) -> Arc<dyn ObjectSource> {
+            Arc::new(Self(
+                objects
+                    .into_iter()
+                    .map(|(l, at, f)| (l, at.and_then(|s| DateTime::from_timestamp(s, 0)), f))
+                    .collect(),
+            ))
+        }
+    }
+
+    impl ObjectSource for Objects {
+        fn each_object(&self, each: &mut dyn FnMut(ObjectEntry<'_>)) {
+            for (labels, at, figures) in &self.0 {
+                each((labels, *at, *figures));
+            }
+        }
     }
 }
