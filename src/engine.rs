@@ -17,7 +17,7 @@ use crate::cache::{CacheEntry, RefreshConfig, SignalCache};
 use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
 use crate::metrics::{Metrics, ObjectEntry, ObjectLabels, ObjectSource};
-use crate::signal::{SignalError, SignalKind};
+use crate::signal::{EntityCounts, SignalError, SignalKind};
 
 mod answered;
 mod key;
@@ -385,10 +385,11 @@ impl Engine {
     /// the answer; [`Engine::answer`] is the one that counts, and the one that counts as KEDA
     /// asking, which keeps the upstream read).
     pub(crate) async fn peek(&self, tracked: &Tracked) -> Decision {
-        self.decision(tracked, false).await
+        self.decision(tracked, false).await.0
     }
 
-    async fn decision(&self, tracked: &Tracked, keda: bool) -> Decision {
+    /// The decision, and the Service Bus entity's other counts as read with its value.
+    async fn decision(&self, tracked: &Tracked, keda: bool) -> (Decision, Option<EntityCounts>) {
         let plan = &tracked.plan;
         let look = |entry: &Option<Arc<dyn CacheEntry>>| {
             let entry = entry.clone();
@@ -423,7 +424,8 @@ impl Engine {
         });
         // The safety rule (README, "Answers to KEDA"), the one use of an earlier answer: only while a value is stale.
         let last = tracked.answered.lock().last_replicas();
-        blend::hold_while_stale(decision, last, plan)
+        let counts = sb.and_then(|o| o.counts);
+        (blend::hold_while_stale(decision, last, plan), counts)
     }
 
     /// The answer to a caller: decides, records it for `/decisions` and the metrics, and logs
@@ -433,18 +435,17 @@ impl Engine {
         obj: ObjectRef<'_>,
     ) -> Result<(Arc<Tracked>, Decision), EngineError> {
         let tracked = self.track(obj).await?;
-        let decision = self.decision(&tracked, true).await;
+        let (decision, servicebus) = self.decision(&tracked, true).await;
         if let Some(why) = exhausted(&decision) {
             return Err(EngineError::Exhausted(why));
         }
-        self.record(&tracked, &decision);
+        self.record(&tracked, &decision, servicebus);
         Ok((tracked, decision))
     }
 
     /// Keeps `d` as `tracked`'s last answer, in place (no allocation: KEDA calls this on
     /// every answer), and logs a change of the count once.
-    fn record(&self, tracked: &Tracked, d: &Decision) {
-        let servicebus = tracked.servicebus.as_ref().and_then(|e| e.counts());
+    fn record(&self, tracked: &Tracked, d: &Decision, servicebus: Option<EntityCounts>) {
         let at = (self.config.clock)();
         // The count last given (none if the last answer had none, which logs the return).
         let previous = tracked.answered.lock().record(at, d, servicebus);

@@ -367,6 +367,7 @@ impl Upstream for PrometheusUpstream {
             retry_after,
             // One query per item: nothing is read that was not asked for.
             seen_in_passing: HashMap::new(),
+            counts: HashMap::new(),
         }
     }
 }

@@ -155,6 +155,9 @@ pub struct Observation {
     /// The value's change per second over the good reads of the last [`RATE_WINDOW`], a
     /// least-squares fit (for `drainTime`); none before a second read.
     pub rate: Option<f64>,
+    /// The other counts the latest read that had them returned beside the value (Service
+    /// Bus): shown and exported, never decided on.
+    pub counts: Option<EntityCounts>,
 }
 
 /// An instant [`GoodReads`] and the cache's read schedule are kept at: the cache's clock, or
@@ -257,6 +260,7 @@ impl<T: Moment> GoodReads<T> {
             age: latest.map(|(_, t)| now.since(t)),
             error,
             rate: self.rate,
+            counts: None,
         }
     }
 }
@@ -287,6 +291,7 @@ impl Observation {
             age: Some(Duration::ZERO),
             error: None,
             rate: None,
+            counts: None,
         }
     }
 
@@ -297,6 +302,7 @@ impl Observation {
             age: None,
             error: Some(Arc::new(error)),
             rate: None,
+            counts: None,
         }
     }
 }

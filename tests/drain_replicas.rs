@@ -32,6 +32,7 @@ impl Upstream for Scripted {
             values: items.iter().map(|i| (*i, Ok(value))).collect(),
             retry_after: None,
             seen_in_passing: HashMap::new(),
+            counts: HashMap::new(),
         }
     }
 }

@@ -30,6 +30,7 @@ impl Upstream for Buggy {
             values: items.iter().map(|i| (i.clone(), Ok(7.0))).collect(),
             retry_after: None,
             seen_in_passing: HashMap::new(),
+            counts: HashMap::new(),
         }
     }
 

@@ -83,6 +83,7 @@ fn timed_out(value: f64, age_secs: u64) -> Observation {
         age: Some(Duration::from_secs(age_secs)),
         error: Some(Arc::new(SignalError::Timeout(Duration::from_secs(2)))),
         rate: None,
+        counts: None,
     }
 }
 
@@ -196,6 +197,7 @@ fn a_stale_value_is_a_floor_at_its_own_count_not_at_an_earlier_answer() {
         age: Some(Duration::from_secs(20)),
         error: Some(Arc::new(SignalError::Connect("refused".into()))),
         rate: None,
+        counts: None,
     };
     let d = decide(Inputs {
         plan: &p,
@@ -224,6 +226,7 @@ fn while_a_value_is_stale_the_answer_holds_the_last_one_within_max_replicas() {
         age: Some(Duration::from_secs(20)),
         error: Some(Arc::new(SignalError::Connect("refused".into()))),
         rate: None,
+        counts: None,
     };
     let zero = Observation::fresh(0.0);
     let decided = |p: &Plan| {
@@ -332,6 +335,7 @@ proptest! {
             age: Some(Duration::from_secs(5)),
             error: stale.then(|| Arc::new(SignalError::Connect("down".into()))),
             rate: None,
+            counts: None,
         };
         let d = decide(Inputs {
             plan: &p, now: night(),

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::schedule::{Demand, ItemView};
 use super::{LookupHash, Upstream};
-use crate::signal::{GoodReads, Moment, Observation, SignalError};
+use crate::signal::{EntityCounts, GoodReads, Moment, Observation, SignalError};
 
 /// What the cache holds for one item: when it was last asked about (by anyone, and by KEDA),
 /// whether and when it was read, its latest good values and the latest error. `T` is the
@@ -29,6 +29,8 @@ pub(crate) struct ItemState<T = Instant> {
     pub(crate) lapsed: bool,
     pub(crate) reads: GoodReads<T>,
     pub(crate) error: Option<Arc<SignalError>>,
+    /// The other counts the latest read that had them returned for it ([`super::GroupRead::counts`]).
+    pub(crate) counts: Option<EntityCounts>,
 }
 
 // By hand: an item never asked about needs no default instant.
@@ -42,13 +44,17 @@ impl<T> Default for ItemState<T> {
             lapsed: false,
             reads: GoodReads::default(),
             error: None,
+            counts: None,
         }
     }
 }
 
 impl<T: Moment> ItemState<T> {
     pub(crate) fn observation(&self, now: T) -> Observation {
-        self.reads.observation(now, self.error.clone())
+        Observation {
+            counts: self.counts,
+            ..self.reads.observation(now, self.error.clone())
+        }
     }
 
     /// KEDA asked for the item at `at` (`interval`: `--refresh-interval`); whether the call

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::refresher::Held;
 use super::{Refresher, Upstream};
-use crate::signal::{EntityCounts, Observation};
+use crate::signal::Observation;
 
 /// One signal's cache as the engine sees it: by plan, whatever the upstream's keys are.
 pub trait SignalCache<P>: Send + Sync + 'static {
@@ -31,12 +31,6 @@ pub trait SignalCache<P>: Send + Sync + 'static {
     fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {
         self.entry(plan).watch()
     }
-
-    /// The message counts the latest read returned beside `plan`'s value (see
-    /// [`CacheEntry::counts`]).
-    fn counts(&self, plan: &P) -> Option<EntityCounts> {
-        self.entry(plan).counts()
-    }
 }
 
 /// One plan's place in its signal's cache.
@@ -52,17 +46,6 @@ pub trait CacheEntry: Send + Sync + 'static {
     /// Change notifications for the entry's group, and a guard that keeps it at the fast
     /// interval.
     fn watch(&self) -> (watch::Receiver<u64>, Box<dyn Send + Sync>);
-    /// The message counts the latest read returned beside the value, for caches whose reads
-    /// carry them (Service Bus); shown and exported, never decided on.
-    fn counts(&self) -> Option<EntityCounts> {
-        None
-    }
-    /// A number that changes after every refresh of the group the entry last found (none
-    /// before it found one): what comes of the group's reads needs looking up again only
-    /// when it changed.
-    fn generation(&self) -> Option<u64> {
-        None
-    }
 }
 
 /// Adapts a [`Refresher`] to a plan type through a function from plan to (group, item).
@@ -80,38 +63,24 @@ impl<U: Upstream, P> Keyed<U, P> {
     }
 }
 
-impl<U: Upstream, P> Keyed<U, P> {
-    /// `plan`'s entry as it is, for a cache that keeps it inside an entry of its own.
-    pub(crate) fn keyed_entry(&self, plan: &P) -> KeyedEntry<U> {
+impl<U: Upstream, P: Send + Sync + 'static> SignalCache<P> for Keyed<U, P> {
+    fn entry(&self, plan: &P) -> Arc<dyn CacheEntry> {
         let (group, item) = (self.key)(plan);
-        KeyedEntry {
+        Arc::new(KeyedEntry {
             refresher: self.refresher.clone(),
             group,
             held: Held::default(),
             item,
-        }
-    }
-}
-
-impl<U: Upstream, P: Send + Sync + 'static> SignalCache<P> for Keyed<U, P> {
-    fn entry(&self, plan: &P) -> Arc<dyn CacheEntry> {
-        Arc::new(self.keyed_entry(plan))
+        })
     }
 }
 
 /// A plan's (group, item) in a [`Refresher`], and its way to the group between calls.
-pub struct KeyedEntry<U: Upstream> {
+struct KeyedEntry<U: Upstream> {
     refresher: Arc<Refresher<U>>,
     group: U::Group,
     held: Held<U>,
     item: U::Item,
-}
-
-impl<U: Upstream> KeyedEntry<U> {
-    /// The entry's group and item.
-    pub(crate) fn key(&self) -> (&U::Group, &U::Item) {
-        (&self.group, &self.item)
-    }
 }
 
 impl<U: Upstream> CacheEntry for KeyedEntry<U> {
@@ -127,10 +96,6 @@ impl<U: Upstream> CacheEntry for KeyedEntry<U> {
             self.refresher
                 .look_held(&self.group, &self.held, &self.item, false),
         )
-    }
-
-    fn generation(&self) -> Option<u64> {
-        self.held.generation()
     }
 
     fn watch(&self) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {

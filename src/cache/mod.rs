@@ -17,7 +17,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use crate::metrics::Metrics;
-use crate::signal::SignalError;
+use crate::signal::{EntityCounts, SignalError};
 
 pub(crate) mod group;
 mod keyed;
@@ -27,7 +27,7 @@ mod task;
 #[cfg(test)]
 mod tests;
 
-pub use keyed::{CacheEntry, Keyed, KeyedEntry, SignalCache};
+pub use keyed::{CacheEntry, Keyed, SignalCache};
 pub use refresher::{FastWatch, Refresher};
 
 /// The hash of the maps every KEDA call looks in (a signal's groups, a group's items):
@@ -73,6 +73,10 @@ pub struct GroupRead<I> {
     /// page. An item asked about for the first time is answered from these, as fresh as the
     /// group's own items, instead of waking the group for a read of its own.
     pub seen_in_passing: HashMap<I, f64>,
+    /// The other counts each item's read returned beside its value (a Service Bus entity's
+    /// dead-lettered, scheduled, … messages); empty for upstreams whose reads have none.
+    /// Kept with the item and handed out with its value ([`crate::signal::Observation::counts`]).
+    pub counts: HashMap<I, EntityCounts>,
 }
 
 impl<I: Eq + Hash> GroupRead<I> {
@@ -89,6 +93,7 @@ impl<I: Eq + Hash> GroupRead<I> {
                 .collect(),
             retry_after,
             seen_in_passing: HashMap::new(),
+            counts: HashMap::new(),
         }
     }
 }

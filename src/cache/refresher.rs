@@ -35,15 +35,6 @@ impl<U: Upstream> Drop for FastWatch<U> {
 /// group, and a group its task dropped is not kept alive by the objects that watched it.
 pub(super) struct Held<U: Upstream>(Mutex<Option<(Weak<Group<U>>, Instant)>>);
 
-impl<U: Upstream> Held<U> {
-    /// The generation of the group held, if it is still alive.
-    pub(super) fn generation(&self) -> Option<u64> {
-        let group = self.0.lock().as_ref()?.0.upgrade()?;
-        let n = *group.generation.borrow();
-        Some(n)
-    }
-}
-
 impl<U: Upstream> Default for Held<U> {
     fn default() -> Self {
         Self(Mutex::new(None))

@@ -16,7 +16,7 @@ use super::group::Group;
 use super::schedule::{Action, COALESCE, ItemView, Outcome, Schedule};
 use super::{GroupRead, LookupHash, RefreshConfig, Upstream};
 use crate::metrics::Metrics;
-use crate::signal::SignalError;
+use crate::signal::{EntityCounts, SignalError};
 
 /// Whether a group's refresh is down: from a panic (of its task, or of a read, which is
 /// reported as an error for every item) until a read completes without one. A group whose
@@ -164,7 +164,7 @@ pub(super) async fn refresh_loop<U: Upstream>(
         };
         let read = read_guarded(&*upstream, &g.key, &items, &health).await;
         let finished = Instant::now();
-        let any_ok = store(&g, &items, read.values, full, finished);
+        let any_ok = store(&g, &items, read.values, read.counts, full, finished);
         {
             // Throttled, or a full read failing throughout: the upstream refuses us now, and
             // nothing read earlier stands in for a read of a new item.
@@ -197,6 +197,7 @@ fn store<U: Upstream>(
     g: &Group<U>,
     items: &[U::Item],
     mut values: HashMap<U::Item, Result<f64, SignalError>>,
+    mut counts: HashMap<U::Item, EntityCounts>,
     full: bool,
     finished: Instant,
 ) -> bool {
@@ -217,6 +218,9 @@ fn store<U: Upstream>(
             Err(_) => {}
         }
         slot.read(finished, value);
+        if let Some(c) = counts.remove(item) {
+            slot.counts = Some(c);
+        }
     }
     // A wake's read throttled holds the whole group back: the items it did not read say why
     // their values are ageing.

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::task::{TaskHealth, supervise};
 use super::*;
 use crate::metrics::Metrics;
-use crate::signal::SignalError;
+use crate::signal::{EntityCounts, SignalError};
 
 /// Counts reads and serves values from a table; fails items it has no value for.
 #[derive(Default)]
@@ -28,6 +28,8 @@ struct Table {
     panic: Mutex<bool>,
     /// Where the groups' refresh reports panics.
     metrics: Metrics,
+    /// Other counts reads return beside an item's value, while it has one.
+    counts: Mutex<HashMap<&'static str, EntityCounts>>,
 }
 
 impl Upstream for Table {
@@ -79,6 +81,13 @@ impl Upstream for Table {
             } else {
                 HashMap::new()
             },
+            counts: self
+                .counts
+                .lock()
+                .iter()
+                .filter(|(k, _)| items.contains(k) && values.contains_key(*k))
+                .map(|(k, c)| (*k, *c))
+                .collect(),
         }
     }
 }
@@ -116,6 +125,33 @@ async fn concurrent_first_callers_share_one_read() {
         1,
         "one read for the whole burst"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_counts_a_read_returns_come_with_the_value_and_stay_through_a_failed_read() {
+    let t = table(&[("orders", 12.0), ("billing", 3.0)]);
+    let counts = EntityCounts {
+        active: Some(12),
+        dead_letter: Some(2),
+        ..EntityCounts::default()
+    };
+    t.counts.lock().insert("orders", counts);
+    let r = Refresher::from_arc(t.clone(), config());
+    let orders = r.observe(&"ns", &"orders").await;
+    assert_eq!((orders.value, orders.counts), (Some(12.0), Some(counts)));
+    assert_eq!(r.observe(&"ns", &"billing").await.counts, None);
+    // The next read fails for `orders`: its value and counts are the last good ones.
+    t.values.lock().remove("orders");
+    let before = t.reads.load(Ordering::SeqCst);
+    while t.reads.load(Ordering::SeqCst) == before {
+        // KEDA keeps asking every 5 s, which keeps the item read.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        r.observe(&"ns", &"orders").await;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let failed = r.peek(&"ns", &"orders").await;
+    assert!(failed.error.is_some(), "{failed:?}");
+    assert_eq!((failed.value, failed.counts), (Some(12.0), Some(counts)));
 }
 
 #[tokio::test(start_paused = true)]

@@ -25,16 +25,13 @@ mod read_plan;
 mod upstream;
 mod values;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::binding::HostRules;
-use crate::cache::{CacheEntry, Keyed, KeyedEntry, RefreshConfig, Refresher, SignalCache};
+use crate::cache::{Keyed, RefreshConfig, Refresher, SignalCache};
 use crate::intern::Interner;
 use crate::metadata::{Aggregation, Entity, ServiceBusAuth, ServiceBusPlan};
 use crate::metrics::Metrics;
-use crate::signal::{EntityCounts, Observation};
 
 pub use self::upstream::{CROSS_CREDENTIAL_HOLD, ServiceBusUpstream};
 
@@ -108,66 +105,7 @@ pub fn source_from(
     upstream: ServiceBusUpstream,
     config: RefreshConfig,
 ) -> Arc<dyn SignalCache<ServiceBusPlan>> {
-    let upstream = Arc::new(upstream);
-    Arc::new(ServiceBusCache {
-        keyed: Keyed::new(Refresher::from_arc(upstream.clone(), config), key),
-        upstream,
-    })
-}
-
-/// The cache over the upstream, and the upstream itself for the counts its reads kept.
-struct ServiceBusCache {
-    keyed: Keyed<ServiceBusUpstream, ServiceBusPlan>,
-    upstream: Arc<ServiceBusUpstream>,
-}
-
-impl SignalCache<ServiceBusPlan> for ServiceBusCache {
-    fn entry(&self, plan: &ServiceBusPlan) -> Arc<dyn CacheEntry> {
-        Arc::new(ServiceBusEntry {
-            entry: self.keyed.keyed_entry(plan),
-            upstream: self.upstream.clone(),
-            counts: parking_lot::Mutex::new(None),
-        })
-    }
-}
-
-/// A plan's entry, and the upstream whose table has the counts under the entry's key.
-struct ServiceBusEntry {
-    entry: KeyedEntry<ServiceBusUpstream>,
-    upstream: Arc<ServiceBusUpstream>,
-    /// The counts as last looked up, and the group's generation then: a read stores its
-    /// counts before it bumps the generation, so until the next bump they are the same, and
-    /// a KEDA call need not hash the key into the upstream's table again.
-    counts: parking_lot::Mutex<Option<(u64, Option<EntityCounts>)>>,
-}
-
-impl CacheEntry for ServiceBusEntry {
-    fn observe(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
-        self.entry.observe()
-    }
-
-    fn peek(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
-        self.entry.peek()
-    }
-
-    fn watch(&self) -> (tokio::sync::watch::Receiver<u64>, Box<dyn Send + Sync>) {
-        self.entry.watch()
-    }
-
-    fn counts(&self) -> Option<EntityCounts> {
-        let generation = self.entry.generation();
-        let mut last = self.counts.lock();
-        if let (Some(now), Some((then, counts))) = (generation, *last)
-            && now == then
-        {
-            return counts;
-        }
-        let (group, item) = self.entry.key();
-        // Clones of shared values (the namespace's `Arc`, the entity's names): no allocation.
-        let counts = self.upstream.counts.get(&(group.clone(), item.clone()));
-        *last = generation.map(|g| (g, counts));
-        counts
-    }
+    Arc::new(Keyed::new(Refresher::new(upstream, config), key))
 }
 
 #[cfg(test)]

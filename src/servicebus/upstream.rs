@@ -19,10 +19,10 @@ use super::client::{Client, ClientOptions, Connection, PAGE_SIZE};
 use super::read_plan::{Bucket, Compiled, Fetch, Fetched, Gate, Name, Wants};
 use super::values::{seen_in_passing, value};
 use super::{NamespaceKey, Watched};
-use crate::cache::{GroupRead, LookupHash, Upstream};
+use crate::cache::{GroupRead, Upstream};
 use crate::metadata::Entity;
 use crate::metrics::Metrics;
-use crate::signal::{EntityCounts, SignalError};
+use crate::signal::SignalError;
 
 /// A list is read at most this many pages (10 000 entities, the namespace limit).
 const MAX_PAGES: usize = 100;
@@ -45,10 +45,6 @@ pub struct ServiceBusUpstream {
     /// at most `cross_credential_hold` of it.
     pub(super) quiet: parking_lot::Mutex<HashMap<String, HashMap<u64, Hold>>>,
     cross_credential_hold: Duration,
-    /// The other counts of each watched item's entities, from the same reads that gave its
-    /// value (`blend_scaler_servicebus_*_messages`, `/decisions`): no read of their own.
-    /// Looked up on every KEDA call ([`super::ServiceBusEntry`]), so with the lookup hash.
-    pub(super) counts: moka::sync::Cache<(Arc<NamespaceKey>, Watched), EntityCounts, LookupHash>,
 }
 
 /// One group's throttling on a host.
@@ -66,10 +62,6 @@ pub(super) fn group_id(key: &NamespaceKey) -> u64 {
     key.hash(&mut h);
     h.finish()
 }
-
-/// How long the counts of an entity no read returns any more are kept (the cache drops an
-/// item nobody asks about after its idle time; this only bounds the table).
-const COUNTS_KEPT: Duration = Duration::from_secs(3600);
 
 impl ServiceBusUpstream {
     /// Default client options with `hosts`; workload identity from `AZURE_*` variables.
@@ -103,9 +95,6 @@ impl ServiceBusUpstream {
             identity,
             quiet: parking_lot::Mutex::new(HashMap::new()),
             cross_credential_hold: CROSS_CREDENTIAL_HOLD,
-            counts: moka::sync::Cache::builder()
-                .time_to_live(COUNTS_KEPT)
-                .build_with_hasher(LookupHash::default()),
             connections: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
@@ -381,9 +370,12 @@ impl Upstream for ServiceBusUpstream {
         }
         fetched.extend(self.fetch_all(&conn, &gate, plan).await);
 
+        // The other counts of each item's entities come from the same reads that gave its
+        // value (`blend_scaler_servicebus_*_messages`, `/decisions`): no read of their own.
+        let mut counts = HashMap::new();
         for (item, c) in &compiled {
-            let v = value(item, c, &fetched, conn.host()).map(|(v, counts)| {
-                self.counts.insert((group.clone(), (*item).clone()), counts);
+            let v = value(item, c, &fetched, conn.host()).map(|(v, c)| {
+                counts.insert((*item).clone(), c);
                 v
             });
             values.insert((*item).clone(), v);
@@ -397,6 +389,7 @@ impl Upstream for ServiceBusUpstream {
             values,
             retry_after: gate.retry_after(),
             seen_in_passing: seen_in_passing(&fetched, &queues, &topics),
+            counts,
         }
     }
 }

@@ -29,6 +29,7 @@ impl Upstream for Recorder {
             values: items.iter().map(|&i| (i, Ok(1.0))).collect(),
             retry_after: None,
             seen_in_passing: HashMap::new(),
+            counts: HashMap::new(),
         }
     }
 }
