@@ -12,7 +12,10 @@
 //! `GetMetrics`, `IsActive`) registers each object; two more polls follow while the
 //! background refreshes run, and resident memory is sampled throughout.
 //!
-//! `--baseline PATH` runs another `blend-scaler` build (say main's, copied before a change)
+//! `--scaler PATH` measures another build instead of the one cargo built with this bench
+//! (whose default features carry `demo` and `simulate`): `scripts/bench memory` passes the
+//! image's build (the Dockerfile's `--no-default-features --features …`), so the figures are
+//! those of what ships. `--baseline PATH` runs another `blend-scaler` build (say main's, copied before a change)
 //! through the same steps against the same doubles, one after the other (the baseline first,
 //! then this build; `--rounds N` alternates them N times and keeps each one's median), and
 //! prints both columns in one table.
@@ -80,7 +83,8 @@ fn main() {
     if !baseline.is_empty() {
         builds.push(("baseline", baseline.clone()));
     }
-    builds.push(("this build", support::scaler_binary().to_string()));
+    let scaler = args.string("scaler", support::scaler_binary());
+    builds.push(("this build", scaler));
     rt.block_on(run(
         Shape {
             n,

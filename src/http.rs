@@ -39,6 +39,9 @@ pub const ANSWER_BUDGET_BYTES: usize = 32 << 20;
 static ANSWER_BUDGET: LazyLock<Arc<Semaphore>> =
     LazyLock::new(|| Arc::new(Semaphore::new(ANSWER_BUDGET_BYTES)));
 
+/// Idle connections kept per upstream host (`http.DefaultMaxIdleConnsPerHost` in Go).
+const IDLE_CONNECTIONS_PER_HOST: usize = 2;
+
 /// The bounds of one exchange.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -63,6 +66,11 @@ pub fn client_builder(connect_timeout: Duration, hosts: &HostRules) -> reqwest::
 pub fn operator_client_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
+        // hyper keeps an idle connection's read buffer at the size of the largest answer it
+        // read (a Service Bus list page is tens of KiB), and reqwest would keep every
+        // connection a refresh's concurrent requests opened. Two per host, as Go's net/http
+        // keeps: a refresh's other concurrent requests connect again.
+        .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
         // A redirect could carry a request (and its credential) to a host the allowlist
         // never saw; an upstream that needs one says so with its own policy.
         .redirect(reqwest::redirect::Policy::none())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import tomllib
 
 from dockerfile_parse import DockerfileParser
 
@@ -85,3 +86,13 @@ def test_image_keeps_one_malloc_arena():
     tunables = dict(t.split("=", 1) for t in lines[0].removeprefix("ENV GLIBC_TUNABLES=").split(":"))
     assert tunables["glibc.malloc.arena_max"] == "1"
     assert int(tunables["glibc.malloc.trim_threshold"]) > 0
+
+
+def test_image_builds_the_lto_profile_the_memory_figures_measure():
+    # scripts/bench memory measures this profile's build; BENCHMARKS.md's figures are of it.
+    text = (d.REPO / "Dockerfile").read_text()
+    builds = [l for l in text.splitlines() if "cargo build" in l]
+    assert len(builds) == 1 and "--profile dist" in builds[0], builds
+    profile = tomllib.loads((d.REPO / "Cargo.toml").read_text())["profile"]["dist"]
+    assert profile["inherits"] == "release"
+    assert profile["lto"] == "fat" and profile["codegen-units"] == 1
