@@ -237,9 +237,11 @@ impl<U: Upstream> Refresher<U> {
         loop {
             let done = tokio::time::timeout_at(deadline, changes.changed()).await;
             let items = group.items.lock();
-            let slot = items.get(item).cloned().unwrap_or_default();
-            if slot.answerable() || !matches!(done, Ok(Ok(()))) {
-                return slot.observation(Instant::now());
+            let answerable = items.get(item).is_some_and(|slot| slot.answerable());
+            if answerable || !matches!(done, Ok(Ok(()))) {
+                return items.get(item).map_or_else(Observation::default, |slot| {
+                    slot.observation(Instant::now())
+                });
             }
         }
     }
