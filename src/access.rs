@@ -244,7 +244,7 @@ impl Access {
             .find(|s| s.serves(&address) && s.namespaces.allows(namespace))
             .ok_or_else(refused)?;
         for (name, value) in &server.headers {
-            if p.custom_headers
+            if p.custom_headers()
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))
             {
@@ -254,7 +254,8 @@ impl Access {
                 });
             }
             let value = value.replace("{namespace}", namespace);
-            p.custom_headers
+            p.extras_mut()
+                .custom_headers
                 .push((name.clone(), Secret::shared(&value)));
         }
         Ok(())
@@ -393,7 +394,7 @@ mod tests {
         };
         let mut p = plan("http://mimir.monitoring:8080/prometheus", &[]);
         access.apply(&mut p, "payments").unwrap();
-        let headers = &p.prometheus.unwrap().custom_headers;
+        let headers = p.prometheus.unwrap().custom_headers().to_vec();
         assert_eq!(headers.len(), 1);
         assert_eq!(headers[0].0, "X-Scope-OrgID");
         assert_eq!(headers[0].1.expose(), "payments");

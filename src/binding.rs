@@ -194,7 +194,7 @@ impl HostRules {
                 });
             }
         }
-        let carries_secret = *p.auth != PrometheusAuth::default() || !p.custom_headers.is_empty();
+        let carries_secret = *p.auth != PrometheusAuth::default() || !p.custom_headers().is_empty();
         if carries_secret && url.scheme() != "https" && !self.loopback_allowed(&url) {
             errors.push(MetadataError {
                 key: "serverAddress".into(),

@@ -207,17 +207,17 @@ pub struct Query {
 /// five), so it is made when a plan is tracked, not per call.
 pub fn key(plan: &PrometheusPlan) -> (Arc<Server>, Query) {
     static SERVERS: Interner<Server> = Interner::new();
-    let mut headers = plan.custom_headers.clone();
+    let mut headers = plan.custom_headers().to_vec();
     headers.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut parameters = plan.query_parameters.clone();
+    let mut parameters = plan.query_parameters().to_vec();
     parameters.sort_by(|a, b| a.0.cmp(&b.0));
     (
         SERVERS.share(Server {
             address: plan.server_address.clone(),
             auth: plan.auth.clone(),
             headers,
-            namespace: plan.namespace.clone(),
-            timeout: plan.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            namespace: plan.namespace().map(str::to_string),
+            timeout: plan.timeout().unwrap_or(DEFAULT_TIMEOUT),
         }),
         Query {
             query: plan.query.clone(),

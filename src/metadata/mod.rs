@@ -25,7 +25,7 @@ pub use keys::known_keys;
 pub(crate) use plan::*;
 pub use plan::{
     Aggregation, ConnectionAuth, ConnectionString, Credentials, Entity, Origin, Plan,
-    PrometheusPlan, ServiceBusAuth, ServiceBusPlan,
+    PrometheusExtras, PrometheusPlan, ServiceBusAuth, ServiceBusPlan,
 };
 
 /// At most this many keys in one trigger's metadata.

@@ -244,15 +244,54 @@ pub struct PrometheusPlan {
     pub query: Arc<str>,
     pub threshold: f64,
     pub activation_threshold: f64,
-    pub query_parameters: Vec<(String, String)>,
-    pub custom_headers: Vec<(String, Secret)>,
-    pub namespace: Option<String>,
-    pub timeout: Option<Duration>,
     pub ignore_null_values: bool,
     pub series_aggregation: Option<Aggregation>,
     /// Shared by every plan with equal auth ([`PrometheusAuth::shared`]): most plans have
     /// none, and those that do repeat a few credentials.
     pub auth: Arc<PrometheusAuth>,
+    /// What few plans set, boxed and absent when none is set: most plans pay one pointer
+    /// for it rather than 88 bytes.
+    pub extras: Option<Box<PrometheusExtras>>,
+}
+
+/// A Prometheus trigger's `queryParameters`, `customHeaders`, `prometheusNamespace` and
+/// `timeout`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PrometheusExtras {
+    pub query_parameters: Vec<(String, String)>,
+    pub custom_headers: Vec<(String, Secret)>,
+    pub namespace: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+impl PrometheusExtras {
+    /// Boxed for a plan, or none when nothing is set.
+    pub(crate) fn boxed(self) -> Option<Box<Self>> {
+        (self != Self::default()).then(|| Box::new(self))
+    }
+}
+
+impl PrometheusPlan {
+    pub fn query_parameters(&self) -> &[(String, String)] {
+        self.extras.as_ref().map_or(&[], |e| &e.query_parameters)
+    }
+
+    pub fn custom_headers(&self) -> &[(String, Secret)] {
+        self.extras.as_ref().map_or(&[], |e| &e.custom_headers)
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.extras.as_ref()?.namespace.as_deref()
+    }
+
+    pub fn timeout(&self) -> Option<Duration> {
+        self.extras.as_ref()?.timeout
+    }
+
+    /// The extras to change (the scaler adds a server's own headers), made if there are none.
+    pub(crate) fn extras_mut(&mut self) -> &mut PrometheusExtras {
+        self.extras.get_or_insert_with(Box::default)
+    }
 }
 
 /// Credentials configured on the scaler itself, by name.
@@ -452,22 +491,22 @@ impl fmt::Display for Plan {
                 p.activation_threshold
             )?;
             let mut extras = Vec::new();
-            if !p.query_parameters.is_empty() {
+            if !p.query_parameters().is_empty() {
                 let params: Vec<String> = p
-                    .query_parameters
+                    .query_parameters()
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
                 extras.push(format!("parameters {}", params.join(",")));
             }
-            if !p.custom_headers.is_empty() {
-                let names: Vec<&str> = p.custom_headers.iter().map(|(k, _)| k.as_str()).collect();
+            if !p.custom_headers().is_empty() {
+                let names: Vec<&str> = p.custom_headers().iter().map(|(k, _)| k.as_str()).collect();
                 extras.push(format!("headers {} (values <redacted>)", names.join(",")));
             }
-            if let Some(ns) = &p.namespace {
+            if let Some(ns) = p.namespace() {
                 extras.push(format!("namespace {ns}"));
             }
-            if let Some(t) = p.timeout {
+            if let Some(t) = p.timeout() {
                 extras.push(format!("timeout {}", humantime::format_duration(t)));
             }
             extras.push(if p.ignore_null_values {

@@ -62,10 +62,13 @@ impl Parser<'_> {
             query: query?,
             threshold: threshold?,
             activation_threshold: activation_threshold?,
-            query_parameters,
-            custom_headers,
-            namespace,
-            timeout,
+            extras: PrometheusExtras {
+                query_parameters,
+                custom_headers,
+                namespace,
+                timeout,
+            }
+            .boxed(),
             ignore_null_values,
             series_aggregation,
             auth,

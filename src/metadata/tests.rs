@@ -391,9 +391,9 @@ fn prometheus_keys_parse_with_kedas_defaults() {
     assert_eq!(p.threshold, 200.0);
     assert_eq!(p.activation_threshold, 0.0);
     assert!(p.ignore_null_values);
-    assert_eq!(p.timeout, Some(Duration::from_millis(1500)));
-    assert_eq!(p.query_parameters.len(), 2);
-    assert_eq!(p.custom_headers[0].1.expose(), "tenant-a");
+    assert_eq!(p.timeout(), Some(Duration::from_millis(1500)));
+    assert_eq!(p.query_parameters().len(), 2);
+    assert_eq!(p.custom_headers()[0].1.expose(), "tenant-a");
 }
 
 #[test]
