@@ -217,7 +217,7 @@ impl Access {
     /// the server's own headers added to the plan.
     pub(crate) fn apply(&self, plan: &mut Plan, namespace: &str) -> Result<(), Refused> {
         if let Some(sb) = &plan.servicebus
-            && sb.auth == ServiceBusAuth::WorkloadIdentity
+            && *sb.auth == ServiceBusAuth::WorkloadIdentity
             && !self.workload_identity.allows(namespace)
         {
             return Err(Refused {

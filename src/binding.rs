@@ -112,7 +112,7 @@ impl HostRules {
             refuse("must be a bare `https://host[:port]`: no user, path, query or fragment".into());
             return;
         }
-        let own_endpoint = match &sb.auth {
+        let own_endpoint = match &*sb.auth {
             ServiceBusAuth::ConnectionString(cs) => cs.endpoint.as_deref(),
             ServiceBusAuth::WorkloadIdentity => None,
             // Resolved later; nothing to compare yet.

@@ -190,6 +190,14 @@ pub enum ServiceBusAuth {
     WorkloadIdentity,
 }
 
+impl ServiceBusAuth {
+    /// The one shared copy of `self` (equal credentials only, as [`PrometheusAuth::shared`]).
+    pub fn shared(self) -> Arc<Self> {
+        static AUTHS: Interner<ServiceBusAuth> = Interner::new();
+        AUTHS.share(self)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ServiceBusPlan {
     /// Base URL of the management API, `https://<namespace>.<suffix>` unless overridden.
@@ -201,7 +209,8 @@ pub struct ServiceBusPlan {
     pub operation: Aggregation,
     pub message_count: f64,
     pub activation_message_count: f64,
-    pub auth: ServiceBusAuth,
+    /// Shared by every plan with equal credentials ([`ServiceBusAuth::shared`]).
+    pub auth: Arc<ServiceBusAuth>,
 }
 
 impl ServiceBusPlan {
@@ -466,7 +475,7 @@ impl fmt::Display for Plan {
                 "  servicebus: {}{regex} at {endpoint}; {} messages per replica, active above {}",
                 sb.entity, sb.message_count, sb.activation_message_count
             )?;
-            let auth = match &sb.auth {
+            let auth = match &*sb.auth {
                 ServiceBusAuth::ConnectionString(cs) => match &cs.auth {
                     ConnectionAuth::Key { name, .. } => {
                         format!("shared access key `{name}` (key <redacted>)")

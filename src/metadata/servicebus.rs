@@ -74,7 +74,7 @@ impl Parser<'_> {
             operation,
             message_count: message_count?,
             activation_message_count: activation_message_count?,
-            auth: auth?,
+            auth: auth?.shared(),
         })
     }
 

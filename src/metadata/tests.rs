@@ -83,7 +83,7 @@ fn reserved_keda_keys_are_ignored() {
     .unwrap();
     let sb = plan.servicebus.unwrap();
     assert_eq!(&*sb.endpoint, "https://ns.servicebus.windows.net");
-    assert_eq!(sb.auth, ServiceBusAuth::WorkloadIdentity);
+    assert_eq!(*sb.auth, ServiceBusAuth::WorkloadIdentity);
     assert_eq!(sb.message_count, 5.0);
 }
 
@@ -176,7 +176,7 @@ fn a_connection_string_gives_endpoint_and_key_and_never_shows_the_key() {
     let plan = keda(&[("queueName", "q"), ("connectionFromEnv", CS)]).unwrap();
     let sb = plan.servicebus.as_ref().unwrap();
     assert_eq!(&*sb.endpoint, "https://orders.servicebus.windows.net");
-    let ServiceBusAuth::ConnectionString(cs) = &sb.auth else {
+    let ServiceBusAuth::ConnectionString(cs) = &*sb.auth else {
         panic!("expected a connection string")
     };
     assert!(

@@ -62,7 +62,7 @@ pub fn key(plan: &ServiceBusPlan) -> (Arc<NamespaceKey>, Watched) {
     (
         NAMESPACES.share(NamespaceKey {
             endpoint: normalise_endpoint(&plan.endpoint),
-            auth: plan.auth.clone(),
+            auth: (*plan.auth).clone(),
         }),
         Watched {
             entity: plan.entity.clone(),

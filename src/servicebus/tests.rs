@@ -17,7 +17,8 @@ fn plan(endpoint: &str, entity: Entity, use_regex: bool, op: Aggregation) -> Ser
         activation_message_count: 0.0,
         auth: ServiceBusAuth::ConnectionString(
             ConnectionString::parse("SharedAccessKeyName=a;SharedAccessKey=b").unwrap(),
-        ),
+        )
+        .shared(),
     }
 }
 
@@ -58,7 +59,8 @@ fn one_namespace_with_one_credential_is_one_shared_key_and_another_credential_it
         p.auth = ServiceBusAuth::ConnectionString(
             ConnectionString::parse(&format!("SharedAccessKeyName=a;SharedAccessKey={key}"))
                 .unwrap(),
-        );
+        )
+        .shared();
         p
     };
     let (a, a_too, b) = (
@@ -68,6 +70,15 @@ fn one_namespace_with_one_credential_is_one_shared_key_and_another_credential_it
     );
     assert!(Arc::ptr_eq(&a, &a_too));
     assert!(!Arc::ptr_eq(&a, &b));
+    // So are the plans' credentials: one copy per distinct connection string.
+    assert!(Arc::ptr_eq(
+        &with_key("tenant-a").auth,
+        &with_key("tenant-a").auth
+    ));
+    assert!(!Arc::ptr_eq(
+        &with_key("tenant-a").auth,
+        &with_key("tenant-b").auth
+    ));
     assert_ne!(a, b);
     let secret = |k: &NamespaceKey| match &k.auth {
         ServiceBusAuth::ConnectionString(cs) => match &cs.auth {
