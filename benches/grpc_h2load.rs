@@ -264,7 +264,7 @@ async fn warm(server: &Proc, object: &ScaledObjectRef) {
 
 /// `blend_scaler_grpc_requests_total{method}` by code, from the scaler's `/metrics`.
 async fn grpc_codes(scaler: &Proc, method: &str) -> HashMap<String, u64> {
-    let addr = scaler.http_addr.expect("serve logs its HTTP address");
+    let addr = scaler.http_addr.expect("serve has an HTTP address");
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()

@@ -13,11 +13,11 @@ use crate::access::{Access, Refused};
 use crate::allowlist::HostList;
 use crate::binding::HostRules;
 use crate::blend::{self, Decision, Inputs, Missing};
-use crate::cache::{CacheEntry, RefreshConfig, SignalCache};
+use crate::cache::{CacheEntry, Looked, RefreshConfig, SignalCache};
 use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
 use crate::metrics::{Metrics, ObjectEntry, ObjectLabels, ObjectSource};
-use crate::signal::{EntityCounts, SignalError, SignalKind};
+use crate::signal::{EntityCounts, Observation, SignalError, SignalKind};
 
 mod answered;
 mod key;
@@ -391,19 +391,15 @@ impl Engine {
     /// The decision, and the Service Bus entity's other counts as read with its value.
     async fn decision(&self, tracked: &Tracked, keda: bool) -> (Decision, Option<EntityCounts>) {
         let plan = &tracked.plan;
-        let look = |entry: &Option<Arc<dyn CacheEntry>>| {
-            let entry = entry.clone();
-            async move {
-                match entry {
-                    Some(e) if keda => Some(e.observe().await),
-                    Some(e) => Some(e.peek().await),
-                    None => None,
-                }
-            }
-        };
-        let (sb, prom) = (look(&tracked.servicebus), look(&tracked.prometheus));
+        // One clock read for both signals' looks; a warm cache answers without a future.
+        let asked = tokio::time::Instant::now();
+        async fn settle(looked: Option<Looked<'_>>) -> Option<Observation> {
+            Some(looked?.observation().await)
+        }
+        let sb = tracked.servicebus.as_ref().map(|e| e.look(keda, asked));
+        let prom = tracked.prometheus.as_ref().map(|e| e.look(keda, asked));
         // Both first reads run at once, so a never-seen object waits for the slower only.
-        let (sb, prom) = tokio::join!(sb, prom);
+        let (sb, prom) = tokio::join!(settle(sb), settle(prom));
         let now = (self.config.clock)();
         if plan.cron.as_ref().is_some_and(|c| c.needs_search(now)) {
             // The search fills the windows' remembered occurrences; the decision below reads

@@ -106,7 +106,9 @@ pub fn scaler_binary() -> &'static str {
     env!("CARGO_BIN_EXE_blend-scaler")
 }
 
-/// Starts `blend-scaler serve` on loopback ports and reads the gRPC address from its log.
+/// Starts `blend-scaler serve` on free loopback ports and waits until it accepts gRPC
+/// connections. The ports are chosen here, not read from its log: with `RUST_LOG=off` the
+/// log says nothing.
 ///
 /// `BLEND_BENCH_SCALER_WRAP` (e.g. `heaptrack -o /tmp/scaler`) runs it under a profiler.
 pub fn start_scaler(extra_env: &[(&str, &str)]) -> Proc {
@@ -115,51 +117,52 @@ pub fn start_scaler(extra_env: &[(&str, &str)]) -> Proc {
 
 /// Like [`start_scaler`], for another build of `blend-scaler` (a baseline run side by side).
 pub fn start_scaler_at(binary: &str, extra_env: &[(&str, &str)]) -> Proc {
+    let (addr, http_addr) = free_ports();
     let mut cmd = wrapped("BLEND_BENCH_SCALER_WRAP", binary);
-    cmd.args([
-        "serve",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-        // The doubles listen on loopback over plain http.
-        "--allow-loopback-upstreams",
-    ])
-    .env("RUST_LOG", "info")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    cmd.arg("serve")
+        .args(["--grpc-addr", &addr.to_string()])
+        .args(["--http-addr", &http_addr.to_string()])
+        .args([
+            "--log-format",
+            "json",
+            // The doubles listen on loopback over plain http.
+            "--allow-loopback-upstreams",
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("starting blend-scaler serve");
     let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let (addr, http_addr) = loop {
-        let line = lines
-            .next()
-            .expect("blend-scaler exited before serving")
-            .unwrap();
-        if let Some(rest) = line.split("\"grpc_addr\":\"").nth(1) {
-            let grpc = rest.split('"').next().unwrap().parse().unwrap();
-            // Logged with Debug: `"http_addr":"Some(127.0.0.1:PORT)"`.
-            let http = line
-                .split("\"http_addr\":\"Some(")
-                .nth(1)
-                .and_then(|r| r.split(')').next())
-                .and_then(|a| a.parse().ok());
-            break (grpc, http);
-        }
-    };
     // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Proc {
-        child,
-        addr,
-        http_addr,
+    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    // A profiler wrapping the scaler can take a while to start it.
+    for _ in 0..1200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Proc {
+                child,
+                addr,
+                http_addr: Some(http_addr),
+            };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("blend-scaler exited before serving ({status})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    panic!("blend-scaler did not accept connections on {addr} within 60 s");
+}
+
+/// Two distinct loopback addresses no one listens on now (the kernel's picks, both held
+/// until both are chosen, then released for the child).
+fn free_ports() -> (SocketAddr, SocketAddr) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    let (a, b) = (bind(), bind());
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
 }
 
 /// `binary`, run by the command in the environment variable `wrap` (a profiler) if it is set.

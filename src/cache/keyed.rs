@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::refresher::Held;
 use super::{Refresher, Upstream};
@@ -43,9 +44,32 @@ pub trait CacheEntry: Send + Sync + 'static {
     fn peek(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
         self.observe()
     }
+    /// [`Self::observe`] (`keda`) or [`Self::peek`] asked at `now`, split where it would
+    /// wait: the engine's per-call path, which boxes no future for a warm cache and reads
+    /// the clock once for all of a call's signals.
+    fn look(&self, keda: bool, _now: Instant) -> Looked<'_> {
+        Looked::Waiting(if keda { self.observe() } else { self.peek() })
+    }
     /// Change notifications for the entry's group, and a guard that keeps it at the fast
     /// interval.
     fn watch(&self) -> (watch::Receiver<u64>, Box<dyn Send + Sync>);
+}
+
+/// What [`CacheEntry::look`] found.
+pub enum Looked<'a> {
+    /// The observation, from the cache as it is.
+    Ready(Observation),
+    /// The wait for a read the item needs first (never read, or its value lapsed).
+    Waiting(Pin<Box<dyn Future<Output = Observation> + Send + 'a>>),
+}
+
+impl Looked<'_> {
+    pub async fn observation(self) -> Observation {
+        match self {
+            Looked::Ready(observation) => observation,
+            Looked::Waiting(wait) => wait.await,
+        }
+    }
 }
 
 /// Adapts a [`Refresher`] to a plan type through a function from plan to (group, item).
@@ -96,6 +120,16 @@ impl<U: Upstream> CacheEntry for KeyedEntry<U> {
             self.refresher
                 .look_held(&self.group, &self.held, &self.item, false),
         )
+    }
+
+    fn look(&self, keda: bool, now: Instant) -> Looked<'_> {
+        match self
+            .refresher
+            .look_held_at(&self.group, &self.held, &self.item, keda, now)
+        {
+            Ok(observation) => Looked::Ready(observation),
+            Err(waiting) => Looked::Waiting(Box::pin(self.refresher.wait(waiting, &self.item))),
+        }
     }
 
     fn watch(&self) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {

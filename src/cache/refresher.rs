@@ -41,6 +41,12 @@ impl<U: Upstream> Default for Held<U> {
     }
 }
 
+/// A look that found no answer yet: the group to wake, and its refreshes to wait on.
+pub(super) struct Waiting<U: Upstream> {
+    group: Arc<Group<U>>,
+    changes: watch::Receiver<u64>,
+}
+
 /// The cache of one kind of upstream.
 pub struct Refresher<U: Upstream> {
     upstream: Arc<U>,
@@ -166,15 +172,35 @@ impl<U: Upstream> Refresher<U> {
         item: &U::Item,
         keda: bool,
     ) -> Observation {
-        self.look(self.held_group(key, held), item, keda).await
+        match self.look_held_at(key, held, item, keda, Instant::now()) {
+            Ok(observation) => observation,
+            Err(waiting) => self.wait(waiting, item).await,
+        }
+    }
+
+    /// [`Self::look_held`] asked at `now` without waiting: the observation if the cache can
+    /// answer now, else the read to wait for ([`Self::wait`]).
+    pub(super) fn look_held_at(
+        &self,
+        key: &U::Group,
+        held: &Held<U>,
+        item: &U::Item,
+        keda: bool,
+        now: Instant,
+    ) -> Result<Observation, Waiting<U>> {
+        self.start(self.held_group(key, held, now), item, keda, now)
     }
 
     /// `key`'s group through `held` while it is the group the map holds, else from the map.
     /// The map is still asked at least once per refresh interval, so its idle timer sees
     /// the calls as it did when every call looked there, and a group replaced in the map
     /// (dropped by its task, evicted while a stream held it) is left within one interval.
-    fn held_group(&self, key: &U::Group, held: &Held<U>) -> Result<Arc<Group<U>>, SignalError> {
-        let now = Instant::now();
+    fn held_group(
+        &self,
+        key: &U::Group,
+        held: &Held<U>,
+        now: Instant,
+    ) -> Result<Arc<Group<U>>, SignalError> {
         let mut held = held.0.lock();
         if let Some((weak, looked)) = &*held
             && now.saturating_duration_since(*looked) < self.config.interval
@@ -194,22 +220,36 @@ impl<U: Upstream> Refresher<U> {
         item: &U::Item,
         keda: bool,
     ) -> Observation {
+        match self.start(group, item, keda, Instant::now()) {
+            Ok(observation) => observation,
+            Err(waiting) => self.wait(waiting, item).await,
+        }
+    }
+
+    /// The part of a look that never waits: the call counted at `asked`, and the answer if
+    /// the item has one, else the read to wait for.
+    fn start(
+        &self,
+        group: Result<Arc<Group<U>>, SignalError>,
+        item: &U::Item,
+        keda: bool,
+        asked: Instant,
+    ) -> Result<Observation, Waiting<U>> {
         let group = match group {
             Ok(g) => g,
-            Err(e) => return Observation::failed(e),
+            Err(e) => return Ok(Observation::failed(e)),
         };
-        let asked = Instant::now();
-        let mut changes = {
+        let changes = {
             let mut items = group.items.lock();
             let slot = match items.get_mut(item) {
                 Some(slot) => slot,
                 None => {
                     let max = self.config.max_items_per_group;
                     if items.len() >= max {
-                        return Observation::failed(SignalError::Capacity(format!(
+                        return Ok(Observation::failed(SignalError::Capacity(format!(
                             "this upstream already has {max} distinct entities or queries \
                              watched, the limit per upstream (--max-items-per-group)"
-                        )));
+                        ))));
                     }
                     // Cloned only here: a call for a known item copies none of its strings.
                     items.entry(item.clone()).or_default()
@@ -226,12 +266,18 @@ impl<U: Upstream> Refresher<U> {
                 group.wake.notify_one();
             }
             if slot.answerable() {
-                return slot.observation(asked);
+                return Ok(slot.observation(asked));
             }
             // Under the items lock: a read stores its values under it before it bumps the
             // generation, so no read that finishes from here on goes unseen.
             group.generation.subscribe()
         };
+        Err(Waiting { group, changes })
+    }
+
+    /// Waits for the read a look found missing, at most `first_read_timeout`.
+    pub(super) async fn wait(&self, waiting: Waiting<U>, item: &U::Item) -> Observation {
+        let Waiting { group, mut changes } = waiting;
         group.wake.notify_one();
         let deadline = after(Instant::now(), self.config.first_read_timeout);
         loop {
