@@ -13,7 +13,7 @@ use crate::access::{Access, Refused};
 use crate::allowlist::HostList;
 use crate::binding::HostRules;
 use crate::blend::{self, Decision, Inputs, Missing};
-use crate::cache::{CacheEntry, Looked, RefreshConfig, SignalCache};
+use crate::cache::{CacheEntry, Looked, RefreshConfig, SignalCache, Wait};
 use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
 use crate::metrics::{Metrics, ObjectEntry, ObjectLabels, ObjectSource};
@@ -393,13 +393,32 @@ impl Engine {
         let plan = &tracked.plan;
         // One clock read for both signals' looks; a warm cache answers without a future.
         let asked = tokio::time::Instant::now();
-        async fn settle(looked: Option<Looked<'_>>) -> Option<Observation> {
-            Some(looked?.observation().await)
+        fn look(
+            entry: &Option<Arc<dyn CacheEntry>>,
+            keda: bool,
+            asked: tokio::time::Instant,
+        ) -> Result<Option<Observation>, Wait<'_>> {
+            match entry.as_ref().map(|e| e.look(keda, asked)) {
+                Some(Looked::Ready(observation)) => Ok(Some(observation)),
+                Some(Looked::Waiting(wait)) => Err(wait),
+                None => Ok(None),
+            }
         }
-        let sb = tracked.servicebus.as_ref().map(|e| e.look(keda, asked));
-        let prom = tracked.prometheus.as_ref().map(|e| e.look(keda, asked));
-        // Both first reads run at once, so a never-seen object waits for the slower only.
-        let (sb, prom) = tokio::join!(settle(sb), settle(prom));
+        async fn settle(looked: Result<Option<Observation>, Wait<'_>>) -> Option<Observation> {
+            match looked {
+                Ok(ready) => ready,
+                Err(wait) => Some(wait.await),
+            }
+        }
+        let (sb, prom) = match (
+            look(&tracked.servicebus, keda, asked),
+            look(&tracked.prometheus, keda, asked),
+        ) {
+            (Ok(sb), Ok(prom)) => (sb, prom),
+            // A first or lapsed read: boxed, so the future of every call keeps no room for it.
+            // Both run at once, so a never-seen object waits for the slower only.
+            (sb, prom) => Box::pin(async { tokio::join!(settle(sb), settle(prom)) }).await,
+        };
         let now = (self.config.clock)();
         if plan.cron.as_ref().is_some_and(|c| c.needs_search(now)) {
             // The search fills the windows' remembered occurrences; the decision below reads

@@ -60,17 +60,11 @@ pub enum Looked<'a> {
     /// The observation, from the cache as it is.
     Ready(Observation),
     /// The wait for a read the item needs first (never read, or its value lapsed).
-    Waiting(Pin<Box<dyn Future<Output = Observation> + Send + 'a>>),
+    Waiting(Wait<'a>),
 }
 
-impl Looked<'_> {
-    pub async fn observation(self) -> Observation {
-        match self {
-            Looked::Ready(observation) => observation,
-            Looked::Waiting(wait) => wait.await,
-        }
-    }
-}
+/// The wait for a read, as [`Looked::Waiting`] holds it.
+pub type Wait<'a> = Pin<Box<dyn Future<Output = Observation> + Send + 'a>>;
 
 /// Adapts a [`Refresher`] to a plan type through a function from plan to (group, item).
 pub struct Keyed<U: Upstream, P> {

@@ -27,7 +27,7 @@ mod task;
 #[cfg(test)]
 mod tests;
 
-pub use keyed::{CacheEntry, Keyed, Looked, SignalCache};
+pub use keyed::{CacheEntry, Keyed, Looked, SignalCache, Wait};
 pub use refresher::{FastWatch, Refresher};
 
 /// The hash of the maps every KEDA call looks in (a signal's groups, a group's items):
