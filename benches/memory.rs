@@ -14,11 +14,11 @@
 //!
 //! `--scaler PATH` measures another build instead of the one cargo built with this bench
 //! (whose default features carry `demo` and `simulate`): `scripts/bench memory` passes the
-//! image's build (the Dockerfile's `--no-default-features --features …`), so the figures are
-//! those of what ships. `--baseline PATH` runs another `blend-scaler` build (say main's, copied before a change)
-//! through the same steps against the same doubles, one after the other (the baseline first,
-//! then this build; `--rounds N` alternates them N times and keeps each one's median), and
-//! prints both columns in one table.
+//! image's build (the Dockerfile's profile and features), so the figures are those of what
+//! ships. `--baseline PATH` runs another `blend-scaler` build (say main's, copied before a
+//! change) through the same steps against the same doubles, one after the other (the baseline
+//! first, then this build; `--rounds N` alternates them N times and keeps each one's median),
+//! and prints both columns in one table.
 //!
 //! Both builds run with the allocator settings the image ships (the Dockerfile's
 //! `GLIBC_TUNABLES`), so the figures are those of what ships; `--allocator glibc-default`
