@@ -154,13 +154,14 @@ impl<U: Upstream> Refresher<U> {
     /// the value older than KEDA's period plus one refresh ([`super::schedule::Demand::lapsed`]): KEDA had
     /// stopped asking, so nothing kept it read.
     pub async fn observe(&self, key: &U::Group, item: &U::Item) -> Observation {
-        self.look(self.group(key), item, true).await
+        self.look(self.group(key), item, true, Instant::now()).await
     }
 
     /// The current observation of `item` without counting as KEDA asking: a stream's looks
     /// (its group is read at the fast interval anyway) and `/decisions`.
     pub async fn peek(&self, key: &U::Group, item: &U::Item) -> Observation {
-        self.look(self.group(key), item, false).await
+        self.look(self.group(key), item, false, Instant::now())
+            .await
     }
 
     /// [`Self::observe`] (`keda`) or [`Self::peek`] through `held`, a handle to the group
@@ -172,10 +173,9 @@ impl<U: Upstream> Refresher<U> {
         item: &U::Item,
         keda: bool,
     ) -> Observation {
-        match self.look_held_at(key, held, item, keda, Instant::now()) {
-            Ok(observation) => observation,
-            Err(waiting) => self.wait(waiting, item).await,
-        }
+        let now = Instant::now();
+        self.look(self.held_group(key, held, now), item, keda, now)
+            .await
     }
 
     /// [`Self::look_held`] asked at `now` without waiting: the observation if the cache can
@@ -214,13 +214,15 @@ impl<U: Upstream> Refresher<U> {
         Ok(group)
     }
 
+    /// [`Self::start`], and the wait for the read when it found none to answer from.
     async fn look(
         &self,
         group: Result<Arc<Group<U>>, SignalError>,
         item: &U::Item,
         keda: bool,
+        asked: Instant,
     ) -> Observation {
-        match self.start(group, item, keda, Instant::now()) {
+        match self.start(group, item, keda, asked) {
             Ok(observation) => observation,
             Err(waiting) => self.wait(waiting, item).await,
         }
@@ -283,9 +285,9 @@ impl<U: Upstream> Refresher<U> {
         loop {
             let done = tokio::time::timeout_at(deadline, changes.changed()).await;
             let items = group.items.lock();
-            let answerable = items.get(item).is_some_and(|slot| slot.answerable());
-            if answerable || !matches!(done, Ok(Ok(()))) {
-                return items.get(item).map_or_else(Observation::default, |slot| {
+            let slot = items.get(item);
+            if slot.is_some_and(|slot| slot.answerable()) || !matches!(done, Ok(Ok(()))) {
+                return slot.map_or_else(Observation::default, |slot| {
                     slot.observation(Instant::now())
                 });
             }
