@@ -103,7 +103,7 @@ fn main() {
         let doubles = Doubles::start(&kind).await;
         let object = doubles.object();
         let scaler = support::start_scaler(&[("RUST_LOG", &rust_log)]);
-        let baseline = support::start_self("baseline");
+        let baseline = support::start_self("baseline", &[("RUST_LOG", &rust_log)]);
         let before = (!before_binary.is_empty())
             .then(|| support::start_scaler_at(&before_binary, &[("RUST_LOG", &rust_log)]));
         warm(&scaler, &object).await;

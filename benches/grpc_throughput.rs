@@ -46,7 +46,7 @@ fn main() {
     rt.block_on(async move {
         let upstreams = Upstreams::start(&kind).await;
         let objects = Arc::new(objects(&kind, n_objects, &upstreams));
-        let baseline = support::start_self("baseline");
+        let baseline = support::start_self("baseline", &[("RUST_LOG", &rust_log)]);
         let scaler = support::start_scaler(&[("RUST_LOG", &rust_log)]);
 
         let a = Target::connect("blend-scaler", &scaler, connections, &objects).await;

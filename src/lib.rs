@@ -40,7 +40,7 @@ pub mod servicebus;
 pub mod signal;
 #[cfg(feature = "simulate")]
 pub mod simulate;
-mod telemetry;
+pub mod telemetry;
 mod tls;
 pub mod transport;
 

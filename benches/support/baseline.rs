@@ -73,6 +73,12 @@ impl ExternalScaler for Baseline {
 
 /// Runs the baseline server on a loopback port and prints the address; runs until killed.
 pub fn main() {
+    // `serve`'s logging too (JSON on stderr, `RUST_LOG` as the scaler gets it): a process
+    // with no subscriber pays tracing's `log` fallback (enabled by axum's and kube's
+    // features) in each of h2's trace spans, about 9,000 instructions per call that neither
+    // `serve` nor any server that logs pays (BENCHMARKS.md, "gRPC throughput under h2load").
+    let _telemetry = blend_scaler::telemetry::init(blend_scaler::telemetry::LogFormat::Json)
+        .expect("the baseline's logging");
     let rt = super::runtime();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

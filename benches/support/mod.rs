@@ -179,21 +179,24 @@ fn wrapped(wrap: &str, binary: impl AsRef<std::ffi::OsStr>) -> Command {
     }
 }
 
-/// Re-runs this bench binary with `BLEND_BENCH_ROLE=role`; the child prints its address.
+/// Re-runs this bench binary with `BLEND_BENCH_ROLE=role` and `extra_env`; the child prints
+/// its address.
 ///
 /// `BLEND_BENCH_BASELINE_WRAP` runs it under a profiler, as `BLEND_BENCH_SCALER_WRAP` does
 /// the scaler (instructions per call of both sides, measured the same way).
-pub fn start_self(role: &str) -> Proc {
-    let mut child = wrapped(
+pub fn start_self(role: &str, extra_env: &[(&str, &str)]) -> Proc {
+    let mut cmd = wrapped(
         "BLEND_BENCH_BASELINE_WRAP",
         std::env::current_exe().unwrap(),
-    )
-    .env("BLEND_BENCH_ROLE", role)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .expect("starting a bench child");
+    );
+    cmd.envs(extra_env.iter().copied());
+    let mut child = cmd
+        .env("BLEND_BENCH_ROLE", role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting a bench child");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let addr = lines
