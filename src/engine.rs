@@ -385,11 +385,13 @@ impl Engine {
     /// the answer; [`Engine::answer`] is the one that counts, and the one that counts as KEDA
     /// asking, which keeps the upstream read).
     pub(crate) async fn peek(&self, tracked: &Tracked) -> Decision {
-        self.decision(tracked, false).await.0
+        let decided = self.decision(tracked, false).await;
+        let last = tracked.answered.lock().last_replicas();
+        blend::hold_while_stale(decided.decision, last, &tracked.plan)
     }
 
-    /// The decision, and the Service Bus entity's other counts as read with its value.
-    async fn decision(&self, tracked: &Tracked, keda: bool) -> (Decision, Option<EntityCounts>) {
+    /// The readings' decision (before the safety rule, which needs the last answer).
+    async fn decision(&self, tracked: &Tracked, keda: bool) -> Decided {
         let plan = &tracked.plan;
         // One clock read for both signals' looks; a warm cache answers without a future.
         let asked = tokio::time::Instant::now();
@@ -421,26 +423,24 @@ impl Engine {
         };
         let now = (self.config.clock)();
         if plan.cron.as_ref().is_some_and(|c| c.needs_search(now)) {
-            // The search fills the windows' remembered occurrences; the decision below reads
-            // them. A search can take milliseconds, too long for an async worker.
+            // The search fills the windows' remembered occurrences; the decision reads them.
+            // A search can take milliseconds, too long for an async worker. Boxed with the
+            // readings: a future is moved whole through every layer that awaits it, and
+            // every call's would otherwise keep room for both readings and the offloaded
+            // work (`Engine::is_active`'s future: 728 bytes, 456 with this boxed).
             let searched = tracked.plan.clone();
-            crate::offload::run(crate::offload::Work::Metadata, move || {
-                if let Some(cron) = &searched.cron {
-                    cron.state(now);
-                }
+            return Box::pin(async move {
+                crate::offload::run(crate::offload::Work::Metadata, move || {
+                    if let Some(cron) = &searched.cron {
+                        cron.state(now);
+                    }
+                })
+                .await;
+                Decided::new(plan, now, sb, prom)
             })
             .await;
         }
-        let decision = blend::decide(Inputs {
-            plan,
-            now,
-            servicebus: sb.as_ref(),
-            prometheus: prom.as_ref(),
-        });
-        // The safety rule (README, "Answers to KEDA"), the one use of an earlier answer: only while a value is stale.
-        let last = tracked.answered.lock().last_replicas();
-        let counts = sb.and_then(|o| o.counts);
-        (blend::hold_while_stale(decision, last, plan), counts)
+        Decided::new(plan, now, sb, prom)
     }
 
     /// The answer to a caller: decides, records it for `/decisions` and the metrics, and logs
@@ -450,49 +450,29 @@ impl Engine {
         obj: ObjectRef<'_>,
     ) -> Result<(Arc<Tracked>, Decision), EngineError> {
         let tracked = self.track(obj).await?;
-        let (decision, servicebus) = self.decision(&tracked, true).await;
-        if let Some(why) = exhausted(&decision) {
-            return Err(EngineError::Exhausted(why));
-        }
-        self.record(&tracked, &decision, servicebus);
-        Ok((tracked, decision))
-    }
-
-    /// Keeps `d` as `tracked`'s last answer, in place (no allocation: KEDA calls this on
-    /// every answer), and logs a change of the count once.
-    fn record(&self, tracked: &Tracked, d: &Decision, servicebus: Option<EntityCounts>) {
-        let at = (self.config.clock)();
-        // The count last given (none if the last answer had none, which logs the return).
-        let previous = tracked.answered.lock().record(at, d, servicebus);
-        let Ok(replicas) = d.replicas() else {
-            return;
+        let Decided {
+            decision,
+            now,
+            servicebus,
+        } = self.decision(&tracked, true).await;
+        // One lock for the safety rule's look at the last answer and the record of this one
+        // (in place, no allocation: KEDA calls this on every answer), so no other call's
+        // answer comes between them.
+        let (decision, previous) = {
+            let mut answered = tracked.answered.lock();
+            // The safety rule (README, "Answers to KEDA"), the one use of an earlier answer:
+            // only while a value is stale.
+            let decision =
+                blend::hold_while_stale(decision, answered.last_replicas(), &tracked.plan);
+            if let Some(why) = exhausted(&decision) {
+                return Err(EngineError::Exhausted(why));
+            }
+            // The answer is recorded at the moment it was decided for: one wall-clock read.
+            let previous = answered.record(now, &decision, servicebus);
+            (decision, previous)
         };
-        if previous != Some(replicas) {
-            let detail: Vec<String> = d
-                .signals
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{}={}->{}{}{}",
-                        s.kind,
-                        s.value,
-                        s.replicas,
-                        if s.active { " active" } else { "" },
-                        if s.stale { " stale" } else { "" }
-                    )
-                })
-                .collect();
-            tracing::info!(
-                scaledobject_namespace = %tracked.labels.scaledobject_namespace,
-                scaledobject = %tracked.labels.scaledobject,
-                replicas,
-                previous = previous.map(i64::from).unwrap_or(-1),
-                decided_by = d.decided_by.map_or("none", SignalKind::as_str),
-                held = d.held,
-                signals = %detail.join(" "),
-                "decision changed"
-            );
-        }
+        log_change(&tracked, &decision, previous);
+        Ok((tracked, decision))
     }
 
     pub async fn replicas(&self, obj: ObjectRef<'_>) -> Result<(Arc<Tracked>, u32), EngineError> {
@@ -517,6 +497,70 @@ impl Engine {
             .flatten()
             .map(|entry| entry.watch())
             .collect()
+    }
+}
+
+/// Logs `d` once when its count differs from `previous`, the count the answer before it gave
+/// (none if that answer had none, which logs the return).
+fn log_change(tracked: &Tracked, d: &Decision, previous: Option<u32>) {
+    let Ok(replicas) = d.replicas() else {
+        return;
+    };
+    if previous == Some(replicas) {
+        return;
+    }
+    let detail: Vec<String> = d
+        .signals
+        .iter()
+        .map(|s| {
+            format!(
+                "{}={}->{}{}{}",
+                s.kind,
+                s.value,
+                s.replicas,
+                if s.active { " active" } else { "" },
+                if s.stale { " stale" } else { "" }
+            )
+        })
+        .collect();
+    tracing::info!(
+        scaledobject_namespace = %tracked.labels.scaledobject_namespace,
+        scaledobject = %tracked.labels.scaledobject,
+        replicas,
+        previous = previous.map(i64::from).unwrap_or(-1),
+        decided_by = d.decided_by.map_or("none", SignalKind::as_str),
+        held = d.held,
+        signals = %detail.join(" "),
+        "decision changed"
+    );
+}
+
+/// The readings' decision, the wall-clock moment it was made for (the cron windows' and the
+/// record's), and the Service Bus entity's other counts as read with its value.
+struct Decided {
+    decision: Decision,
+    now: DateTime<Utc>,
+    servicebus: Option<EntityCounts>,
+}
+
+impl Decided {
+    fn new(
+        plan: &Plan,
+        now: DateTime<Utc>,
+        sb: Option<Observation>,
+        prom: Option<Observation>,
+    ) -> Self {
+        let decision = blend::decide(Inputs {
+            plan,
+            now,
+            servicebus: sb.as_ref(),
+            prometheus: prom.as_ref(),
+        });
+        Self {
+            decision,
+            now,
+            servicebus: sb.and_then(|o| o.counts),
+        }
     }
 }
 
@@ -582,4 +626,56 @@ fn entry<P: 'static>(
     plan: &Option<P>,
 ) -> Option<Arc<dyn CacheEntry>> {
     cache.as_ref().zip(plan.as_ref()).map(|(c, p)| c.entry(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_is_recorded_at_the_moment_it_was_decided_for_with_one_wall_clock_read() {
+        // Each read of the clock is one second after the one before, so a second read would
+        // record another moment than the one the cron window was decided at.
+        let reads = Arc::new(AtomicI64::new(0));
+        let counted = reads.clone();
+        // Wednesday 2026-06-03 10:00 in Berlin, inside the window.
+        let start = Utc.with_ymd_and_hms(2026, 6, 3, 8, 0, 0).unwrap();
+        let config = EngineConfig {
+            clock: Arc::new(move || {
+                start + chrono::Duration::seconds(counted.fetch_add(1, Ordering::SeqCst) + 1)
+            }),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::new(config, SignalCaches::default(), Metrics::new()).unwrap();
+        let metadata: HashMap<String, String> = [
+            ("timezone", "Europe/Berlin"),
+            ("start", "0 8 * * 1-5"),
+            ("end", "0 20 * * 1-5"),
+            ("desiredReplicas", "4"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let obj = ObjectRef {
+            namespace: "production",
+            name: "orders",
+            metadata: &metadata,
+        };
+        engine.answer(obj).await.unwrap();
+        let before = reads.load(Ordering::SeqCst);
+        let (tracked, decision) = engine.answer(obj).await.unwrap();
+        assert_eq!(decision.replicas(), Ok(4));
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            before + 1,
+            "one clock read per answer"
+        );
+        let last = tracked.last().expect("the answer was recorded");
+        assert_eq!(last.at, start + chrono::Duration::seconds(before + 1));
+        assert_eq!(last.decision.replicas, 4);
+    }
 }
