@@ -25,7 +25,7 @@ mod objects;
 
 use answered::Answered;
 pub(crate) use answered::LastAnswer;
-use key::{KeyHasher, KeyRef, ObjectKey, fingerprint};
+use key::{KeyHasher, KeyRef, ObjectKey};
 use objects::{Usage, weight};
 
 /// Errors of the engine layer; `error.rs` maps them to gRPC codes.
@@ -208,14 +208,21 @@ impl Engine {
     /// past a capacity limit is refused before its metadata is parsed; parsing runs off the
     /// async workers ([`crate::offload`]).
     pub async fn track(&self, obj: ObjectRef<'_>) -> Result<Arc<Tracked>, EngineError> {
-        if let Some(e) = metadata::oversized(obj.metadata) {
+        // Too many keys is refused before any pass over them; a key too long after the one
+        // pass (at most `MAX_KEYS` pairs, in a request whose size is capped).
+        if obj.metadata.len() > metadata::MAX_KEYS
+            && let Some(e) = metadata::oversized(obj.metadata)
+        {
             return Err(e.into());
         }
-        let fingerprint = fingerprint(&self.fingerprints, obj.metadata);
-        let metric_name = obj
-            .metadata
-            .get(metadata::keys::METRIC_NAME)
-            .map_or(metadata::DEFAULT_METRIC_NAME, String::as_str);
+        let seen = key::read(&self.fingerprints, obj.metadata);
+        if seen.longest_key > metadata::MAX_KEY_BYTES
+            && let Some(e) = metadata::oversized(obj.metadata)
+        {
+            return Err(e.into());
+        }
+        let fingerprint = seen.fingerprint;
+        let metric_name = seen.metric_name.unwrap_or(metadata::DEFAULT_METRIC_NAME);
         let lookup = KeyRef(obj.namespace, obj.name, metric_name);
         let current = self.objects.get(&lookup);
         if let Some(t) = current.as_ref().filter(|t| t.fingerprint == fingerprint) {

@@ -52,13 +52,13 @@ async fn stopped(mut stopping: watch::Receiver<bool>) {
 fn object(r: &ScaledObjectRef) -> Result<ObjectRef<'_>, Status> {
     // Kubernetes names, as the API server validates them: the names become metric labels and
     // log fields, so nothing else (control characters, bidi marks, `/`) may pass.
-    if !is_dns1123_label(&r.namespace) {
+    if !is_dns1123(&r.namespace, 63, false) {
         return Err(Status::invalid_argument(
             "ScaledObjectRef.namespace must be a Kubernetes namespace name (RFC 1123 label: \
              at most 63 lowercase letters, digits and `-`, starting and ending alphanumeric)",
         ));
     }
-    if r.name.len() > MAX_NAME || !r.name.split('.').all(is_dns1123_label) {
+    if !is_dns1123(&r.name, MAX_NAME, true) {
         return Err(Status::invalid_argument(format!(
             "ScaledObjectRef.name must be a Kubernetes object name (RFC 1123 subdomain: at most \
              {MAX_NAME} lowercase letters, digits, `-` and `.`)"
@@ -71,13 +71,29 @@ fn object(r: &ScaledObjectRef) -> Result<ObjectRef<'_>, Status> {
     })
 }
 
-fn is_dns1123_label(s: &str) -> bool {
+/// An RFC 1123 label (`dots` false) or subdomain (`dots`: labels joined by `.`) of at most
+/// `max` bytes: each label 1 to 63 lowercase letters, digits and `-`, alphanumeric at both
+/// ends. One pass over the bytes, as every call checks both names.
+fn is_dns1123(s: &str, max: usize, dots: bool) -> bool {
     let b = s.as_bytes();
-    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    (1..=63).contains(&b.len())
-        && b.first().is_some_and(alnum)
-        && b.last().is_some_and(alnum)
-        && b.iter().all(|c| alnum(c) || *c == b'-')
+    if b.is_empty() || b.len() > max {
+        return false;
+    }
+    // The current label's length so far, and the byte before.
+    let (mut label, mut prev) = (0usize, b'.');
+    for &c in b {
+        match c {
+            b'a'..=b'z' | b'0'..=b'9' => label += 1,
+            b'-' if label > 0 => label += 1,
+            b'.' if dots && label > 0 && prev != b'-' => label = 0,
+            _ => return false,
+        }
+        if label > 63 {
+            return false;
+        }
+        prev = c;
+    }
+    label > 0 && prev != b'-'
 }
 
 /// Counts and times one call for `/metrics`.
@@ -309,6 +325,47 @@ mod tests {
         })
         .unwrap();
         seen.0.lock().clone()
+    }
+
+    /// The names' rules as Kubernetes states them, one rule at a time.
+    fn reference_label(s: &str) -> bool {
+        let b = s.as_bytes();
+        let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        (1..=63).contains(&b.len())
+            && b.first().is_some_and(alnum)
+            && b.last().is_some_and(alnum)
+            && b.iter().all(|c| alnum(c) || *c == b'-')
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_name_checks_agree_with_the_rules_stated_one_at_a_time(
+            s in "[a-z0-9.-]{0,70}|([a-z0-9-]{0,64}\\.){0,5}[a-zA-Z0-9_ -]{0,64}",
+        ) {
+            proptest::prop_assert_eq!(is_dns1123(&s, 63, false), reference_label(&s));
+            proptest::prop_assert_eq!(
+                is_dns1123(&s, MAX_NAME, true),
+                s.len() <= MAX_NAME && s.split('.').all(reference_label)
+            );
+        }
+    }
+
+    #[test]
+    fn names_at_the_length_limits_and_their_edges() {
+        let label = "a".repeat(63);
+        assert!(is_dns1123(&label, 63, false));
+        assert!(!is_dns1123(&format!("{label}b"), 63, false));
+        let name = [label.as_str(); 4].join(".");
+        assert_eq!(name.len(), 255);
+        assert!(!is_dns1123(&name, MAX_NAME, true));
+        assert!(is_dns1123(&name[..MAX_NAME], MAX_NAME, true));
+        for bad in [
+            "", "-a", "a-", "a..b", ".a", "a.", "a-.b", "a.-b", "A", "a_b",
+        ] {
+            assert!(!is_dns1123(bad, MAX_NAME, true), "{bad:?}");
+        }
+        assert!(!is_dns1123("a.b", 63, false), "a namespace has no dots");
+        assert!(is_dns1123("a-b.c0", MAX_NAME, true));
     }
 
     #[test]

@@ -37,17 +37,39 @@ impl moka::Equivalent<ObjectKey> for KeyRef<'_> {
 /// The hash of the tracked objects' map and of the fingerprint.
 pub(super) type KeyHasher = foldhash::quality::RandomState;
 
-/// A hash of `metadata` that does not depend on the map's order: the sum of each pair's own
-/// hash, so equal maps give equal fingerprints without a sorted copy. A changed, added or
-/// removed pair changes one term of the sum; the seed is the process's own, so a caller cannot
-/// work out a colliding change in advance (and a collision would only keep its own old plan).
-pub(super) fn fingerprint(hasher: &KeyHasher, metadata: &HashMap<String, String>) -> u64 {
-    metadata.iter().fold(0u64, |sum, (k, v)| {
+/// What a call needs from its metadata before it knows whether the plan must be parsed again,
+/// found in one pass over the map (each of the three was a pass, or a SipHash lookup, of its
+/// own).
+pub(super) struct Read<'a> {
+    /// A hash of the metadata that does not depend on the map's order: the sum of each pair's
+    /// own hash, so equal maps give equal fingerprints without a sorted copy. A changed, added
+    /// or removed pair changes one term of the sum; the seed is the process's own, so a caller
+    /// cannot work out a colliding change in advance (and a collision would only keep its own
+    /// old plan).
+    pub(super) fingerprint: u64,
+    /// The longest key's length, for the size check (`metadata::oversized`).
+    pub(super) longest_key: usize,
+    /// The `metricName` value, if there is one.
+    pub(super) metric_name: Option<&'a str>,
+}
+
+pub(super) fn read<'a>(hasher: &KeyHasher, metadata: &'a HashMap<String, String>) -> Read<'a> {
+    let mut read = Read {
+        fingerprint: 0,
+        longest_key: 0,
+        metric_name: None,
+    };
+    for (k, v) in metadata {
         let mut h = hasher.build_hasher();
         k.hash(&mut h);
         v.hash(&mut h);
-        sum.wrapping_add(h.finish())
-    })
+        read.fingerprint = read.fingerprint.wrapping_add(h.finish());
+        read.longest_key = read.longest_key.max(k.len());
+        if k == crate::metadata::keys::METRIC_NAME {
+            read.metric_name = Some(v);
+        }
+    }
+    read
 }
 
 #[cfg(test)]
@@ -57,6 +79,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn fingerprint(hasher: &KeyHasher, metadata: &HashMap<String, String>) -> u64 {
+        read(hasher, metadata).fingerprint
+    }
 
     fn map(pairs: &[(String, String)]) -> HashMap<String, String> {
         pairs.iter().cloned().collect()
@@ -113,6 +139,24 @@ mod tests {
             added.insert(extra.clone(), value);
             prop_assert_ne!(before, fingerprint(&hasher, &added));
         }
+    }
+
+    #[test]
+    fn the_pass_finds_the_metric_name_and_the_longest_key() {
+        let hasher = KeyHasher::default();
+        let m = map(&[
+            ("metricName".into(), "queue-depth".into()),
+            ("a-longer-key".into(), "x".into()),
+        ]);
+        let seen = read(&hasher, &m);
+        assert_eq!(seen.metric_name, Some("queue-depth"));
+        assert_eq!(seen.longest_key, "a-longer-key".len());
+        let other = map(&[("metricname".into(), "other".into())]);
+        assert_eq!(
+            read(&hasher, &other).metric_name,
+            None,
+            "keys are case-sensitive"
+        );
     }
 
     #[test]
