@@ -10,7 +10,8 @@
 //! `prometheus-servers` fake Prometheus APIs (a different threshold per object), and
 //! business-hours windows in one of eight time zones. KEDA's first poll (`GetMetricSpec`,
 //! `GetMetrics`, `IsActive`) registers each object; two more polls follow while the
-//! background refreshes run, and resident memory is sampled throughout.
+//! background refreshes run, then 40 s without one (longer than KEDA's default 30 s polling
+//! interval), and resident memory is sampled throughout.
 //!
 //! `--scaler PATH` measures another build instead of the one cargo built with this bench
 //! (whose default features carry `demo` and `simulate`): `scripts/bench memory` passes the
@@ -308,6 +309,10 @@ async fn measure(
     let tracked = tracked(&scaler).await;
     let steady = scaler.rss_kib();
     rows.push((format!("{n} tracked, 10 s later"), steady));
+    // KEDA's default `pollingInterval` is 30 s, three times this bench's gap between polls,
+    // and reads follow KEDA's calls: what the scaler holds between two of its polls.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    rows.push((format!("{n} tracked, 40 s later"), scaler.rss_kib()));
     sampler.abort();
     rows.push((
         "peak (sampled every 100 ms)".into(),
