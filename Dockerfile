@@ -37,11 +37,14 @@ EXPOSE 9090 9464
 ENV BLEND_SCALER_GRPC_ADDR=0.0.0.0:9090 \
     BLEND_SCALER_HTTP_ADDR=0.0.0.0:9464 \
     BLEND_SCALER_LOG_FORMAT=json
-# glibc's malloc: one arena, and free memory past 128 KiB at the top of the heap handed back.
-# By default every thread that allocates may get an arena of its own (up to 8 per core), and
-# what a burst frees stays in the arena it was freed to: with 10,000 ScaledObjects, 78 MiB
-# resident instead of 90 (BENCHMARKS.md, "Memory"; benches/memory.rs runs both builds with
-# this line's value). A process started outside this image can set the same variable.
-ENV GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=131072
+# glibc's malloc: at most three arenas, and free memory past 128 KiB at the top of the heap
+# handed back. By default every thread that allocates may get an arena of its own (up to 8
+# per core), and what a burst frees stays in the arena it was freed to: with 10,000
+# ScaledObjects, 78 MiB resident instead of 90. One arena held the same memory as three
+# (54.8 against 55.5 MiB) but made both async workers queue on its lock (h2load, all
+# signals, 16 x 50: 0.69 of the baseline against 0.90): BENCHMARKS.md, "Memory" and the
+# h2load section; benches/memory.rs runs both builds with this line's value. A process
+# started outside this image can set the same variable.
+ENV GLIBC_TUNABLES=glibc.malloc.arena_max=3:glibc.malloc.trim_threshold=131072
 ENTRYPOINT ["/usr/local/bin/blend-scaler"]
 CMD ["serve"]
