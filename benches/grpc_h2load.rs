@@ -3,12 +3,16 @@
 //!
 //! `cargo bench --bench grpc_h2load [-- --metadata cron|all --shapes 1x1,4x10,16x50
 //! --rounds 3 --seconds 5 --requests N --method IsActive|GetMetrics --h2load /usr/bin/h2load
-//! --before PATH]`
+//! --before PATH --allocator glibc-default|shipped]`
 //!
 //! `--before PATH` runs another `blend-scaler` build (say main's, copied before a change) as a
 //! third server in every round (this build, the baseline, then that one), so a change is
 //! measured against what it changes in the same minutes of a shared machine: its rows give
 //! each build's ratio to the baseline of the same round, and this build's to that one.
+//!
+//! `--allocator shipped` runs the scaler (and the `--before` build) with the Dockerfile's
+//! `GLIBC_TUNABLES`, as the image runs it; the default, `glibc-default`, runs it with glibc's
+//! defaults. The baseline always has glibc's defaults: it stands for a plain tonic server.
 //!
 //! `--requests N` sends exactly N calls per round (h2load `-n`, no warm-up) instead of running
 //! for `--seconds`: under `valgrind --tool=callgrind` (`BLEND_BENCH_SCALER_WRAP`), two runs with
@@ -97,15 +101,27 @@ fn main() {
         .collect();
     let rust_log = args.string("rust-log", "info");
     let before_binary = args.string("before", "");
+    let allocator = args.string("allocator", "glibc-default");
+    let mut scaler_env = support::allocator_env(&allocator);
+    // In the output, so a saved table says which allocator setting it measured.
+    match scaler_env.first() {
+        Some((k, v)) => println!("scaler allocator: {allocator} ({k}={v})"),
+        None => println!("scaler allocator: {allocator}"),
+    }
+    scaler_env.push(("RUST_LOG".into(), rust_log.clone()));
+    let scaler_env: Vec<(&str, &str)> = scaler_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
 
     let rt = support::runtime();
     rt.block_on(async move {
         let doubles = Doubles::start(&kind).await;
         let object = doubles.object();
-        let scaler = support::start_scaler(&[("RUST_LOG", &rust_log)]);
+        let scaler = support::start_scaler(&scaler_env);
         let baseline = support::start_self("baseline", &[("RUST_LOG", &rust_log)]);
         let before = (!before_binary.is_empty())
-            .then(|| support::start_scaler_at(&before_binary, &[("RUST_LOG", &rust_log)]));
+            .then(|| support::start_scaler_at(&before_binary, &scaler_env));
         warm(&scaler, &object).await;
         warm(&baseline, &object).await;
         if let Some(before) = &before {

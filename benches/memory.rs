@@ -63,11 +63,7 @@ fn main() {
     let baseline = args.string("baseline", "");
     let rounds: usize = args.get("rounds", 1);
     let rt = support::runtime();
-    let mut env = match allocator.as_str() {
-        "shipped" => shipped_allocator_env(),
-        "glibc-default" => Vec::new(),
-        other => panic!("--allocator {other}: expected `shipped` or `glibc-default`"),
-    };
+    let mut env = support::allocator_env(&allocator);
     // `--scaler-env K=V,K2=V2`: extra environment for the scaler.
     env.extend(
         scaler_env
@@ -108,18 +104,6 @@ struct Shape {
     servers: usize,
     queries: usize,
     concurrency: usize,
-}
-
-/// `GLIBC_TUNABLES` as the Dockerfile's `ENV` sets it for the image.
-fn shipped_allocator_env() -> Vec<(String, String)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile");
-    let text = std::fs::read_to_string(path).expect("reading the Dockerfile");
-    let value = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("ENV GLIBC_TUNABLES="))
-        .next_back()
-        .expect("the Dockerfile sets ENV GLIBC_TUNABLES=…");
-    vec![("GLIBC_TUNABLES".to_string(), value.trim().to_string())]
 }
 
 async fn run(shape: Shape, env: &[(String, String)], builds: &[(&str, String)], rounds: usize) {

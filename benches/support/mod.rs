@@ -106,6 +106,28 @@ pub fn scaler_binary() -> &'static str {
     env!("CARGO_BIN_EXE_blend-scaler")
 }
 
+/// `GLIBC_TUNABLES` as the Dockerfile's `ENV` sets it for the image, for the scaler's
+/// environment when a bench measures what ships (`--allocator shipped`).
+pub fn shipped_allocator_env() -> Vec<(String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile");
+    let text = std::fs::read_to_string(path).expect("reading the Dockerfile");
+    let value = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ENV GLIBC_TUNABLES="))
+        .next_back()
+        .expect("the Dockerfile sets ENV GLIBC_TUNABLES=…");
+    vec![("GLIBC_TUNABLES".to_string(), value.trim().to_string())]
+}
+
+/// The scaler's allocator environment for `--allocator shipped|glibc-default`.
+pub fn allocator_env(allocator: &str) -> Vec<(String, String)> {
+    match allocator {
+        "shipped" => shipped_allocator_env(),
+        "glibc-default" => Vec::new(),
+        other => panic!("--allocator {other}: expected `shipped` or `glibc-default`"),
+    }
+}
+
 /// Starts `blend-scaler serve` on free loopback ports and waits until it accepts gRPC
 /// connections. The ports are chosen here, not read from its log: with `RUST_LOG=off` the
 /// log says nothing.
