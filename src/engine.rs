@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,7 +17,7 @@ use crate::blend::{self, Decision};
 use crate::cache::{CacheEntry, Looked, RefreshConfig, SignalCache, Wait};
 use crate::capacity::Capacity;
 use crate::metadata::{self, Credentials, MetadataErrors, Plan, PrometheusPlan, ServiceBusPlan};
-use crate::metrics::{Metrics, ObjectEntry, ObjectLabels, ObjectSource};
+use crate::metrics::{Metrics, ObjectLabels, ObjectSource};
 use crate::signal::{Observation, SignalKind};
 
 mod answered;
@@ -26,8 +27,8 @@ mod outcome;
 
 use answered::Answered;
 pub(crate) use answered::LastAnswer;
-use key::{KeyHasher, KeyRef, ObjectKey};
-use objects::{Usage, weight};
+use key::{KeyHasher, KeyRef};
+use objects::{Objects, Put, weight};
 use outcome::{Decided, log_change};
 pub(crate) use outcome::{exhausted, unavailable};
 
@@ -130,9 +131,21 @@ pub struct Tracked {
     /// object's series; never an input to the next decision (that is the readings' alone,
     /// the same on every replica) but through the safety rule.
     answered: Mutex<Answered>,
+    /// When KEDA last asked about it, in [`Objects`]' milliseconds: what its idle time counts
+    /// from.
+    asked: AtomicU64,
 }
 
 impl Tracked {
+    /// Its key in the tracked objects' map: namespace, name and metric name.
+    fn key(&self) -> KeyRef<'_> {
+        KeyRef(
+            &self.labels.scaledobject_namespace,
+            &self.labels.scaledobject,
+            &self.metric_name,
+        )
+    }
+
     /// The last decision given to a caller, if any.
     pub(crate) fn last(&self) -> Option<LastAnswer> {
         self.answered.lock().last()
@@ -144,14 +157,11 @@ pub struct Engine {
     allow: Option<HostList>,
     caches: SignalCaches,
     metrics: Metrics,
-    /// By namespace, name and metric name ([`ObjectKey`]).
-    objects: moka::sync::Cache<ObjectKey, Arc<Tracked>, KeyHasher>,
-    /// The same objects as the metrics' source of per-object series (held weakly there).
-    _series: Arc<Series>,
+    /// By namespace, name and metric name, with what they take of the capacity; the
+    /// metrics' source of per-object series too (held weakly there).
+    objects: Arc<Objects>,
     /// Seeds the metadata fingerprints.
     fingerprints: KeyHasher,
-    /// What the tracked objects take of the capacity, kept with every insert and eviction.
-    usage: Arc<Mutex<Usage>>,
 }
 
 impl Engine {
@@ -166,21 +176,13 @@ impl Engine {
                 HostList::parse(entries).map_err(|e| anyhow::anyhow!("--allow-upstream: {e}"))?,
             ),
         };
-        let count_metrics = metrics.clone();
-        let usage = Arc::new(Mutex::new(Usage::default()));
-        let evicted = usage.clone();
-        let objects = moka::sync::Cache::builder()
-            .time_to_idle(config.object_idle_ttl)
-            .eviction_listener(move |key: Arc<ObjectKey>, tracked: Arc<Tracked>, cause| {
-                // A forgotten object's series go with it (they are made from the objects).
-                let forgotten = cause != moka::notification::RemovalCause::Replaced;
-                let mut usage = evicted.lock();
-                usage.release(&key.0, tracked.weight, forgotten);
-                count_metrics.set_tracked(usage.objects as u64);
-            })
-            .build_with_hasher(KeyHasher::default());
-        let series = Arc::new(Series(objects.clone()));
-        let source: Arc<dyn ObjectSource> = series.clone();
+        let objects = Arc::new(Objects::new(
+            config.object_idle_ttl,
+            config.capacity.clone(),
+            metrics.clone(),
+        ));
+        // A forgotten object's series go with it: they are made from the objects.
+        let source: Arc<dyn ObjectSource> = objects.clone();
         metrics.add_object_source(Arc::downgrade(&source));
         Ok(Self {
             config,
@@ -188,9 +190,7 @@ impl Engine {
             caches,
             metrics,
             objects,
-            _series: series,
             fingerprints: KeyHasher::default(),
-            usage,
         })
     }
 
@@ -202,9 +202,10 @@ impl Engine {
         &self.config
     }
 
+    /// How many objects are tracked, once the idle ones are forgotten (a sweep: it brings
+    /// their gauge and series up to date too).
     pub fn tracked_count(&self) -> u64 {
-        self.objects.run_pending_tasks();
-        self.usage.lock().objects as u64
+        self.objects.count() as u64
     }
 
     /// The parsed plan of `obj`, parsed again only when its metadata changed. A new object
@@ -227,7 +228,7 @@ impl Engine {
         let fingerprint = seen.fingerprint;
         let metric_name = seen.metric_name.unwrap_or(metadata::DEFAULT_METRIC_NAME);
         let lookup = KeyRef(obj.namespace, obj.name, metric_name);
-        let current = self.objects.get(&lookup);
+        let current = self.objects.get(lookup);
         if let Some(t) = current.as_ref().filter(|t| t.fingerprint == fingerprint) {
             return Ok(t.clone());
         }
@@ -249,8 +250,9 @@ impl Engine {
         let access = &self.config.access;
         access.check_names(obj.metadata, obj.namespace, &self.config.credentials)?;
         let weight = weight(obj.metadata);
-        let reservation =
-            self.reserve(obj.namespace, weight, current.as_ref().map(|t| t.weight))?;
+        let mut reservation =
+            self.objects
+                .reserve(obj.namespace, weight, current.as_ref().map(|t| t.weight))?;
         let mut plan = self.parse(obj.metadata).await?;
         self.config
             .hosts
@@ -291,32 +293,22 @@ impl Engine {
                     .map(|c| c.answered.lock().carried())
                     .unwrap_or_default(),
             ),
+            asked: AtomicU64::new(self.objects.now()),
         });
-        if current.is_some() {
-            // The eviction listener gives back the replaced plan's weight.
-            self.objects.insert(key, tracked.clone());
-            reservation.keep();
-            return Ok(tracked);
+        loop {
+            match self.objects.put(&tracked, reservation.new_object()) {
+                Put::Kept => {
+                    reservation.keep();
+                    return Ok(tracked);
+                }
+                // A concurrent call tracked the same object first: its room is counted already.
+                Put::Theirs(theirs) => return Ok(theirs),
+                Put::Again(replacing) => {
+                    drop(reservation);
+                    reservation = self.objects.reserve(obj.namespace, weight, replacing)?;
+                }
+            }
         }
-        let entry = self
-            .objects
-            .entry(key.clone())
-            .or_insert_with(|| tracked.clone());
-        if entry.is_fresh() {
-            reservation.keep();
-            self.metrics.set_tracked(self.usage.lock().objects as u64);
-            return Ok(tracked);
-        }
-        // A concurrent call tracked the same object first: its room is counted already.
-        drop(reservation);
-        let theirs = entry.into_value();
-        if theirs.fingerprint == fingerprint {
-            return Ok(theirs);
-        }
-        let reservation = self.reserve(obj.namespace, weight, Some(theirs.weight))?;
-        self.objects.insert(key, tracked.clone());
-        reservation.keep();
-        Ok(tracked)
     }
 
     /// Parses metadata on a blocking thread: how long a parse takes grows with what a caller
@@ -386,7 +378,7 @@ impl Engine {
 
     /// Every tracked ScaledObject, by namespace, name and metric name.
     pub(crate) fn tracked(&self) -> Vec<Arc<Tracked>> {
-        let mut all: Vec<Arc<Tracked>> = self.objects.iter().map(|(_, t)| t).collect();
+        let mut all = self.objects.all();
         all.sort_by(|a, b| (&a.labels, &a.metric_name).cmp(&(&b.labels, &b.metric_name)));
         all
     }
@@ -507,20 +499,6 @@ impl Engine {
             .flatten()
             .map(|entry| entry.watch())
             .collect()
-    }
-}
-
-/// The tracked objects as the source of their `/metrics` series.
-struct Series(moka::sync::Cache<ObjectKey, Arc<Tracked>, KeyHasher>);
-
-impl ObjectSource for Series {
-    fn each_object(&self, each: &mut dyn FnMut(ObjectEntry<'_>)) {
-        for (_, tracked) in self.0.iter() {
-            let answered = tracked.answered.lock();
-            if let Some(figures) = answered.figures(&tracked.plan) {
-                each((&tracked.labels, answered.at(), figures));
-            }
-        }
     }
 }
 

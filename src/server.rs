@@ -287,9 +287,9 @@ fn http_router(metrics: Metrics, ready: Arc<AtomicBool>, engine: Arc<Engine>) ->
                 let metrics = metrics.clone();
                 let engine = engine.clone();
                 async move {
-                    // Objects KEDA stopped asking about leave the cache lazily; settle it so
-                    // `blend_scaler_tracked_scaledobjects` (and the forgotten objects' series)
-                    // are current at every scrape (docs/security.md, "Low findings").
+                    // Objects KEDA stopped asking about leave the map at a sweep; one here
+                    // keeps `blend_scaler_tracked_scaledobjects` (and the forgotten objects'
+                    // series) current at every scrape (docs/security.md, "Low findings").
                     engine.tracked_count();
                     (
                         [(
