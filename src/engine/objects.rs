@@ -13,9 +13,10 @@
 //! An object not asked about (`Objects::get`, KEDA's calls) for `object_idle_ttl` is forgotten:
 //! at once for lookups (asked again, it is tracked anew, as moka's `time_to_idle` did), and
 //! its room, the `blend_scaler_tracked_scaledobjects` gauge and its `/metrics` series at the
-//! next sweep. A sweep runs on the first call a quarter of the idle time after the last one,
-//! at every `/metrics` scrape (`Engine::tracked_count`) and before a new object is refused for
-//! capacity; like moka's housekeeping, only on activity, never on a timer of its own.
+//! next sweep. A sweep runs on the first call a quarter of the idle time after the previous
+//! call's sweep, at every `/metrics` scrape (`Engine::tracked_count`) and before a new object
+//! is refused for capacity; like moka's housekeeping, only on activity, never on a timer of
+//! its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -299,8 +300,8 @@ impl ObjectSource for Objects {
 
 /// Tracked objects by count, per namespace and by metadata size.
 #[derive(Debug, Default)]
-pub(super) struct Usage {
-    pub(super) objects: usize,
+struct Usage {
+    objects: usize,
     bytes: usize,
     per_namespace: HashMap<String, usize>,
 }
