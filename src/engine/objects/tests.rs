@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::advance;
 
 use super::weight;
+use crate::blend::Decision;
 use crate::capacity::Capacity;
 use crate::engine::key::KeyRef;
 use crate::engine::{Engine, EngineConfig, EngineError, ObjectRef, SignalCaches, Tracked};
@@ -48,6 +49,11 @@ async fn track(engine: &Engine, obj: ObjectRef<'_>) -> Arc<Tracked> {
     engine.track(obj).await.expect("tracked")
 }
 
+/// A KEDA call: the object tracked and answered (the answer is what gives it series).
+async fn answer(engine: &Engine, obj: ObjectRef<'_>) -> (Arc<Tracked>, Decision) {
+    engine.answer(obj).await.expect("answered")
+}
+
 /// What the usage holds, without a sweep: objects, bytes, objects in `namespace`.
 fn usage(engine: &Engine, namespace: &str) -> (usize, usize, usize) {
     let usage = engine.objects.usage.lock();
@@ -73,7 +79,7 @@ async fn an_idle_object_is_forgotten_with_its_room_its_gauge_and_its_series() {
     let engine = engine(Capacity::default());
     let md = metadata("3");
     let obj = object("shop", "orders", &md);
-    engine.answer(obj).await.unwrap();
+    answer(&engine, obj).await;
     assert_eq!(usage(&engine, "shop"), (1, weight(&md), 1));
     assert_eq!(gauge(&engine), "blend_scaler_tracked_scaledobjects 1");
     assert!(
@@ -116,7 +122,7 @@ async fn an_object_asked_within_its_idle_time_is_kept_and_not_parsed_again() {
 async fn listing_an_object_does_not_count_as_asking_about_it() {
     let engine = engine(Capacity::default());
     let md = metadata("3");
-    engine.answer(object("shop", "orders", &md)).await.unwrap();
+    answer(&engine, object("shop", "orders", &md)).await;
     advance(IDLE / 2).await;
     assert_eq!(engine.tracked().len(), 1, "listed while not idle");
     assert!(has_series(&engine, "orders"));
@@ -131,7 +137,7 @@ async fn an_object_asked_about_after_its_idle_time_is_tracked_anew_and_counted_o
     let engine = engine(Capacity::default());
     let md = metadata("3");
     let obj = object("shop", "orders", &md);
-    let (first, _) = engine.answer(obj).await.unwrap();
+    let (first, _) = answer(&engine, obj).await;
     assert!(first.last().is_some());
 
     // No sweep between: the lookup alone finds it idle.
@@ -155,14 +161,8 @@ async fn a_replaced_plan_is_not_counted_twice_and_keeps_its_figures() {
         ..Capacity::default()
     });
     let (three, four) = (metadata("3"), metadata("4"));
-    let (old, _) = engine
-        .answer(object("shop", "orders", &three))
-        .await
-        .unwrap();
-    let (new, decision) = engine
-        .answer(object("shop", "orders", &four))
-        .await
-        .unwrap();
+    let (old, _) = answer(&engine, object("shop", "orders", &three)).await;
+    let (new, decision) = answer(&engine, object("shop", "orders", &four)).await;
     assert!(!Arc::ptr_eq(&old, &new), "parsed again for new metadata");
     assert_eq!(decision.replicas(), Ok(4));
     assert_eq!(usage(&engine, "shop"), (1, weight(&four), 1));
