@@ -212,66 +212,69 @@ impl Objects {
     }
 
     /// Takes room for a new object in `namespace` (`replacing` the weight of its previous
-    /// plan, if it had one), or says which cap it is past. Idle objects are let go first.
+    /// plan, if it had one), or says which cap it is past. Idle objects are let go before a
+    /// refusal.
     pub(super) fn reserve<'a>(
         &'a self,
         namespace: &'a str,
         bytes: usize,
         replacing: Option<usize>,
     ) -> Result<Reservation<'a>, EngineError> {
-        let cap = &self.capacity;
-        let object = replacing.is_none();
-        for attempt in 0..2 {
-            {
-                let mut usage = self.usage.lock();
-                let in_namespace = usage.per_namespace.get(namespace).copied().unwrap_or(0);
-                let bytes_after = usage.bytes + bytes - replacing.unwrap_or(0).min(usage.bytes);
-                let refusal = if object && usage.objects >= cap.max_objects {
-                    Some(format!(
-                        "the scaler tracks {} ScaledObjects, its limit (--max-scaledobjects)",
-                        cap.max_objects
-                    ))
-                } else if object && in_namespace >= cap.max_objects_per_namespace {
-                    Some(format!(
-                        "namespace `{namespace}` has {} tracked ScaledObjects, the limit per \
-                         namespace (--max-scaledobjects-per-namespace)",
-                        cap.max_objects_per_namespace
-                    ))
-                } else if bytes_after > cap.max_metadata_bytes {
-                    Some(format!(
-                        "the tracked ScaledObjects' metadata would take more than {} bytes, \
-                         the limit (--max-metadata-bytes)",
-                        cap.max_metadata_bytes
-                    ))
-                } else {
-                    None
-                };
-                match refusal {
-                    None => {
-                        usage.bytes += bytes;
-                        if object {
-                            usage.objects += 1;
-                            *usage
-                                .per_namespace
-                                .entry(namespace.to_string())
-                                .or_insert(0) += 1;
-                        }
-                        return Ok(Reservation {
-                            usage: &self.usage,
-                            namespace,
-                            bytes,
-                            object,
-                            kept: false,
-                        });
-                    }
-                    Some(why) if attempt == 1 => return Err(EngineError::Exhausted(why)),
-                    Some(_) => {}
-                }
-            }
+        self.try_reserve(namespace, bytes, replacing).or_else(|_| {
             // Idle objects still count until a sweep; it takes the lock, so not under it.
             self.sweep(self.now());
+            self.try_reserve(namespace, bytes, replacing)
+                .map_err(EngineError::Exhausted)
+        })
+    }
+
+    /// [`Objects::reserve`] once, as the objects are counted now; `Err` says which cap.
+    fn try_reserve<'a>(
+        &'a self,
+        namespace: &'a str,
+        bytes: usize,
+        replacing: Option<usize>,
+    ) -> Result<Reservation<'a>, String> {
+        let cap = &self.capacity;
+        let object = replacing.is_none();
+        let mut usage = self.usage.lock();
+        let in_namespace = usage.per_namespace.get(namespace).copied().unwrap_or(0);
+        let bytes_after = usage.bytes + bytes - replacing.unwrap_or(0).min(usage.bytes);
+        if object && usage.objects >= cap.max_objects {
+            return Err(format!(
+                "the scaler tracks {} ScaledObjects, its limit (--max-scaledobjects)",
+                cap.max_objects
+            ));
         }
-        unreachable!("the second attempt returns")
+        if object && in_namespace >= cap.max_objects_per_namespace {
+            return Err(format!(
+                "namespace `{namespace}` has {} tracked ScaledObjects, the limit per namespace \
+                 (--max-scaledobjects-per-namespace)",
+                cap.max_objects_per_namespace
+            ));
+        }
+        if bytes_after > cap.max_metadata_bytes {
+            return Err(format!(
+                "the tracked ScaledObjects' metadata would take more than {} bytes, the limit \
+                 (--max-metadata-bytes)",
+                cap.max_metadata_bytes
+            ));
+        }
+        usage.bytes += bytes;
+        if object {
+            usage.objects += 1;
+            *usage
+                .per_namespace
+                .entry(namespace.to_string())
+                .or_insert(0) += 1;
+        }
+        Ok(Reservation {
+            usage: &self.usage,
+            namespace,
+            bytes,
+            object,
+            kept: false,
+        })
     }
 }
 
