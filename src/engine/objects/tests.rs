@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{TimeZone, Utc};
 use tokio::time::advance;
 
 use super::weight;
@@ -16,9 +17,13 @@ use crate::metrics::Metrics;
 const IDLE: Duration = Duration::from_secs(60);
 
 fn engine(capacity: Capacity) -> Engine {
+    // Inside the window of [`metadata`] (a Wednesday at 10:00 UTC), whatever the time the
+    // tests run at: the answers' replica counts would otherwise follow the wall clock.
+    let inside = Utc.with_ymd_and_hms(2026, 6, 3, 10, 0, 0).unwrap();
     let config = EngineConfig {
         object_idle_ttl: IDLE,
         capacity,
+        clock: Arc::new(move || inside),
         ..EngineConfig::default()
     };
     Engine::new(config, SignalCaches::default(), Metrics::new()).unwrap()
