@@ -3,12 +3,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use crate::capacity::PerNamespace;
 use crate::engine::{Engine, EngineError, ObjectRef, exhausted, unavailable};
@@ -96,22 +98,44 @@ fn is_dns1123(s: &str, max: usize, dots: bool) -> bool {
     label > 0 && prev != b'-'
 }
 
-/// Counts and times one call for `/metrics`.
-async fn observed<T>(
-    metrics: &Metrics,
-    method: &'static str,
-    call: impl Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    let started = Instant::now();
+pin_project_lite::pin_project! {
+    /// Counts and times one call for `/metrics`. A future by hand rather than an `async fn`:
+    /// the `async fn` kept the instrumented call and its span a second time in its own state,
+    /// and every handler's boxed future carried that (BENCHMARKS.md, "Per-call state").
+    struct Observed<'a, F> {
+        #[pin]
+        call: Instrumented<F>,
+        metrics: &'a Metrics,
+        method: &'static str,
+        started: Instant,
+    }
+}
+
+impl<T, F: Future<Output = Result<T, Status>>> Future for Observed<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.call.poll(cx));
+        let code = result.as_ref().err().map_or(Code::Ok, Status::code);
+        this.metrics
+            .grpc_request(this.method, code_label(code), this.started.elapsed());
+        Poll::Ready(result)
+    }
+}
+
+fn observed<'a, F>(metrics: &'a Metrics, method: &'static str, call: F) -> Observed<'a, F> {
     let span = if crate::telemetry::exporting_traces() {
         tracing::info_span!("grpc", method)
     } else {
         tracing::debug_span!("grpc", method)
     };
-    let result = call.instrument(span).await;
-    let code = result.as_ref().err().map_or(Code::Ok, Status::code);
-    metrics.grpc_request(method, code_label(code), started.elapsed());
-    result
+    Observed {
+        call: call.instrument(span),
+        metrics,
+        method,
+        started: Instant::now(),
+    }
 }
 
 fn spec(metric_name: &str) -> GetMetricSpecResponse {
