@@ -289,6 +289,49 @@ async fn hostile_prometheus() -> String {
     url
 }
 
+/// A hostile "Service Bus" namespace host: every GET is HTTP 200 with a feed of 1,000 queue
+/// entries, about 800 KiB (under the 2 MiB cap and the entry limit, so it is parsed whole
+/// every refresh), sent chunked as Service Bus sends its answers.
+async fn hostile_servicebus() -> String {
+    let entry = |i: usize| {
+        format!(
+            r#"<entry><title type="text">queue-{i:04}</title><content type="application/xml"><QueueDescription xmlns="http://schemas.microsoft.com/netservices/2010/10/servicebus/connect"><MessageCount>1</MessageCount><CountDetails xmlns:d2p1="http://schemas.microsoft.com/netservices/2011/06/servicebus"><d2p1:ActiveMessageCount>1</d2p1:ActiveMessageCount></CountDetails><!-- {pad} --></QueueDescription></content></entry>"#,
+            pad = "x".repeat(380)
+        )
+    };
+    let feed = axum::body::Bytes::from(format!(
+        r#"<feed xmlns="http://www.w3.org/2005/Atom"><title type="text">Queues</title>{}</feed>"#,
+        (0..1_000).map(entry).collect::<String>()
+    ));
+    let app = axum::Router::new().fallback(move || {
+        let feed = feed.clone();
+        let chunks = (0..feed.len())
+            .step_by(16 << 10)
+            .map(move |i| Ok::<_, std::io::Error>(feed.slice(i..(i + (16 << 10)).min(feed.len()))));
+        let body = axum::body::Body::from_stream(futures::stream::iter(chunks.collect::<Vec<_>>()));
+        async move { ([("content-type", "application/atom+xml; type=feed")], body) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+/// A queue on a hostile Service Bus namespace host.
+fn servicebus(endpoint: &str, queue: String) -> HashMap<String, String> {
+    md(&[
+        ("endpoint", endpoint.to_string()),
+        (
+            "connectionFromEnv",
+            format!("Endpoint={endpoint}/;SharedAccessKeyName=k;SharedAccessKey=a2V5"),
+        ),
+        ("queueName", queue),
+        ("messageCount", "5".into()),
+    ])
+}
+
 fn prom(address: String, query: String) -> HashMap<String, String> {
     md(&[
         ("serverAddress", address),
@@ -505,6 +548,31 @@ async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (String
                 fmt(got),
             )
         }
+        // CPU: Service Bus list pages under every cap but large, parsed every refresh.
+        "servicebus-decode" => {
+            let mut hosts = Vec::new();
+            for _ in 0..16 {
+                hosts.push(hostile_servicebus().await);
+            }
+            let objs = (0..64)
+                .map(|i| {
+                    object(
+                        "decode",
+                        &format!("queue-{i}"),
+                        servicebus(&hosts[i % 16], format!("queue-{i:04}")),
+                    )
+                })
+                .collect();
+            let got = flood(ch, objs).await;
+            tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+            (
+                format!(
+                    "800 KiB Service Bus pages (1,000 entries): 64 queues on 16 namespaces, {} s of refreshes",
+                    a.seconds
+                ),
+                fmt(got),
+            )
+        }
         // CPU: oversized keys, 4 callers at once.
         "huge-key" => {
             let key = Arc::new("x".repeat(256 << 10));
@@ -586,6 +654,7 @@ async fn main() {
         "servers",
         "big",
         "decode",
+        "servicebus-decode",
         "huge-key",
         "many-keys",
         "many-keys-under-limit",

@@ -2,8 +2,10 @@
 //! in `shared/fixtures/servicebus/` (third-party data). Also checks that the double's
 //! responses have exactly the recordings' shape.
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode, Uri, header};
@@ -15,33 +17,9 @@ use blend_scaler::servicebus::auth::{Credential, SharedKeySigner};
 use blend_scaler::servicebus::client::{Client, ClientOptions, Connection};
 use blend_scaler::signal::SignalError;
 use blend_scaler_testkit::servicebus::{ApiVersion, CountsPrefix, ServiceBusDouble};
+use fixtures::fixtures;
 use quick_xml::NsReader;
 use quick_xml::events::Event;
-
-/// `$BLEND_SCALER_SHARED/fixtures/servicebus`, else `shared/` beside the repository.
-fn fixtures() -> PathBuf {
-    let mut tried = Vec::new();
-    if let Ok(dir) = std::env::var("BLEND_SCALER_SHARED") {
-        tried.push(PathBuf::from(dir).join("fixtures/servicebus"));
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if let Some(parent) = repo.parent() {
-        tried.push(parent.join("shared/fixtures/servicebus"));
-    }
-    if let Some(found) = tried.iter().find(|d| d.join("SOURCES.md").is_file()) {
-        return found.clone();
-    }
-    panic!(
-        "the recorded Service Bus responses are missing: expected a folder \
-         `shared/fixtures/servicebus/` (with SOURCES.md and the *.xml recordings) beside the \
-         repository, or set BLEND_SCALER_SHARED to the `shared` folder. Looked in: {}",
-        tried
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-}
 
 fn read(name: &str) -> String {
     let path = fixtures().join(name);
