@@ -269,11 +269,7 @@ async fn hostile_prometheus() -> String {
         let body = if uri.path().starts_with("/big") {
             // Streamed in 64 KiB chunks with no Content-Length, the harder case: the scaler
             // cannot refuse it from the headers and reads until its cap.
-            let big = big.clone();
-            let chunks = (0..big.len()).step_by(64 << 10).map(move |i| {
-                Ok::<_, std::io::Error>(big.slice(i..(i + (64 << 10)).min(big.len())))
-            });
-            axum::body::Body::from_stream(futures::stream::iter(chunks.collect::<Vec<_>>()))
+            chunked(&big, 64 << 10)
         } else if uri.path().starts_with("/many") {
             axum::body::Body::from(many.clone())
         } else {
@@ -281,6 +277,20 @@ async fn hostile_prometheus() -> String {
         };
         async move { ([("content-type", "application/json")], body) }
     });
+    serve(app).await
+}
+
+/// `bytes` as a body streamed in chunks of `size` with no `Content-Length`.
+fn chunked(bytes: &axum::body::Bytes, size: usize) -> axum::body::Body {
+    let chunks: Vec<_> = (0..bytes.len())
+        .step_by(size)
+        .map(|i| Ok::<_, std::io::Error>(bytes.slice(i..(i + size).min(bytes.len()))))
+        .collect();
+    axum::body::Body::from_stream(futures::stream::iter(chunks))
+}
+
+/// Serves `app` on a loopback port of its own; its URL.
+async fn serve(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -289,10 +299,10 @@ async fn hostile_prometheus() -> String {
     url
 }
 
-/// A hostile "Service Bus" namespace host: every GET is HTTP 200 with a feed of 1,000 queue
-/// entries, about 800 KiB (under the 2 MiB cap and the entry limit, so it is parsed whole
-/// every refresh), sent chunked as Service Bus sends its answers.
-async fn hostile_servicebus() -> String {
+/// `n` hostile "Service Bus" namespace hosts: every GET is HTTP 200 with a feed of 1,000
+/// queue entries, about 800 KiB (under the 2 MiB cap and the entry limit, so it is parsed
+/// whole every refresh), sent chunked as Service Bus sends its answers.
+async fn hostile_servicebus(n: usize) -> Vec<String> {
     let entry = |i: usize| {
         format!(
             r#"<entry><title type="text">queue-{i:04}</title><content type="application/xml"><QueueDescription xmlns="http://schemas.microsoft.com/netservices/2010/10/servicebus/connect"><MessageCount>1</MessageCount><CountDetails xmlns:d2p1="http://schemas.microsoft.com/netservices/2011/06/servicebus"><d2p1:ActiveMessageCount>1</d2p1:ActiveMessageCount></CountDetails><!-- {pad} --></QueueDescription></content></entry>"#,
@@ -304,19 +314,14 @@ async fn hostile_servicebus() -> String {
         (0..1_000).map(entry).collect::<String>()
     ));
     let app = axum::Router::new().fallback(move || {
-        let feed = feed.clone();
-        let chunks = (0..feed.len())
-            .step_by(16 << 10)
-            .map(move |i| Ok::<_, std::io::Error>(feed.slice(i..(i + (16 << 10)).min(feed.len()))));
-        let body = axum::body::Body::from_stream(futures::stream::iter(chunks.collect::<Vec<_>>()));
+        let body = chunked(&feed, 16 << 10);
         async move { ([("content-type", "application/atom+xml; type=feed")], body) }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    url
+    let mut hosts = Vec::new();
+    for _ in 0..n {
+        hosts.push(serve(app.clone()).await);
+    }
+    hosts
 }
 
 /// A queue on a hostile Service Bus namespace host.
@@ -550,10 +555,7 @@ async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (String
         }
         // CPU: Service Bus list pages under every cap but large, parsed every refresh.
         "servicebus-decode" => {
-            let mut hosts = Vec::new();
-            for _ in 0..16 {
-                hosts.push(hostile_servicebus().await);
-            }
+            let hosts = hostile_servicebus(16).await;
             let objs = (0..64)
                 .map(|i| {
                     object(

@@ -247,8 +247,9 @@ async fn decisions_show_what_keda_was_answered_per_signal_and_which_one_decided(
                 assert_eq!(polled.unwrap().0, 5);
                 assert_eq!(d.decisions[0].decided_by.as_deref(), Some("prometheus"));
             }
-            // Service Bus Held too: a refresh of it timed out on a loaded machine, and its
-            // kept value rightly holds the answer up. Only its fresh read shows it alone.
+            // Service Bus not fresh either (a refresh of it can time out on a loaded machine):
+            // a kept value holds the answer up, as it should. Only a fresh read shows Service
+            // Bus deciding alone.
             SignalState::Missing
                 if signal(&d.decisions[0], "servicebus").state != SignalState::Fresh => {}
             SignalState::Missing => {

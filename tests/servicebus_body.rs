@@ -41,6 +41,7 @@ async fn serve_once(answer: Answer) -> String {
             head.push(byte[0]);
         }
         let feed = "Content-Type: application/atom+xml; type=feed; charset=utf-8\r\n";
+        let chunked = format!("HTTP/1.1 200 OK\r\n{feed}Transfer-Encoding: chunked\r\n\r\n");
         match answer {
             Answer::Declared(n) => {
                 let head = format!("HTTP/1.1 200 OK\r\n{feed}Content-Length: {n}\r\n\r\n");
@@ -48,8 +49,7 @@ async fn serve_once(answer: Answer) -> String {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
             Answer::Chunked { body, piece } => {
-                let head = format!("HTTP/1.1 200 OK\r\n{feed}Transfer-Encoding: chunked\r\n\r\n");
-                socket.write_all(head.as_bytes()).await.unwrap();
+                socket.write_all(chunked.as_bytes()).await.unwrap();
                 for part in body.chunks(piece) {
                     let size = format!("{:x}\r\n", part.len());
                     socket.write_all(size.as_bytes()).await.unwrap();
@@ -60,8 +60,7 @@ async fn serve_once(answer: Answer) -> String {
                 socket.write_all(b"0\r\n\r\n").await.unwrap();
             }
             Answer::CutAfter { body, sent } => {
-                let head = format!("HTTP/1.1 200 OK\r\n{feed}Transfer-Encoding: chunked\r\n\r\n");
-                socket.write_all(head.as_bytes()).await.unwrap();
+                socket.write_all(chunked.as_bytes()).await.unwrap();
                 let size = format!("{:x}\r\n", body.len());
                 socket.write_all(size.as_bytes()).await.unwrap();
                 socket.write_all(&body[..sent]).await.unwrap();
