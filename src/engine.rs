@@ -278,8 +278,12 @@ impl Engine {
         let tracked = Arc::new(Tracked {
             fingerprint,
             weight,
-            servicebus: entry(&self.caches.servicebus, &plan.servicebus),
-            prometheus: entry(&self.caches.prometheus, &plan.prometheus),
+            servicebus: entry(
+                &self.caches.servicebus,
+                &plan.servicebus,
+                plan.policy.reads_rate(),
+            ),
+            prometheus: entry(&self.caches.prometheus, &plan.prometheus, false),
             labels: ObjectLabels {
                 scaledobject_namespace: key.0.clone(),
                 scaledobject: key.1.clone(),
@@ -502,12 +506,17 @@ impl Engine {
     }
 }
 
-/// `plan`'s entry in `cache`, when the plan has that signal and the scaler that cache.
+/// `plan`'s entry in `cache`, when the plan has that signal and the scaler that cache; `rate`:
+/// the decision reads the value's rate ([`SignalCache::entry`]).
 fn entry<P: 'static>(
     cache: &Option<Arc<dyn SignalCache<P>>>,
     plan: &Option<P>,
+    rate: bool,
 ) -> Option<Arc<dyn CacheEntry>> {
-    cache.as_ref().zip(plan.as_ref()).map(|(c, p)| c.entry(p))
+    cache
+        .as_ref()
+        .zip(plan.as_ref())
+        .map(|(c, p)| c.entry(p, rate))
 }
 
 #[cfg(test)]

@@ -153,7 +153,8 @@ pub struct Observation {
     /// Set when the latest refresh failed; the value above is then kept from before.
     pub error: Option<Arc<SignalError>>,
     /// The value's change per second over the good reads of the last [`RATE_WINDOW`], a
-    /// least-squares fit (for `drainTime`); none before a second read.
+    /// least-squares fit (for `drainTime`); none before a second read, and none for a value
+    /// no `drainTime` plan reads ([`GoodReads::keep_history`]).
     pub rate: Option<f64>,
     /// The other counts the latest read that had them returned beside the value (Service
     /// Bus): shown and exported, never decided on.
@@ -199,13 +200,24 @@ pub(crate) const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// keeps about 13 reads of the window, as the default 5 s refresh does, not 60.
 const READ_SPACING: Duration = Duration::from_secs(5);
 
-/// The good reads of one watched value over the last [`RATE_WINDOW`], and the
-/// [`Observation`] a decision gets from them: the one rule the cache keeps and the simulator
-/// replays. Everything a decision sees is a function of these reads and the time, never of how
-/// many calls asked.
+/// The good reads of one watched value, and the [`Observation`] a decision gets from them:
+/// the one rule the cache keeps and the simulator replays. Everything a decision sees is a
+/// function of these reads and the time, never of how many calls asked.
+///
+/// Only the latest read is kept until a plan that needs the rate (`drainTime`) reads the value
+/// ([`Self::keep_history`]); from then on the reads of the last [`RATE_WINDOW`] are kept too,
+/// and the rate comes from them. Nothing else decides on the rate, and thirteen reads of
+/// every queue and query (about 400 bytes each at 10,000 of them) would be kept for nothing.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct GoodReads<T> {
-    /// Oldest first; the last is the latest good read.
+    latest: Option<(f64, T)>,
+    /// Boxed: 8 bytes in every item's state, where the reads and their rate inline were 48.
+    history: Option<Box<History<T>>>,
+}
+
+/// The reads of the last [`RATE_WINDOW`], oldest first, the latest last, and their rate.
+#[derive(Clone, Debug, PartialEq)]
+struct History<T> {
     reads: VecDeque<(f64, T)>,
     /// The least-squares change per second over `reads`, worked out once per read.
     rate: Option<f64>,
@@ -215,51 +227,60 @@ pub(crate) struct GoodReads<T> {
 impl<T> Default for GoodReads<T> {
     fn default() -> Self {
         Self {
-            reads: VecDeque::new(),
-            rate: None,
+            latest: None,
+            history: None,
         }
     }
 }
 
 impl<T: Moment> GoodReads<T> {
+    /// From now on keep the reads the rate is worked out from. The rate shows from the next
+    /// read on, as for a value read for the first time.
+    pub(crate) fn keep_history(&mut self) {
+        if self.history.is_none() {
+            self.history = Some(Box::new(History {
+                reads: self.latest.into_iter().collect(),
+                rate: None,
+            }));
+        }
+    }
+
     /// A good read of `value` that finished at `at`. A read no later than the latest (a
     /// clock that did not move) replaces it.
     pub(crate) fn store(&mut self, value: f64, at: T) {
-        let n = self.reads.len();
-        let replaces_latest = match self.reads.back() {
+        self.latest = Some((value, at));
+        let Some(history) = &mut self.history else {
+            return;
+        };
+        let History { reads, rate } = &mut **history;
+        let n = reads.len();
+        let replaces_latest = match reads.back() {
             Some(&(_, last)) if at.since(last).is_zero() => true,
-            Some(&(_, last)) if n >= 2 => last.since(self.reads[n - 2].1) < READ_SPACING,
+            Some(&(_, last)) if n >= 2 => last.since(reads[n - 2].1) < READ_SPACING,
             _ => false,
         };
         if replaces_latest {
-            self.reads.pop_back();
+            reads.pop_back();
         }
-        self.reads.push_back((value, at));
-        while self
-            .reads
+        reads.push_back((value, at));
+        while reads
             .front()
             .is_some_and(|&(_, t)| at.since(t) > RATE_WINDOW)
         {
-            self.reads.pop_front();
+            reads.pop_front();
         }
-        self.rate = slope(&self.reads);
-    }
-
-    /// The latest good value and when it was read.
-    pub(crate) fn latest(&self) -> Option<(f64, T)> {
-        self.reads.back().copied()
+        *rate = slope(reads);
     }
 
     /// What a decision at `now` sees: the latest good value, its age, the change per second
-    /// over the reads of the last [`RATE_WINDOW`], and the latest refresh's `error` (if it
-    /// failed).
+    /// over the reads of the last [`RATE_WINDOW`] (when they are kept), and the latest
+    /// refresh's `error` (if it failed).
     pub(crate) fn observation(&self, now: T, error: Option<Arc<SignalError>>) -> Observation {
-        let latest = self.latest();
         Observation {
-            value: latest.map(|(v, _)| v),
-            age: latest.map(|(_, t)| now.since(t)),
+            value: self.latest.map(|(v, _)| v),
+            age: self.latest.map(|(_, t)| now.since(t)),
             error,
-            rate: self.rate,
+            rate: self.history.as_ref().and_then(|h| h.rate),
             counts: None,
         }
     }
@@ -347,10 +368,21 @@ impl EntityCounts {
 mod tests {
     use super::*;
 
+    /// Reads kept as for a `drainTime` plan.
+    fn with_history() -> GoodReads<Duration> {
+        let mut r = GoodReads::default();
+        r.keep_history();
+        r
+    }
+
+    fn kept(r: &GoodReads<Duration>) -> &VecDeque<(f64, Duration)> {
+        &r.history.as_ref().expect("reads kept").reads
+    }
+
     #[test]
     fn good_reads_give_the_latest_value_its_age_and_the_rate_between_the_last_two() {
         let s = Duration::from_secs;
-        let mut r = GoodReads::default();
+        let mut r = with_history();
         assert_eq!(r.observation(s(3), None), Observation::default());
         r.store(10.0, s(0));
         let o = r.observation(s(3), None);
@@ -365,8 +397,8 @@ mod tests {
         // A read at the same instant replaces the latest rather than dividing by zero.
         r.store(70.0, s(5));
         assert_eq!(r.observation(s(5), None).rate, Some(12.0));
-        assert_eq!(r.latest(), Some((70.0, s(5))));
-        let mut one = GoodReads::default();
+        assert_eq!(r.latest, Some((70.0, s(5))));
+        let mut one = with_history();
         one.store(1.0, s(4));
         one.store(2.0, s(4));
         assert_eq!(one.observation(s(4), None).rate, None);
@@ -377,7 +409,7 @@ mod tests {
         let s = Duration::from_secs;
         // A batch of 400 every 15 s, drained within 10 s, read every 5 s: the mean rate is
         // about nothing; the last two reads alone would say 80 a second.
-        let mut r = GoodReads::default();
+        let mut r = with_history();
         for t in (0..=300).step_by(5) {
             let backlog = if t % 15 == 0 { 400.0 } else { 0.0 };
             r.store(backlog, s(t));
@@ -387,18 +419,39 @@ mod tests {
             }
         }
         // A ramp of 20 a second shows in full as soon as it is in the reads.
-        let mut r = GoodReads::default();
+        let mut r = with_history();
         for t in (0..=30).step_by(5) {
             r.store(20.0 * t as f64, s(t));
         }
         assert_eq!(r.observation(s(30), None).rate, Some(20.0));
         // Reads older than the window are let go, and a 1 s refresh is kept at 5 s spacing.
-        let mut r = GoodReads::default();
+        let mut r = with_history();
         for t in 0..=200 {
             r.store(t as f64, s(t));
         }
-        assert!(r.reads.len() <= 14, "{}", r.reads.len());
-        assert!(s(200).since(r.reads[0].1) <= RATE_WINDOW);
-        assert_eq!(r.latest(), Some((200.0, s(200))));
+        assert!(kept(&r).len() <= 14, "{}", kept(&r).len());
+        assert!(s(200).since(kept(&r)[0].1) <= RATE_WINDOW);
+        assert_eq!(r.latest, Some((200.0, s(200))));
+    }
+
+    #[test]
+    fn a_value_no_drain_time_plan_reads_keeps_its_latest_read_and_no_rate_until_one_does() {
+        let s = Duration::from_secs;
+        let mut r = GoodReads::default();
+        for t in (0..=60).step_by(5) {
+            r.store(20.0 * t as f64, s(t));
+        }
+        let o = r.observation(s(62), None);
+        assert_eq!((o.value, o.age, o.rate), (Some(1200.0), Some(s(2)), None));
+        assert!(r.history.is_none(), "no reads kept beside the latest");
+        // A drainTime plan starts reading it: the rate shows from the next read on.
+        r.keep_history();
+        assert_eq!(r.observation(s(62), None).rate, None);
+        r.store(1300.0, s(65));
+        assert_eq!(r.observation(s(65), None).rate, Some(20.0));
+        assert_eq!(kept(&r).len(), 2);
+        // Asking again keeps what is kept.
+        r.keep_history();
+        assert_eq!(kept(&r).len(), 2);
     }
 }

@@ -27,7 +27,7 @@ struct Entry {
 }
 
 impl SignalCache<ServiceBusPlan> for Counting {
-    fn entry(&self, plan: &ServiceBusPlan) -> Arc<dyn CacheEntry> {
+    fn entry(&self, plan: &ServiceBusPlan, _rate: bool) -> Arc<dyn CacheEntry> {
         self.entries.fetch_add(1, Ordering::SeqCst);
         Arc::new(Entry {
             value: plan.message_count,

@@ -9,14 +9,16 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::refresher::Held;
+use super::refresher::{Asker, Held};
 use super::{Refresher, Upstream};
 use crate::signal::Observation;
 
 /// One signal's cache as the engine sees it: by plan, whatever the upstream's keys are.
 pub trait SignalCache<P>: Send + Sync + 'static {
-    /// `plan`'s entry in the cache, its (group, item) key computed here once.
-    fn entry(&self, plan: &P) -> Arc<dyn CacheEntry>;
+    /// `plan`'s entry in the cache, its (group, item) key computed here once. `rate`: the
+    /// plan decides on the value's rate (`drainTime`), so its looks keep the item's reads the
+    /// rate is worked out from ([`crate::signal::GoodReads::keep_history`]).
+    fn entry(&self, plan: &P, rate: bool) -> Arc<dyn CacheEntry>;
 
     /// The current observation for `plan` (see [`Refresher::observe`]); [`Self::entry`] once
     /// and [`CacheEntry::observe`] per call where a plan is read more than once.
@@ -24,13 +26,13 @@ pub trait SignalCache<P>: Send + Sync + 'static {
         &'a self,
         plan: &'a P,
     ) -> Pin<Box<dyn Future<Output = Observation> + Send + 'a>> {
-        let entry = self.entry(plan);
+        let entry = self.entry(plan, false);
         Box::pin(async move { entry.observe().await })
     }
 
     /// Change notifications for `plan`'s group, and a guard that keeps it at the fast interval.
     fn watch(&self, plan: &P) -> (watch::Receiver<u64>, Box<dyn Send + Sync>) {
-        self.entry(plan).watch()
+        self.entry(plan, false).watch()
     }
 }
 
@@ -82,13 +84,14 @@ impl<U: Upstream, P> Keyed<U, P> {
 }
 
 impl<U: Upstream, P: Send + Sync + 'static> SignalCache<P> for Keyed<U, P> {
-    fn entry(&self, plan: &P) -> Arc<dyn CacheEntry> {
+    fn entry(&self, plan: &P, rate: bool) -> Arc<dyn CacheEntry> {
         let (group, item) = (self.key)(plan);
         Arc::new(KeyedEntry {
             refresher: self.refresher.clone(),
             group,
             held: Held::default(),
             item,
+            rate,
         })
     }
 }
@@ -99,28 +102,39 @@ struct KeyedEntry<U: Upstream> {
     group: U::Group,
     held: Held<U>,
     item: U::Item,
+    rate: bool,
 }
 
 impl<U: Upstream> CacheEntry for KeyedEntry<U> {
     fn observe(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
-        Box::pin(
-            self.refresher
-                .look_held(&self.group, &self.held, &self.item, true),
-        )
+        Box::pin(self.refresher.look_held(
+            &self.group,
+            &self.held,
+            &self.item,
+            Asker::keda(self.rate),
+        ))
     }
 
     fn peek(&self) -> Pin<Box<dyn Future<Output = Observation> + Send + '_>> {
-        Box::pin(
-            self.refresher
-                .look_held(&self.group, &self.held, &self.item, false),
-        )
+        Box::pin(self.refresher.look_held(
+            &self.group,
+            &self.held,
+            &self.item,
+            Asker::peek(self.rate),
+        ))
     }
 
     fn look(&self, keda: bool, now: Instant) -> Looked<'_> {
-        match self
-            .refresher
-            .look_held_at(&self.group, &self.held, &self.item, keda, now)
-        {
+        match self.refresher.look_held_at(
+            &self.group,
+            &self.held,
+            &self.item,
+            Asker {
+                keda,
+                rate: self.rate,
+            },
+            now,
+        ) {
             Ok(observation) => Looked::Ready(observation),
             Err(waiting) => Looked::Waiting(Box::pin(self.refresher.wait(waiting, &self.item))),
         }

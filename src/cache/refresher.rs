@@ -30,6 +30,25 @@ impl<U: Upstream> Drop for FastWatch<U> {
     }
 }
 
+/// Who looks at an item: a KEDA call (`keda`, which counts as demand) or a look that is not
+/// KEDA asking (a stream's, `/decisions`), for a plan that decides on the value's rate
+/// (`rate`, `drainTime`: the item keeps the reads it is worked out from) or not.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Asker {
+    pub(super) keda: bool,
+    pub(super) rate: bool,
+}
+
+impl Asker {
+    pub(super) fn keda(rate: bool) -> Self {
+        Self { keda: true, rate }
+    }
+
+    pub(super) fn peek(rate: bool) -> Self {
+        Self { keda: false, rate }
+    }
+}
+
 /// A caller's way to its group kept between calls (a tracked object's cache entry), so a
 /// call does not hash the group's key into the map each time. Weak: the map still owns the
 /// group, and a group its task dropped is not kept alive by the objects that watched it.
@@ -154,27 +173,28 @@ impl<U: Upstream> Refresher<U> {
     /// the value older than KEDA's period plus one refresh ([`super::schedule::Demand::lapsed`]): KEDA had
     /// stopped asking, so nothing kept it read.
     pub async fn observe(&self, key: &U::Group, item: &U::Item) -> Observation {
-        self.look(self.group(key), item, true, Instant::now()).await
+        self.look(self.group(key), item, Asker::keda(false), Instant::now())
+            .await
     }
 
     /// The current observation of `item` without counting as KEDA asking: a stream's looks
     /// (its group is read at the fast interval anyway) and `/decisions`.
     pub async fn peek(&self, key: &U::Group, item: &U::Item) -> Observation {
-        self.look(self.group(key), item, false, Instant::now())
+        self.look(self.group(key), item, Asker::peek(false), Instant::now())
             .await
     }
 
-    /// [`Self::observe`] (`keda`) or [`Self::peek`] through `held`, a handle to the group
+    /// [`Self::observe`] (`asker.keda`) or [`Self::peek`] through `held`, a handle to the group
     /// that a caller keeps between calls ([`Held`]).
     pub(super) async fn look_held(
         &self,
         key: &U::Group,
         held: &Held<U>,
         item: &U::Item,
-        keda: bool,
+        asker: Asker,
     ) -> Observation {
         let now = Instant::now();
-        self.look(self.held_group(key, held, now), item, keda, now)
+        self.look(self.held_group(key, held, now), item, asker, now)
             .await
     }
 
@@ -185,10 +205,10 @@ impl<U: Upstream> Refresher<U> {
         key: &U::Group,
         held: &Held<U>,
         item: &U::Item,
-        keda: bool,
+        asker: Asker,
         now: Instant,
     ) -> Result<Observation, Waiting<U>> {
-        self.start(self.held_group(key, held, now), item, keda, now)
+        self.start(self.held_group(key, held, now), item, asker, now)
     }
 
     /// `key`'s group through `held` while it is the group the map holds, else from the map.
@@ -219,10 +239,10 @@ impl<U: Upstream> Refresher<U> {
         &self,
         group: Result<Arc<Group<U>>, SignalError>,
         item: &U::Item,
-        keda: bool,
+        asker: Asker,
         asked: Instant,
     ) -> Observation {
-        match self.start(group, item, keda, asked) {
+        match self.start(group, item, asker, asked) {
             Ok(observation) => observation,
             Err(waiting) => self.wait(waiting, item).await,
         }
@@ -234,7 +254,7 @@ impl<U: Upstream> Refresher<U> {
         &self,
         group: Result<Arc<Group<U>>, SignalError>,
         item: &U::Item,
-        keda: bool,
+        asker: Asker,
         asked: Instant,
     ) -> Result<Observation, Waiting<U>> {
         let group = match group {
@@ -258,13 +278,16 @@ impl<U: Upstream> Refresher<U> {
                 }
             };
             slot.last_asked = Some(asked);
+            if asker.rate {
+                slot.reads.keep_history();
+            }
             if !slot.attempted
                 && let Some(&(v, at)) = group.seen_in_passing.lock().get(item)
             {
                 // From here on the group's reads include it.
                 slot.read(at, Ok(v));
             }
-            if keda && slot.keda_call(asked, self.config.interval) {
+            if asker.keda && slot.keda_call(asked, self.config.interval) {
                 group.wake.notify_one();
             }
             if slot.answerable() {

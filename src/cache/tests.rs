@@ -384,7 +384,7 @@ async fn an_entry_whose_group_was_dropped_is_answered_by_a_new_group_with_a_read
         Refresher::from_arc(t.clone(), config()),
         |p: &(&'static str, &'static str)| *p,
     );
-    let orders = keyed.entry(&("ns", "orders"));
+    let orders = keyed.entry(&("ns", "orders"), false);
     assert_eq!(orders.observe().await.value, Some(1.0));
     // Idle past the items' idle time: the group's task drops it and ends.
     tokio::time::sleep(Duration::from_secs(70)).await;
@@ -410,8 +410,8 @@ async fn entries_on_one_group_share_its_reads_however_often_they_are_asked() {
         |p: &(&'static str, &'static str)| *p,
     );
     let (orders, billing) = (
-        keyed.entry(&("ns", "orders")),
-        keyed.entry(&("ns", "billing")),
+        keyed.entry(&("ns", "orders"), false),
+        keyed.entry(&("ns", "billing"), false),
     );
     let (a, b) = tokio::join!(orders.observe(), billing.observe());
     assert_eq!((a.value, b.value), (Some(1.0), Some(2.0)));
@@ -427,6 +427,39 @@ async fn entries_on_one_group_share_its_reads_however_often_they_are_asked() {
         (11..=13).contains(&reads),
         "{reads} reads in a minute at a 5 s period"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_item_keeps_the_reads_for_a_rate_once_a_plan_that_decides_on_it_looks() {
+    let t = table(&[("orders", 0.0)]);
+    let keyed = Keyed::new(
+        Refresher::from_arc(t.clone(), config()),
+        |p: &(&'static str, &'static str)| *p,
+    );
+    let plain = keyed.entry(&("ns", "orders"), false);
+    // A backlog growing 10 a second, asked by KEDA every second for half a minute.
+    let grow = || *t.values.lock().get_mut("orders").unwrap() += 10.0;
+    let mut last = plain.observe().await;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        grow();
+        last = plain.observe().await;
+    }
+    assert!(last.value.is_some_and(|v| v > 0.0), "{last:?}");
+    assert_eq!(last.rate, None, "no plan decides on the rate");
+    // A drainTime plan's entry on the same item: the rate shows from the reads after it
+    // looked, for both entries.
+    let drain = keyed.entry(&("ns", "orders"), true);
+    assert_eq!(drain.observe().await.rate, None);
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        grow();
+        drain.observe().await;
+    }
+    let (d, p) = (drain.observe().await, plain.observe().await);
+    assert_eq!(d.rate, p.rate);
+    let rate = d.rate.expect("a rate from the reads since");
+    assert!((rate - 10.0).abs() < 1.0, "{rate}");
 }
 
 #[tokio::test(start_paused = true)]

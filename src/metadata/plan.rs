@@ -26,6 +26,13 @@ pub enum Policy {
     },
 }
 
+impl Policy {
+    /// Whether it decides on the Service Bus backlog's rate, not only its value.
+    pub fn reads_rate(&self) -> bool {
+        matches!(self, Policy::DrainTime { .. })
+    }
+}
+
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -50,13 +50,17 @@ pub struct Cached {
     /// one permit, only adds a look after it that finds nothing more to read: the read for a
     /// waiting item is already coming, and what comes due is read at its time anyway.)
     wake: Option<Duration>,
+    /// The plan decides on the value's rate (`drainTime`): looks keep the reads for it, as
+    /// the server's do ([`crate::signal::GoodReads::keep_history`]).
+    rate: bool,
     #[cfg(test)]
     log: Log,
 }
 
 impl Cached {
-    /// An empty cache with `--refresh-interval` `interval` and the server's other defaults.
-    pub fn new(interval: Duration) -> Self {
+    /// An empty cache with `--refresh-interval` `interval` and the server's other defaults,
+    /// for a plan that decides on the value's `rate` or not.
+    pub fn new(interval: Duration, rate: bool) -> Self {
         Self {
             config: RefreshConfig {
                 interval,
@@ -65,6 +69,7 @@ impl Cached {
             group: None,
             streaming: false,
             wake: None,
+            rate,
             #[cfg(test)]
             log: Log::default(),
         }
@@ -95,6 +100,9 @@ impl Cached {
             .item
             .get_or_insert_with(ItemState::default);
         item.last_asked = Some(at);
+        if self.rate {
+            item.reads.keep_history();
+        }
         let wake = keda && item.keda_call(at, interval);
         let answered = item.answerable().then(|| item.observation(at));
         #[cfg(test)]

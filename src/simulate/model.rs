@@ -290,8 +290,8 @@ impl<'p> Blend<'p> {
         Self {
             plan,
             push: settings.push,
-            servicebus: Cached::new(interval),
-            prometheus: Cached::new(interval),
+            servicebus: Cached::new(interval, plan.policy.reads_rate()),
+            prometheus: Cached::new(interval, false),
             streaming: false,
             pushed: None,
         }

@@ -98,6 +98,37 @@ fn blend_reads_the_queue_when_keda_asks_and_answers_from_the_cache_between() {
     );
     let seen = b.servicebus.look(secs(41), false, 0.0);
     assert_eq!(seen.value, Some(0.0));
+    assert_eq!(seen.rate, None, "nothing here decides on the rate");
+}
+
+#[test]
+fn a_drain_time_plan_sees_the_rate_of_the_reads_keda_calls_made() {
+    let p = plan(&[
+        ("queueName", "q"),
+        ("namespace", "ns"),
+        ("policy", "drainTime"),
+        ("targetDrainSeconds", "60"),
+        ("messagesPerSecondPerReplica", "5"),
+    ]);
+    let mut b = Blend::new(&p, &BlendSettings::default());
+    let world = |backlog| World {
+        now: Utc::now(),
+        backlog,
+        requests: 0.0,
+    };
+    // KEDA's calls of the test above, at 0, 15 and 30 s: the same three reads.
+    for (from, to, backlog) in [(0, 15, 10), (15, 30, 60), (30, 41, 0)] {
+        b.read(from, &world(backlog));
+        for t in from..to {
+            b.tick(t, &world(backlog));
+        }
+    }
+    let ms = Duration::from_millis;
+    assert_eq!(
+        b.servicebus_log().reads,
+        vec![ms(5), ms(20_005), ms(40_000)]
+    );
+    let seen = b.servicebus.look(secs(41), false, 0.0);
     // The least-squares line through 10, 60 and 0 read at those three moments.
     let (x, y) = ([0.005, 20.005, 40.0], [10.0, 60.0, 0.0]);
     let (mx, my) = (x.iter().sum::<f64>() / 3.0, y.iter().sum::<f64>() / 3.0);
