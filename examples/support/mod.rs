@@ -1,4 +1,4 @@
-//! What the load runs (`load.rs`, `load_attacks.rs`) share: their flags, the server process
+//! What the load runs (`load.rs`, `load_attacks/`) share: their flags, the server process
 //! they start, and what /proc says about it.
 #![allow(dead_code)] // Each run uses its own part of this module.
 
