@@ -1,8 +1,10 @@
 //! The attacks, by name.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use blend_scaler::proto::ScaledObjectRef;
 use tonic::transport::Channel;
 
 use crate::hostile::{hostile_servicebus, prom, servicebus};
@@ -59,8 +61,7 @@ pub async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (St
                     )
                 })
                 .collect();
-            let got = flood(ch, objs).await;
-            tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+            let got = then_refreshes(ch, objs, a.seconds).await;
             (
                 format!(
                     "{} distinct Prometheus servers, then {} s of refreshes",
@@ -70,47 +71,21 @@ pub async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (St
             )
         }
         // Capacity and CPU: 15 MiB answers, 16 servers x 16 queries, refreshing every 5 s.
-        "big" => {
-            let objs = (0..256)
-                .map(|i| {
-                    object(
-                        "evil",
-                        &format!("big-{i}"),
-                        prom(format!("{upstream}/big{}", i % 16), format!("q{i}")),
-                    )
-                })
-                .collect();
-            let got = flood(ch, objs).await;
-            tokio::time::sleep(Duration::from_secs(a.seconds)).await;
-            (
-                format!(
-                    "15 MiB answers: 256 queries on 16 servers, then {} s of refreshes",
-                    a.seconds
-                ),
-                fmt(got),
-            )
-        }
+        "big" => (
+            format!(
+                "15 MiB answers: 256 queries on 16 servers, then {} s of refreshes",
+                a.seconds
+            ),
+            fmt(hostile_queries(ch, upstream, "big", 256, a.seconds).await),
+        ),
         // CPU: answers under every cap but large (9,000 series): decoded every refresh.
-        "decode" => {
-            let objs = (0..64)
-                .map(|i| {
-                    object(
-                        "decode",
-                        &format!("many-{i}"),
-                        prom(format!("{upstream}/many{}", i % 16), format!("m{i}")),
-                    )
-                })
-                .collect();
-            let got = flood(ch, objs).await;
-            tokio::time::sleep(Duration::from_secs(a.seconds)).await;
-            (
-                format!(
-                    "800 KiB answers (9,000 series): 64 queries, {} s of refreshes",
-                    a.seconds
-                ),
-                fmt(got),
-            )
-        }
+        "decode" => (
+            format!(
+                "800 KiB answers (9,000 series): 64 queries, {} s of refreshes",
+                a.seconds
+            ),
+            fmt(hostile_queries(ch, upstream, "many", 64, a.seconds).await),
+        ),
         // CPU: Service Bus list pages under every cap but large, parsed every refresh.
         "servicebus-decode" => {
             let hosts = hostile_servicebus(16).await;
@@ -123,8 +98,7 @@ pub async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (St
                     )
                 })
                 .collect();
-            let got = flood(ch, objs).await;
-            tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+            let got = then_refreshes(ch, objs, a.seconds).await;
             (
                 format!(
                     "800 KiB Service Bus pages (1,000 entries): 64 queues on 16 namespaces, {} s of refreshes",
@@ -198,4 +172,36 @@ pub async fn attack(kind: &str, a: &Args, upstream: &str, ch: &[Channel]) -> (St
         }
         other => panic!("unknown attack {other}"),
     }
+}
+
+/// `n` objects, each its own query on one of 16 hostile servers under `/{path}…`: sent once,
+/// then `seconds` of their refreshes.
+async fn hostile_queries(
+    ch: &[Channel],
+    upstream: &str,
+    path: &str,
+    n: usize,
+    seconds: u64,
+) -> BTreeMap<String, u64> {
+    let objs = (0..n)
+        .map(|i| {
+            object(
+                path,
+                &format!("{path}-{i}"),
+                prom(format!("{upstream}/{path}{}", i % 16), format!("{path}{i}")),
+            )
+        })
+        .collect();
+    then_refreshes(ch, objs, seconds).await
+}
+
+/// Sends every object once, then leaves their refreshes `seconds` to run.
+async fn then_refreshes(
+    ch: &[Channel],
+    objs: Vec<ScaledObjectRef>,
+    seconds: u64,
+) -> BTreeMap<String, u64> {
+    let got = flood(ch, objs).await;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    got
 }
