@@ -14,10 +14,7 @@ async fn a_bearer_token_reaches_the_server_and_appears_in_no_error_or_log() {
     let proxy = Proxy::start(&server.url(), Some(&format!("Bearer {TOKEN}"))).await;
     captured_logs();
     let metrics = Metrics::new();
-    let upstream = PrometheusUpstream::new(
-        metrics.clone(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let upstream = upstream_on_loopback(metrics.clone());
 
     let good = plan(
         &proxy.url(),
@@ -45,11 +42,7 @@ async fn a_bearer_token_reaches_the_server_and_appears_in_no_error_or_log() {
         ],
     );
     // Through the cache too, so the refresh path's logging is covered.
-    let source = prometheus::source(
-        fast_refresh(),
-        metrics.clone(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let source = prometheus::source(fast_refresh(), metrics.clone(), &HostRules::loopback());
     let obs = source.observe(prom(&bad)).await;
     let error = obs.error.expect("a refused token is an error");
     assert_eq!(obs.value, None, "never a 0 for a refused request");
@@ -86,10 +79,7 @@ async fn basic_auth_is_checked_by_prometheus_itself_and_the_password_never_leaks
         .start()
         .await;
     captured_logs();
-    let upstream = PrometheusUpstream::new(
-        Metrics::new(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let upstream = upstream_on_loopback(Metrics::new());
     let with = |user: &str, password: &str| {
         plan(
             &server.url(),
@@ -131,10 +121,7 @@ async fn a_client_certificate_satisfies_a_prometheus_that_requires_one() {
         .with_tls()
         .start()
         .await;
-    let upstream = PrometheusUpstream::new(
-        Metrics::new(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let upstream = upstream_on_loopback(Metrics::new());
     let (cert, key_pem, ca) = (
         tls_fixture("client.crt"),
         tls_fixture("client.key"),
@@ -203,10 +190,7 @@ async fn redirects_are_followed_within_the_server_only_so_headers_never_reach_an
             }),
         );
     let task = tokio::spawn(async move { axum::serve(listener, app).await });
-    let upstream = PrometheusUpstream::new(
-        Metrics::new(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let upstream = upstream_on_loopback(Metrics::new());
     let headers = ("customHeaders", "X-Api-Key=redirect-secret");
 
     let moved = plan(

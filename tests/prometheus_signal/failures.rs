@@ -9,13 +9,7 @@ async fn with_prometheus_stopped_reads_fail_and_the_cache_keeps_the_last_good_va
         .start()
         .await;
     let metrics = Metrics::new();
-    let refresher = Refresher::new(
-        PrometheusUpstream::new(
-            metrics.clone(),
-            &blend_scaler::binding::HostRules::loopback(),
-        ),
-        fast_refresh(),
-    );
+    let refresher = Refresher::new(upstream_on_loopback(metrics.clone()), fast_refresh());
     let plan = plan(
         &server.url(),
         &[("query", "http_rps"), ("staleAfter", "1s")],
@@ -89,10 +83,7 @@ async fn a_server_that_never_answers_times_out_as_an_error() {
         }
     });
     let metrics = Metrics::new();
-    let upstream = PrometheusUpstream::new(
-        metrics.clone(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let upstream = upstream_on_loopback(metrics.clone());
     let p = plan(
         &format!("http://{addr}"),
         &[("query", "up"), ("timeout", "300")],
@@ -118,10 +109,7 @@ async fn non_2xx_answers_are_errors_and_throttling_pauses_the_server() {
         .start()
         .await;
     let proxy = Proxy::start(&server.url(), None).await;
-    let upstream = PrometheusUpstream::new(
-        Metrics::new(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let upstream = upstream_on_loopback(Metrics::new());
     let p = plan(&proxy.url(), &[("query", "http_rps")]);
     assert_eq!(read(&upstream, &p).await, Ok(7.0));
 

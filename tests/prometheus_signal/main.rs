@@ -14,6 +14,7 @@ use std::io::Write;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use blend_scaler::binding::HostRules;
 use blend_scaler::blend::{Inputs, decide, replicas_for};
 use blend_scaler::cache::{RefreshConfig, Refresher, Upstream};
 use blend_scaler::metadata::{Credentials, Origin, Plan, PrometheusPlan, parse};
@@ -35,6 +36,12 @@ fn plan(server: &str, extra: &[(&str, &str)]) -> Plan {
 
 fn prom(plan: &Plan) -> &PrometheusPlan {
     plan.prometheus.as_ref().expect("a Prometheus plan")
+}
+
+/// The Prometheus upstream as `serve --allow-loopback-upstreams` builds it: the test servers
+/// listen on loopback.
+fn upstream_on_loopback(metrics: Metrics) -> PrometheusUpstream {
+    PrometheusUpstream::new(metrics, &HostRules::loopback())
 }
 
 /// One uncached read, as a refresh does it.

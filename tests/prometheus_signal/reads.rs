@@ -9,11 +9,7 @@ async fn a_known_value_gives_ceil_value_over_threshold_replicas_and_the_right_ac
         .gauge("http_rps", &[], 123.4)
         .start()
         .await;
-    let source = prometheus::source(
-        fast_refresh(),
-        Metrics::new(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let source = prometheus::source(fast_refresh(), Metrics::new(), &HostRules::loopback());
 
     for (activation, active) in [("100", true), ("123.4", false), ("200", false)] {
         let plan = plan(
@@ -50,10 +46,7 @@ async fn a_request_rate_over_backfilled_counters_is_read_exactly() {
         .counter("http_requests_total", &[("pod", "b")], 7.5)
         .start()
         .await;
-    let upstream = PrometheusUpstream::new(
-        Metrics::new(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let upstream = upstream_on_loopback(Metrics::new());
     let plan = plan(
         &server.url(),
         &[
@@ -72,10 +65,7 @@ async fn an_empty_result_or_nan_follows_ignore_null_values() {
         .gauge("http_rps", &[], 123.4)
         .start()
         .await;
-    let upstream = PrometheusUpstream::new(
-        Metrics::new(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let upstream = upstream_on_loopback(Metrics::new());
     let empty = "no_such_metric";
     let nan = "(http_rps - http_rps) / (http_rps - http_rps)";
     let inf = "http_rps / (http_rps - http_rps)";
@@ -102,10 +92,7 @@ async fn several_series_follow_series_aggregation_or_are_an_error() {
         .gauge("queue_depth", &[("pod", "c")], 60.0)
         .start()
         .await;
-    let upstream = PrometheusUpstream::new(
-        Metrics::new(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let upstream = upstream_on_loopback(Metrics::new());
     let base = [("query", "queue_depth")];
     let refused = read(&upstream, &plan(&server.url(), &base)).await;
     assert_eq!(refused, Err(SignalError::MultipleSeries(3)));
@@ -131,10 +118,7 @@ async fn invalid_promql_is_an_invalid_query_error_without_prometheus_own_words()
         .start()
         .await;
     let metrics = Metrics::new();
-    let upstream = PrometheusUpstream::new(
-        metrics.clone(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let upstream = upstream_on_loopback(metrics.clone());
     let p = plan(&server.url(), &[("query", "sum(rate(http_rps[5m])")]);
     match read(&upstream, &p).await {
         Err(SignalError::InvalidQuery(detail)) => {
@@ -165,10 +149,7 @@ async fn query_parameters_namespace_and_custom_headers_reach_the_server() {
         .start()
         .await;
     let proxy = Proxy::start(&server.url(), None).await;
-    let upstream = PrometheusUpstream::new(
-        Metrics::new(),
-        &blend_scaler::binding::HostRules::loopback(),
-    );
+    let upstream = upstream_on_loopback(Metrics::new());
     let twenty_minutes_ago = (server.now() - 1200).to_string();
 
     // Prometheus honours `time`: the value from before the step proves the parameter arrived.
@@ -216,7 +197,7 @@ async fn identical_queries_from_twenty_scaledobjects_cost_one_request_per_refres
             ..fast_refresh()
         },
         Metrics::new(),
-        &blend_scaler::binding::HostRules::loopback(),
+        &HostRules::loopback(),
     );
     // Twenty ScaledObjects: same server and query, each with its own threshold.
     let plans: Vec<Plan> = (1..=20)
