@@ -4,7 +4,8 @@
 //! --queries 2000 --baseline PATH]`
 //!
 //! The scaler runs as its own process (the binary cargo built with this bench); its `VmRSS`
-//! is read from `/proc/PID/status`. Every object blends all three signals, each with its own
+//! is read from `/proc/PID/status`, and 10 s after the last poll its two parts, `RssFile`
+//! (code pages, libraries) and `RssAnon` (heap, stacks, the allocator's free memory). Every object blends all three signals, each with its own
 //! metadata: a queue of its own in one of `namespaces` Service Bus namespaces (one management
 //! API double each, in this process), one of `queries` distinct PromQL queries spread over
 //! `prometheus-servers` fake Prometheus APIs (a different threshold per object), and
@@ -293,6 +294,16 @@ async fn measure(
     let tracked = tracked(&scaler).await;
     let steady = scaler.rss_kib();
     rows.push((format!("{n} tracked, 10 s later"), steady));
+    // Code pages and libraries against the heap, stacks and the allocator's free memory: what
+    // a heap change can move and what it cannot.
+    rows.push((
+        "  of it file-backed (`RssFile`)".into(),
+        scaler.status_kib("RssFile:"),
+    ));
+    rows.push((
+        "  of it anonymous (`RssAnon`)".into(),
+        scaler.status_kib("RssAnon:"),
+    ));
     // KEDA's default `pollingInterval` is 30 s, three times this bench's gap between polls,
     // and reads follow KEDA's calls: what the scaler holds between two of its polls.
     tokio::time::sleep(Duration::from_secs(30)).await;

@@ -69,7 +69,12 @@ impl Proc {
     }
 
     pub fn rss_kib(&self) -> u64 {
-        rss_kib(&format!("/proc/{}/status", self.pid()))
+        self.status_kib("VmRSS:")
+    }
+
+    /// A field of the process's `/proc/PID/status` in KiB (`"RssFile:"`, …).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        status_kib(&format!("/proc/{}/status", self.pid()), field)
     }
 }
 
@@ -242,9 +247,14 @@ pub fn role() -> Option<String> {
 
 /// `VmRSS` of a `/proc/*/status` file, in KiB.
 pub fn rss_kib(status_path: &str) -> u64 {
+    status_kib(status_path, "VmRSS:")
+}
+
+/// `field` of a `/proc/*/status` file, in KiB.
+pub fn status_kib(status_path: &str, field: &str) -> u64 {
     let text = std::fs::read_to_string(status_path).unwrap_or_default();
     text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
