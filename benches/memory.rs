@@ -5,14 +5,14 @@
 //!
 //! The scaler runs as its own process (the binary cargo built with this bench); its `VmRSS`
 //! is read from `/proc/PID/status`, and 10 s after the last poll its two parts, `RssFile`
-//! (code pages, libraries) and `RssAnon` (heap, stacks, the allocator's free memory). Every object blends all three signals, each with its own
-//! metadata: a queue of its own in one of `namespaces` Service Bus namespaces (one management
-//! API double each, in this process), one of `queries` distinct PromQL queries spread over
-//! `prometheus-servers` fake Prometheus APIs (a different threshold per object), and
-//! business-hours windows in one of eight time zones. KEDA's first poll (`GetMetricSpec`,
-//! `GetMetrics`, `IsActive`) registers each object; two more polls follow while the
-//! background refreshes run, then 40 s without one (longer than KEDA's default 30 s polling
-//! interval), and resident memory is sampled throughout.
+//! (code pages, libraries) and `RssAnon` (heap, stacks, the allocator's free memory). Every
+//! object blends all three signals, each with its own metadata: a queue of its own in one of
+//! `namespaces` Service Bus namespaces (one management API double each, in this process), one
+//! of `queries` distinct PromQL queries spread over `prometheus-servers` fake Prometheus APIs
+//! (a different threshold per object), and business-hours windows in one of eight time zones.
+//! KEDA's first poll (`GetMetricSpec`, `GetMetrics`, `IsActive`) registers each object; two
+//! more polls follow while the background refreshes run, then 40 s without one (longer than
+//! KEDA's default 30 s polling interval), and resident memory is sampled throughout.
 //!
 //! `--scaler PATH` measures another build instead of the one cargo built with this bench
 //! (whose default features carry `demo` and `simulate`): `scripts/bench memory` passes the
